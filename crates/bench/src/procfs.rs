@@ -1,0 +1,151 @@
+//! Resource usage of server processes, read from /proc/<pid>/status and /proc/<pid>/stat.
+
+use std::fs;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+/// One reading of a server's resource usage.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Snapshot {
+    /// Resident set size in MiB.
+    pub rss_mb: f64,
+    /// Peak resident set size (VmHWM) in MiB.
+    pub peak_rss_mb: f64,
+    /// User + system CPU time consumed so far, in seconds.
+    pub cpu_s: f64,
+    /// CPU time of the database process tree, when one is watched.
+    pub db_cpu_s: Option<f64>,
+}
+
+/// Watches a server process and optionally a database server (e.g. a PostgreSQL postmaster).
+#[derive(Debug, Clone)]
+pub struct Monitor {
+    pid: u32,
+    db_pid: Option<u32>,
+    ticks_per_s: f64,
+}
+
+impl Monitor {
+    pub fn new(pid: u32, db_pid: Option<u32>) -> Result<Self> {
+        let monitor = Self {
+            pid,
+            db_pid,
+            ticks_per_s: clock_ticks(),
+        };
+        monitor.snapshot().context("reading server process stats")?;
+        Ok(monitor)
+    }
+
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .with_context(|| format!("process {} is gone", self.pid))?;
+        let stat = read_stat(self.pid)?;
+        let db_cpu_s = match self.db_pid {
+            Some(pid) => Some(tree_cpu_ticks(pid)? / self.ticks_per_s),
+            None => None,
+        };
+        Ok(Snapshot {
+            rss_mb: status_kb(&status, "VmRSS:") / 1024.0,
+            peak_rss_mb: status_kb(&status, "VmHWM:") / 1024.0,
+            cpu_s: (stat.utime + stat.stime) / self.ticks_per_s,
+            db_cpu_s,
+        })
+    }
+}
+
+struct Stat {
+    ppid: u32,
+    utime: f64,
+    stime: f64,
+    cutime: f64,
+    cstime: f64,
+}
+
+fn read_stat(pid: u32) -> Result<Stat> {
+    let raw = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    parse_stat(&raw).with_context(|| format!("parsing /proc/{pid}/stat"))
+}
+
+fn parse_stat(raw: &str) -> Option<Stat> {
+    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    let rest = &raw[raw.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `fields[0]` is field 3 (state); utime is field 14.
+    let num = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    Some(Stat {
+        ppid: fields.get(1)?.parse().ok()?,
+        utime: num(11)?,
+        stime: num(12)?,
+        cutime: num(13)?,
+        cstime: num(14)?,
+    })
+}
+
+/// CPU ticks of a process, its reaped children and its live children (one level deep,
+/// as with a PostgreSQL postmaster and its backends).
+fn tree_cpu_ticks(pid: u32) -> Result<f64> {
+    let root = read_stat(pid)?;
+    let mut total = root.utime + root.stime + root.cutime + root.cstime;
+    for entry in fs::read_dir("/proc")?.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Processes may exit while we scan: skip the ones we cannot read.
+        if let Ok(stat) = read_stat(child)
+            && stat.ppid == pid
+        {
+            total += stat.utime + stat.stime;
+        }
+    }
+    Ok(total)
+}
+
+fn status_kb(status: &str, key: &str) -> f64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// The kernel's USER_HZ, via `getconf CLK_TCK`; 100 on every mainstream Linux platform.
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_names() {
+        let raw = "1234 (py (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 4 0";
+        let s = parse_stat(raw).unwrap();
+        assert_eq!(s.ppid, 1);
+        assert_eq!(
+            (s.utime, s.stime, s.cutime, s.cstime),
+            (250.0, 50.0, 7.0, 3.0)
+        );
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let m = Monitor::new(std::process::id(), None).unwrap();
+        let s = m.snapshot().unwrap();
+        assert!(s.rss_mb > 0.0 && s.cpu_s >= 0.0);
+    }
+}

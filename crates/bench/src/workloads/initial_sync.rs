@@ -1,0 +1,144 @@
+//! Initial sync: one user in many rooms, each with history and a couple of other members.
+//!
+//! Measures a first `/sync` with lazy-loaded members, then incremental syncs after a few
+//! new messages.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use super::{Ctx, Outcome, create_public_room, log, ms_between, parallel, register_users};
+use crate::client::{SyncReq, User, joined_room_count, next_batch};
+use crate::stats::median;
+
+/// Settings of the initial sync workload.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub rooms: usize,
+    pub history: usize,
+    /// Incremental syncs measured (each after new messages in a few rooms).
+    pub incremental_rounds: usize,
+}
+
+/// The user to sync and the rooms' other members.
+pub struct Prepared {
+    target: Arc<User>,
+    owner: Arc<User>,
+    rooms: Vec<String>,
+}
+
+/// Creates the rooms, joins the target user and a second member, and writes the history.
+pub async fn setup(ctx: &Ctx, p: &Params) -> Result<Prepared> {
+    let users = register_users(ctx, "is", 3).await?;
+    let (owner, member, target) = (users[0].clone(), users[1].clone(), users[2].clone());
+    let started = Instant::now();
+    let history = p.history;
+    let rooms = parallel(p.rooms, ctx.concurrency, |i| {
+        let (owner, member, target) = (owner.clone(), member.clone(), target.clone());
+        async move {
+            let room = create_public_room(&owner, &format!("history {i}")).await?;
+            member.join(&room).await?;
+            target.join(&room).await?;
+            for m in 0..history {
+                let from = if m % 2 == 0 { &owner } else { &member };
+                let text = format!("history message {m} in room {i}");
+                from.send_text(&room, &text, crate::client::SETUP_RETRIES)
+                    .await?;
+            }
+            Ok(room)
+        }
+    })
+    .await
+    .context("creating rooms with history")?;
+    log(&format!(
+        "initial sync: {} rooms with {history} messages each set up in {:.1}s",
+        rooms.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(Prepared {
+        target,
+        owner,
+        rooms,
+    })
+}
+
+/// Times the first sync and the incremental ones.
+pub async fn measure(ctx: &Ctx, p: &Params, prepared: Prepared) -> Result<Outcome> {
+    let filter = json!({
+        "room": { "state": { "lazy_load_members": true }, "timeline": { "limit": 20 } }
+    })
+    .to_string();
+    let Prepared {
+        target,
+        owner,
+        rooms,
+    } = prepared;
+
+    let t0 = Instant::now();
+    let raw = target
+        .sync_raw(
+            &SyncReq {
+                since: None,
+                timeout_ms: 0,
+                filter: &filter,
+            },
+            0,
+        )
+        .await
+        .context("initial sync")?;
+    let initial_ms = ms_between(t0, Instant::now());
+    let body: serde_json::Value = serde_json::from_slice(&raw).context("initial sync JSON")?;
+    let joined = joined_room_count(&body);
+    if joined != rooms.len() {
+        bail!(
+            "initial sync listed {joined} joined rooms, expected {}",
+            rooms.len()
+        );
+    }
+    let mut since = next_batch(&body)?;
+
+    let mut incremental = Vec::new();
+    let per_round = rooms.len().min(5);
+    for round in 0..p.incremental_rounds {
+        for k in 0..per_round {
+            let room = &rooms[(round * 37 + k * 11) % rooms.len()];
+            let text = format!("incremental {} {round} {k}", ctx.run_id);
+            owner
+                .send_text(room, &text, crate::client::SETUP_RETRIES)
+                .await?;
+        }
+        let t0 = Instant::now();
+        let raw = target
+            .sync_raw(
+                &SyncReq {
+                    since: Some(&since),
+                    timeout_ms: 0,
+                    filter: &filter,
+                },
+                0,
+            )
+            .await
+            .context("incremental sync")?;
+        incremental.push(ms_between(t0, Instant::now()));
+        let body: serde_json::Value = serde_json::from_slice(&raw)?;
+        since = next_batch(&body)?;
+    }
+    let incremental_ms = median(&incremental);
+    log(&format!(
+        "initial sync: first {initial_ms:.0} ms ({} KiB), incremental median {incremental_ms:.1} ms",
+        raw.len() / 1024
+    ));
+    let mut out = Outcome::default();
+    out.metric("initial_sync.initial_ms", initial_ms);
+    out.metric("initial_sync.incremental_ms", incremental_ms);
+    out.details = json!({
+        "params": { "rooms": p.rooms, "history": p.history, "incremental_rounds": p.incremental_rounds },
+        "initial_ms": initial_ms,
+        "initial_bytes": raw.len(),
+        "incremental_ms": incremental,
+        "new_messages_per_incremental": per_round,
+    });
+    Ok(out)
+}
