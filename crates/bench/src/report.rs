@@ -311,6 +311,7 @@ fn fmt_num(v: Option<f64>) -> String {
     match v {
         None => "-".to_owned(),
         Some(v) if !v.is_finite() => "-".to_owned(),
+        Some(v) if v.fract() == 0.0 && v.abs() < 1e15 => format!("{v:.0}"),
         Some(v) if v.abs() >= 100.0 => format!("{v:.0}"),
         Some(v) if v.abs() >= 10.0 => format!("{v:.1}"),
         Some(v) => format!("{v:.2}"),
@@ -351,6 +352,7 @@ mod tests {
         assert_eq!(fmt_num(Some(1234.4)), "1234");
         assert_eq!(fmt_num(Some(12.34)), "12.3");
         assert_eq!(fmt_num(Some(1.234)), "1.23");
+        assert_eq!(fmt_num(Some(3.0)), "3");
         assert_eq!(fmt_num(None), "-");
     }
 }

@@ -45,12 +45,15 @@ pub struct RunArgs {
     /// Seconds to let the server settle before the idle reading.
     #[arg(long)]
     idle_secs: Option<u64>,
-    /// Latency: sender/receiver pairs [default: 10, quick 4].
+    /// Latency: sender/receiver pairs [default: 10, quick 5].
     #[arg(long)]
     latency_pairs: Option<usize>,
-    /// Latency: seconds of measurement [default: 20, quick 5].
+    /// Latency: seconds of measurement [default: 20, quick 6].
     #[arg(long)]
     latency_secs: Option<u64>,
+    /// Latency: mean milliseconds between a pair's messages [default: 500].
+    #[arg(long, default_value_t = 500)]
+    latency_interval_ms: u64,
     /// Throughput: concurrent senders [default: 20, quick 10].
     #[arg(long)]
     tp_senders: Option<usize>,
@@ -92,9 +95,10 @@ impl Plan {
         };
         Self {
             latency: latency::Params {
-                pairs: pick(a.latency_pairs, 10, 4),
-                duration: secs(a.latency_secs, 20, 5),
+                pairs: pick(a.latency_pairs, 10, 5),
+                duration: secs(a.latency_secs, 20, 6),
                 warmup: 3,
+                interval: Duration::from_millis(a.latency_interval_ms),
                 max_per_pair: 10_000,
             },
             throughput: throughput::Params {

@@ -19,6 +19,9 @@ pub struct Params {
     pub pairs: usize,
     pub duration: Duration,
     pub warmup: usize,
+    /// Mean pause between a pair's messages (jittered by ±50%), so the server is measured
+    /// under moderate load rather than saturated.
+    pub interval: Duration,
     /// Upper bound on measured messages per pair, whatever the duration.
     pub max_per_pair: usize,
 }
@@ -99,7 +102,8 @@ pub async fn measure(ctx: &Ctx, p: &Params, pairs: Vec<Pair>) -> Result<Outcome>
     out.metric("latency.samples", summary.count as f64);
     out.metric("latency.lost", lost as f64);
     out.details = json!({ "params": { "pairs": p.pairs, "duration_s": p.duration.as_secs_f64(),
-        "warmup_per_pair": p.warmup }, "summary_ms": summary, "lost": lost });
+        "warmup_per_pair": p.warmup,
+        "interval_ms": p.interval.as_millis() as u64 }, "summary_ms": summary, "lost": lost });
     Ok(out)
 }
 
@@ -120,8 +124,11 @@ async fn run_pair(pair: Pair, p: Params, run_id: String, deadline: Instant) -> R
         let warm = seq < p.warmup;
         seq += 1;
         // The receiver is in its long-poll before the send starts: the sender waits a
-        // short, jittered while (which also spreads the pairs' sends over time).
-        let wait = jitter(&mut seed, 60, 140);
+        // jittered while (at least 50 ms), which also spreads the pairs' sends over time.
+        let mean = u64::try_from(p.interval.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(100);
+        let wait = jitter(&mut seed, mean / 2, mean + mean / 2);
         let recv = async {
             tokio::time::timeout(
                 Duration::from_secs(60),
