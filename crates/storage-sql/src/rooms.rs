@@ -1,0 +1,576 @@
+//! Rooms and events in SQL: persisting an event in one transaction, and reading events back.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use rhizome_core::{Error, Result, error::MatrixErrorKind};
+use rhizome_storage::{
+    AliasRecord, Direction, EventRecord, MembershipRecord, PersistEvent, PersistedEvent,
+    PublishedRoom, RoomRecord, RoomStore, StateGroupId, StateSlot, StreamPos, TxnRecord,
+};
+use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomAliasId, RoomId, RoomVersionId, UserId};
+use sqlx::{AnyConnection, Row, any::AnyRow};
+
+use crate::{
+    SqlStore, db_error, flag, is_unique_violation, parse_id, placeholders, rooms_query, state,
+};
+
+pub(crate) const EVENT_COLUMNS: &str = "e.event_id, e.room_id, e.stream_pos, e.json, e.rejected, \
+     e.state_before, e.state_after, e.txn_user, e.txn_device, e.txn_id, e.redacted_by";
+
+pub(crate) fn event_from_row(row: &AnyRow) -> Result<EventRecord> {
+    let txn_user: Option<String> = row.try_get("txn_user").map_err(db_error)?;
+    let txn_device: Option<String> = row.try_get("txn_device").map_err(db_error)?;
+    let txn_id: Option<String> = row.try_get("txn_id").map_err(db_error)?;
+    let txn = match (txn_user, txn_device, txn_id) {
+        (Some(user_id), Some(device_id), Some(txn_id)) => Some(TxnRecord {
+            user_id: parse_id(user_id)?,
+            device_id: device_id.into(),
+            txn_id,
+        }),
+        _ => None,
+    };
+    Ok(EventRecord {
+        event_id: parse_id(row.try_get("event_id").map_err(db_error)?)?,
+        room_id: parse_id(row.try_get("room_id").map_err(db_error)?)?,
+        stream_pos: row.try_get("stream_pos").map_err(db_error)?,
+        json: row.try_get("json").map_err(db_error)?,
+        rejected: row.try_get::<i64, _>("rejected").map_err(db_error)? != 0,
+        state_before: row.try_get("state_before").map_err(db_error)?,
+        state_after: row.try_get("state_after").map_err(db_error)?,
+        txn,
+        redacted_by: row
+            .try_get::<Option<String>, _>("redacted_by")
+            .map_err(db_error)?
+            .map(parse_id)
+            .transpose()?,
+    })
+}
+
+fn room_from_row(row: &AnyRow) -> Result<RoomRecord> {
+    let version: String = row.try_get("room_version").map_err(db_error)?;
+    Ok(RoomRecord {
+        room_id: parse_id(row.try_get("room_id").map_err(db_error)?)?,
+        room_version: RoomVersionId::try_from(version.as_str())
+            .map_err(|error| Error::bug(format!("bad room version in database: {error}")))?,
+        published: row.try_get::<i64, _>("published").map_err(db_error)? != 0,
+        current_state_group: row.try_get("current_state_group").map_err(db_error)?,
+    })
+}
+
+/// The `body` of a message, kept for search.
+fn searchable_body(event: &PersistEvent) -> Option<String> {
+    if event.event_type != "m.room.message" || event.rejected {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(&event.json).ok()?;
+    value
+        .get("content")?
+        .get("body")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+async fn persist_in_transaction(
+    connection: &mut AnyConnection,
+    event: &PersistEvent,
+    pos: StreamPos,
+) -> Result<PersistedEvent> {
+    let state_before = state::write_group(connection, &event.room_id, &event.state_before).await?;
+    let state_after = if event.state_after_changes.is_empty() {
+        state_before
+    } else {
+        state::write_delta(
+            connection,
+            &event.room_id,
+            Some(state_before),
+            &event.state_after_changes,
+        )
+        .await?
+    };
+    let result = sqlx::query(
+        "INSERT INTO events (stream_pos, event_id, room_id, sender, event_type, state_key, depth, \
+         origin_server_ts, json, rejected, state_before, state_after, txn_user, txn_device, txn_id, \
+         body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(pos)
+    .bind(event.event_id.as_str())
+    .bind(event.room_id.as_str())
+    .bind(event.sender.as_str())
+    .bind(&event.event_type)
+    .bind(event.state_key.as_deref())
+    .bind(event.depth)
+    .bind(event.origin_server_ts)
+    .bind(&event.json)
+    .bind(flag(event.rejected))
+    .bind(state_before)
+    .bind(state_after)
+    .bind(event.txn.as_ref().map(|txn| txn.user_id.as_str()))
+    .bind(event.txn.as_ref().map(|txn| txn.device_id.as_str()))
+    .bind(event.txn.as_ref().map(|txn| txn.txn_id.as_str()))
+    .bind(searchable_body(event))
+    .execute(&mut *connection)
+    .await;
+    if let Err(error) = result {
+        return Err(if is_unique_violation(&error) {
+            Error::matrix(
+                MatrixErrorKind::Unknown,
+                "Event or transaction already persisted",
+            )
+            .with_cause(error)
+        } else {
+            db_error(error)
+        });
+    }
+    for auth_event_id in &event.auth_events {
+        sqlx::query(
+            "INSERT INTO event_auth_edges (event_id, auth_event_id) VALUES ($1, $2) \
+             ON CONFLICT (event_id, auth_event_id) DO NOTHING",
+        )
+        .bind(event.event_id.as_str())
+        .bind(auth_event_id.as_str())
+        .execute(&mut *connection)
+        .await
+        .map_err(db_error)?;
+    }
+    if let Some(relation) = &event.relation {
+        sqlx::query(
+            "INSERT INTO event_relations (event_id, relates_to, rel_type, aggregation_key, \
+             room_id, sender, event_type, stream_pos) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(event.event_id.as_str())
+        .bind(relation.relates_to.as_str())
+        .bind(&relation.rel_type)
+        .bind(relation.key.as_deref())
+        .bind(event.room_id.as_str())
+        .bind(event.sender.as_str())
+        .bind(&event.event_type)
+        .bind(pos)
+        .execute(&mut *connection)
+        .await
+        .map_err(db_error)?;
+    }
+    sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1")
+        .bind(event.room_id.as_str())
+        .execute(&mut *connection)
+        .await
+        .map_err(db_error)?;
+    for extremity in &event.new_extremities {
+        sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)")
+            .bind(event.room_id.as_str())
+            .bind(extremity.as_str())
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
+    }
+    if event.update_current_state {
+        sqlx::query("UPDATE rooms SET current_state_group = $1 WHERE room_id = $2")
+            .bind(state_after)
+            .bind(event.room_id.as_str())
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
+        for change in &event.membership_changes {
+            sqlx::query(
+                "INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_pos, \
+                 displayname, avatar_url, forgotten) VALUES ($1, $2, $3, $4, $5, $6, $7, 0) \
+                 ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
+                 event_id = excluded.event_id, stream_pos = excluded.stream_pos, \
+                 displayname = excluded.displayname, avatar_url = excluded.avatar_url, \
+                 forgotten = 0",
+            )
+            .bind(event.room_id.as_str())
+            .bind(change.user_id.as_str())
+            .bind(&change.membership)
+            .bind(change.event_id.as_str())
+            .bind(pos)
+            .bind(change.displayname.as_deref())
+            .bind(change.avatar_url.as_deref())
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
+        }
+    }
+    if let Some((target, redacted_json)) = &event.redaction {
+        sqlx::query(
+            "UPDATE events SET json = $1, redacted_by = $2, body = NULL WHERE event_id = $3",
+        )
+        .bind(redacted_json)
+        .bind(event.event_id.as_str())
+        .bind(target.as_str())
+        .execute(&mut *connection)
+        .await
+        .map_err(db_error)?;
+    }
+    for action in &event.push_actions {
+        sqlx::query(
+            "INSERT INTO event_push_actions (user_id, room_id, stream_pos, notify, highlight, \
+             thread_id) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(action.user_id.as_str())
+        .bind(event.room_id.as_str())
+        .bind(pos)
+        .bind(flag(action.notify))
+        .bind(flag(action.highlight))
+        .bind(action.thread_id.as_ref().map(|id| id.as_str()))
+        .execute(&mut *connection)
+        .await
+        .map_err(db_error)?;
+    }
+    Ok(PersistedEvent {
+        stream_pos: pos,
+        state_before,
+        state_after,
+    })
+}
+
+#[async_trait]
+impl RoomStore for SqlStore {
+    async fn create_room(
+        &self,
+        room_id: &RoomId,
+        room_version: &RoomVersionId,
+        now: i64,
+    ) -> Result<()> {
+        let result = sqlx::query(
+            "INSERT INTO rooms (room_id, room_version, published, created_ts) VALUES ($1, $2, 0, $3)",
+        )
+        .bind(room_id.as_str())
+        .bind(room_version.as_str())
+        .bind(now)
+        .execute(&self.write)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) if is_unique_violation(&error) => Err(Error::matrix(
+                MatrixErrorKind::RoomInUse,
+                "Room already exists",
+            )),
+            Err(error) => Err(db_error(error)),
+        }
+    }
+
+    async fn get_room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
+        let row = sqlx::query(
+            "SELECT room_id, room_version, published, current_state_group FROM rooms WHERE room_id = $1",
+        )
+        .bind(room_id.as_str())
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_error)?;
+        row.as_ref().map(room_from_row).transpose()
+    }
+
+    async fn list_rooms(&self) -> Result<Vec<RoomRecord>> {
+        let rows = sqlx::query(
+            "SELECT room_id, room_version, published, current_state_group FROM rooms ORDER BY created_ts",
+        )
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(room_from_row).collect()
+    }
+
+    async fn persist_event(&self, event: &PersistEvent) -> Result<PersistedEvent> {
+        let mut write = self.begin_stream_write().await?;
+        let pos = write.pos();
+        let persisted = persist_in_transaction(write.connection(), event, pos).await?;
+        write.commit().await?;
+        Ok(persisted)
+    }
+
+    async fn get_event(&self, event_id: &EventId) -> Result<Option<EventRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = $1"
+        ))
+        .bind(event_id.as_str())
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_error)?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+
+    async fn get_events(&self, event_ids: &[OwnedEventId]) -> Result<Vec<EventRecord>> {
+        let mut events = Vec::with_capacity(event_ids.len());
+        for chunk in event_ids.chunks(500) {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for event_id in chunk {
+                query = query.bind(event_id.as_str());
+            }
+            let rows = query.fetch_all(&self.read).await.map_err(db_error)?;
+            for row in &rows {
+                events.push(event_from_row(row)?);
+            }
+        }
+        Ok(events)
+    }
+
+    async fn event_for_txn(&self, txn: &TxnRecord) -> Result<Option<OwnedEventId>> {
+        let event_id: Option<String> = sqlx::query_scalar(
+            "SELECT event_id FROM events WHERE txn_user = $1 AND txn_device = $2 AND txn_id = $3",
+        )
+        .bind(txn.user_id.as_str())
+        .bind(txn.device_id.as_str())
+        .bind(&txn.txn_id)
+        .fetch_optional(&self.write)
+        .await
+        .map_err(db_error)?;
+        event_id.map(parse_id).transpose()
+    }
+
+    async fn forward_extremities(&self, room_id: &RoomId) -> Result<Vec<OwnedEventId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT event_id FROM forward_extremities WHERE room_id = $1 ORDER BY event_id",
+        )
+        .bind(room_id.as_str())
+        .fetch_all(&self.write)
+        .await
+        .map_err(db_error)?;
+        ids.into_iter().map(parse_id).collect()
+    }
+
+    async fn load_state_group(
+        &self,
+        group: StateGroupId,
+    ) -> Result<HashMap<StateSlot, OwnedEventId>> {
+        let mut connection = self.read.acquire().await.map_err(db_error)?;
+        state::load_group(&mut connection, group).await
+    }
+
+    async fn auth_chain(&self, event_ids: &[OwnedEventId]) -> Result<HashSet<OwnedEventId>> {
+        let mut seen: HashSet<OwnedEventId> = event_ids.iter().cloned().collect();
+        let mut frontier: Vec<OwnedEventId> = event_ids.to_vec();
+        while !frontier.is_empty() {
+            let mut next = Vec::new();
+            for chunk in frontier.chunks(500) {
+                let sql = format!(
+                    "SELECT auth_event_id FROM event_auth_edges WHERE event_id IN ({})",
+                    placeholders(1, chunk.len())
+                );
+                let mut query = sqlx::query_scalar::<_, String>(&sql);
+                for event_id in chunk {
+                    query = query.bind(event_id.as_str());
+                }
+                for auth_event_id in query.fetch_all(&self.read).await.map_err(db_error)? {
+                    let auth_event_id: OwnedEventId = parse_id(auth_event_id)?;
+                    if seen.insert(auth_event_id.clone()) {
+                        next.push(auth_event_id);
+                    }
+                }
+            }
+            frontier = next;
+        }
+        Ok(seen)
+    }
+
+    async fn room_events(
+        &self,
+        room_id: &RoomId,
+        from: StreamPos,
+        to: Option<StreamPos>,
+        direction: Direction,
+        limit: i64,
+    ) -> Result<Vec<EventRecord>> {
+        let sql = match direction {
+            Direction::Backward => format!(
+                "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.stream_pos < $2 \
+                 AND e.stream_pos > $3 AND e.rejected = 0 ORDER BY e.stream_pos DESC LIMIT $4"
+            ),
+            Direction::Forward => format!(
+                "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.stream_pos > $2 \
+                 AND e.stream_pos <= $3 AND e.rejected = 0 ORDER BY e.stream_pos ASC LIMIT $4"
+            ),
+        };
+        let bound = to.unwrap_or(match direction {
+            Direction::Backward => i64::MIN,
+            Direction::Forward => i64::MAX,
+        });
+        let rows = sqlx::query(&sql)
+            .bind(room_id.as_str())
+            .bind(from)
+            .bind(bound)
+            .bind(limit)
+            .fetch_all(&self.read)
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn last_event_at(&self, room_id: &RoomId, pos: StreamPos) -> Result<Option<EventRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.stream_pos <= $2 \
+             ORDER BY e.stream_pos DESC LIMIT 1"
+        ))
+        .bind(room_id.as_str())
+        .bind(pos)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_error)?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+
+    async fn rooms_with_events_between(
+        &self,
+        room_ids: &[OwnedRoomId],
+        since: StreamPos,
+        until: StreamPos,
+    ) -> Result<Vec<OwnedRoomId>> {
+        let mut found = Vec::new();
+        for chunk in room_ids.chunks(500) {
+            let sql = format!(
+                "SELECT DISTINCT room_id FROM events WHERE stream_pos > $1 AND stream_pos <= $2 \
+                 AND room_id IN ({})",
+                placeholders(3, chunk.len())
+            );
+            let mut query = sqlx::query_scalar::<_, String>(&sql)
+                .bind(since)
+                .bind(until);
+            for room_id in chunk {
+                query = query.bind(room_id.as_str());
+            }
+            for room_id in query.fetch_all(&self.read).await.map_err(db_error)? {
+                found.push(parse_id(room_id)?);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn get_membership(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<MembershipRecord>> {
+        rooms_query::get_membership(self, room_id, user_id).await
+    }
+
+    async fn rooms_of_user(
+        &self,
+        user_id: &UserId,
+        memberships: &[&str],
+    ) -> Result<Vec<MembershipRecord>> {
+        rooms_query::rooms_of_user(self, user_id, memberships).await
+    }
+
+    async fn members_of_room(
+        &self,
+        room_id: &RoomId,
+        memberships: &[&str],
+    ) -> Result<Vec<MembershipRecord>> {
+        rooms_query::members_of_room(self, room_id, memberships).await
+    }
+
+    async fn membership_changes_since(
+        &self,
+        user_id: &UserId,
+        since: StreamPos,
+    ) -> Result<Vec<MembershipRecord>> {
+        rooms_query::membership_changes_since(self, user_id, since).await
+    }
+
+    async fn forget_room(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+        sqlx::query(
+            "UPDATE room_memberships SET forgotten = 1 WHERE user_id = $1 AND room_id = $2",
+        )
+        .bind(user_id.as_str())
+        .bind(room_id.as_str())
+        .execute(&self.write)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn relations(
+        &self,
+        event_id: &EventId,
+        rel_type: Option<&str>,
+        event_type: Option<&str>,
+        from: StreamPos,
+        to: Option<StreamPos>,
+        direction: Direction,
+        limit: i64,
+    ) -> Result<Vec<EventRecord>> {
+        rooms_query::relations(
+            self, event_id, rel_type, event_type, from, to, direction, limit,
+        )
+        .await
+    }
+
+    async fn latest_edit(
+        &self,
+        event_id: &EventId,
+        sender: &UserId,
+    ) -> Result<Option<EventRecord>> {
+        rooms_query::latest_edit(self, event_id, sender).await
+    }
+
+    async fn thread_summary(
+        &self,
+        root: &EventId,
+        user_id: &UserId,
+    ) -> Result<Option<(i64, EventRecord, bool)>> {
+        rooms_query::thread_summary(self, root, user_id).await
+    }
+
+    async fn thread_roots(
+        &self,
+        room_id: &RoomId,
+        from: Option<StreamPos>,
+        participant: Option<&UserId>,
+        limit: i64,
+    ) -> Result<Vec<(EventRecord, StreamPos)>> {
+        rooms_query::thread_roots(self, room_id, from, participant, limit).await
+    }
+
+    async fn event_at_timestamp(
+        &self,
+        room_id: &RoomId,
+        ts: i64,
+        direction: Direction,
+    ) -> Result<Option<EventRecord>> {
+        rooms_query::event_at_timestamp(self, room_id, ts, direction).await
+    }
+
+    async fn search_messages(
+        &self,
+        room_ids: &[OwnedRoomId],
+        term: &str,
+        before: Option<StreamPos>,
+        limit: i64,
+    ) -> Result<Vec<EventRecord>> {
+        rooms_query::search_messages(self, room_ids, term, before, limit).await
+    }
+
+    async fn create_alias(&self, alias: &AliasRecord) -> Result<bool> {
+        rooms_query::create_alias(self, alias).await
+    }
+
+    async fn get_alias(&self, alias: &RoomAliasId) -> Result<Option<AliasRecord>> {
+        rooms_query::get_alias(self, alias).await
+    }
+
+    async fn delete_alias(&self, alias: &RoomAliasId) -> Result<bool> {
+        rooms_query::delete_alias(self, alias).await
+    }
+
+    async fn aliases_of_room(&self, room_id: &RoomId) -> Result<Vec<AliasRecord>> {
+        rooms_query::aliases_of_room(self, room_id).await
+    }
+
+    async fn set_room_published(&self, room_id: &RoomId, published: bool) -> Result<()> {
+        sqlx::query("UPDATE rooms SET published = $1 WHERE room_id = $2")
+            .bind(flag(published))
+            .bind(room_id.as_str())
+            .execute(&self.write)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn published_rooms(&self) -> Result<Vec<PublishedRoom>> {
+        rooms_query::published_rooms(self).await
+    }
+}

@@ -1,0 +1,263 @@
+//! Per-user data in SQL: account data, filters, receipts, pushers and notification counts.
+
+use async_trait::async_trait;
+use rhizome_core::Result;
+use rhizome_storage::{
+    AccountDataRecord, PusherRecord, ReceiptRecord, StreamPos, UnreadCounts, UserDataStore,
+};
+use ruma::{EventId, RoomId, UserId};
+use sqlx::{Row, any::AnyRow};
+
+use crate::{SqlStore, db_error, parse_id, placeholders};
+
+fn account_data_from_row(row: &AnyRow) -> Result<AccountDataRecord> {
+    let room_id: String = row.try_get("room_id").map_err(db_error)?;
+    Ok(AccountDataRecord {
+        room_id: if room_id.is_empty() {
+            None
+        } else {
+            Some(parse_id(room_id)?)
+        },
+        data_type: row.try_get("data_type").map_err(db_error)?,
+        content: row.try_get("content").map_err(db_error)?,
+        stream_pos: row.try_get("stream_pos").map_err(db_error)?,
+    })
+}
+
+fn receipt_from_row(row: &AnyRow) -> Result<ReceiptRecord> {
+    let thread_id: String = row.try_get("thread_id").map_err(db_error)?;
+    Ok(ReceiptRecord {
+        room_id: parse_id(row.try_get("room_id").map_err(db_error)?)?,
+        receipt_type: row.try_get("receipt_type").map_err(db_error)?,
+        user_id: parse_id(row.try_get("user_id").map_err(db_error)?)?,
+        thread_id: if thread_id.is_empty() {
+            None
+        } else {
+            Some(thread_id)
+        },
+        event_id: parse_id(row.try_get("event_id").map_err(db_error)?)?,
+        ts: row.try_get("ts").map_err(db_error)?,
+        stream_pos: row.try_get("stream_pos").map_err(db_error)?,
+    })
+}
+
+#[async_trait]
+impl UserDataStore for SqlStore {
+    async fn set_account_data(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        data_type: &str,
+        content: &str,
+    ) -> Result<StreamPos> {
+        let mut write = self.begin_stream_write().await?;
+        let pos = write.pos();
+        sqlx::query(
+                        "INSERT INTO account_data (user_id, room_id, data_type, content, stream_pos) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, room_id, data_type) \
+                         DO UPDATE SET content = excluded.content, stream_pos = excluded.stream_pos",
+                    )
+                    .bind(user_id.as_str())
+                    .bind(room_id.map_or("", |room| room.as_str()))
+                    .bind(data_type)
+                    .bind(content)
+                    .bind(pos)
+                    .execute(write.connection())
+                    .await
+                    .map_err(db_error)?;
+        write.commit().await
+    }
+
+    async fn get_account_data(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        data_type: &str,
+    ) -> Result<Option<AccountDataRecord>> {
+        let row = sqlx::query(
+            "SELECT room_id, data_type, content, stream_pos FROM account_data \
+             WHERE user_id = $1 AND room_id = $2 AND data_type = $3",
+        )
+        .bind(user_id.as_str())
+        .bind(room_id.map_or("", |room| room.as_str()))
+        .bind(data_type)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_error)?;
+        row.as_ref().map(account_data_from_row).transpose()
+    }
+
+    async fn account_data_since(
+        &self,
+        user_id: &UserId,
+        since: Option<StreamPos>,
+    ) -> Result<Vec<AccountDataRecord>> {
+        let rows = sqlx::query(
+            "SELECT room_id, data_type, content, stream_pos FROM account_data \
+             WHERE user_id = $1 AND stream_pos > $2 ORDER BY stream_pos",
+        )
+        .bind(user_id.as_str())
+        .bind(since.unwrap_or(i64::MIN))
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(account_data_from_row).collect()
+    }
+
+    async fn create_filter(&self, user_id: &UserId, json: &str) -> Result<String> {
+        let filter_id: i64 = sqlx::query_scalar(
+            "INSERT INTO filters (user_id, json) VALUES ($1, $2) RETURNING filter_id",
+        )
+        .bind(user_id.as_str())
+        .bind(json)
+        .fetch_one(&self.write)
+        .await
+        .map_err(db_error)?;
+        Ok(filter_id.to_string())
+    }
+
+    async fn get_filter(&self, user_id: &UserId, filter_id: &str) -> Result<Option<String>> {
+        let Ok(filter_id) = filter_id.parse::<i64>() else {
+            return Ok(None);
+        };
+        sqlx::query_scalar("SELECT json FROM filters WHERE user_id = $1 AND filter_id = $2")
+            .bind(user_id.as_str())
+            .bind(filter_id)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn set_receipt(
+        &self,
+        room_id: &RoomId,
+        receipt_type: &str,
+        user_id: &UserId,
+        thread_id: Option<&str>,
+        event_id: &EventId,
+        ts: i64,
+    ) -> Result<StreamPos> {
+        let mut write = self.begin_stream_write().await?;
+        let pos = write.pos();
+        let event_pos: Option<i64> =
+            sqlx::query_scalar("SELECT stream_pos FROM events WHERE event_id = $1")
+                .bind(event_id.as_str())
+                .fetch_optional(write.connection())
+                .await
+                .map_err(db_error)?;
+        sqlx::query(
+                        "INSERT INTO receipts (room_id, receipt_type, user_id, thread_id, event_id, \
+                         event_stream_pos, ts, stream_pos) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                         ON CONFLICT (room_id, receipt_type, user_id, thread_id) DO UPDATE SET \
+                         event_id = excluded.event_id, event_stream_pos = excluded.event_stream_pos, \
+                         ts = excluded.ts, stream_pos = excluded.stream_pos",
+                    )
+                    .bind(room_id.as_str())
+                    .bind(receipt_type)
+                    .bind(user_id.as_str())
+                    .bind(thread_id.unwrap_or_default())
+                    .bind(event_id.as_str())
+                    .bind(event_pos.unwrap_or(0))
+                    .bind(ts)
+                    .bind(pos)
+                    .execute(write.connection())
+                    .await
+                    .map_err(db_error)?;
+        write.commit().await
+    }
+
+    async fn receipts_since(
+        &self,
+        room_ids: &[&RoomId],
+        since: Option<StreamPos>,
+    ) -> Result<Vec<ReceiptRecord>> {
+        let mut receipts = Vec::new();
+        for chunk in room_ids.chunks(500) {
+            let sql = format!(
+                "SELECT room_id, receipt_type, user_id, thread_id, event_id, ts, stream_pos \
+                 FROM receipts WHERE stream_pos > $1 AND room_id IN ({}) ORDER BY stream_pos",
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(since.unwrap_or(i64::MIN));
+            for room_id in chunk {
+                query = query.bind(room_id.as_str());
+            }
+            for row in query.fetch_all(&self.read).await.map_err(db_error)? {
+                receipts.push(receipt_from_row(&row)?);
+            }
+        }
+        Ok(receipts)
+    }
+
+    async fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts> {
+        // An action is read once a receipt covers it: an unthreaded receipt covers everything,
+        // a threaded one its own thread (`main` for events outside threads).
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(a.notify), 0) AS BIGINT) AS notifications, \
+                    CAST(COALESCE(SUM(a.highlight), 0) AS BIGINT) AS highlights \
+             FROM event_push_actions a \
+             WHERE a.user_id = $1 AND a.room_id = $2 AND a.stream_pos > COALESCE(( \
+                 SELECT MAX(r.event_stream_pos) FROM receipts r \
+                 WHERE r.room_id = a.room_id AND r.user_id = a.user_id \
+                   AND r.receipt_type IN ('m.read', 'm.read.private') \
+                   AND (r.thread_id = '' OR r.thread_id = COALESCE(a.thread_id, 'main'))), 0)",
+        )
+        .bind(user_id.as_str())
+        .bind(room_id.as_str())
+        .fetch_one(&self.read)
+        .await
+        .map_err(db_error)?;
+        let notifications: i64 = row.try_get("notifications").map_err(db_error)?;
+        let highlights: i64 = row.try_get("highlights").map_err(db_error)?;
+        Ok(UnreadCounts {
+            notifications: notifications.max(0).unsigned_abs(),
+            highlights: highlights.max(0).unsigned_abs(),
+        })
+    }
+
+    async fn set_pusher(&self, pusher: &PusherRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO pushers (user_id, app_id, pushkey, json) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET json = excluded.json",
+        )
+        .bind(pusher.user_id.as_str())
+        .bind(&pusher.app_id)
+        .bind(&pusher.pushkey)
+        .bind(&pusher.json)
+        .execute(&self.write)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn delete_pusher(&self, user_id: &UserId, app_id: &str, pushkey: &str) -> Result<()> {
+        sqlx::query("DELETE FROM pushers WHERE user_id = $1 AND app_id = $2 AND pushkey = $3")
+            .bind(user_id.as_str())
+            .bind(app_id)
+            .bind(pushkey)
+            .execute(&self.write)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn list_pushers(&self, user_id: &UserId) -> Result<Vec<PusherRecord>> {
+        let rows = sqlx::query(
+            "SELECT user_id, app_id, pushkey, json FROM pushers WHERE user_id = $1 ORDER BY app_id, pushkey",
+        )
+        .bind(user_id.as_str())
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok(PusherRecord {
+                    user_id: parse_id(row.try_get("user_id").map_err(db_error)?)?,
+                    app_id: row.try_get("app_id").map_err(db_error)?,
+                    pushkey: row.try_get("pushkey").map_err(db_error)?,
+                    json: row.try_get("json").map_err(db_error)?,
+                })
+            })
+            .collect()
+    }
+}

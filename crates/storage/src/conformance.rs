@@ -1,0 +1,53 @@
+//! The conformance suite: behaviour every storage backend must have, written once against the
+//! traits. A backend's test crate runs it with [`conformance_tests!`](crate::conformance_tests).
+
+mod accounts;
+mod rooms;
+mod user_data;
+
+use std::{any::Any, sync::Arc};
+
+use crate::DataStore;
+
+pub use accounts::*;
+pub use rooms::*;
+pub use user_data::*;
+
+/// A store under test, and whatever must stay alive while it is used (a temporary directory).
+pub type TestStore = (Arc<dyn DataStore>, Box<dyn Any + Send>);
+
+/// Generates one `#[tokio::test]` per conformance check, each on a fresh store made by the
+/// given async expression (of type [`TestStore`]).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            users_are_created_once_and_updated,
+            deactivation_removes_devices_and_tokens,
+            devices_and_tokens,
+            refresh_tokens_rotate_once,
+            registration_tokens_are_used_up_exactly,
+            events_persist_with_state_extremities_and_positions,
+            state_groups_stay_correct_across_snapshots,
+            a_failed_persist_changes_nothing,
+            timeline_pagination_and_positions,
+            transactions_are_found_again,
+            redaction_replaces_the_stored_event,
+            relations_edits_and_threads,
+            memberships_track_current_state,
+            aliases_directory_and_search,
+            account_data_and_filters,
+            receipts_and_unread_counts,
+            pushers_are_stored_per_user,
+        );
+    };
+    (@each $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (store, _guard) = $make.await;
+                $crate::conformance::$name(store).await;
+            }
+        )*
+    };
+}

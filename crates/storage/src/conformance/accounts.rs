@@ -1,0 +1,273 @@
+//! Conformance checks for accounts, devices and tokens.
+
+use std::sync::Arc;
+
+use ruma::{device_id, owned_device_id, user_id};
+
+use crate::{DataStore, NewAccessToken, RegistrationTokenRecord, UserRecord};
+
+fn user(name: &str) -> UserRecord {
+    UserRecord {
+        user_id: ruma::UserId::parse(format!("@{name}:example.org")).expect("valid user ID"),
+        password_hash: Some(format!("hash-of-{name}")),
+        displayname: Some(name.to_owned()),
+        avatar_url: None,
+        is_admin: false,
+        deactivated: false,
+        created_ts: 1000,
+    }
+}
+
+fn token(hash: &str, user: &str, device: &str, refresh: Option<&str>) -> NewAccessToken {
+    NewAccessToken {
+        token_hash: hash.to_owned(),
+        refresh_token_hash: refresh.map(str::to_owned),
+        user_id: ruma::UserId::parse(format!("@{user}:example.org")).expect("valid user ID"),
+        device_id: device.into(),
+        expires_ts: None,
+    }
+}
+
+/// Accounts are unique, readable and updatable.
+pub async fn users_are_created_once_and_updated(store: Arc<dyn DataStore>) {
+    let alice = user("alice");
+    store.create_user(&alice).await.unwrap();
+    let error = store.create_user(&alice).await.unwrap_err();
+    assert_eq!(
+        error.matrix_kind().map(|kind| kind.errcode().to_string()),
+        Some("M_USER_IN_USE".into())
+    );
+    assert_eq!(
+        store.get_user(&alice.user_id).await.unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(
+        store
+            .get_user(user_id!("@nobody:example.org"))
+            .await
+            .unwrap(),
+        None
+    );
+
+    store
+        .set_password_hash(&alice.user_id, "new-hash")
+        .await
+        .unwrap();
+    store
+        .set_displayname(&alice.user_id, Some("Alice A."))
+        .await
+        .unwrap();
+    store
+        .set_avatar_url(&alice.user_id, Some("mxc://example.org/abc"))
+        .await
+        .unwrap();
+    let stored = store.get_user(&alice.user_id).await.unwrap().unwrap();
+    assert_eq!(stored.password_hash.as_deref(), Some("new-hash"));
+    assert_eq!(stored.displayname.as_deref(), Some("Alice A."));
+    assert_eq!(
+        stored.avatar_url.as_ref().map(|url| url.as_str()),
+        Some("mxc://example.org/abc")
+    );
+    store.set_displayname(&alice.user_id, None).await.unwrap();
+    assert_eq!(
+        store
+            .get_user(&alice.user_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .displayname,
+        None
+    );
+    assert_eq!(store.count_users().await.unwrap(), 1);
+}
+
+/// Deactivation drops the password, devices and tokens, and keeps the ID taken.
+pub async fn deactivation_removes_devices_and_tokens(store: Arc<dyn DataStore>) {
+    let alice = user("alice");
+    store.create_user(&alice).await.unwrap();
+    store
+        .upsert_device(&alice.user_id, device_id!("D1"), Some("phone"), 5)
+        .await
+        .unwrap();
+    store
+        .create_access_token(&token("t1", "alice", "D1", None))
+        .await
+        .unwrap();
+    store.deactivate_user(&alice.user_id).await.unwrap();
+    let stored = store.get_user(&alice.user_id).await.unwrap().unwrap();
+    assert!(stored.deactivated);
+    assert_eq!(stored.password_hash, None);
+    assert!(store.list_devices(&alice.user_id).await.unwrap().is_empty());
+    assert_eq!(store.find_access_token("t1").await.unwrap(), None);
+    assert!(
+        store.create_user(&alice).await.is_err(),
+        "a deactivated ID was reused"
+    );
+    assert_eq!(store.count_users().await.unwrap(), 0);
+}
+
+/// Devices are upserted, renamed and deleted with their tokens.
+pub async fn devices_and_tokens(store: Arc<dyn DataStore>) {
+    let alice = user("alice");
+    store.create_user(&alice).await.unwrap();
+    store
+        .upsert_device(&alice.user_id, device_id!("D1"), Some("phone"), 5)
+        .await
+        .unwrap();
+    store
+        .upsert_device(&alice.user_id, device_id!("D2"), None, 6)
+        .await
+        .unwrap();
+    // Upserting without a name keeps the old name.
+    store
+        .upsert_device(&alice.user_id, device_id!("D1"), None, 7)
+        .await
+        .unwrap();
+    let devices = store.list_devices(&alice.user_id).await.unwrap();
+    assert_eq!(devices.len(), 2);
+    assert_eq!(devices[0].display_name.as_deref(), Some("phone"));
+    assert_eq!(devices[0].last_seen_ts, Some(7));
+    assert!(
+        store
+            .rename_device(&alice.user_id, device_id!("D2"), Some("laptop"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .rename_device(&alice.user_id, device_id!("D9"), Some("x"))
+            .await
+            .unwrap()
+    );
+    let d2 = store
+        .get_device(&alice.user_id, device_id!("D2"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d2.display_name.as_deref(), Some("laptop"));
+
+    store
+        .create_access_token(&token("t1", "alice", "D1", None))
+        .await
+        .unwrap();
+    store
+        .create_access_token(&token("t2", "alice", "D2", None))
+        .await
+        .unwrap();
+    let found = store.find_access_token("t1").await.unwrap().unwrap();
+    assert_eq!(found.device_id, owned_device_id!("D1"));
+    assert_eq!(found.user_id, alice.user_id);
+
+    store
+        .delete_user_tokens(&alice.user_id, Some(device_id!("D1")))
+        .await
+        .unwrap();
+    assert!(store.find_access_token("t1").await.unwrap().is_some());
+    assert!(store.find_access_token("t2").await.unwrap().is_none());
+
+    store
+        .delete_device(&alice.user_id, device_id!("D1"))
+        .await
+        .unwrap();
+    assert!(store.find_access_token("t1").await.unwrap().is_none());
+    assert!(
+        store
+            .get_device(&alice.user_id, device_id!("D1"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store
+        .create_access_token(&token("t3", "alice", "D2", None))
+        .await
+        .unwrap();
+    store.delete_access_token("t3").await.unwrap();
+    assert!(store.find_access_token("t3").await.unwrap().is_none());
+}
+
+/// A refresh token is swapped for a new pair exactly once.
+pub async fn refresh_tokens_rotate_once(store: Arc<dyn DataStore>) {
+    let alice = user("alice");
+    store.create_user(&alice).await.unwrap();
+    store
+        .upsert_device(&alice.user_id, device_id!("D1"), None, 5)
+        .await
+        .unwrap();
+    store
+        .create_access_token(&token("a1", "alice", "D1", Some("r1")))
+        .await
+        .unwrap();
+    let device = store
+        .rotate_refresh_token("r1", &token("a2", "alice", "IGNORED", Some("r2")))
+        .await
+        .unwrap();
+    assert_eq!(device, Some(owned_device_id!("D1")));
+    assert!(
+        store.find_access_token("a1").await.unwrap().is_none(),
+        "old access token survived"
+    );
+    assert_eq!(
+        store
+            .find_access_token("a2")
+            .await
+            .unwrap()
+            .unwrap()
+            .device_id,
+        owned_device_id!("D1")
+    );
+    let again = store
+        .rotate_refresh_token("r1", &token("a3", "alice", "D1", Some("r3")))
+        .await
+        .unwrap();
+    assert_eq!(again, None, "a refresh token was used twice");
+    assert!(store.find_access_token("a3").await.unwrap().is_none());
+}
+
+/// Registration tokens allow exactly their number of uses, even concurrently, and expire.
+pub async fn registration_tokens_are_used_up_exactly(store: Arc<dyn DataStore>) {
+    let limited = RegistrationTokenRecord {
+        token: "limited".into(),
+        uses_allowed: Some(3),
+        completed: 0,
+        expiry_ts: None,
+        created_ts: 1,
+    };
+    store.create_registration_token(&limited).await.unwrap();
+    assert!(store.create_registration_token(&limited).await.is_err());
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.use_registration_token("limited", 10).await.unwrap()
+        }));
+    }
+    let mut used = 0;
+    for task in tasks {
+        if task.await.unwrap() {
+            used += 1;
+        }
+    }
+    assert_eq!(used, 3, "concurrent sign-ups overran the token");
+    let stored = store
+        .get_registration_token("limited")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.completed, 3);
+    assert!(!stored.is_valid_at(10));
+
+    let expiring = RegistrationTokenRecord {
+        token: "expiring".into(),
+        uses_allowed: None,
+        completed: 0,
+        expiry_ts: Some(100),
+        created_ts: 1,
+    };
+    store.create_registration_token(&expiring).await.unwrap();
+    assert!(store.use_registration_token("expiring", 50).await.unwrap());
+    assert!(!store.use_registration_token("expiring", 150).await.unwrap());
+    assert!(!store.use_registration_token("unknown", 1).await.unwrap());
+    assert_eq!(store.list_registration_tokens().await.unwrap().len(), 2);
+    assert!(store.delete_registration_token("expiring").await.unwrap());
+    assert!(!store.delete_registration_token("expiring").await.unwrap());
+}

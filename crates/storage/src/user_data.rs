@@ -1,0 +1,72 @@
+//! Per-user data: account data, filters, receipts, pushers and notification counts.
+
+use async_trait::async_trait;
+use rhizome_core::Result;
+use ruma::{EventId, RoomId, UserId};
+
+use crate::{AccountDataRecord, PusherRecord, ReceiptRecord, StreamPos, UnreadCounts};
+
+/// Per-user data: account data, filters, receipts, pushers and notification counts.
+#[async_trait]
+pub trait UserDataStore {
+    /// Sets account data (global when `room_id` is `None`) at the next stream position.
+    async fn set_account_data(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        data_type: &str,
+        content: &str,
+    ) -> Result<StreamPos>;
+
+    /// Reads one piece of account data.
+    async fn get_account_data(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        data_type: &str,
+    ) -> Result<Option<AccountDataRecord>>;
+
+    /// Account data changed after `since` (all of it when `since` is `None`).
+    async fn account_data_since(
+        &self,
+        user_id: &UserId,
+        since: Option<StreamPos>,
+    ) -> Result<Vec<AccountDataRecord>>;
+
+    /// Stores a filter and returns its ID.
+    async fn create_filter(&self, user_id: &UserId, json: &str) -> Result<String>;
+
+    /// Reads a filter.
+    async fn get_filter(&self, user_id: &UserId, filter_id: &str) -> Result<Option<String>>;
+
+    /// Sets a receipt (replacing the user's previous one of that type and thread) at the next
+    /// stream position.
+    async fn set_receipt(
+        &self,
+        room_id: &RoomId,
+        receipt_type: &str,
+        user_id: &UserId,
+        thread_id: Option<&str>,
+        event_id: &EventId,
+        ts: i64,
+    ) -> Result<StreamPos>;
+
+    /// Receipts in the given rooms changed after `since` (all when `None`).
+    async fn receipts_since(
+        &self,
+        room_ids: &[&RoomId],
+        since: Option<StreamPos>,
+    ) -> Result<Vec<ReceiptRecord>>;
+
+    /// Notification counts of the user in the room since their latest read receipt.
+    async fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts>;
+
+    /// Adds or replaces a pusher.
+    async fn set_pusher(&self, pusher: &PusherRecord) -> Result<()>;
+
+    /// Removes a pusher.
+    async fn delete_pusher(&self, user_id: &UserId, app_id: &str, pushkey: &str) -> Result<()>;
+
+    /// The user's pushers.
+    async fn list_pushers(&self, user_id: &UserId) -> Result<Vec<PusherRecord>>;
+}
