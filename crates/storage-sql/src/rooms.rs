@@ -5,8 +5,9 @@ use std::collections::{HashMap, HashSet};
 use async_trait::async_trait;
 use rhizome_core::{Error, Result, error::MatrixErrorKind};
 use rhizome_storage::{
-    AliasRecord, Direction, EventRecord, MembershipRecord, PersistEvent, PersistedEvent,
-    PublishedRoom, RoomRecord, RoomStore, StateGroupId, StateSlot, StreamPos, TxnRecord,
+    AliasRecord, CurrentState, Direction, EventRecord, MembershipRecord, PersistEvent,
+    PersistedEvent, PublishedRoom, RoomRecord, RoomStore, StateGroupId, StateSlot, StreamPos,
+    TxnRecord,
 };
 use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomAliasId, RoomId, RoomVersionId, UserId};
 use sqlx::{AnyConnection, Row, any::AnyRow};
@@ -163,9 +164,16 @@ async fn persist_in_transaction(
             .await
             .map_err(db_error)?;
     }
-    if event.update_current_state {
+    let current_group = match &event.current_state {
+        CurrentState::Unchanged => None,
+        CurrentState::StateAfter => Some(state_after),
+        CurrentState::New(spec) => {
+            Some(state::write_group(connection, &event.room_id, spec).await?)
+        }
+    };
+    if let Some(current_group) = current_group {
         sqlx::query("UPDATE rooms SET current_state_group = $1 WHERE room_id = $2")
-            .bind(state_after)
+            .bind(current_group)
             .bind(event.room_id.as_str())
             .execute(&mut *connection)
             .await

@@ -156,6 +156,17 @@ pub enum StateSpec {
     },
 }
 
+/// What a persisted event does to the room's current state.
+#[derive(Clone, Debug)]
+pub enum CurrentState {
+    /// It stays as it was (the event does not reach the room's forward extremities).
+    Unchanged,
+    /// It becomes the state after this event (the event is the only forward extremity).
+    StateAfter,
+    /// It becomes a new group (resolved across several forward extremities).
+    New(StateSpec),
+}
+
 /// A change to a user's current membership in a room.
 #[derive(Clone, Debug)]
 pub struct MembershipChange {
@@ -224,8 +235,8 @@ pub struct PersistEvent {
     pub state_after_changes: Vec<(StateSlot, Option<OwnedEventId>)>,
     /// The room's forward extremities after this event.
     pub new_extremities: Vec<OwnedEventId>,
-    /// Whether the room's current state becomes the state after this event.
-    pub update_current_state: bool,
+    /// What the room's current state becomes.
+    pub current_state: CurrentState,
     /// Membership rows to update with the current state.
     pub membership_changes: Vec<MembershipChange>,
     /// The sending client's transaction.

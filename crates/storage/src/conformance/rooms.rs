@@ -10,8 +10,8 @@ use ruma::{
 use serde_json::json;
 
 use crate::{
-    AliasRecord, DataStore, Direction, MembershipChange, PersistEvent, PersistedEvent,
-    RelationRecord, StateGroupId, StateSlot, StateSpec, TxnRecord,
+    AliasRecord, CurrentState, DataStore, Direction, MembershipChange, PersistEvent,
+    PersistedEvent, RelationRecord, StateGroupId, StateSlot, StateSpec, TxnRecord,
 };
 
 /// Builds a linear room history through the store, tracking the expected state.
@@ -95,7 +95,7 @@ impl RoomBuilder {
             },
             state_after_changes,
             new_extremities: vec![event_id],
-            update_current_state: true,
+            current_state: CurrentState::StateAfter,
             membership_changes,
             txn: None,
             relation: None,
