@@ -247,8 +247,11 @@ impl Config {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|error| ConfigError::Invalid(error.to_string()))?;
         for (variable, value) in env {
-            let Some(rest) = variable.strip_prefix(ENV_PREFIX) else { continue };
-            let path: Vec<String> = rest.split("__").map(|part| part.to_ascii_lowercase()).collect();
+            let Some(rest) = variable.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let path: Vec<String> =
+                rest.split("__").map(|part| part.to_ascii_lowercase()).collect();
             apply_override(&mut table, &path, parse_env_value(&value), &variable)?;
         }
         let config: Config = toml::Value::Table(table)
@@ -298,10 +301,8 @@ fn apply_override(
     value: toml::Value,
     variable: &str,
 ) -> Result<(), ConfigError> {
-    let unknown = || ConfigError::UnknownEnvKey {
-        key: path.join("."),
-        variable: variable.to_owned(),
-    };
+    let unknown =
+        || ConfigError::UnknownEnvKey { key: path.join("."), variable: variable.to_owned() };
     // Check the key against the defaults, so a typo is caught even for sections the file
     // does not mention.
     let defaults = toml::Value::try_from(Config::default())
@@ -389,8 +390,8 @@ mod tests {
 
     #[test]
     fn unknown_env_keys_are_named() {
-        let error =
-            Config::from_toml_and_env("", env(&[("RHIZOME_REGISTRATON__MODE", "open")])).unwrap_err();
+        let error = Config::from_toml_and_env("", env(&[("RHIZOME_REGISTRATON__MODE", "open")]))
+            .unwrap_err();
         let text = error.to_string();
         assert!(text.contains("registraton.mode") && text.contains("RHIZOME_REGISTRATON__MODE"));
     }
@@ -398,7 +399,8 @@ mod tests {
     #[test]
     fn optional_keys_may_be_set_from_env() {
         let config =
-            Config::from_toml_and_env("", env(&[("RHIZOME_DATABASE__URL_FILE", "/run/db")])).unwrap();
+            Config::from_toml_and_env("", env(&[("RHIZOME_DATABASE__URL_FILE", "/run/db")]))
+                .unwrap();
         assert_eq!(config.database.url_file, Some(PathBuf::from("/run/db")));
     }
 
@@ -415,10 +417,7 @@ mod tests {
         let example = Config::example_toml();
         let parsed = Config::from_toml_and_env(&example, Vec::new()).unwrap();
         let defaults = Config::default();
-        assert_eq!(
-            toml::to_string(&parsed).unwrap(),
-            toml::to_string(&defaults).unwrap(),
-        );
+        assert_eq!(toml::to_string(&parsed).unwrap(), toml::to_string(&defaults).unwrap(),);
     }
 
     #[test]

@@ -75,10 +75,7 @@ impl Error {
     pub fn unknown_token(soft_logout: bool) -> Self {
         let mut data = UnknownTokenErrorData::new();
         data.soft_logout = soft_logout;
-        Self::matrix(
-            MatrixErrorKind::UnknownToken(data),
-            "Unknown or expired access token",
-        )
+        Self::matrix(MatrixErrorKind::UnknownToken(data), "Unknown or expired access token")
     }
 
     /// `M_LIMIT_EXCEEDED` with the delay after which the client may retry.
@@ -188,9 +185,7 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.cause
-            .as_deref()
-            .map(|cause| cause as &(dyn std::error::Error + 'static))
+        self.cause.as_deref().map(|cause| cause as &(dyn std::error::Error + 'static))
     }
 }
 

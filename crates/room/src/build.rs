@@ -62,10 +62,7 @@ pub fn build_pdu(
     }
     object.insert("content".to_owned(), content);
     let depth = UInt::new(template.depth.min(MAX_DEPTH)).unwrap_or(UInt::MAX);
-    object.insert(
-        "depth".to_owned(),
-        CanonicalJsonValue::Integer(depth.into()),
-    );
+    object.insert("depth".to_owned(), CanonicalJsonValue::Integer(depth.into()));
     object.insert(
         "origin_server_ts".to_owned(),
         CanonicalJsonValue::Integer(template.origin_server_ts.0.into()),

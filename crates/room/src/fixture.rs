@@ -69,10 +69,7 @@ impl FixtureRoom {
             clock: 1,
         };
         let mut state = StateMap::new();
-        state.insert(
-            (StateEventType::RoomCreate, String::new()),
-            create.event_id.clone(),
-        );
+        state.insert((StateEventType::RoomCreate, String::new()), create.event_id.clone());
         room.state_after.insert(create.event_id.clone(), state);
         room.events.insert(create.event_id.clone(), create);
 
@@ -105,16 +102,10 @@ impl FixtureRoom {
 
     /// The single latest event when the room has not forked.
     pub fn head(&self) -> OwnedEventId {
-        let referenced: HashSet<&OwnedEventId> = self
-            .events
-            .values()
-            .flat_map(|event| event.prev_events.iter())
-            .collect();
-        let mut heads: Vec<&Pdu> = self
-            .events
-            .values()
-            .filter(|event| !referenced.contains(&event.event_id))
-            .collect();
+        let referenced: HashSet<&OwnedEventId> =
+            self.events.values().flat_map(|event| event.prev_events.iter()).collect();
+        let mut heads: Vec<&Pdu> =
+            self.events.values().filter(|event| !referenced.contains(&event.event_id)).collect();
         heads.sort_by_key(|event| (event.depth, event.origin_server_ts));
         heads
             .last()
@@ -218,22 +209,15 @@ impl FixtureRoom {
 
     /// The state before an event with these `prev_events`: theirs, resolved when they differ.
     pub fn state_before(&self, prev_events: &[OwnedEventId]) -> StateMap {
-        let maps: Vec<StateMap> = prev_events
-            .iter()
-            .filter_map(|id| self.state_after.get(id).cloned())
-            .collect();
+        let maps: Vec<StateMap> =
+            prev_events.iter().filter_map(|id| self.state_after.get(id).cloned()).collect();
         match maps.len() {
             0 => StateMap::new(),
             1 => maps.into_iter().next().unwrap_or_default(),
             _ => {
-                let auth_chains = maps
-                    .iter()
-                    .map(|map| self.auth_chain(map.values()))
-                    .collect();
-                resolve(&self.version, &maps, auth_chains, |id| {
-                    self.events.get(id).cloned()
-                })
-                .expect("fixture state resolves")
+                let auth_chains = maps.iter().map(|map| self.auth_chain(map.values())).collect();
+                resolve(&self.version, &maps, auth_chains, |id| self.events.get(id).cloned())
+                    .expect("fixture state resolves")
             }
         }
     }
@@ -257,8 +241,6 @@ impl FixtureRoom {
 
     /// The event filling a state slot in a state map.
     pub fn state_event<'a>(&'a self, state: &StateMap, kind: &str, key: &str) -> Option<&'a Pdu> {
-        state
-            .get(&(StateEventType::from(kind), key.to_owned()))
-            .and_then(|id| self.events.get(id))
+        state.get(&(StateEventType::from(kind), key.to_owned())).and_then(|id| self.events.get(id))
     }
 }

@@ -11,9 +11,7 @@ pub struct SigningKey {
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the secret half.
-        f.debug_struct("SigningKey")
-            .field("key_id", &self.key_id())
-            .finish_non_exhaustive()
+        f.debug_struct("SigningKey").field("key_id", &self.key_id()).finish_non_exhaustive()
     }
 }
 
@@ -38,9 +36,7 @@ impl SigningKey {
         let (Some("ed25519"), Some(version), Some(document), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(KeyFileError(
-                "expected `ed25519 <version> <base64 key>`".to_owned(),
-            ));
+            return Err(KeyFileError("expected `ed25519 <version> <base64 key>`".to_owned()));
         };
         let document = STANDARD_NO_PAD
             .decode(document.trim_end_matches('='))

@@ -168,12 +168,8 @@ impl Pdu {
         let rules = versions::rules(room_version)
             .ok_or_else(|| PduError::UnsupportedRoomVersion(room_version.clone()))?;
         let object = self.canonical_object()?;
-        let redacted = redact(
-            object,
-            &rules.redaction,
-            because.map(RedactedBecause::from_json),
-        )
-        .map_err(|error| PduError::Json(error.to_string()))?;
+        let redacted = redact(object, &rules.redaction, because.map(RedactedBecause::from_json))
+            .map_err(|error| PduError::Json(error.to_string()))?;
         let json = to_raw_value(&redacted).map_err(|error| PduError::Json(error.to_string()))?;
         let mut pdu = Self::from_json(self.event_id.clone(), json, room_version)?;
         pdu.rejected = self.rejected;

@@ -33,10 +33,7 @@ pub fn resolve(
     let state_res_rules = rules.state_res.v2_rules().ok_or_else(|| {
         ResolveError::Failed("room version does not use state resolution v2".into())
     })?;
-    let auth_chains = auth_chains
-        .into_iter()
-        .map(|chain| chain.into_iter().collect())
-        .collect();
+    let auth_chains = auth_chains.into_iter().map(|chain| chain.into_iter().collect()).collect();
     let fetch_auth_events =
         |event_id: &EventId| fetch_event(event_id).map(|event| event.auth_events.clone());
     state_res::resolve(
@@ -48,11 +45,7 @@ pub fn resolve(
         |conflicted| {
             let conflicted_ids: HashSet<OwnedEventId> =
                 conflicted.values().flatten().cloned().collect();
-            Some(
-                conflicted_subgraph(&conflicted_ids, &fetch_auth_events)
-                    .into_iter()
-                    .collect(),
-            )
+            Some(conflicted_subgraph(&conflicted_ids, &fetch_auth_events).into_iter().collect())
         },
     )
     .map_err(|error| ResolveError::Failed(error.to_string()))
@@ -72,12 +65,7 @@ pub fn conflicted_subgraph(
             continue;
         }
         let auth_events = fetch_auth_events(&event_id).unwrap_or_default();
-        stack.extend(
-            auth_events
-                .iter()
-                .filter(|id| !edges.contains_key(*id))
-                .cloned(),
-        );
+        stack.extend(auth_events.iter().filter(|id| !edges.contains_key(*id)).cloned());
         edges.insert(event_id, auth_events);
     }
     // An ancestor is in the subgraph when a conflicted event is among its own ancestors
@@ -92,9 +80,7 @@ pub fn conflicted_subgraph(
             let parents = edges.get(&event_id).map(Vec::as_slice).unwrap_or_default();
             if children_done {
                 let value = conflicted.contains(&event_id)
-                    || parents
-                        .iter()
-                        .any(|parent| reaches.get(parent).copied().unwrap_or(false));
+                    || parents.iter().any(|parent| reaches.get(parent).copied().unwrap_or(false));
                 reaches.insert(event_id, value);
             } else {
                 stack.push((event_id.clone(), true));
@@ -106,10 +92,7 @@ pub fn conflicted_subgraph(
             }
         }
     }
-    reaches
-        .into_iter()
-        .filter_map(|(event_id, reaches)| reaches.then_some(event_id))
-        .collect()
+    reaches.into_iter().filter_map(|(event_id, reaches)| reaches.then_some(event_id)).collect()
 }
 
 #[cfg(test)]

@@ -35,8 +35,7 @@ fn each_version(body: impl Fn(&RoomVersionId)) {
 }
 
 fn name_of(room: &FixtureRoom, state: &crate::StateMap) -> Option<String> {
-    room.state_event(state, "m.room.name", "")
-        .and_then(|event| event.content_str("name"))
+    room.state_event(state, "m.room.name", "").and_then(|event| event.content_str("name"))
 }
 
 #[test]
@@ -47,10 +46,7 @@ fn events_are_signed_hashed_and_identified_by_their_reference_hash() {
             let object = event.canonical_object().unwrap();
             assert_eq!(event_id_of(&object, version).unwrap(), event.event_id);
             assert!(object.contains_key("hashes") && object.contains_key("signatures"));
-            assert!(
-                !object.contains_key("event_id"),
-                "v3+ PDUs carry no event_id"
-            );
+            assert!(!object.contains_key("event_id"), "v3+ PDUs carry no event_id");
         }
         let create = &room.events[&room.create_event_id];
         if *version == RoomVersionId::V12 {
@@ -84,10 +80,7 @@ fn signatures_verify_with_the_published_key_and_fail_when_tampered() {
     let server = ruma::server_name!("example.org");
     let pdu = crate::build_pdu(&template, &RoomVersionId::V11, server, &key).unwrap();
     let mut keys = BTreeMap::new();
-    keys.insert(
-        key.key_id(),
-        Base64::parse(key.public_key_base64()).unwrap(),
-    );
+    keys.insert(key.key_id(), Base64::parse(key.public_key_base64()).unwrap());
     let mut map = BTreeMap::new();
     map.insert("example.org".to_owned(), keys);
     let rules = RoomVersionId::V11.rules().unwrap();
@@ -96,20 +89,11 @@ fn signatures_verify_with_the_published_key_and_fail_when_tampered() {
 
     // Changing the content breaks the content hash (only redacted-form signature holds).
     let mut tampered = object.clone();
-    tampered.insert(
-        "content".into(),
-        ruma::CanonicalJsonValue::Object(Default::default()),
-    );
-    assert_eq!(
-        verify_event(&map, &tampered, &rules).unwrap(),
-        Verified::Signatures
-    );
+    tampered.insert("content".into(), ruma::CanonicalJsonValue::Object(Default::default()));
+    assert_eq!(verify_event(&map, &tampered, &rules).unwrap(), Verified::Signatures);
     // Changing a signed field breaks the signature.
     let mut forged = object;
-    forged.insert(
-        "sender".into(),
-        ruma::CanonicalJsonValue::String("@mallory:example.org".into()),
-    );
+    forged.insert("sender".into(), ruma::CanonicalJsonValue::String("@mallory:example.org".into()));
     assert!(verify_event(&map, &forged, &rules).is_err());
 }
 
@@ -118,24 +102,13 @@ fn non_members_cannot_send_and_members_can() {
     each_version(|version| {
         let mut room = FixtureRoom::new(version.clone(), &alice());
         let head = room.head();
-        let refused = room.send(
-            &[head.clone()],
-            &bob(),
-            "m.room.message",
-            None,
-            json!({"body": "x"}),
-        );
+        let refused =
+            room.send(&[head.clone()], &bob(), "m.room.message", None, json!({"body": "x"}));
         assert!(refused.is_err(), "{version}: a non-member sent a message");
         room.member(&bob(), &bob(), "join");
         let head = room.head();
-        room.send(
-            &[head],
-            &bob(),
-            "m.room.message",
-            None,
-            json!({"body": "x"}),
-        )
-        .unwrap_or_else(|error| panic!("{version}: member refused: {error}"));
+        room.send(&[head], &bob(), "m.room.message", None, json!({"body": "x"}))
+            .unwrap_or_else(|error| panic!("{version}: member refused: {error}"));
     });
 }
 
@@ -145,28 +118,11 @@ fn changing_the_room_name_needs_power() {
         let mut room = FixtureRoom::new(version.clone(), &alice());
         room.member(&bob(), &bob(), "join");
         let head = room.head();
-        let refused = room.send_state(
-            &[head.clone()],
-            &bob(),
-            "m.room.name",
-            "",
-            json!({"name": "bob's"}),
-        );
-        let error = refused
-            .expect_err("a power-0 user changed the name")
-            .to_string();
-        assert!(
-            error.contains("power") || error.contains("not allowed"),
-            "{error}"
-        );
-        room.send_state(
-            &[head],
-            &alice(),
-            "m.room.name",
-            "",
-            json!({"name": "alice's"}),
-        )
-        .unwrap();
+        let refused =
+            room.send_state(&[head.clone()], &bob(), "m.room.name", "", json!({"name": "bob's"}));
+        let error = refused.expect_err("a power-0 user changed the name").to_string();
+        assert!(error.contains("power") || error.contains("not allowed"), "{error}");
+        room.send_state(&[head], &alice(), "m.room.name", "", json!({"name": "alice's"})).unwrap();
     });
 }
 
@@ -214,13 +170,7 @@ fn invite_only_rooms_need_an_invite() {
         let mut room = FixtureRoom::new(version.clone(), &alice());
         let head = room.head();
         let private = room
-            .send_state(
-                &[head],
-                &alice(),
-                "m.room.join_rules",
-                "",
-                json!({"join_rule": "invite"}),
-            )
+            .send_state(&[head], &alice(), "m.room.join_rules", "", json!({"join_rule": "invite"}))
             .unwrap();
         assert!(
             room.send_state(
@@ -263,10 +213,7 @@ fn room_creators_cannot_be_listed_in_power_levels_since_v12() {
         "",
         json!({"users": {alice().as_str(): 100}}),
     );
-    assert!(
-        result.is_err(),
-        "v12 accepted a creator in power_levels.users"
-    );
+    assert!(result.is_err(), "v12 accepted a creator in power_levels.users");
 }
 
 #[test]
@@ -297,31 +244,15 @@ fn state_at_each_event_follows_the_graph() {
     each_version(|version| {
         let mut room = FixtureRoom::new(version.clone(), &alice());
         let head = room.head();
-        let first = room
-            .send_state(&[head], &alice(), "m.room.name", "", json!({"name": "one"}))
-            .unwrap();
+        let first =
+            room.send_state(&[head], &alice(), "m.room.name", "", json!({"name": "one"})).unwrap();
         let second = room
-            .send_state(
-                &[first.clone()],
-                &alice(),
-                "m.room.name",
-                "",
-                json!({"name": "two"}),
-            )
+            .send_state(&[first.clone()], &alice(), "m.room.name", "", json!({"name": "two"}))
             .unwrap();
         let message = room
-            .send(
-                &[second.clone()],
-                &alice(),
-                "m.room.message",
-                None,
-                json!({"body": "x"}),
-            )
+            .send(&[second.clone()], &alice(), "m.room.message", None, json!({"body": "x"}))
             .unwrap();
-        assert_eq!(
-            name_of(&room, room.state_after(&first).unwrap()).as_deref(),
-            Some("one")
-        );
+        assert_eq!(name_of(&room, room.state_after(&first).unwrap()).as_deref(), Some("one"));
         let before_first = room.state_before(&room.events[&first].prev_events);
         assert_eq!(name_of(&room, &before_first).as_deref(), None);
         assert_eq!(
@@ -338,29 +269,14 @@ fn a_fork_with_two_names_resolves_to_one_deterministically() {
         let mut room = FixtureRoom::new(version.clone(), &alice());
         let base = room.head();
         let left = room
-            .send_state(
-                &[base.clone()],
-                &alice(),
-                "m.room.name",
-                "",
-                json!({"name": "left"}),
-            )
+            .send_state(&[base.clone()], &alice(), "m.room.name", "", json!({"name": "left"}))
             .unwrap();
         let right = room
-            .send_state(
-                &[base],
-                &alice(),
-                "m.room.name",
-                "",
-                json!({"name": "right"}),
-            )
+            .send_state(&[base], &alice(), "m.room.name", "", json!({"name": "right"}))
             .unwrap();
         let once = room.state_before(&[left.clone(), right.clone()]);
         let again = room.state_before(&[right, left]);
-        assert_eq!(
-            once, again,
-            "{version}: resolution depends on the order of branches"
-        );
+        assert_eq!(once, again, "{version}: resolution depends on the order of branches");
         let name = name_of(&room, &once).unwrap();
         assert!(name == "left" || name == "right");
         // The right branch was sent later (higher timestamp), so mainline ordering puts it last.
@@ -401,13 +317,7 @@ fn a_demotion_on_one_branch_voids_the_demoted_users_change_on_the_other() {
             )
             .unwrap();
         let rename = room
-            .send_state(
-                &[promote],
-                &bob(),
-                "m.room.name",
-                "",
-                json!({"name": "bob was here"}),
-            )
+            .send_state(&[promote], &bob(), "m.room.name", "", json!({"name": "bob was here"}))
             .unwrap();
         let resolved = room.state_before(&[demote.clone(), rename]);
         assert_eq!(
@@ -431,8 +341,7 @@ fn a_demotion_on_one_branch_voids_the_demoted_users_change_on_the_other() {
             )
             .unwrap();
         assert!(
-            room.send_state(&[head], &bob(), "m.room.name", "", json!({"name": "again"}))
-                .is_err()
+            room.send_state(&[head], &bob(), "m.room.name", "", json!({"name": "again"})).is_err()
         );
     });
 }
@@ -461,10 +370,7 @@ fn concurrent_joins_on_two_branches_both_survive_resolution() {
             )
             .unwrap();
         let resolved = room.state_before(&[bob_join.clone(), carol_join.clone()]);
-        assert_eq!(
-            resolved.get(&(StateEventType::RoomMember, bob().to_string())),
-            Some(&bob_join)
-        );
+        assert_eq!(resolved.get(&(StateEventType::RoomMember, bob().to_string())), Some(&bob_join));
         assert_eq!(
             resolved.get(&(StateEventType::RoomMember, carol().to_string())),
             Some(&carol_join)

@@ -6,11 +6,7 @@ pub use rhizome_core::SUPPORTED_ROOM_VERSIONS;
 
 /// The rules of a supported room version, or `None` for a version Rhizome does not support.
 pub fn rules(version: &RoomVersionId) -> Option<RoomVersionRules> {
-    if SUPPORTED_ROOM_VERSIONS.contains(version) {
-        version.rules()
-    } else {
-        None
-    }
+    if SUPPORTED_ROOM_VERSIONS.contains(version) { version.rules() } else { None }
 }
 
 /// Whether the room version's room ID is the create event's reference hash (v12 and later).

@@ -6,7 +6,7 @@ use rhizome_storage::{
     AccessTokenRecord, AccountStore, DeviceRecord, DirectoryUser, NewAccessToken,
     RegistrationTokenRecord, UserRecord,
 };
-use ruma::{DeviceId, OwnedDeviceId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use sqlx::{Row, any::AnyRow};
 
 use crate::{SqlStore, db_error, flag, is_unique_violation, parse_id};
@@ -29,10 +29,7 @@ fn user_from_row(row: &AnyRow) -> Result<UserRecord> {
 fn device_from_row(row: &AnyRow) -> Result<DeviceRecord> {
     Ok(DeviceRecord {
         user_id: parse_id(row.try_get("user_id").map_err(db_error)?)?,
-        device_id: row
-            .try_get::<String, _>("device_id")
-            .map_err(db_error)?
-            .into(),
+        device_id: row.try_get::<String, _>("device_id").map_err(db_error)?.into(),
         display_name: row.try_get("display_name").map_err(db_error)?,
         last_seen_ts: row.try_get("last_seen_ts").map_err(db_error)?,
         created_ts: row.try_get("created_ts").map_err(db_error)?,
@@ -71,22 +68,19 @@ impl AccountStore for SqlStore {
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(error) if is_unique_violation(&error) => Err(Error::matrix(
-                MatrixErrorKind::UserInUse,
-                "User ID already taken",
-            )),
+            Err(error) if is_unique_violation(&error) => {
+                Err(Error::matrix(MatrixErrorKind::UserInUse, "User ID already taken"))
+            }
             Err(error) => Err(db_error(error)),
         }
     }
 
     async fn get_user(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"
-        ))
-        .bind(user_id.as_str())
-        .fetch_optional(&self.read)
-        .await
-        .map_err(db_error)?;
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"))
+            .bind(user_id.as_str())
+            .fetch_optional(&self.read)
+            .await
+            .map_err(db_error)?;
         row.as_ref().map(user_from_row).transpose()
     }
 
@@ -258,14 +252,12 @@ impl AccountStore for SqlStore {
     async fn delete_device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
         let mut transaction = self.write.begin().await.map_err(db_error)?;
         for table in ["access_tokens", "devices"] {
-            sqlx::query(&format!(
-                "DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"
-            ))
-            .bind(user_id.as_str())
-            .bind(device_id.as_str())
-            .execute(&mut *transaction)
-            .await
-            .map_err(db_error)?;
+            sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"))
+                .bind(user_id.as_str())
+                .bind(device_id.as_str())
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
         }
         transaction.commit().await.map_err(db_error)
     }
@@ -308,10 +300,7 @@ impl AccountStore for SqlStore {
         row.map(|row| {
             Ok(AccessTokenRecord {
                 user_id: parse_id(row.try_get("user_id").map_err(db_error)?)?,
-                device_id: row
-                    .try_get::<String, _>("device_id")
-                    .map_err(db_error)?
-                    .into(),
+                device_id: row.try_get::<String, _>("device_id").map_err(db_error)?.into(),
                 expires_ts: row.try_get("expires_ts").map_err(db_error)?,
             })
         })
@@ -344,37 +333,36 @@ impl AccountStore for SqlStore {
     async fn rotate_refresh_token(
         &self,
         refresh_token_hash: &str,
-        new_token: &NewAccessToken,
-    ) -> Result<Option<OwnedDeviceId>> {
+        new_token_hash: &str,
+        new_refresh_token_hash: &str,
+        expires_ts: Option<i64>,
+    ) -> Result<Option<(OwnedUserId, OwnedDeviceId)>> {
         let mut transaction = self.write.begin().await.map_err(db_error)?;
         let row = sqlx::query(
-            "DELETE FROM access_tokens WHERE refresh_token_hash = $1 AND user_id = $2 \
-             RETURNING device_id",
+            "DELETE FROM access_tokens WHERE refresh_token_hash = $1 RETURNING user_id, device_id",
         )
         .bind(refresh_token_hash)
-        .bind(new_token.user_id.as_str())
         .fetch_optional(&mut *transaction)
         .await
         .map_err(db_error)?;
         let Some(row) = row else { return Ok(None) };
-        let device_id: OwnedDeviceId = row
-            .try_get::<String, _>("device_id")
-            .map_err(db_error)?
-            .into();
+        let user_id: OwnedUserId = parse_id(row.try_get("user_id").map_err(db_error)?)?;
+        let device_id: OwnedDeviceId =
+            row.try_get::<String, _>("device_id").map_err(db_error)?.into();
         sqlx::query(
             "INSERT INTO access_tokens (token_hash, refresh_token_hash, user_id, device_id, \
              expires_ts) VALUES ($1, $2, $3, $4, $5)",
         )
-        .bind(&new_token.token_hash)
-        .bind(new_token.refresh_token_hash.as_deref())
-        .bind(new_token.user_id.as_str())
+        .bind(new_token_hash)
+        .bind(new_refresh_token_hash)
+        .bind(user_id.as_str())
         .bind(device_id.as_str())
-        .bind(new_token.expires_ts)
+        .bind(expires_ts)
         .execute(&mut *transaction)
         .await
         .map_err(db_error)?;
         transaction.commit().await.map_err(db_error)?;
-        Ok(Some(device_id))
+        Ok(Some((user_id, device_id)))
     }
 
     async fn create_registration_token(&self, token: &RegistrationTokenRecord) -> Result<()> {
@@ -391,9 +379,9 @@ impl AccountStore for SqlStore {
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(error) if is_unique_violation(&error) => Err(Error::invalid_param(
-                "A registration token with that value exists",
-            )),
+            Err(error) if is_unique_violation(&error) => {
+                Err(Error::invalid_param("A registration token with that value exists"))
+            }
             Err(error) => Err(db_error(error)),
         }
     }

@@ -60,17 +60,12 @@ impl SqlStore {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres
         } else {
-            return Err(Error::bug(
-                "database URL must start with sqlite: or postgres:",
-            ));
+            return Err(Error::bug("database URL must start with sqlite: or postgres:"));
         };
         let (write, read) = match backend {
             Backend::Sqlite => {
-                let url = if url.contains('?') {
-                    url.to_owned()
-                } else {
-                    format!("{url}?mode=rwc")
-                };
+                let url =
+                    if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
                 let write = AnyPoolOptions::new()
                     .max_connections(1)
                     .min_connections(1)
@@ -147,12 +142,7 @@ impl SqlStore {
         let guard = self.stream_lock.lock().await;
         let pos = *guard + 1;
         let transaction = self.write.begin().await.map_err(db_error)?;
-        Ok(StreamWrite {
-            guard,
-            transaction,
-            pos,
-            current_pos: &self.current_pos,
-        })
+        Ok(StreamWrite { guard, transaction, pos, current_pos: &self.current_pos })
     }
 }
 
@@ -217,10 +207,7 @@ pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
 
 /// `$first, $first+1, …` for a dynamic `IN` list of `count` parameters.
 pub(crate) fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count)
-        .map(|index| format!("${index}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    (first..first + count).map(|index| format!("${index}")).collect::<Vec<_>>().join(", ")
 }
 
 /// Parses a stored identifier, treating a malformed one as database corruption.

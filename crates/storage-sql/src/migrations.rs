@@ -40,10 +40,7 @@ pub(crate) async fn apply(store: &SqlStore) -> Result<()> {
         }
         tracing::info!(version, "applying database migration");
         let mut transaction = store.write.begin().await.map_err(db_error)?;
-        transaction
-            .execute(render(sql, store.backend).as_str())
-            .await
-            .map_err(db_error)?;
+        transaction.execute(render(sql, store.backend).as_str()).await.map_err(db_error)?;
         sqlx::query("INSERT INTO schema_migrations (version, applied_ts) VALUES ($1, $2)")
             .bind(version)
             .bind(rhizome_core::clock::now_millis())

@@ -24,11 +24,9 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<EventRecord> {
     let txn_device: Option<String> = row.try_get("txn_device").map_err(db_error)?;
     let txn_id: Option<String> = row.try_get("txn_id").map_err(db_error)?;
     let txn = match (txn_user, txn_device, txn_id) {
-        (Some(user_id), Some(device_id), Some(txn_id)) => Some(TxnRecord {
-            user_id: parse_id(user_id)?,
-            device_id: device_id.into(),
-            txn_id,
-        }),
+        (Some(user_id), Some(device_id), Some(txn_id)) => {
+            Some(TxnRecord { user_id: parse_id(user_id)?, device_id: device_id.into(), txn_id })
+        }
         _ => None,
     };
     Ok(EventRecord {
@@ -65,11 +63,7 @@ fn searchable_body(event: &PersistEvent) -> Option<String> {
         return None;
     }
     let value: serde_json::Value = serde_json::from_str(&event.json).ok()?;
-    value
-        .get("content")?
-        .get("body")?
-        .as_str()
-        .map(str::to_owned)
+    value.get("content")?.get("body")?.as_str().map(str::to_owned)
 }
 
 async fn persist_in_transaction(
@@ -114,11 +108,8 @@ async fn persist_in_transaction(
     .await;
     if let Err(error) = result {
         return Err(if is_unique_violation(&error) {
-            Error::matrix(
-                MatrixErrorKind::Unknown,
-                "Event or transaction already persisted",
-            )
-            .with_cause(error)
+            Error::matrix(MatrixErrorKind::Unknown, "Event or transaction already persisted")
+                .with_cause(error)
         } else {
             db_error(error)
         });
@@ -225,11 +216,7 @@ async fn persist_in_transaction(
         .await
         .map_err(db_error)?;
     }
-    Ok(PersistedEvent {
-        stream_pos: pos,
-        state_before,
-        state_after,
-    })
+    Ok(PersistedEvent { stream_pos: pos, state_before, state_after })
 }
 
 #[async_trait]
@@ -250,10 +237,9 @@ impl RoomStore for SqlStore {
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(error) if is_unique_violation(&error) => Err(Error::matrix(
-                MatrixErrorKind::RoomInUse,
-                "Room already exists",
-            )),
+            Err(error) if is_unique_violation(&error) => {
+                Err(Error::matrix(MatrixErrorKind::RoomInUse, "Room already exists"))
+            }
             Err(error) => Err(db_error(error)),
         }
     }
@@ -288,13 +274,12 @@ impl RoomStore for SqlStore {
     }
 
     async fn get_event(&self, event_id: &EventId) -> Result<Option<EventRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = $1"
-        ))
-        .bind(event_id.as_str())
-        .fetch_optional(&self.read)
-        .await
-        .map_err(db_error)?;
+        let row =
+            sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = $1"))
+                .bind(event_id.as_str())
+                .fetch_optional(&self.read)
+                .await
+                .map_err(db_error)?;
         row.as_ref().map(event_from_row).transpose()
     }
 
@@ -434,9 +419,7 @@ impl RoomStore for SqlStore {
                  AND room_id IN ({})",
                 placeholders(3, chunk.len())
             );
-            let mut query = sqlx::query_scalar::<_, String>(&sql)
-                .bind(since)
-                .bind(until);
+            let mut query = sqlx::query_scalar::<_, String>(&sql).bind(since).bind(until);
             for room_id in chunk {
                 query = query.bind(room_id.as_str());
             }
@@ -501,10 +484,8 @@ impl RoomStore for SqlStore {
         direction: Direction,
         limit: i64,
     ) -> Result<Vec<EventRecord>> {
-        rooms_query::relations(
-            self, event_id, rel_type, event_type, from, to, direction, limit,
-        )
-        .await
+        rooms_query::relations(self, event_id, rel_type, event_type, from, to, direction, limit)
+            .await
     }
 
     async fn latest_edit(

@@ -34,10 +34,7 @@ fn membership_filter(first: usize, memberships: &[&str]) -> String {
     if memberships.is_empty() {
         String::new()
     } else {
-        format!(
-            " AND membership IN ({})",
-            placeholders(first, memberships.len())
-        )
+        format!(" AND membership IN ({})", placeholders(first, memberships.len()))
     }
 }
 
@@ -229,12 +226,7 @@ pub(crate) async fn thread_roots(
     .await
     .map_err(db_error)?;
     rows.iter()
-        .map(|row| {
-            Ok((
-                event_from_row(row)?,
-                row.try_get("latest").map_err(db_error)?,
-            ))
-        })
+        .map(|row| Ok((event_from_row(row)?, row.try_get("latest").map_err(db_error)?)))
         .collect()
 }
 

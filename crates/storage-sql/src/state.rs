@@ -38,10 +38,7 @@ pub(crate) async fn load_group(
             row.try_get("event_type").map_err(db_error)?,
             row.try_get("state_key").map_err(db_error)?,
         );
-        match row
-            .try_get::<Option<String>, _>("event_id")
-            .map_err(db_error)?
-        {
+        match row.try_get::<Option<String>, _>("event_id").map_err(db_error)? {
             Some(event_id) => {
                 state.insert(slot, parse_id(event_id)?);
             }
@@ -104,14 +101,7 @@ pub(crate) async fn write_delta(
                     None => state.remove(slot),
                 };
             }
-            (
-                None,
-                0,
-                state
-                    .into_iter()
-                    .map(|(slot, id)| (slot, Some(id)))
-                    .collect(),
-            )
+            (None, 0, state.into_iter().map(|(slot, id)| (slot, Some(id))).collect())
         }
     };
     let group: StateGroupId = sqlx::query_scalar(

@@ -26,21 +26,13 @@ fn find_bin_dir() -> Result<PathBuf, String> {
     }
     let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|entries| {
-            entries
-                .filter_map(|entry| entry.ok())
-                .map(|entry| entry.path().join("bin"))
-                .collect()
+            entries.filter_map(|entry| entry.ok()).map(|entry| entry.path().join("bin")).collect()
         })
         .unwrap_or_default();
     candidates.sort();
-    candidates
-        .into_iter()
-        .rev()
-        .find(|dir| dir.join("initdb").exists())
-        .ok_or_else(|| {
-            "PostgreSQL server binaries not found (install Debian's `postgresql` package)"
-                .to_owned()
-        })
+    candidates.into_iter().rev().find(|dir| dir.join("initdb").exists()).ok_or_else(|| {
+        "PostgreSQL server binaries not found (install Debian's `postgresql` package)".to_owned()
+    })
 }
 
 fn is_root() -> bool {
@@ -125,16 +117,8 @@ impl PostgresServer {
             "-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off \
              -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         );
-        let log = dir
-            .path()
-            .join("postgres.log")
-            .to_string_lossy()
-            .into_owned();
-        run(
-            &bin_dir,
-            "pg_ctl",
-            &["-D", &data_str, "-o", &options, "-l", &log, "-w", "start"],
-        )?;
+        let log = dir.path().join("postgres.log").to_string_lossy().into_owned();
+        run(&bin_dir, "pg_ctl", &["-D", &data_str, "-o", &options, "-l", &log, "-w", "start"])?;
         // A watchdog stops the server when this process ends, however it ends.
         let pg_ctl = bin_dir.join("pg_ctl").to_string_lossy().into_owned();
         let stop = if is_root() {
@@ -164,11 +148,7 @@ impl PostgresServer {
     /// Creates a fresh database and returns its URL.
     pub async fn create_database(&self) -> Result<String, String> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "test_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
+        let name = format!("test_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
         sqlx::any::install_default_drivers();
         let mut connection =
             <sqlx::AnyConnection as sqlx::Connection>::connect(&self.url("postgres"))

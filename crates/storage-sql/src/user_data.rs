@@ -13,11 +13,7 @@ use crate::{SqlStore, db_error, parse_id, placeholders};
 fn account_data_from_row(row: &AnyRow) -> Result<AccountDataRecord> {
     let room_id: String = row.try_get("room_id").map_err(db_error)?;
     Ok(AccountDataRecord {
-        room_id: if room_id.is_empty() {
-            None
-        } else {
-            Some(parse_id(room_id)?)
-        },
+        room_id: if room_id.is_empty() { None } else { Some(parse_id(room_id)?) },
         data_type: row.try_get("data_type").map_err(db_error)?,
         content: row.try_get("content").map_err(db_error)?,
         stream_pos: row.try_get("stream_pos").map_err(db_error)?,
@@ -30,11 +26,7 @@ fn receipt_from_row(row: &AnyRow) -> Result<ReceiptRecord> {
         room_id: parse_id(row.try_get("room_id").map_err(db_error)?)?,
         receipt_type: row.try_get("receipt_type").map_err(db_error)?,
         user_id: parse_id(row.try_get("user_id").map_err(db_error)?)?,
-        thread_id: if thread_id.is_empty() {
-            None
-        } else {
-            Some(thread_id)
-        },
+        thread_id: if thread_id.is_empty() { None } else { Some(thread_id) },
         event_id: parse_id(row.try_get("event_id").map_err(db_error)?)?,
         ts: row.try_get("ts").map_err(db_error)?,
         stream_pos: row.try_get("stream_pos").map_err(db_error)?,

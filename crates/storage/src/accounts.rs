@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use rhizome_core::Result;
-use ruma::{DeviceId, OwnedDeviceId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 
 use crate::{
     AccessTokenRecord, DeviceRecord, DirectoryUser, NewAccessToken, RegistrationTokenRecord,
@@ -91,13 +91,16 @@ pub trait AccountStore {
         keep_device: Option<&DeviceId>,
     ) -> Result<()>;
 
-    /// Swaps a refresh token (by hash) for a new access and refresh token, in one step; returns
-    /// the device, or `None` if the refresh token is unknown (or already used).
+    /// Swaps a refresh token (by hash) for a new access and refresh token on the same device,
+    /// in one step; returns the user and device, or `None` if the refresh token is unknown (or
+    /// already used).
     async fn rotate_refresh_token(
         &self,
         refresh_token_hash: &str,
-        new_token: &NewAccessToken,
-    ) -> Result<Option<OwnedDeviceId>>;
+        new_token_hash: &str,
+        new_refresh_token_hash: &str,
+        expires_ts: Option<i64>,
+    ) -> Result<Option<(OwnedUserId, OwnedDeviceId)>>;
 
     /// Stores a new registration token; `M_INVALID_PARAM` if it exists.
     async fn create_registration_token(&self, token: &RegistrationTokenRecord) -> Result<()>;

@@ -86,9 +86,7 @@ impl RegistrationTokenRecord {
     /// Whether the token can still be used at time `now`.
     pub fn is_valid_at(&self, now: i64) -> bool {
         self.expiry_ts.is_none_or(|expiry| expiry > now)
-            && self
-                .uses_allowed
-                .is_none_or(|allowed| self.completed < allowed)
+            && self.uses_allowed.is_none_or(|allowed| self.completed < allowed)
     }
 }
 

@@ -61,14 +61,22 @@ fn comment(out: &mut String, text: &str) {
     }
 }
 
-fn render_table(out: &mut String, schema: &Json, defs: &Json, defaults: &toml::Value, path: &[&str]) {
-    let Some(properties) = schema.get("properties").and_then(Json::as_object) else { return };
+fn render_table(
+    out: &mut String,
+    schema: &Json,
+    defs: &Json,
+    defaults: &toml::Value,
+    path: &[&str],
+) {
+    let Some(properties) = schema.get("properties").and_then(Json::as_object) else {
+        return;
+    };
     let mut sections = Vec::new();
     for (key, property) in properties {
         let resolved = resolve(property, defs);
         let default = defaults.get(key);
-        let is_section = resolved.get("properties").is_some()
-            && default.is_none_or(toml::Value::is_table);
+        let is_section =
+            resolved.get("properties").is_some() && default.is_none_or(toml::Value::is_table);
         if is_section {
             sections.push((key, property, resolved));
             continue;

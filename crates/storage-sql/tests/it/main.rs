@@ -33,13 +33,7 @@ mod sqlite {
             .unwrap();
         store.close().await;
         let again = SqlStore::connect(&url, 2).await.unwrap();
-        assert!(
-            again
-                .get_registration_token("kept")
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(again.get_registration_token("kept").await.unwrap().is_some());
     }
 }
 

@@ -37,47 +37,18 @@ pub async fn users_are_created_once_and_updated(store: Arc<dyn DataStore>) {
         error.matrix_kind().map(|kind| kind.errcode().to_string()),
         Some("M_USER_IN_USE".into())
     );
-    assert_eq!(
-        store.get_user(&alice.user_id).await.unwrap(),
-        Some(alice.clone())
-    );
-    assert_eq!(
-        store
-            .get_user(user_id!("@nobody:example.org"))
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(store.get_user(&alice.user_id).await.unwrap(), Some(alice.clone()));
+    assert_eq!(store.get_user(user_id!("@nobody:example.org")).await.unwrap(), None);
 
-    store
-        .set_password_hash(&alice.user_id, "new-hash")
-        .await
-        .unwrap();
-    store
-        .set_displayname(&alice.user_id, Some("Alice A."))
-        .await
-        .unwrap();
-    store
-        .set_avatar_url(&alice.user_id, Some("mxc://example.org/abc"))
-        .await
-        .unwrap();
+    store.set_password_hash(&alice.user_id, "new-hash").await.unwrap();
+    store.set_displayname(&alice.user_id, Some("Alice A.")).await.unwrap();
+    store.set_avatar_url(&alice.user_id, Some("mxc://example.org/abc")).await.unwrap();
     let stored = store.get_user(&alice.user_id).await.unwrap().unwrap();
     assert_eq!(stored.password_hash.as_deref(), Some("new-hash"));
     assert_eq!(stored.displayname.as_deref(), Some("Alice A."));
-    assert_eq!(
-        stored.avatar_url.as_ref().map(|url| url.as_str()),
-        Some("mxc://example.org/abc")
-    );
+    assert_eq!(stored.avatar_url.as_ref().map(|url| url.as_str()), Some("mxc://example.org/abc"));
     store.set_displayname(&alice.user_id, None).await.unwrap();
-    assert_eq!(
-        store
-            .get_user(&alice.user_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .displayname,
-        None
-    );
+    assert_eq!(store.get_user(&alice.user_id).await.unwrap().unwrap().displayname, None);
     assert_eq!(store.count_users().await.unwrap(), 1);
 }
 
@@ -85,24 +56,15 @@ pub async fn users_are_created_once_and_updated(store: Arc<dyn DataStore>) {
 pub async fn deactivation_removes_devices_and_tokens(store: Arc<dyn DataStore>) {
     let alice = user("alice");
     store.create_user(&alice).await.unwrap();
-    store
-        .upsert_device(&alice.user_id, device_id!("D1"), Some("phone"), 5)
-        .await
-        .unwrap();
-    store
-        .create_access_token(&token("t1", "alice", "D1", None))
-        .await
-        .unwrap();
+    store.upsert_device(&alice.user_id, device_id!("D1"), Some("phone"), 5).await.unwrap();
+    store.create_access_token(&token("t1", "alice", "D1", None)).await.unwrap();
     store.deactivate_user(&alice.user_id).await.unwrap();
     let stored = store.get_user(&alice.user_id).await.unwrap().unwrap();
     assert!(stored.deactivated);
     assert_eq!(stored.password_hash, None);
     assert!(store.list_devices(&alice.user_id).await.unwrap().is_empty());
     assert_eq!(store.find_access_token("t1").await.unwrap(), None);
-    assert!(
-        store.create_user(&alice).await.is_err(),
-        "a deactivated ID was reused"
-    );
+    assert!(store.create_user(&alice).await.is_err(), "a deactivated ID was reused");
     assert_eq!(store.count_users().await.unwrap(), 0);
 }
 
@@ -110,77 +72,33 @@ pub async fn deactivation_removes_devices_and_tokens(store: Arc<dyn DataStore>) 
 pub async fn devices_and_tokens(store: Arc<dyn DataStore>) {
     let alice = user("alice");
     store.create_user(&alice).await.unwrap();
-    store
-        .upsert_device(&alice.user_id, device_id!("D1"), Some("phone"), 5)
-        .await
-        .unwrap();
-    store
-        .upsert_device(&alice.user_id, device_id!("D2"), None, 6)
-        .await
-        .unwrap();
+    store.upsert_device(&alice.user_id, device_id!("D1"), Some("phone"), 5).await.unwrap();
+    store.upsert_device(&alice.user_id, device_id!("D2"), None, 6).await.unwrap();
     // Upserting without a name keeps the old name.
-    store
-        .upsert_device(&alice.user_id, device_id!("D1"), None, 7)
-        .await
-        .unwrap();
+    store.upsert_device(&alice.user_id, device_id!("D1"), None, 7).await.unwrap();
     let devices = store.list_devices(&alice.user_id).await.unwrap();
     assert_eq!(devices.len(), 2);
     assert_eq!(devices[0].display_name.as_deref(), Some("phone"));
     assert_eq!(devices[0].last_seen_ts, Some(7));
-    assert!(
-        store
-            .rename_device(&alice.user_id, device_id!("D2"), Some("laptop"))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .rename_device(&alice.user_id, device_id!("D9"), Some("x"))
-            .await
-            .unwrap()
-    );
-    let d2 = store
-        .get_device(&alice.user_id, device_id!("D2"))
-        .await
-        .unwrap()
-        .unwrap();
+    assert!(store.rename_device(&alice.user_id, device_id!("D2"), Some("laptop")).await.unwrap());
+    assert!(!store.rename_device(&alice.user_id, device_id!("D9"), Some("x")).await.unwrap());
+    let d2 = store.get_device(&alice.user_id, device_id!("D2")).await.unwrap().unwrap();
     assert_eq!(d2.display_name.as_deref(), Some("laptop"));
 
-    store
-        .create_access_token(&token("t1", "alice", "D1", None))
-        .await
-        .unwrap();
-    store
-        .create_access_token(&token("t2", "alice", "D2", None))
-        .await
-        .unwrap();
+    store.create_access_token(&token("t1", "alice", "D1", None)).await.unwrap();
+    store.create_access_token(&token("t2", "alice", "D2", None)).await.unwrap();
     let found = store.find_access_token("t1").await.unwrap().unwrap();
     assert_eq!(found.device_id, owned_device_id!("D1"));
     assert_eq!(found.user_id, alice.user_id);
 
-    store
-        .delete_user_tokens(&alice.user_id, Some(device_id!("D1")))
-        .await
-        .unwrap();
+    store.delete_user_tokens(&alice.user_id, Some(device_id!("D1"))).await.unwrap();
     assert!(store.find_access_token("t1").await.unwrap().is_some());
     assert!(store.find_access_token("t2").await.unwrap().is_none());
 
-    store
-        .delete_device(&alice.user_id, device_id!("D1"))
-        .await
-        .unwrap();
+    store.delete_device(&alice.user_id, device_id!("D1")).await.unwrap();
     assert!(store.find_access_token("t1").await.unwrap().is_none());
-    assert!(
-        store
-            .get_device(&alice.user_id, device_id!("D1"))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    store
-        .create_access_token(&token("t3", "alice", "D2", None))
-        .await
-        .unwrap();
+    assert!(store.get_device(&alice.user_id, device_id!("D1")).await.unwrap().is_none());
+    store.create_access_token(&token("t3", "alice", "D2", None)).await.unwrap();
     store.delete_access_token("t3").await.unwrap();
     assert!(store.find_access_token("t3").await.unwrap().is_none());
 }
@@ -189,38 +107,17 @@ pub async fn devices_and_tokens(store: Arc<dyn DataStore>) {
 pub async fn refresh_tokens_rotate_once(store: Arc<dyn DataStore>) {
     let alice = user("alice");
     store.create_user(&alice).await.unwrap();
-    store
-        .upsert_device(&alice.user_id, device_id!("D1"), None, 5)
-        .await
-        .unwrap();
-    store
-        .create_access_token(&token("a1", "alice", "D1", Some("r1")))
-        .await
-        .unwrap();
-    let device = store
-        .rotate_refresh_token("r1", &token("a2", "alice", "IGNORED", Some("r2")))
-        .await
-        .unwrap();
-    assert_eq!(device, Some(owned_device_id!("D1")));
-    assert!(
-        store.find_access_token("a1").await.unwrap().is_none(),
-        "old access token survived"
-    );
-    assert_eq!(
-        store
-            .find_access_token("a2")
-            .await
-            .unwrap()
-            .unwrap()
-            .device_id,
-        owned_device_id!("D1")
-    );
-    let again = store
-        .rotate_refresh_token("r1", &token("a3", "alice", "D1", Some("r3")))
-        .await
-        .unwrap();
+    store.upsert_device(&alice.user_id, device_id!("D1"), None, 5).await.unwrap();
+    store.create_access_token(&token("a1", "alice", "D1", Some("r1"))).await.unwrap();
+    let rotated = store.rotate_refresh_token("r1", "a2", "r2", Some(99)).await.unwrap();
+    assert_eq!(rotated, Some((alice.user_id.clone(), owned_device_id!("D1"))));
+    assert!(store.find_access_token("a1").await.unwrap().is_none(), "old access token survived");
+    let new_token = store.find_access_token("a2").await.unwrap().unwrap();
+    assert_eq!((new_token.device_id, new_token.expires_ts), (owned_device_id!("D1"), Some(99)));
+    let again = store.rotate_refresh_token("r1", "a3", "r3", None).await.unwrap();
     assert_eq!(again, None, "a refresh token was used twice");
     assert!(store.find_access_token("a3").await.unwrap().is_none());
+    assert!(store.rotate_refresh_token("r2", "a4", "r4", None).await.unwrap().is_some());
 }
 
 /// Registration tokens allow exactly their number of uses, even concurrently, and expire.
@@ -248,11 +145,7 @@ pub async fn registration_tokens_are_used_up_exactly(store: Arc<dyn DataStore>) 
         }
     }
     assert_eq!(used, 3, "concurrent sign-ups overran the token");
-    let stored = store
-        .get_registration_token("limited")
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = store.get_registration_token("limited").await.unwrap().unwrap();
     assert_eq!(stored.completed, 3);
     assert!(!stored.is_valid_at(10));
 

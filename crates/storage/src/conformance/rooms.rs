@@ -31,10 +31,7 @@ pub(crate) fn event_id(name: &str) -> OwnedEventId {
 impl RoomBuilder {
     pub async fn new(store: Arc<dyn DataStore>, room: &str) -> Self {
         let room_id = OwnedRoomId::try_from(format!("!{room}:example.org")).expect("valid room ID");
-        store
-            .create_room(&room_id, &RoomVersionId::V11, 1)
-            .await
-            .unwrap();
+        store.create_room(&room_id, &RoomVersionId::V11, 1).await.unwrap();
         Self {
             store,
             room_id,
@@ -88,10 +85,7 @@ impl RoomBuilder {
             rejected: false,
             state_before: match &self.head {
                 Some((_, group)) => StateSpec::Existing(*group),
-                None => StateSpec::New {
-                    base: None,
-                    changes: Vec::new(),
-                },
+                None => StateSpec::New { base: None, changes: Vec::new() },
             },
             state_after_changes,
             new_extremities: vec![event_id],
@@ -129,14 +123,7 @@ impl RoomBuilder {
     }
 
     pub async fn join(&mut self, user: &str) -> OwnedEventId {
-        self.send(
-            user,
-            "m.room.member",
-            Some(user),
-            json!({"membership": "join"}),
-        )
-        .await
-        .0
+        self.send(user, "m.room.member", Some(user), json!({"membership": "join"})).await.0
     }
 }
 
@@ -144,71 +131,44 @@ impl RoomBuilder {
 pub async fn events_persist_with_state_extremities_and_positions(store: Arc<dyn DataStore>) {
     let start = store.current_stream_pos();
     let mut room = RoomBuilder::new(store.clone(), "r1").await;
-    let (create, first) = room
-        .send("@alice:example.org", "m.room.create", Some(""), json!({}))
-        .await;
+    let (create, first) =
+        room.send("@alice:example.org", "m.room.create", Some(""), json!({})).await;
     assert!(first.stream_pos > start);
     assert_eq!(store.current_stream_pos(), first.stream_pos);
     room.join("@alice:example.org").await;
-    let (message, persisted) = room
-        .send(
-            "@alice:example.org",
-            "m.room.message",
-            None,
-            json!({"body": "hello"}),
-        )
-        .await;
+    let (message, persisted) =
+        room.send("@alice:example.org", "m.room.message", None, json!({"body": "hello"})).await;
     assert_eq!(
         persisted.state_before, persisted.state_after,
         "a message must not make a state group"
     );
-    assert_eq!(
-        store.forward_extremities(&room.room_id).await.unwrap(),
-        vec![message.clone()]
-    );
+    assert_eq!(store.forward_extremities(&room.room_id).await.unwrap(), vec![message.clone()]);
 
     let record = store.get_event(&message).await.unwrap().unwrap();
     assert_eq!(record.room_id, room.room_id);
     assert_eq!(record.stream_pos, persisted.stream_pos);
     assert!(record.json.contains("hello"));
-    assert_eq!(
-        store.load_state_group(record.state_after).await.unwrap(),
-        room.expected_state
-    );
+    assert_eq!(store.load_state_group(record.state_after).await.unwrap(), room.expected_state);
 
     let stored_room = store.get_room(&room.room_id).await.unwrap().unwrap();
     assert_eq!(stored_room.room_version, RoomVersionId::V11);
     assert_eq!(stored_room.current_state_group, Some(persisted.state_after));
     let create_record = store.get_event(&create).await.unwrap().unwrap();
-    let create_state = store
-        .load_state_group(create_record.state_after)
-        .await
-        .unwrap();
+    let create_state = store.load_state_group(create_record.state_after).await.unwrap();
     assert_eq!(create_state.len(), 1);
-    assert!(
-        store
-            .create_room(&room.room_id, &RoomVersionId::V11, 1)
-            .await
-            .is_err()
-    );
+    assert!(store.create_room(&room.room_id, &RoomVersionId::V11, 1).await.is_err());
 
-    let chain = store
-        .auth_chain(std::slice::from_ref(&message))
-        .await
-        .unwrap();
+    let chain = store.auth_chain(std::slice::from_ref(&message)).await.unwrap();
     assert!(chain.contains(&create) && chain.contains(&message));
-    let events = store
-        .get_events(&[create.clone(), message.clone(), event_id("missing")])
-        .await
-        .unwrap();
+    let events =
+        store.get_events(&[create.clone(), message.clone(), event_id("missing")]).await.unwrap();
     assert_eq!(events.len(), 2);
 }
 
 /// State stays exact through long delta chains and snapshots, at every event.
 pub async fn state_groups_stay_correct_across_snapshots(store: Arc<dyn DataStore>) {
     let mut room = RoomBuilder::new(store.clone(), "r2").await;
-    room.send("@alice:example.org", "m.room.create", Some(""), json!({}))
-        .await;
+    room.send("@alice:example.org", "m.room.create", Some(""), json!({})).await;
     let mut checkpoints = Vec::new();
     for index in 0..150 {
         let key = format!("@user{}:example.org", index % 40);
@@ -221,13 +181,7 @@ pub async fn state_groups_stay_correct_across_snapshots(store: Arc<dyn DataStore
             )
             .await;
         if index % 10 == 0 {
-            room.send(
-                "@alice:example.org",
-                "m.room.message",
-                None,
-                json!({"body": "tick"}),
-            )
-            .await;
+            room.send("@alice:example.org", "m.room.message", None, json!({"body": "tick"})).await;
         }
         checkpoints.push((id, persisted.state_after, room.expected_state.clone()));
     }
@@ -241,12 +195,8 @@ pub async fn state_groups_stay_correct_across_snapshots(store: Arc<dyn DataStore
     // A group may also remove a slot.
     let removal = store
         .persist_event(&{
-            let mut event = room.template(
-                "@alice:example.org",
-                "m.room.message",
-                None,
-                json!({"body": "x"}),
-            );
+            let mut event =
+                room.template("@alice:example.org", "m.room.message", None, json!({"body": "x"}));
             event.state_before = StateSpec::New {
                 base: room.head.as_ref().map(|(_, group)| *group),
                 changes: vec![(("m.room.member".into(), "@user1:example.org".into()), None)],
@@ -263,55 +213,25 @@ pub async fn state_groups_stay_correct_across_snapshots(store: Arc<dyn DataStore
 /// A persist that fails (here: a duplicate event ID) leaves no trace.
 pub async fn a_failed_persist_changes_nothing(store: Arc<dyn DataStore>) {
     let mut room = RoomBuilder::new(store.clone(), "r3").await;
-    room.send("@alice:example.org", "m.room.create", Some(""), json!({}))
-        .await;
-    let (message, _) = room
-        .send(
-            "@alice:example.org",
-            "m.room.message",
-            None,
-            json!({"body": "one"}),
-        )
-        .await;
+    room.send("@alice:example.org", "m.room.create", Some(""), json!({})).await;
+    let (message, _) =
+        room.send("@alice:example.org", "m.room.message", None, json!({"body": "one"})).await;
     let pos = store.current_stream_pos();
-    let group_before = store
-        .get_room(&room.room_id)
-        .await
-        .unwrap()
-        .unwrap()
-        .current_state_group;
-    let mut duplicate = room.template(
-        "@alice:example.org",
-        "m.room.name",
-        Some(""),
-        json!({"name": "n"}),
-    );
+    let group_before = store.get_room(&room.room_id).await.unwrap().unwrap().current_state_group;
+    let mut duplicate =
+        room.template("@alice:example.org", "m.room.name", Some(""), json!({"name": "n"}));
     duplicate.event_id = message.clone();
     duplicate.new_extremities = vec![message.clone(), event_id("other")];
     assert!(store.persist_event(&duplicate).await.is_err());
     assert_eq!(store.current_stream_pos(), pos, "the stream position moved");
+    assert_eq!(store.forward_extremities(&room.room_id).await.unwrap(), vec![message.clone()]);
     assert_eq!(
-        store.forward_extremities(&room.room_id).await.unwrap(),
-        vec![message.clone()]
-    );
-    assert_eq!(
-        store
-            .get_room(&room.room_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .current_state_group,
+        store.get_room(&room.room_id).await.unwrap().unwrap().current_state_group,
         group_before
     );
     // The store still works afterwards and positions stay dense.
-    let (_, next) = room
-        .send(
-            "@alice:example.org",
-            "m.room.message",
-            None,
-            json!({"body": "two"}),
-        )
-        .await;
+    let (_, next) =
+        room.send("@alice:example.org", "m.room.message", None, json!({"body": "two"})).await;
     assert_eq!(next.stream_pos, pos + 1);
 }
 
@@ -319,71 +239,36 @@ pub async fn a_failed_persist_changes_nothing(store: Arc<dyn DataStore>) {
 pub async fn timeline_pagination_and_positions(store: Arc<dyn DataStore>) {
     let mut room = RoomBuilder::new(store.clone(), "r4").await;
     let mut other = RoomBuilder::new(store.clone(), "r5").await;
-    room.send("@alice:example.org", "m.room.create", Some(""), json!({}))
-        .await;
+    room.send("@alice:example.org", "m.room.create", Some(""), json!({})).await;
     let mut positions = Vec::new();
     for index in 0..10 {
-        let (_, persisted) = room
-            .send(
-                "@alice:example.org",
-                "m.room.message",
-                None,
-                json!({"body": index}),
-            )
-            .await;
+        let (_, persisted) =
+            room.send("@alice:example.org", "m.room.message", None, json!({"body": index})).await;
         positions.push(persisted.stream_pos);
-        other
-            .send(
-                "@bob:example.org",
-                "m.room.message",
-                None,
-                json!({"body": index}),
-            )
-            .await;
+        other.send("@bob:example.org", "m.room.message", None, json!({"body": index})).await;
     }
-    let newest = store
-        .room_events(&room.room_id, i64::MAX, None, Direction::Backward, 3)
-        .await
-        .unwrap();
+    let newest =
+        store.room_events(&room.room_id, i64::MAX, None, Direction::Backward, 3).await.unwrap();
     let newest_positions: Vec<i64> = newest.iter().map(|event| event.stream_pos).collect();
-    assert_eq!(
-        newest_positions,
-        vec![positions[9], positions[8], positions[7]]
-    );
+    assert_eq!(newest_positions, vec![positions[9], positions[8], positions[7]]);
     let older = store
         .room_events(&room.room_id, positions[7], None, Direction::Backward, 100)
         .await
         .unwrap();
     assert_eq!(older.len(), 8, "seven messages and the create event");
     let forward = store
-        .room_events(
-            &room.room_id,
-            positions[2],
-            Some(positions[5]),
-            Direction::Forward,
-            100,
-        )
+        .room_events(&room.room_id, positions[2], Some(positions[5]), Direction::Forward, 100)
         .await
         .unwrap();
     let forward_positions: Vec<i64> = forward.iter().map(|event| event.stream_pos).collect();
     assert_eq!(forward_positions, positions[3..=5].to_vec());
     let bounded = store
-        .room_events(
-            &room.room_id,
-            positions[9],
-            Some(positions[6]),
-            Direction::Backward,
-            100,
-        )
+        .room_events(&room.room_id, positions[9], Some(positions[6]), Direction::Backward, 100)
         .await
         .unwrap();
     assert_eq!(bounded.len(), 2);
 
-    let at = store
-        .last_event_at(&room.room_id, positions[4] + 1)
-        .await
-        .unwrap()
-        .unwrap();
+    let at = store.last_event_at(&room.room_id, positions[4] + 1).await.unwrap().unwrap();
     assert_eq!(at.stream_pos, positions[4]);
     let rooms = store
         .rooms_with_events_between(
@@ -394,17 +279,11 @@ pub async fn timeline_pagination_and_positions(store: Arc<dyn DataStore>) {
         .await
         .unwrap();
     assert_eq!(rooms, vec![other.room_id.clone()]);
-    let by_time = store
-        .event_at_timestamp(&room.room_id, 1003, Direction::Forward)
-        .await
-        .unwrap()
-        .unwrap();
+    let by_time =
+        store.event_at_timestamp(&room.room_id, 1003, Direction::Forward).await.unwrap().unwrap();
     assert!(by_time.json.contains("1003"));
-    let by_time_back = store
-        .event_at_timestamp(&room.room_id, 1003, Direction::Backward)
-        .await
-        .unwrap()
-        .unwrap();
+    let by_time_back =
+        store.event_at_timestamp(&room.room_id, 1003, Direction::Backward).await.unwrap().unwrap();
     assert!(by_time_back.json.contains("1003"));
 }
 
@@ -417,63 +296,33 @@ pub async fn transactions_are_found_again(store: Arc<dyn DataStore>) {
         txn_id: "t1".into(),
     };
     assert_eq!(store.event_for_txn(&txn).await.unwrap(), None);
-    let mut event = room.template(
-        "@alice:example.org",
-        "m.room.message",
-        None,
-        json!({"body": "x"}),
-    );
+    let mut event =
+        room.template("@alice:example.org", "m.room.message", None, json!({"body": "x"}));
     event.txn = Some(txn.clone());
     let id = event.event_id.clone();
     room.persist(event).await;
     assert_eq!(store.event_for_txn(&txn).await.unwrap(), Some(id.clone()));
-    assert_eq!(
-        store.get_event(&id).await.unwrap().unwrap().txn,
-        Some(txn.clone())
-    );
-    let other_device = TxnRecord {
-        device_id: device_id!("E").to_owned(),
-        ..txn.clone()
-    };
+    assert_eq!(store.get_event(&id).await.unwrap().unwrap().txn, Some(txn.clone()));
+    let other_device = TxnRecord { device_id: device_id!("E").to_owned(), ..txn.clone() };
     assert_eq!(store.event_for_txn(&other_device).await.unwrap(), None);
-    let mut again = room.template(
-        "@alice:example.org",
-        "m.room.message",
-        None,
-        json!({"body": "y"}),
-    );
+    let mut again =
+        room.template("@alice:example.org", "m.room.message", None, json!({"body": "y"}));
     again.txn = Some(txn);
-    assert!(
-        store.persist_event(&again).await.is_err(),
-        "a transaction ID was used twice"
-    );
+    assert!(store.persist_event(&again).await.is_err(), "a transaction ID was used twice");
 }
 
 /// A redaction replaces the stored JSON of its target and drops it from search.
 pub async fn redaction_replaces_the_stored_event(store: Arc<dyn DataStore>) {
     let mut room = RoomBuilder::new(store.clone(), "r7").await;
     let (target, _) = room
-        .send(
-            "@alice:example.org",
-            "m.room.message",
-            None,
-            json!({"body": "secret words"}),
-        )
+        .send("@alice:example.org", "m.room.message", None, json!({"body": "secret words"}))
         .await;
     assert_eq!(
-        store
-            .search_messages(&[room.room_id.clone()], "secret", None, 10)
-            .await
-            .unwrap()
-            .len(),
+        store.search_messages(&[room.room_id.clone()], "secret", None, 10).await.unwrap().len(),
         1
     );
-    let mut redaction = room.template(
-        "@alice:example.org",
-        "m.room.redaction",
-        None,
-        json!({"redacts": target}),
-    );
+    let mut redaction =
+        room.template("@alice:example.org", "m.room.redaction", None, json!({"redacts": target}));
     redaction.redaction = Some((target.clone(), "{\"content\":{}}".into()));
     let redaction_id = redaction.event_id.clone();
     room.persist(redaction).await;
@@ -492,14 +341,8 @@ pub async fn redaction_replaces_the_stored_event(store: Arc<dyn DataStore>) {
 /// Relations are queryable; the latest edit and thread summaries are found.
 pub async fn relations_edits_and_threads(store: Arc<dyn DataStore>) {
     let mut room = RoomBuilder::new(store.clone(), "r8").await;
-    let (root, _) = room
-        .send(
-            "@alice:example.org",
-            "m.room.message",
-            None,
-            json!({"body": "root"}),
-        )
-        .await;
+    let (root, _) =
+        room.send("@alice:example.org", "m.room.message", None, json!({"body": "root"})).await;
     let mut related = Vec::new();
     for (index, (sender, rel_type)) in [
         ("@bob:example.org", "m.thread"),
@@ -512,101 +355,49 @@ pub async fn relations_edits_and_threads(store: Arc<dyn DataStore>) {
     .enumerate()
     {
         let mut event = room.template(sender, "m.room.message", None, json!({"body": index}));
-        event.relation = Some(RelationRecord {
-            relates_to: root.clone(),
-            rel_type: rel_type.into(),
-            key: None,
-        });
+        event.relation =
+            Some(RelationRecord { relates_to: root.clone(), rel_type: rel_type.into(), key: None });
         let id = event.event_id.clone();
         room.persist(event).await;
         related.push(id);
     }
-    let all = store
-        .relations(&root, None, None, i64::MAX, None, Direction::Backward, 10)
-        .await
-        .unwrap();
+    let all =
+        store.relations(&root, None, None, i64::MAX, None, Direction::Backward, 10).await.unwrap();
     assert_eq!(all.len(), 5);
     assert_eq!(all[0].event_id, related[4]);
     let threads = store
-        .relations(
-            &root,
-            Some("m.thread"),
-            None,
-            0,
-            None,
-            Direction::Forward,
-            10,
-        )
+        .relations(&root, Some("m.thread"), None, 0, None, Direction::Forward, 10)
         .await
         .unwrap();
     let thread_ids: Vec<_> = threads.iter().map(|event| event.event_id.clone()).collect();
     assert_eq!(thread_ids, vec![related[0].clone(), related[2].clone()]);
     let limited = store
-        .relations(
-            &root,
-            None,
-            Some("m.room.message"),
-            i64::MAX,
-            None,
-            Direction::Backward,
-            2,
-        )
+        .relations(&root, None, Some("m.room.message"), i64::MAX, None, Direction::Backward, 2)
         .await
         .unwrap();
     assert_eq!(limited.len(), 2);
 
-    let edit = store
-        .latest_edit(&root, user_id!("@alice:example.org"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        edit.event_id, related[3],
-        "an edit by another sender must not count"
-    );
-    let (count, latest, participated) = store
-        .thread_summary(&root, user_id!("@carol:example.org"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (count, latest.event_id, participated),
-        (2, related[2].clone(), false)
-    );
-    let (_, _, bob_participated) = store
-        .thread_summary(&root, user_id!("@bob:example.org"))
-        .await
-        .unwrap()
-        .unwrap();
+    let edit = store.latest_edit(&root, user_id!("@alice:example.org")).await.unwrap().unwrap();
+    assert_eq!(edit.event_id, related[3], "an edit by another sender must not count");
+    let (count, latest, participated) =
+        store.thread_summary(&root, user_id!("@carol:example.org")).await.unwrap().unwrap();
+    assert_eq!((count, latest.event_id, participated), (2, related[2].clone(), false));
+    let (_, _, bob_participated) =
+        store.thread_summary(&root, user_id!("@bob:example.org")).await.unwrap().unwrap();
     assert!(bob_participated);
-    let (_, _, root_sender) = store
-        .thread_summary(&root, user_id!("@alice:example.org"))
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, _, root_sender) =
+        store.thread_summary(&root, user_id!("@alice:example.org")).await.unwrap().unwrap();
     assert!(root_sender, "the root's sender takes part in the thread");
     assert!(
-        store
-            .thread_summary(&related[0], user_id!("@bob:example.org"))
-            .await
-            .unwrap()
-            .is_none()
+        store.thread_summary(&related[0], user_id!("@bob:example.org")).await.unwrap().is_none()
     );
 
-    let roots = store
-        .thread_roots(&room.room_id, None, None, 10)
-        .await
-        .unwrap();
+    let roots = store.thread_roots(&room.room_id, None, None, 10).await.unwrap();
     assert_eq!(roots.len(), 1);
     assert_eq!(roots[0].0.event_id, root);
     assert!(
         store
-            .thread_roots(
-                &room.room_id,
-                None,
-                Some(user_id!("@carol:example.org")),
-                10
-            )
+            .thread_roots(&room.room_id, None, Some(user_id!("@carol:example.org")), 10)
             .await
             .unwrap()
             .is_empty()
@@ -620,11 +411,7 @@ pub async fn relations_edits_and_threads(store: Arc<dyn DataStore>) {
         1
     );
     assert!(
-        store
-            .thread_roots(&room.room_id, Some(roots[0].1), None, 10)
-            .await
-            .unwrap()
-            .is_empty()
+        store.thread_roots(&room.room_id, Some(roots[0].1), None, 10).await.unwrap().is_empty()
     );
 }
 
@@ -641,38 +428,19 @@ pub async fn memberships_track_current_state(store: Arc<dyn DataStore>) {
         json!({"membership": "invite"}),
     )
     .await;
-    let joined = store
-        .members_of_room(&room.room_id, &["join"])
-        .await
-        .unwrap();
+    let joined = store.members_of_room(&room.room_id, &["join"]).await.unwrap();
     assert_eq!(joined.len(), 2);
     let everyone = store.members_of_room(&room.room_id, &[]).await.unwrap();
     assert_eq!(everyone.len(), 3);
     let carol = user_id!("@carol:example.org");
     assert_eq!(
-        store
-            .get_membership(&room.room_id, carol)
-            .await
-            .unwrap()
-            .unwrap()
-            .membership,
+        store.get_membership(&room.room_id, carol).await.unwrap().unwrap().membership,
         "invite"
     );
-    assert_eq!(
-        store.rooms_of_user(carol, &["invite"]).await.unwrap().len(),
-        1
-    );
-    assert!(
-        store
-            .rooms_of_user(carol, &["join"])
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let changes = store
-        .membership_changes_since(user_id!("@bob:example.org"), since)
-        .await
-        .unwrap();
+    assert_eq!(store.rooms_of_user(carol, &["invite"]).await.unwrap().len(), 1);
+    assert!(store.rooms_of_user(carol, &["join"]).await.unwrap().is_empty());
+    let changes =
+        store.membership_changes_since(user_id!("@bob:example.org"), since).await.unwrap();
     assert_eq!(changes.len(), 1);
     assert!(
         store
@@ -697,11 +465,7 @@ pub async fn memberships_track_current_state(store: Arc<dyn DataStore>) {
         "a forgotten room is still listed"
     );
     room.join("@bob:example.org").await;
-    assert_eq!(
-        store.rooms_of_user(bob, &["join"]).await.unwrap().len(),
-        1,
-        "rejoining un-forgets"
-    );
+    assert_eq!(store.rooms_of_user(bob, &["join"]).await.unwrap().len(), 1, "rejoining un-forgets");
 }
 
 /// Aliases are unique; published rooms and the user directory list what they should;
@@ -724,62 +488,28 @@ pub async fn aliases_directory_and_search(store: Arc<dyn DataStore>) {
     assert!(store.create_alias(&alias).await.unwrap());
     assert!(!store.create_alias(&alias).await.unwrap());
     assert_eq!(
-        store
-            .get_alias(room_alias_id!("#town:example.org"))
-            .await
-            .unwrap(),
+        store.get_alias(room_alias_id!("#town:example.org")).await.unwrap(),
         Some(alias.clone())
     );
-    assert_eq!(
-        store.aliases_of_room(&room.room_id).await.unwrap(),
-        vec![alias]
-    );
-    assert!(
-        store
-            .delete_alias(room_alias_id!("#town:example.org"))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .delete_alias(room_alias_id!("#town:example.org"))
-            .await
-            .unwrap()
-    );
+    assert_eq!(store.aliases_of_room(&room.room_id).await.unwrap(), vec![alias]);
+    assert!(store.delete_alias(room_alias_id!("#town:example.org")).await.unwrap());
+    assert!(!store.delete_alias(room_alias_id!("#town:example.org")).await.unwrap());
 
     assert!(store.published_rooms().await.unwrap().is_empty());
     store.set_room_published(&room.room_id, true).await.unwrap();
     let published = store.published_rooms().await.unwrap();
     assert_eq!(published.len(), 1);
     assert_eq!(published[0].joined_members, 1);
-    assert!(
-        store
-            .get_room(&room.room_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .published
-    );
+    assert!(store.get_room(&room.room_id).await.unwrap().unwrap().published);
 
-    let found = store
-        .search_messages(&[room.room_id.clone()], "noon", None, 10)
-        .await
-        .unwrap();
+    let found = store.search_messages(&[room.room_id.clone()], "noon", None, 10).await.unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(
-        store
-            .search_messages(&[room.room_id.clone()], "100%", None, 10)
-            .await
-            .unwrap()
-            .len(),
+        store.search_messages(&[room.room_id.clone()], "100%", None, 10).await.unwrap().len(),
         1
     );
     assert!(
-        store
-            .search_messages(&[room.room_id.clone()], "_", None, 10)
-            .await
-            .unwrap()
-            .is_empty()
+        store.search_messages(&[room.room_id.clone()], "_", None, 10).await.unwrap().is_empty()
     );
     assert!(
         store
@@ -802,15 +532,11 @@ pub async fn aliases_directory_and_search(store: Arc<dyn DataStore>) {
         store.create_user(&record).await.unwrap();
     }
     // Alice is in a published room, so anyone finds her; Carol shares no room with Bob.
-    let by_bob = store
-        .search_user_directory(user_id!("@bob:example.org"), "tester", 10)
-        .await
-        .unwrap();
+    let by_bob =
+        store.search_user_directory(user_id!("@bob:example.org"), "tester", 10).await.unwrap();
     let names: Vec<_> = by_bob.iter().map(|user| user.user_id.to_string()).collect();
     assert_eq!(names, vec!["@alice:example.org", "@bob:example.org"]);
-    let by_name = store
-        .search_user_directory(user_id!("@bob:example.org"), "ALICE", 10)
-        .await
-        .unwrap();
+    let by_name =
+        store.search_user_directory(user_id!("@bob:example.org"), "ALICE", 10).await.unwrap();
     assert_eq!(by_name.len(), 1);
 }

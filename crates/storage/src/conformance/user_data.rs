@@ -13,68 +13,27 @@ use crate::{DataStore, PushAction, PusherRecord, UnreadCounts};
 pub async fn account_data_and_filters(store: Arc<dyn DataStore>) {
     let alice = user_id!("@alice:example.org");
     let room = room_id!("!room:example.org");
-    let first = store
-        .set_account_data(alice, None, "m.push_rules", "{\"a\":1}")
-        .await
-        .unwrap();
-    let second = store
-        .set_account_data(alice, Some(room), "m.tag", "{\"tags\":{}}")
-        .await
-        .unwrap();
+    let first = store.set_account_data(alice, None, "m.push_rules", "{\"a\":1}").await.unwrap();
+    let second = store.set_account_data(alice, Some(room), "m.tag", "{\"tags\":{}}").await.unwrap();
     assert!(second > first);
     assert_eq!(store.current_stream_pos(), second);
     let all = store.account_data_since(alice, None).await.unwrap();
     assert_eq!(all.len(), 2);
     let since_first = store.account_data_since(alice, Some(first)).await.unwrap();
     assert_eq!(since_first.len(), 1);
-    assert_eq!(
-        since_first[0].room_id,
-        Some(owned_room_id!("!room:example.org"))
-    );
-    let third = store
-        .set_account_data(alice, None, "m.push_rules", "{\"a\":2}")
-        .await
-        .unwrap();
-    let global = store
-        .get_account_data(alice, None, "m.push_rules")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (global.content.as_str(), global.stream_pos),
-        ("{\"a\":2}", third)
-    );
-    assert!(
-        store
-            .get_account_data(alice, Some(room), "m.push_rules")
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        store
-            .account_data_since(user_id!("@bob:example.org"), None)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(since_first[0].room_id, Some(owned_room_id!("!room:example.org")));
+    let third = store.set_account_data(alice, None, "m.push_rules", "{\"a\":2}").await.unwrap();
+    let global = store.get_account_data(alice, None, "m.push_rules").await.unwrap().unwrap();
+    assert_eq!((global.content.as_str(), global.stream_pos), ("{\"a\":2}", third));
+    assert!(store.get_account_data(alice, Some(room), "m.push_rules").await.unwrap().is_none());
+    assert!(store.account_data_since(user_id!("@bob:example.org"), None).await.unwrap().is_empty());
 
     let filter_id = store.create_filter(alice, "{\"room\":{}}").await.unwrap();
     assert_eq!(
-        store
-            .get_filter(alice, &filter_id)
-            .await
-            .unwrap()
-            .as_deref(),
+        store.get_filter(alice, &filter_id).await.unwrap().as_deref(),
         Some("{\"room\":{}}")
     );
-    assert_eq!(
-        store
-            .get_filter(user_id!("@bob:example.org"), &filter_id)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(store.get_filter(user_id!("@bob:example.org"), &filter_id).await.unwrap(), None);
     assert_eq!(store.get_filter(alice, "not-a-number").await.unwrap(), None);
 }
 
@@ -84,12 +43,8 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
     let bob = user_id!("@bob:example.org");
     let mut ids = Vec::new();
     for index in 0..4 {
-        let mut event = room.template(
-            "@alice:example.org",
-            "m.room.message",
-            None,
-            json!({"body": index}),
-        );
+        let mut event =
+            room.template("@alice:example.org", "m.room.message", None, json!({"body": index}));
         event.push_actions = vec![PushAction {
             user_id: bob.to_owned(),
             notify: true,
@@ -100,49 +55,24 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
         room.persist(event).await;
     }
     let counts = store.unread_counts(bob, &room.room_id).await.unwrap();
-    assert_eq!(
-        counts,
-        UnreadCounts {
-            notifications: 4,
-            highlights: 1
-        }
-    );
+    assert_eq!(counts, UnreadCounts { notifications: 4, highlights: 1 });
     let before = store.current_stream_pos();
-    store
-        .set_receipt(&room.room_id, "m.read", bob, None, &ids[1], 5)
-        .await
-        .unwrap();
+    store.set_receipt(&room.room_id, "m.read", bob, None, &ids[1], 5).await.unwrap();
     assert_eq!(
         store.unread_counts(bob, &room.room_id).await.unwrap(),
-        UnreadCounts {
-            notifications: 2,
-            highlights: 1
-        }
+        UnreadCounts { notifications: 2, highlights: 1 }
     );
-    store
-        .set_receipt(&room.room_id, "m.read.private", bob, None, &ids[3], 6)
-        .await
-        .unwrap();
+    store.set_receipt(&room.room_id, "m.read.private", bob, None, &ids[3], 6).await.unwrap();
+    assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap(), UnreadCounts::default());
     assert_eq!(
-        store.unread_counts(bob, &room.room_id).await.unwrap(),
-        UnreadCounts::default()
-    );
-    assert_eq!(
-        store
-            .unread_counts(user_id!("@alice:example.org"), &room.room_id)
-            .await
-            .unwrap(),
+        store.unread_counts(user_id!("@alice:example.org"), &room.room_id).await.unwrap(),
         UnreadCounts::default()
     );
 
     // A threaded receipt covers its own thread only.
     let root = ids[0].clone();
-    let mut threaded = room.template(
-        "@alice:example.org",
-        "m.room.message",
-        None,
-        json!({"body": "in thread"}),
-    );
+    let mut threaded =
+        room.template("@alice:example.org", "m.room.message", None, json!({"body": "in thread"}));
     threaded.push_actions = vec![PushAction {
         user_id: bob.to_owned(),
         notify: true,
@@ -151,12 +81,8 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
     }];
     let threaded_id = threaded.event_id.clone();
     room.persist(threaded).await;
-    let mut main = room.template(
-        "@alice:example.org",
-        "m.room.message",
-        None,
-        json!({"body": "main"}),
-    );
+    let mut main =
+        room.template("@alice:example.org", "m.room.message", None, json!({"body": "main"}));
     main.push_actions = vec![PushAction {
         user_id: bob.to_owned(),
         notify: true,
@@ -165,71 +91,26 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
     }];
     let main_id = main.event_id.clone();
     room.persist(main).await;
-    assert_eq!(
-        store
-            .unread_counts(bob, &room.room_id)
-            .await
-            .unwrap()
-            .notifications,
-        2
-    );
+    assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap().notifications, 2);
     store
-        .set_receipt(
-            &room.room_id,
-            "m.read",
-            bob,
-            Some(root.as_str()),
-            &threaded_id,
-            7,
-        )
+        .set_receipt(&room.room_id, "m.read", bob, Some(root.as_str()), &threaded_id, 7)
         .await
         .unwrap();
-    assert_eq!(
-        store
-            .unread_counts(bob, &room.room_id)
-            .await
-            .unwrap()
-            .notifications,
-        1
-    );
-    store
-        .set_receipt(&room.room_id, "m.read", bob, Some("main"), &main_id, 8)
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .unread_counts(bob, &room.room_id)
-            .await
-            .unwrap()
-            .notifications,
-        0
-    );
+    assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap().notifications, 1);
+    store.set_receipt(&room.room_id, "m.read", bob, Some("main"), &main_id, 8).await.unwrap();
+    assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap().notifications, 0);
 
-    let receipts = store
-        .receipts_since(&[&room.room_id], Some(before))
-        .await
-        .unwrap();
+    let receipts = store.receipts_since(&[&room.room_id], Some(before)).await.unwrap();
     assert_eq!(receipts.len(), 4);
-    let latest = store
-        .receipts_since(&[&room.room_id], Some(receipts[2].stream_pos))
-        .await
-        .unwrap();
+    let latest =
+        store.receipts_since(&[&room.room_id], Some(receipts[2].stream_pos)).await.unwrap();
     assert_eq!(latest.len(), 1);
     assert_eq!(latest[0].thread_id.as_deref(), Some("main"));
     // Moving a receipt replaces it rather than adding one.
-    store
-        .set_receipt(&room.room_id, "m.read", bob, None, &ids[2], 9)
-        .await
-        .unwrap();
+    store.set_receipt(&room.room_id, "m.read", bob, None, &ids[2], 9).await.unwrap();
     let all = store.receipts_since(&[&room.room_id], None).await.unwrap();
     assert_eq!(all.len(), 4);
-    assert!(
-        store
-            .receipts_since(&[room_id!("!none:example.org")], None)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.receipts_since(&[room_id!("!none:example.org")], None).await.unwrap().is_empty());
 }
 
 /// Pushers are keyed by app and pushkey, per user.
@@ -242,23 +123,11 @@ pub async fn pushers_are_stored_per_user(store: Arc<dyn DataStore>) {
         json: "{}".into(),
     };
     store.set_pusher(&pusher).await.unwrap();
-    store
-        .set_pusher(&PusherRecord {
-            json: "{\"v\":2}".into(),
-            ..pusher.clone()
-        })
-        .await
-        .unwrap();
+    store.set_pusher(&PusherRecord { json: "{\"v\":2}".into(), ..pusher.clone() }).await.unwrap();
     let pushers = store.list_pushers(alice).await.unwrap();
     assert_eq!(pushers.len(), 1);
     assert_eq!(pushers[0].json, "{\"v\":2}");
-    assert!(
-        store
-            .list_pushers(user_id!("@bob:example.org"))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.list_pushers(user_id!("@bob:example.org")).await.unwrap().is_empty());
     store.delete_pusher(alice, "app", "k").await.unwrap();
     assert!(store.list_pushers(alice).await.unwrap().is_empty());
 }
