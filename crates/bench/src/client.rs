@@ -29,10 +29,7 @@ impl Api {
             .timeout(Duration::from_secs(120))
             .build()
             .context("building HTTP client")?;
-        Ok(Self {
-            client,
-            base: base_url.trim_end_matches('/').to_owned(),
-        })
+        Ok(Self { client, base: base_url.trim_end_matches('/').to_owned() })
     }
 
     fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url> {
@@ -88,9 +85,7 @@ impl Api {
             .map_err(|e| CallError::Status(StatusCode::BAD_REQUEST, json!(e.to_string())))?;
         let mut attempt = 0;
         loop {
-            let res = self
-                .send_once(method.clone(), url.clone(), token, body)
-                .await;
+            let res = self.send_once(method.clone(), url.clone(), token, body).await;
             let wait = match &res {
                 Err(e) if attempt < retries => e.retry_after(),
                 _ => None,
@@ -129,9 +124,7 @@ impl Api {
             "password": password,
             "initial_device_display_name": "rhizome-bench",
         });
-        let first = self
-            .call_raw(Method::POST, path, &[], None, Some(&body), SETUP_RETRIES)
-            .await;
+        let first = self.call_raw(Method::POST, path, &[], None, Some(&body), SETUP_RETRIES).await;
         let resp = match first {
             Ok(bytes) => serde_json::from_slice::<Value>(&bytes)?,
             Err(CallError::Status(StatusCode::UNAUTHORIZED, uia)) => {
@@ -148,21 +141,14 @@ impl Api {
         };
         let user_id = str_field(&resp, "user_id")?;
         let token = str_field(&resp, "access_token")?;
-        Ok(User {
-            api: self.clone(),
-            user_id,
-            token,
-            txn: AtomicU64::new(0),
-        })
+        Ok(User { api: self.clone(), user_id, token, txn: AtomicU64::new(0) })
     }
 
     /// Waits until `/_matrix/client/versions` answers, or fails after `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let res = self
-                .call(Method::GET, "/_matrix/client/versions", None, None, 0)
-                .await;
+            let res = self.call(Method::GET, "/_matrix/client/versions", None, None, 0).await;
             match res {
                 Ok(_) => return Ok(()),
                 Err(e) if tokio::time::Instant::now() >= deadline => {
@@ -186,10 +172,7 @@ impl CallError {
         match self {
             CallError::Transport(_) => Some(Duration::from_millis(200)),
             CallError::Status(StatusCode::TOO_MANY_REQUESTS, body) => {
-                let ms = body
-                    .get("retry_after_ms")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(200);
+                let ms = body.get("retry_after_ms").and_then(Value::as_u64).unwrap_or(200);
                 Some(Duration::from_millis(ms.clamp(10, 5_000)))
             }
             CallError::Status(s, _)
@@ -246,13 +229,7 @@ impl User {
     pub async fn join(&self, room_id: &str) -> Result<()> {
         let path = format!("/_matrix/client/v3/join/{}", encode_segment(room_id));
         self.api
-            .call(
-                Method::POST,
-                &path,
-                Some(&self.token),
-                Some(&json!({})),
-                SETUP_RETRIES,
-            )
+            .call(Method::POST, &path, Some(&self.token), Some(&json!({})), SETUP_RETRIES)
             .await
             .with_context(|| format!("{} joining {room_id}", self.user_id))?;
         Ok(())
@@ -266,10 +243,8 @@ impl User {
             encode_segment(room_id)
         );
         let body = json!({ "msgtype": "m.text", "body": text });
-        let resp = self
-            .api
-            .call(Method::PUT, &path, Some(&self.token), Some(&body), retries)
-            .await?;
+        let resp =
+            self.api.call(Method::PUT, &path, Some(&self.token), Some(&body), retries).await?;
         str_field(&resp, "event_id")
     }
 
@@ -311,21 +286,17 @@ pub fn timeline_has_body(sync: &Value, body: &str) -> bool {
         return false;
     };
     rooms.values().any(|room| {
-        room.pointer("/timeline/events")
-            .and_then(Value::as_array)
-            .is_some_and(|events| {
-                events
-                    .iter()
-                    .any(|ev| ev.pointer("/content/body").and_then(Value::as_str) == Some(body))
-            })
+        room.pointer("/timeline/events").and_then(Value::as_array).is_some_and(|events| {
+            events
+                .iter()
+                .any(|ev| ev.pointer("/content/body").and_then(Value::as_str) == Some(body))
+        })
     })
 }
 
 /// How many rooms a sync response lists as joined.
 pub fn joined_room_count(sync: &Value) -> usize {
-    sync.pointer("/rooms/join")
-        .and_then(Value::as_object)
-        .map_or(0, |m| m.len())
+    sync.pointer("/rooms/join").and_then(Value::as_object).map_or(0, |m| m.len())
 }
 
 fn str_field(v: &Value, key: &str) -> Result<String> {

@@ -28,11 +28,7 @@ pub struct Monitor {
 
 impl Monitor {
     pub fn new(pid: u32, db_pid: Option<u32>) -> Result<Self> {
-        let monitor = Self {
-            pid,
-            db_pid,
-            ticks_per_s: clock_ticks(),
-        };
+        let monitor = Self { pid, db_pid, ticks_per_s: clock_ticks() };
         monitor.snapshot().context("reading server process stats")?;
         Ok(monitor)
     }
@@ -89,11 +85,7 @@ fn tree_cpu_ticks(pid: u32) -> Result<f64> {
     let root = read_stat(pid)?;
     let mut total = root.utime + root.stime + root.cutime + root.cstime;
     for entry in fs::read_dir("/proc")?.flatten() {
-        let Some(child) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
         // Processes may exit while we scan: skip the ones we cannot read.
@@ -136,10 +128,7 @@ mod tests {
         let raw = "1234 (py (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 4 0";
         let s = parse_stat(raw).unwrap();
         assert_eq!(s.ppid, 1);
-        assert_eq!(
-            (s.utime, s.stime, s.cutime, s.cstime),
-            (250.0, 50.0, 7.0, 3.0)
-        );
+        assert_eq!((s.utime, s.stime, s.cutime, s.cstime), (250.0, 50.0, 7.0, 3.0));
     }
 
     #[test]

@@ -48,69 +48,21 @@ const METRICS: &[(&str, &str, Better)] = &[
     ("latency.p99_ms", "latency p99 (ms)", Better::Lower),
     ("latency.samples", "latency samples", Better::Neither),
     ("latency.lost", "latency messages lost", Better::Lower),
-    (
-        "throughput.events_per_s",
-        "throughput (events/s)",
-        Better::Higher,
-    ),
+    ("throughput.events_per_s", "throughput (events/s)", Better::Higher),
     ("throughput.errors", "throughput errors", Better::Lower),
-    (
-        "throughput.error_pct",
-        "throughput error rate (%)",
-        Better::Lower,
-    ),
-    (
-        "throughput.send_p50_ms",
-        "send latency p50 (ms)",
-        Better::Lower,
-    ),
-    (
-        "throughput.send_p99_ms",
-        "send latency p99 (ms)",
-        Better::Lower,
-    ),
-    (
-        "throughput.cpu_ms_per_event",
-        "server CPU per event (ms)",
-        Better::Lower,
-    ),
-    (
-        "initial_sync.initial_ms",
-        "initial sync (ms)",
-        Better::Lower,
-    ),
-    (
-        "initial_sync.incremental_ms",
-        "incremental sync (ms)",
-        Better::Lower,
-    ),
-    (
-        "fanout.last_ms",
-        "fan-out last receiver (ms)",
-        Better::Lower,
-    ),
+    ("throughput.error_pct", "throughput error rate (%)", Better::Lower),
+    ("throughput.send_p50_ms", "send latency p50 (ms)", Better::Lower),
+    ("throughput.send_p99_ms", "send latency p99 (ms)", Better::Lower),
+    ("throughput.cpu_ms_per_event", "server CPU per event (ms)", Better::Lower),
+    ("initial_sync.initial_ms", "initial sync (ms)", Better::Lower),
+    ("initial_sync.incremental_ms", "incremental sync (ms)", Better::Lower),
+    ("fanout.last_ms", "fan-out last receiver (ms)", Better::Lower),
     ("fanout.p50_ms", "fan-out p50 receiver (ms)", Better::Lower),
     ("rss.idle_mb", "RSS idle (MiB)", Better::Lower),
-    (
-        "rss.after_latency_mb",
-        "RSS after latency (MiB)",
-        Better::Lower,
-    ),
-    (
-        "rss.after_throughput_mb",
-        "RSS after throughput (MiB)",
-        Better::Lower,
-    ),
-    (
-        "rss.after_initial_sync_mb",
-        "RSS after initial sync (MiB)",
-        Better::Lower,
-    ),
-    (
-        "rss.after_fanout_mb",
-        "RSS after fan-out (MiB)",
-        Better::Lower,
-    ),
+    ("rss.after_latency_mb", "RSS after latency (MiB)", Better::Lower),
+    ("rss.after_throughput_mb", "RSS after throughput (MiB)", Better::Lower),
+    ("rss.after_initial_sync_mb", "RSS after initial sync (MiB)", Better::Lower),
+    ("rss.after_fanout_mb", "RSS after fan-out (MiB)", Better::Lower),
     ("rss.peak_mb", "RSS peak (MiB)", Better::Lower),
     ("cpu.startup_s", "CPU s: startup to idle", Better::Lower),
     ("cpu.latency_s", "CPU s: latency", Better::Lower),
@@ -118,61 +70,25 @@ const METRICS: &[(&str, &str, Better)] = &[
     ("cpu.initial_sync_s", "CPU s: initial sync", Better::Lower),
     ("cpu.fanout_s", "CPU s: fan-out", Better::Lower),
     ("cpu.latency_setup_s", "CPU s: latency setup", Better::Lower),
-    (
-        "cpu.throughput_setup_s",
-        "CPU s: throughput setup",
-        Better::Lower,
-    ),
-    (
-        "cpu.initial_sync_setup_s",
-        "CPU s: initial sync setup",
-        Better::Lower,
-    ),
+    ("cpu.throughput_setup_s", "CPU s: throughput setup", Better::Lower),
+    ("cpu.initial_sync_setup_s", "CPU s: initial sync setup", Better::Lower),
     ("cpu.fanout_setup_s", "CPU s: fan-out setup", Better::Lower),
     ("cpu.total_s", "CPU s: whole run", Better::Lower),
-    (
-        "db_cpu.latency_s",
-        "PostgreSQL CPU s: latency",
-        Better::Lower,
-    ),
-    (
-        "db_cpu.throughput_s",
-        "PostgreSQL CPU s: throughput",
-        Better::Lower,
-    ),
-    (
-        "db_cpu.initial_sync_s",
-        "PostgreSQL CPU s: initial sync",
-        Better::Lower,
-    ),
-    (
-        "db_cpu.fanout_s",
-        "PostgreSQL CPU s: fan-out",
-        Better::Lower,
-    ),
-    (
-        "db_cpu.total_s",
-        "PostgreSQL CPU s: whole run",
-        Better::Lower,
-    ),
+    ("db_cpu.startup_s", "PostgreSQL CPU s: startup to idle", Better::Lower),
+    ("db_cpu.latency_s", "PostgreSQL CPU s: latency", Better::Lower),
+    ("db_cpu.throughput_s", "PostgreSQL CPU s: throughput", Better::Lower),
+    ("db_cpu.initial_sync_s", "PostgreSQL CPU s: initial sync", Better::Lower),
+    ("db_cpu.fanout_s", "PostgreSQL CPU s: fan-out", Better::Lower),
+    ("db_cpu.total_s", "PostgreSQL CPU s: whole run", Better::Lower),
     ("bench.elapsed_s", "bench wall time (s)", Better::Neither),
 ];
 
 pub fn report(args: ReportArgs) -> Result<()> {
-    let servers = args
-        .files
-        .iter()
-        .map(|f| ServerResult::load(f))
-        .collect::<Result<Vec<_>>>()?;
+    let servers = args.files.iter().map(|f| ServerResult::load(f)).collect::<Result<Vec<_>>>()?;
     let subject = args
         .subject
         .clone()
-        .or_else(|| {
-            servers
-                .iter()
-                .find(|s| s.server == "rhizome")
-                .map(|s| s.server.clone())
-        })
+        .or_else(|| servers.iter().find(|s| s.server == "rhizome").map(|s| s.server.clone()))
         .or_else(|| servers.first().map(|s| s.server.clone()));
     let Some(subject) = subject else {
         bail!("no results to report");
@@ -182,11 +98,8 @@ pub fn report(args: ReportArgs) -> Result<()> {
     if let Some(out) = &args.out {
         let by_name: BTreeMap<&str, &ServerResult> =
             servers.iter().map(|s| (s.server.as_str(), s)).collect();
-        let meta: BTreeMap<&str, &str> = args
-            .meta
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let meta: BTreeMap<&str, &str> =
+            args.meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let combined = json!({
             "generated_unix": unix_now(),
             "subject": subject,
@@ -211,10 +124,8 @@ fn render(servers: &[ServerResult], subject: &str) -> (String, Vec<Value>) {
     header.push("better".to_owned());
 
     // Known metrics first, then anything else a results file holds, sorted.
-    let mut keys: Vec<(String, String, Better)> = METRICS
-        .iter()
-        .map(|(k, l, b)| ((*k).to_owned(), (*l).to_owned(), *b))
-        .collect();
+    let mut keys: Vec<(String, String, Better)> =
+        METRICS.iter().map(|(k, l, b)| ((*k).to_owned(), (*l).to_owned(), *b)).collect();
     let mut extra: Vec<&String> = servers
         .iter()
         .flat_map(|s| s.metrics.keys())
@@ -222,11 +133,7 @@ fn render(servers: &[ServerResult], subject: &str) -> (String, Vec<Value>) {
         .collect();
     extra.sort();
     extra.dedup();
-    keys.extend(
-        extra
-            .into_iter()
-            .map(|k| (k.clone(), k.clone(), Better::Neither)),
-    );
+    keys.extend(extra.into_iter().map(|k| (k.clone(), k.clone(), Better::Neither)));
 
     let mut cells = vec![header];
     let mut rows = Vec::new();
@@ -235,11 +142,7 @@ fn render(servers: &[ServerResult], subject: &str) -> (String, Vec<Value>) {
             continue;
         }
         let mut line = vec![label.clone()];
-        line.extend(
-            servers
-                .iter()
-                .map(|s| fmt_num(s.metrics.get(&key).copied())),
-        );
+        line.extend(servers.iter().map(|s| fmt_num(s.metrics.get(&key).copied())));
         let mut ratios = BTreeMap::new();
         for o in &others {
             let r = ratio(subj.and_then(|s| s.metrics.get(&key)), o.metrics.get(&key));
@@ -264,13 +167,7 @@ fn render(servers: &[ServerResult], subject: &str) -> (String, Vec<Value>) {
     }
 
     let widths: Vec<usize> = (0..cells[0].len())
-        .map(|c| {
-            cells
-                .iter()
-                .map(|r| r[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
+        .map(|c| cells.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for (i, row) in cells.iter().enumerate() {
@@ -339,10 +236,7 @@ mod tests {
         ];
         let (table, rows) = render(&servers, "rhizome");
         assert!(table.contains("rhizome/synapse-sqlite"), "{table}");
-        assert!(
-            table.contains("0.25x") && table.contains("0.50x"),
-            "{table}"
-        );
+        assert!(table.contains("0.25x") && table.contains("0.50x"), "{table}");
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0]["ratios"]["rhizome/synapse-postgres"], 0.5);
     }

@@ -66,7 +66,7 @@ pub struct RunArgs {
     /// Initial sync: rooms the user is in [default: 300, quick 30].
     #[arg(long)]
     sync_rooms: Option<usize>,
-    /// Initial sync: messages of history per room [default: 20, quick 5].
+    /// Initial sync: messages of history per room [default: 10, quick 5].
     #[arg(long)]
     sync_history: Option<usize>,
     /// Fan-out: members of the room, all long-polling [default: 500, quick 100].
@@ -109,7 +109,7 @@ impl Plan {
             },
             initial_sync: initial_sync::Params {
                 rooms: pick(a.sync_rooms, 300, 30),
-                history: pick(a.sync_history, 20, 5),
+                history: pick(a.sync_history, 10, 5),
                 incremental_rounds: 5,
             },
             fanout: fanout::Params {
@@ -128,10 +128,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let selected: Vec<&str> = if args.workloads.is_empty() {
         WORKLOADS.to_vec()
     } else {
-        WORKLOADS
-            .into_iter()
-            .filter(|w| args.workloads.iter().any(|s| s == w))
-            .collect()
+        WORKLOADS.into_iter().filter(|w| args.workloads.iter().any(|s| s == w)).collect()
     };
     let api = Api::new(&args.base_url)?;
     let mut result = ServerResult {
@@ -164,11 +161,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     result.save(&args.out)?;
 
-    let ctx = Ctx {
-        api,
-        run_id: run_id(),
-        concurrency: args.concurrency.max(1),
-    };
+    let ctx = Ctx { api, run_id: run_id(), concurrency: args.concurrency.max(1) };
     for name in selected {
         log(&format!("{}: workload {name}", args.server));
         let before = snap(&monitor)?;
@@ -229,18 +222,12 @@ async fn run_workload(
         "throughput" => {
             let prepared = throughput::setup(ctx, &plan.throughput).await?;
             let mid = snap()?;
-            Ok((
-                throughput::measure(ctx, &plan.throughput, prepared).await?,
-                mid,
-            ))
+            Ok((throughput::measure(ctx, &plan.throughput, prepared).await?, mid))
         }
         "initial_sync" => {
             let prepared = initial_sync::setup(ctx, &plan.initial_sync).await?;
             let mid = snap()?;
-            Ok((
-                initial_sync::measure(ctx, &plan.initial_sync, prepared).await?,
-                mid,
-            ))
+            Ok((initial_sync::measure(ctx, &plan.initial_sync, prepared).await?, mid))
         }
         "fanout" => {
             let prepared = fanout::setup(ctx, &plan.fanout).await?;
@@ -275,10 +262,7 @@ fn record(
             && let Some(events) = details.get("events").and_then(|v| v.as_f64())
             && events > 0.0
         {
-            result.set(
-                "throughput.cpu_ms_per_event",
-                1000.0 * (a.cpu_s - m.cpu_s) / events,
-            );
+            result.set("throughput.cpu_ms_per_event", 1000.0 * (a.cpu_s - m.cpu_s) / events);
         }
         details["resources"] = json!({ "before_setup": b, "before_measure": m, "after": a });
     }
@@ -308,9 +292,6 @@ mod tests {
     fn run_ids_are_lowercase_alphanumeric() {
         let id = run_id();
         assert_eq!(id.len(), 6);
-        assert!(
-            id.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        );
+        assert!(id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
     }
 }

@@ -51,11 +51,7 @@ pub async fn setup(ctx: &Ctx, p: &Params) -> Result<Prepared> {
         let user = users[i].clone();
         let filter = filter.clone();
         async move {
-            let req = SyncReq {
-                since: None,
-                timeout_ms: 0,
-                filter: &filter,
-            };
+            let req = SyncReq { since: None, timeout_ms: 0, filter: &filter };
             let since = next_batch(&user.sync(&req, 3).await?)?;
             Ok((user, since))
         }
@@ -72,11 +68,8 @@ pub async fn measure(ctx: &Ctx, p: &Params, prepared: Prepared) -> Result<Outcom
     let sender = members[0].0.clone();
     let ready = Arc::new(Semaphore::new(0));
     let (arrived_tx, mut arrived_rx) = mpsc::unbounded_channel::<(usize, Instant)>();
-    let markers: Arc<Vec<String>> = Arc::new(
-        (0..p.rounds)
-            .map(|r| format!("fanout {} round {r}", ctx.run_id))
-            .collect(),
-    );
+    let markers: Arc<Vec<String>> =
+        Arc::new((0..p.rounds).map(|r| format!("fanout {} round {r}", ctx.run_id)).collect());
     let overall = p.round_timeout * u32::try_from(p.rounds + 1).unwrap_or(u32::MAX);
     let mut tasks = Vec::with_capacity(n);
     for (user, since) in members {
@@ -97,10 +90,7 @@ pub async fn measure(ctx: &Ctx, p: &Params, prepared: Prepared) -> Result<Outcom
         }
         tokio::time::sleep(p.settle).await;
         let t0 = Instant::now();
-        sender
-            .send_text(&room, marker, 0)
-            .await
-            .context("sending the fan-out message")?;
+        sender.send_text(&room, marker, 0).await.context("sending the fan-out message")?;
         let mut delays = Vec::with_capacity(n);
         let round_deadline = tokio::time::Instant::now() + p.round_timeout;
         while delays.len() < n {
@@ -154,11 +144,7 @@ async fn listen(
     for (r, marker) in markers.iter().enumerate() {
         ready.add_permits(1);
         loop {
-            let req = SyncReq {
-                since: Some(&since),
-                timeout_ms: 30_000,
-                filter: &filter,
-            };
+            let req = SyncReq { since: Some(&since), timeout_ms: 30_000, filter: &filter };
             let resp = match user.sync(&req, 0).await {
                 Ok(resp) => resp,
                 Err(e) => {

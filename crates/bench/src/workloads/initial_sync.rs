@@ -44,8 +44,7 @@ pub async fn setup(ctx: &Ctx, p: &Params) -> Result<Prepared> {
             for m in 0..history {
                 let from = if m % 2 == 0 { &owner } else { &member };
                 let text = format!("history message {m} in room {i}");
-                from.send_text(&room, &text, crate::client::SETUP_RETRIES)
-                    .await?;
+                from.send_text(&room, &text, crate::client::SETUP_RETRIES).await?;
             }
             Ok(room)
         }
@@ -57,11 +56,7 @@ pub async fn setup(ctx: &Ctx, p: &Params) -> Result<Prepared> {
         rooms.len(),
         started.elapsed().as_secs_f64()
     ));
-    Ok(Prepared {
-        target,
-        owner,
-        rooms,
-    })
+    Ok(Prepared { target, owner, rooms })
 }
 
 /// Times the first sync and the incremental ones.
@@ -70,32 +65,18 @@ pub async fn measure(ctx: &Ctx, p: &Params, prepared: Prepared) -> Result<Outcom
         "room": { "state": { "lazy_load_members": true }, "timeline": { "limit": 20 } }
     })
     .to_string();
-    let Prepared {
-        target,
-        owner,
-        rooms,
-    } = prepared;
+    let Prepared { target, owner, rooms } = prepared;
 
     let t0 = Instant::now();
     let raw = target
-        .sync_raw(
-            &SyncReq {
-                since: None,
-                timeout_ms: 0,
-                filter: &filter,
-            },
-            0,
-        )
+        .sync_raw(&SyncReq { since: None, timeout_ms: 0, filter: &filter }, 0)
         .await
         .context("initial sync")?;
     let initial_ms = ms_between(t0, Instant::now());
     let body: serde_json::Value = serde_json::from_slice(&raw).context("initial sync JSON")?;
     let joined = joined_room_count(&body);
     if joined != rooms.len() {
-        bail!(
-            "initial sync listed {joined} joined rooms, expected {}",
-            rooms.len()
-        );
+        bail!("initial sync listed {joined} joined rooms, expected {}", rooms.len());
     }
     let mut since = next_batch(&body)?;
 
@@ -105,20 +86,11 @@ pub async fn measure(ctx: &Ctx, p: &Params, prepared: Prepared) -> Result<Outcom
         for k in 0..per_round {
             let room = &rooms[(round * 37 + k * 11) % rooms.len()];
             let text = format!("incremental {} {round} {k}", ctx.run_id);
-            owner
-                .send_text(room, &text, crate::client::SETUP_RETRIES)
-                .await?;
+            owner.send_text(room, &text, crate::client::SETUP_RETRIES).await?;
         }
         let t0 = Instant::now();
         let raw = target
-            .sync_raw(
-                &SyncReq {
-                    since: Some(&since),
-                    timeout_ms: 0,
-                    filter: &filter,
-                },
-                0,
-            )
+            .sync_raw(&SyncReq { since: Some(&since), timeout_ms: 0, filter: &filter }, 0)
             .await
             .context("incremental sync")?;
         incremental.push(ms_between(t0, Instant::now()));

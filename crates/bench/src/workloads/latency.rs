@@ -46,19 +46,9 @@ pub async fn setup(ctx: &Ctx, p: &Params) -> Result<Vec<Pair>> {
         async move {
             let room = create_public_room(&sender, &format!("latency {i}")).await?;
             receiver.join(&room).await?;
-            let req = SyncReq {
-                since: None,
-                timeout_ms: 0,
-                filter: &filter,
-            };
+            let req = SyncReq { since: None, timeout_ms: 0, filter: &filter };
             let since = next_batch(&receiver.sync(&req, 3).await?)?;
-            Ok(Pair {
-                index: i,
-                sender,
-                receiver,
-                room,
-                since,
-            })
+            Ok(Pair { index: i, sender, receiver, room, since })
         }
     })
     .await
@@ -108,13 +98,7 @@ pub async fn measure(ctx: &Ctx, p: &Params, pairs: Vec<Pair>) -> Result<Outcome>
 }
 
 async fn run_pair(pair: Pair, p: Params, run_id: String, deadline: Instant) -> Result<PairRun> {
-    let Pair {
-        index,
-        sender,
-        receiver,
-        room,
-        mut since,
-    } = pair;
+    let Pair { index, sender, receiver, room, mut since } = pair;
     let filter = super::small_sync_filter();
     let mut seed = (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut run = PairRun::default();
@@ -125,9 +109,7 @@ async fn run_pair(pair: Pair, p: Params, run_id: String, deadline: Instant) -> R
         seq += 1;
         // The receiver is in its long-poll before the send starts: the sender waits a
         // jittered while (at least 50 ms), which also spreads the pairs' sends over time.
-        let mean = u64::try_from(p.interval.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(100);
+        let mean = u64::try_from(p.interval.as_millis()).unwrap_or(u64::MAX).max(100);
         let wait = jitter(&mut seed, mean / 2, mean + mean / 2);
         let recv = async {
             tokio::time::timeout(
@@ -158,11 +140,7 @@ async fn run_pair(pair: Pair, p: Params, run_id: String, deadline: Instant) -> R
 /// Long-polls until a sync response holds `marker`; returns when that response was parsed.
 async fn receive(user: &User, filter: &str, since: &mut String, marker: &str) -> Result<Instant> {
     loop {
-        let req = SyncReq {
-            since: Some(since),
-            timeout_ms: 30_000,
-            filter,
-        };
+        let req = SyncReq { since: Some(since), timeout_ms: 30_000, filter };
         let resp = user.sync(&req, 0).await?;
         let found = timeline_has_body(&resp, marker);
         let now = Instant::now();

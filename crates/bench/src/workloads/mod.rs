@@ -83,9 +83,7 @@ where
     while let Some(joined) = set.join_next().await {
         store(joined)?;
     }
-    out.into_iter()
-        .map(|o| o.context("a setup task left no result"))
-        .collect()
+    out.into_iter().map(|o| o.context("a setup task left no result")).collect()
 }
 
 /// Registers `n` fresh users named after the run, the workload and their index.
@@ -98,18 +96,13 @@ pub async fn register_users(ctx: &Ctx, label: &str, n: usize) -> Result<Vec<Arc<
     })
     .await
     .with_context(|| format!("registering {n} {label} users"))?;
-    log(&format!(
-        "registered {n} {label} users in {:.1}s",
-        started.elapsed().as_secs_f64()
-    ));
+    log(&format!("registered {n} {label} users in {:.1}s", started.elapsed().as_secs_f64()));
     Ok(users)
 }
 
 /// Creates a public room (joinable by ID, not published) owned by `owner`.
 pub async fn create_public_room(owner: &User, name: &str) -> Result<String> {
-    owner
-        .create_room(&json!({ "preset": "public_chat", "name": name }))
-        .await
+    owner.create_room(&json!({ "preset": "public_chat", "name": name })).await
 }
 
 /// Milliseconds elapsed between two instants.

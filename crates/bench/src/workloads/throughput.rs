@@ -38,11 +38,8 @@ pub async fn setup(ctx: &Ctx, p: &Params) -> Result<Prepared> {
     })
     .await
     .context("creating throughput rooms")?;
-    let senders: Vec<(Arc<User>, String)> = users
-        .iter()
-        .enumerate()
-        .map(|(i, u)| (u.clone(), rooms[i % rooms_n].clone()))
-        .collect();
+    let senders: Vec<(Arc<User>, String)> =
+        users.iter().enumerate().map(|(i, u)| (u.clone(), rooms[i % rooms_n].clone())).collect();
     let joins = senders.iter().skip(rooms_n).cloned().collect::<Vec<_>>();
     parallel(joins.len(), ctx.concurrency, |i| {
         let (user, room) = joins[i].clone();
@@ -109,11 +106,7 @@ pub async fn measure(ctx: &Ctx, p: &Params, prepared: Prepared) -> Result<Outcom
         "throughput: {} events in {elapsed:.1}s = {rate:.1} ev/s, {} errors{}",
         total.ok,
         total.errors,
-        total
-            .first_error
-            .as_deref()
-            .map(|e| format!(" (first: {e})"))
-            .unwrap_or_default()
+        total.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default()
     ));
     let mut out = Outcome::default();
     out.metric("throughput.events_per_s", rate);
