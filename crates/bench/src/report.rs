@@ -81,6 +81,7 @@ const METRICS: &[(&str, &str, Better)] = &[
     ("db_cpu.fanout_s", "PostgreSQL CPU s: fan-out", Better::Lower),
     ("db_cpu.total_s", "PostgreSQL CPU s: whole run", Better::Lower),
     ("bench.elapsed_s", "bench wall time (s)", Better::Neither),
+    ("bench.cpu_s", "load generator CPU s", Better::Neither),
 ];
 
 pub fn report(args: ReportArgs) -> Result<()> {

@@ -195,6 +195,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     }
     result.set("bench.elapsed_s", started.elapsed().as_secs_f64());
+    // The load generator shares the machine with the server: say how much CPU it took.
+    if let Ok(own) = Monitor::new(std::process::id(), None).and_then(|m| m.snapshot()) {
+        result.set("bench.cpu_s", own.cpu_s);
+    }
     result.save(&args.out)?;
     log(&format!(
         "{}: done in {:.1}s, results in {}",
