@@ -22,6 +22,8 @@ pub enum ErrorKind {
     Matrix(MatrixErrorKind),
     /// User-interactive authentication must continue: the client gets the flows (HTTP 401).
     Uiaa(Box<UiaaInfo>),
+    /// The thing to create exists already (a Matrix error of the given kind).
+    Conflict(MatrixErrorKind),
     /// A fault of the server itself (database, bug, I/O). The client sees only `M_UNKNOWN`.
     Internal,
 }
@@ -44,6 +46,12 @@ impl Error {
             cause: None,
             location: Location::caller(),
         }
+    }
+
+    /// The thing to create exists already.
+    #[track_caller]
+    pub fn conflict(kind: MatrixErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Self { kind: ErrorKind::Conflict(kind), message: message.into(), cause: None, location: Location::caller() }
     }
 
     /// `M_FORBIDDEN`.
@@ -137,7 +145,7 @@ impl Error {
     /// The Matrix error kind, if this is a Matrix error.
     pub fn matrix_kind(&self) -> Option<&MatrixErrorKind> {
         match &self.kind {
-            ErrorKind::Matrix(kind) => Some(kind),
+            ErrorKind::Matrix(kind) | ErrorKind::Conflict(kind) => Some(kind),
             _ => None,
         }
     }
@@ -172,7 +180,9 @@ impl fmt::Debug for Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            ErrorKind::Matrix(kind) => write!(f, "{}: {}", kind.errcode(), self.message)?,
+            ErrorKind::Matrix(kind) | ErrorKind::Conflict(kind) => {
+                write!(f, "{}: {}", kind.errcode(), self.message)?
+            }
             ErrorKind::Uiaa(_) => write!(f, "user-interactive authentication required")?,
             ErrorKind::Internal => write!(f, "internal error")?,
         }

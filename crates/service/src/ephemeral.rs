@@ -1,0 +1,230 @@
+//! Ephemeral data held in memory: typing notifications (with timeouts) and presence, on their
+//! own serial counter; plus read receipts and markers, which are stored.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
+use rhizome_core::{Error, Result, clock::now_millis};
+use ruma::{EventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+
+use crate::{Requester, Services};
+
+/// Typing users of one room.
+#[derive(Default)]
+struct RoomTyping {
+    serial: i64,
+    users: HashMap<OwnedUserId, Instant>,
+}
+
+/// A user's presence.
+#[derive(Clone, Debug)]
+pub struct PresenceEntry {
+    /// `online`, `unavailable` or `offline`.
+    pub state: String,
+    /// The status message.
+    pub status_msg: Option<String>,
+    /// When the user was last active (ms since the epoch).
+    pub last_active_ts: i64,
+    /// The serial of the last change.
+    pub serial: i64,
+}
+
+/// Typing and presence, on one serial counter that starts at the wall clock so it keeps
+/// growing across restarts.
+pub(crate) struct Ephemeral {
+    serial: AtomicI64,
+    typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
+    presence: Mutex<HashMap<OwnedUserId, PresenceEntry>>,
+}
+
+/// The longest typing timeout honoured.
+const MAX_TYPING_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Ephemeral {
+    pub(crate) fn new() -> Self {
+        Self { serial: AtomicI64::new(now_millis()), typing: Mutex::default(), presence: Mutex::default() }
+    }
+
+    fn next_serial(&self) -> i64 {
+        self.serial.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+impl Services {
+    /// The current ephemeral serial (part of sync tokens).
+    pub fn ephemeral_serial(&self) -> i64 {
+        self.ephemeral.serial.load(Ordering::SeqCst)
+    }
+
+    /// Starts or stops typing in a room.
+    pub async fn set_typing(self: &Arc<Self>, requester: &Requester, room_id: &RoomId, typing: bool, timeout: Duration) -> Result<()> {
+        if !self.is_joined(room_id, &requester.user_id).await? {
+            return Err(Error::forbidden("You are not in this room"));
+        }
+        let timeout = timeout.min(MAX_TYPING_TIMEOUT);
+        let changed = {
+            let mut rooms = self.ephemeral.typing.lock();
+            let room = rooms.entry(room_id.to_owned()).or_default();
+            let changed = if typing {
+                room.users.insert(requester.user_id.clone(), Instant::now() + timeout).is_none()
+            } else {
+                room.users.remove(&requester.user_id).is_some()
+            };
+            if changed {
+                room.serial = self.ephemeral.next_serial();
+            }
+            changed
+        };
+        if changed {
+            self.notify_room(room_id).await?;
+        }
+        if typing {
+            let services = Arc::clone(self);
+            let room_id = room_id.to_owned();
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout + Duration::from_millis(50)).await;
+                services.expire_typing(&room_id).await;
+            });
+        }
+        Ok(())
+    }
+
+    async fn expire_typing(&self, room_id: &RoomId) {
+        let now = Instant::now();
+        let expired = {
+            let mut rooms = self.ephemeral.typing.lock();
+            let Some(room) = rooms.get_mut(room_id) else { return };
+            let before = room.users.len();
+            room.users.retain(|_, expiry| *expiry > now);
+            let expired = room.users.len() != before;
+            if expired {
+                room.serial = self.ephemeral.next_serial();
+            }
+            expired
+        };
+        if expired {
+            if let Err(error) = self.notify_room(room_id).await {
+                tracing::warn!(%error, "could not announce the end of typing");
+            }
+        }
+    }
+
+    /// The users typing in a room, if that changed after `since` (always when `since` is `None`).
+    pub fn typing_since(&self, room_id: &RoomId, since: Option<i64>) -> Option<Vec<OwnedUserId>> {
+        let now = Instant::now();
+        let rooms = self.ephemeral.typing.lock();
+        let room = rooms.get(room_id)?;
+        if since.is_some_and(|since| room.serial <= since) {
+            return None;
+        }
+        let mut users: Vec<OwnedUserId> =
+            room.users.iter().filter(|(_, expiry)| **expiry > now).map(|(user, _)| user.clone()).collect();
+        users.sort();
+        if since.is_none() && users.is_empty() {
+            return None;
+        }
+        Some(users)
+    }
+
+    /// Wakes the syncs of the room's members.
+    pub(crate) async fn notify_room(&self, room_id: &RoomId) -> Result<()> {
+        let members = self.room_members_cached(room_id, false).await?;
+        self.notifier.notify(members.iter().map(|user| user.as_ref()));
+        Ok(())
+    }
+
+    /// Sets a receipt or private receipt on an event the user can see.
+    pub async fn set_receipt(
+        &self,
+        requester: &Requester,
+        room_id: &RoomId,
+        receipt_type: &str,
+        event_id: &EventId,
+        thread_id: Option<&str>,
+    ) -> Result<()> {
+        if !matches!(receipt_type, "m.read" | "m.read.private" | "m.fully_read") {
+            return Err(Error::invalid_param("Unknown receipt type"));
+        }
+        let event = self.visible_event(requester, room_id, event_id).await?;
+        if receipt_type == "m.fully_read" {
+            let content = serde_json::json!({ "event_id": event.pdu.event_id }).to_string();
+            self.store.set_account_data(&requester.user_id, Some(room_id), "m.fully_read", &content).await?;
+            self.notifier.notify([requester.user_id.as_ref()]);
+            return Ok(());
+        }
+        if let Some(thread) = thread_id {
+            if thread != "main" && ruma::EventId::parse(thread).is_err() {
+                return Err(Error::invalid_param("thread_id must be `main` or an event ID"));
+            }
+        }
+        self.store
+            .set_receipt(room_id, receipt_type, &requester.user_id, thread_id, event_id, now_millis())
+            .await?;
+        if receipt_type == "m.read.private" {
+            self.notifier.notify([requester.user_id.as_ref()]);
+        } else {
+            self.notify_room(room_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets the user's presence; wakes those who share a room with them if it changed.
+    pub async fn set_presence(&self, user_id: &UserId, state: &str, status_msg: Option<Option<String>>) -> Result<()> {
+        if !matches!(state, "online" | "unavailable" | "offline") {
+            return Err(Error::invalid_param("Presence must be online, unavailable or offline"));
+        }
+        let changed = {
+            let mut presence = self.ephemeral.presence.lock();
+            let now = now_millis();
+            let entry = presence.entry(user_id.to_owned()).or_insert_with(|| PresenceEntry {
+                state: "offline".into(),
+                status_msg: None,
+                last_active_ts: now,
+                serial: 0,
+            });
+            let new_status = status_msg.unwrap_or_else(|| entry.status_msg.clone());
+            let changed = entry.state != state || entry.status_msg != new_status;
+            entry.state = state.to_owned();
+            entry.status_msg = new_status;
+            if state == "online" {
+                entry.last_active_ts = now;
+            }
+            if changed {
+                entry.serial = self.ephemeral.next_serial();
+            }
+            changed
+        };
+        if changed {
+            let mut woken = vec![user_id.to_owned()];
+            for room in self.store.rooms_of_user(user_id, &["join"]).await? {
+                woken.extend(self.room_members_cached(&room.room_id, false).await?);
+            }
+            woken.sort();
+            woken.dedup();
+            self.notifier.notify(woken.iter().map(|user| user.as_ref()));
+        }
+        Ok(())
+    }
+
+    /// A user's presence.
+    pub fn presence(&self, user_id: &UserId) -> Option<PresenceEntry> {
+        self.ephemeral.presence.lock().get(user_id).cloned()
+    }
+
+    /// Presence of these users changed after `since`.
+    pub fn presence_since(&self, user_ids: &[OwnedUserId], since: Option<i64>) -> Vec<(OwnedUserId, PresenceEntry)> {
+        let presence = self.ephemeral.presence.lock();
+        user_ids
+            .iter()
+            .filter_map(|user| presence.get(user).map(|entry| (user.clone(), entry.clone())))
+            .filter(|(_, entry)| since.is_none_or(|since| entry.serial > since))
+            .collect()
+    }
+}

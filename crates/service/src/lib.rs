@@ -1,0 +1,71 @@
+//! The running Rhizome server below HTTP: one explicit [`Services`] value holding the
+//! configuration, the store, the signing key and in-memory state (caches, ephemeral data,
+//! waiting syncs), with the domain logic of each spec area as methods in its own module.
+//!
+//! This crate knows the storage traits but no SQL, and the Matrix API types but no HTTP.
+
+pub mod account_data;
+pub mod auth;
+pub mod e2ee;
+pub mod ephemeral;
+pub mod notifier;
+pub mod push;
+pub mod rate_limit;
+pub mod rooms;
+pub mod sync;
+pub mod users;
+
+use std::sync::Arc;
+
+use rhizome_core::Config;
+use rhizome_room::SigningKey;
+use rhizome_storage::DataStore;
+use ruma::{OwnedServerName, ServerName};
+
+pub use auth::Requester;
+
+/// Everything the server is made of, passed explicitly (there are no globals).
+pub struct Services {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The database.
+    pub store: Arc<dyn DataStore>,
+    /// The server's signing key.
+    pub signing_key: Arc<SigningKey>,
+    /// Waiting `/sync` requests and their wake-ups.
+    pub notifier: notifier::Notifier,
+    /// Rate limits.
+    pub rate_limiter: rate_limit::RateLimiter,
+    pub(crate) caches: rooms::cache::RoomCaches,
+    pub(crate) uia: users::uia::UiaSessions,
+    pub(crate) ephemeral: ephemeral::Ephemeral,
+    pub(crate) token_cache: auth::TokenCache,
+}
+
+impl Services {
+    /// Builds the services over a store and signing key.
+    pub fn new(config: Config, store: Arc<dyn DataStore>, signing_key: SigningKey) -> Arc<Self> {
+        let config = Arc::new(config);
+        Arc::new(Self {
+            rate_limiter: rate_limit::RateLimiter::new(config.rate_limits.clone()),
+            notifier: notifier::Notifier::default(),
+            caches: rooms::cache::RoomCaches::new(),
+            uia: users::uia::UiaSessions::default(),
+            ephemeral: ephemeral::Ephemeral::new(),
+            token_cache: auth::TokenCache::default(),
+            config,
+            store,
+            signing_key: Arc::new(signing_key),
+        })
+    }
+
+    /// This server's name.
+    pub fn server_name(&self) -> &ServerName {
+        &self.config.server_name
+    }
+
+    /// This server's name, owned.
+    pub fn owned_server_name(&self) -> OwnedServerName {
+        self.config.server_name.clone()
+    }
+}

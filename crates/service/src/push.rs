@@ -1,0 +1,137 @@
+//! Push rules: each user's ruleset (stored as the `m.push_rules` account data clients also
+//! sync), its evaluation with ruma for every new event (which gives the notification and
+//! highlight counts), rule editing, and pusher storage.
+
+use std::sync::Arc;
+
+use rhizome_core::{Error, Result};
+use rhizome_room::{Pdu, StateMap};
+use rhizome_storage::{PushAction, PusherRecord};
+use ruma::{
+    OwnedEventId, UInt, UserId,
+    events::StateEventType,
+    push::{
+        Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset, Tweak,
+    },
+    serde::Raw,
+};
+use serde_json::Value;
+
+use crate::{Requester, Services};
+
+/// The account data type holding push rules.
+pub const PUSH_RULES_TYPE: &str = "m.push_rules";
+
+impl Services {
+    /// The user's push rules: stored ones, or the server defaults.
+    pub async fn push_rules(&self, user_id: &UserId) -> Result<Ruleset> {
+        if let Some(record) = self.store.get_account_data(user_id, None, PUSH_RULES_TYPE).await? {
+            let value: Value = serde_json::from_str(&record.content)?;
+            if let Some(global) = value.get("global") {
+                if let Ok(ruleset) = serde_json::from_value::<Ruleset>(global.clone()) {
+                    return Ok(ruleset);
+                }
+            }
+        }
+        Ok(Ruleset::server_default(user_id))
+    }
+
+    /// Stores the user's push rules (and wakes their syncs, which carry them).
+    pub async fn set_push_rules(&self, user_id: &UserId, ruleset: &Ruleset) -> Result<()> {
+        let content = serde_json::json!({ "global": ruleset }).to_string();
+        self.store.set_account_data(user_id, None, PUSH_RULES_TYPE, &content).await?;
+        self.notifier.notify([user_id]);
+        Ok(())
+    }
+
+    /// Applies an edit to the requester's ruleset and stores it.
+    pub async fn edit_push_rules<F>(&self, requester: &Requester, edit: F) -> Result<()>
+    where
+        F: FnOnce(&mut Ruleset) -> Result<()>,
+    {
+        let mut ruleset = self.push_rules(&requester.user_id).await?;
+        edit(&mut ruleset)?;
+        self.set_push_rules(&requester.user_id, &ruleset).await
+    }
+
+    /// The notifications a new event gives each local joined member other than its sender.
+    pub(crate) async fn push_actions_for(&self, pdu: &Pdu, state: &StateMap) -> Result<Vec<PushAction>> {
+        let members = self.room_members_cached(&pdu.room_id, false).await?;
+        let member_count = UInt::new_saturating(u64::try_from(members.len()).unwrap_or(u64::MAX));
+        let power_levels: Option<PushConditionPowerLevelsCtx> = match self.store.get_room(&pdu.room_id).await? {
+            Some(_) => {
+                let version = self.room_version(&pdu.room_id).await?;
+                let rules = version.rules().ok_or_else(|| Error::bug("room of an unknown version"))?;
+                let pl_event = match state.get(&(StateEventType::RoomPowerLevels, String::new())) {
+                    Some(id) => self.load_event(id).await?,
+                    None => None,
+                };
+                let content: Option<ruma::events::room::power_levels::RoomPowerLevelsEventContent> =
+                    pl_event.and_then(|event| event.pdu.content_as().ok());
+                let mut creators = Vec::new();
+                if let Some(create_id) = state.get(&(StateEventType::RoomCreate, String::new())) {
+                    if let Some(create) = self.load_event(create_id).await? {
+                        creators.push(create.pdu.sender.clone());
+                    }
+                }
+                let levels = ruma::events::room::power_levels::RoomPowerLevels::new(
+                    ruma::events::room::power_levels::RoomPowerLevelsSource::from(content),
+                    &rules.authorization,
+                    creators,
+                );
+                Some(levels.into())
+            }
+            None => None,
+        };
+        let raw: Raw<Value> = Raw::from_json(pdu.client_event(true, None));
+        let thread_id = thread_of(pdu);
+        let mut actions = Vec::new();
+        for member in members.iter().filter(|member| **member != pdu.sender && member.server_name() == self.server_name()) {
+            let display_name = match state.get(&(StateEventType::RoomMember, member.to_string())) {
+                Some(id) => self.load_event(id).await?.and_then(|event| event.pdu.content_str("displayname")),
+                None => None,
+            }
+            .unwrap_or_else(|| member.localpart().to_owned());
+            let mut context = PushConditionRoomCtx::new(pdu.room_id.clone(), member_count, member.clone(), display_name);
+            context.power_levels = power_levels.clone();
+            let ruleset: Arc<Ruleset> = Arc::new(self.push_rules(member).await?);
+            let rule_actions = ruleset.get_actions(&raw, &context).await;
+            let notify = rule_actions.iter().any(|action| matches!(action, Action::Notify));
+            let highlight = rule_actions.iter().any(|action| matches!(action, Action::SetTweak(Tweak::Highlight(ruma::push::HighlightTweakValue::Yes))));
+            if notify || highlight {
+                actions.push(PushAction { user_id: member.clone(), notify, highlight, thread_id: thread_id.clone() });
+            }
+        }
+        Ok(actions)
+    }
+
+    /// Adds or replaces a pusher (`kind: null` deletes, as the spec says).
+    pub async fn set_pusher(&self, requester: &Requester, pusher: Value) -> Result<()> {
+        let text = |field: &str| pusher.get(field).and_then(Value::as_str).map(str::to_owned);
+        let (Some(app_id), Some(pushkey)) = (text("app_id"), text("pushkey")) else {
+            return Err(Error::bad_json("A pusher needs app_id and pushkey"));
+        };
+        if pusher.get("kind").is_none_or(Value::is_null) {
+            return self.store.delete_pusher(&requester.user_id, &app_id, &pushkey).await;
+        }
+        self.store
+            .set_pusher(&PusherRecord { user_id: requester.user_id.clone(), pushkey, app_id, json: pusher.to_string() })
+            .await
+    }
+
+    /// The requester's pushers, as the client gave them.
+    pub async fn pushers(&self, requester: &Requester) -> Result<Vec<Value>> {
+        let records = self.store.list_pushers(&requester.user_id).await?;
+        records.iter().map(|record| serde_json::from_str(&record.json).map_err(Error::from)).collect()
+    }
+}
+
+/// The thread an event belongs to, if it is in one.
+pub(crate) fn thread_of(pdu: &Pdu) -> Option<OwnedEventId> {
+    let content: Value = serde_json::from_str(pdu.content.get()).ok()?;
+    let relates_to = content.get("m.relates_to")?;
+    if relates_to.get("rel_type")?.as_str()? != "m.thread" {
+        return None;
+    }
+    OwnedEventId::try_from(relates_to.get("event_id")?.as_str()?).ok()
+}

@@ -1,0 +1,104 @@
+//! Rate limits: token buckets per action and key (a user ID or a client address). Addresses
+//! live only in memory, only as long as their bucket is not full, and are never logged.
+
+use std::{collections::HashMap, time::{Duration, Instant}};
+
+use parking_lot::Mutex;
+use rhizome_core::{Error, Result, config::{RateLimit, RateLimitsConfig}};
+
+/// What is being limited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// A login attempt.
+    Login,
+    /// A registration attempt.
+    Registration,
+    /// Sending an event.
+    Message,
+}
+
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Token buckets for every action and key.
+pub struct RateLimiter {
+    config: RateLimitsConfig,
+    buckets: Mutex<HashMap<(Action, String), Bucket>>,
+}
+
+impl RateLimiter {
+    /// Limits as configured.
+    pub fn new(config: RateLimitsConfig) -> Self {
+        Self { config, buckets: Mutex::new(HashMap::new()) }
+    }
+
+    fn limit(&self, action: Action) -> RateLimit {
+        match action {
+            Action::Login => self.config.login,
+            Action::Registration => self.config.registration,
+            Action::Message => self.config.message,
+        }
+    }
+
+    /// Takes one token for `key`, or fails with `M_LIMIT_EXCEEDED` and when to retry.
+    pub fn check(&self, action: Action, key: &str) -> Result<()> {
+        if !self.config.enabled {
+            return Ok(());
+        }
+        let limit = self.limit(action);
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock();
+        if buckets.len() > 100_000 {
+            // Drop buckets that have refilled: they carry no information.
+            buckets.retain(|(action, _), bucket| {
+                let limit = self.limit(*action);
+                bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * limit.per_second
+                    < f64::from(limit.burst)
+            });
+        }
+        let bucket = buckets
+            .entry((action, key.to_owned()))
+            .or_insert(Bucket { tokens: f64::from(limit.burst), updated: now });
+        let refilled = bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * limit.per_second;
+        bucket.tokens = refilled.min(f64::from(limit.burst));
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = if limit.per_second > 0.0 { (1.0 - bucket.tokens) / limit.per_second } else { 3600.0 };
+            Err(Error::limit_exceeded(Duration::from_secs_f64(wait.max(0.001))))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_allowed_then_refused_with_a_retry_time() {
+        let limiter = RateLimiter::new(RateLimitsConfig {
+            enabled: true,
+            login: RateLimit { per_second: 0.5, burst: 3 },
+            ..RateLimitsConfig::default()
+        });
+        for _ in 0..3 {
+            limiter.check(Action::Login, "1.2.3.4").unwrap();
+        }
+        let error = limiter.check(Action::Login, "1.2.3.4").unwrap_err();
+        assert_eq!(error.matrix_kind().unwrap().errcode().to_string(), "M_LIMIT_EXCEEDED");
+        // Another key has its own bucket.
+        limiter.check(Action::Login, "5.6.7.8").unwrap();
+    }
+
+    #[test]
+    fn disabled_limits_allow_everything() {
+        let limiter = RateLimiter::new(RateLimitsConfig { enabled: false, ..RateLimitsConfig::default() });
+        for _ in 0..1000 {
+            limiter.check(Action::Message, "@a:x").unwrap();
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! In-memory caches over the store: room versions, parsed events, state maps by group, and one
+//! lock per room that serialises event creation in it.
+
+use std::{collections::HashMap, num::NonZeroUsize, sync::Arc};
+
+use lru::LruCache;
+use parking_lot::Mutex;
+use rhizome_core::{Error, Result};
+use rhizome_room::{Pdu, StateMap};
+use rhizome_storage::{EventRecord, StateGroupId};
+use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, events::StateEventType};
+
+use crate::{Services, users::LoginTokens};
+
+/// An event as loaded from the store: the parsed PDU and where it sits.
+#[derive(Debug)]
+pub struct LoadedEvent {
+    /// The PDU (redacted, once redacted).
+    pub pdu: Pdu,
+    /// The stored record.
+    pub record: EventRecord,
+}
+
+fn lru<K: std::hash::Hash + Eq, V>(size: usize) -> Mutex<LruCache<K, V>> {
+    Mutex::new(LruCache::new(NonZeroUsize::new(size).unwrap_or(NonZeroUsize::MIN)))
+}
+
+/// The caches.
+pub(crate) struct RoomCaches {
+    versions: Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
+    events: Mutex<LruCache<OwnedEventId, Arc<LoadedEvent>>>,
+    state_groups: Mutex<LruCache<StateGroupId, Arc<StateMap>>>,
+    locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    pub(crate) members: super::MemberCache,
+    pub(crate) login_tokens: LoginTokens,
+}
+
+impl RoomCaches {
+    pub(crate) fn new() -> Self {
+        Self {
+            versions: Mutex::new(HashMap::new()),
+            events: lru(20_000),
+            state_groups: lru(2_000),
+            locks: Mutex::new(HashMap::new()),
+            members: super::MemberCache::default(),
+            login_tokens: LoginTokens::default(),
+        }
+    }
+}
+
+/// Converts the store's state rows to a state map.
+pub(crate) fn state_map_from_rows(rows: HashMap<(String, String), OwnedEventId>) -> StateMap {
+    rows.into_iter().map(|((kind, key), id)| ((StateEventType::from(kind), key), id)).collect()
+}
+
+impl Services {
+    /// The room's version, or `M_NOT_FOUND` if the server does not know the room.
+    pub async fn room_version(&self, room_id: &RoomId) -> Result<RoomVersionId> {
+        if let Some(version) = self.caches.versions.lock().get(room_id) {
+            return Ok(version.clone());
+        }
+        let room = self.store.get_room(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        self.caches.versions.lock().insert(room_id.to_owned(), room.room_version.clone());
+        Ok(room.room_version)
+    }
+
+    /// Whether the server knows the room.
+    pub async fn room_exists(&self, room_id: &RoomId) -> Result<bool> {
+        match self.room_version(room_id).await {
+            Ok(_) => Ok(true),
+            Err(error) if error.matrix_kind().is_some() => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The lock that serialises event creation in a room.
+    pub(crate) fn room_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+        self.caches.locks.lock().entry(room_id.to_owned()).or_default().clone()
+    }
+
+    /// Loads an event with its place in the room.
+    pub async fn load_event(&self, event_id: &EventId) -> Result<Option<Arc<LoadedEvent>>> {
+        if let Some(event) = self.caches.events.lock().get(event_id) {
+            return Ok(Some(event.clone()));
+        }
+        let Some(record) = self.store.get_event(event_id).await? else { return Ok(None) };
+        let event = Arc::new(self.parse_record(record).await?);
+        self.caches.events.lock().put(event_id.to_owned(), event.clone());
+        Ok(Some(event))
+    }
+
+    /// Loads several events, keeping the given order and leaving out unknown ones.
+    pub async fn load_events(&self, event_ids: &[OwnedEventId]) -> Result<Vec<Arc<LoadedEvent>>> {
+        let mut found: HashMap<OwnedEventId, Arc<LoadedEvent>> = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let mut cache = self.caches.events.lock();
+            for event_id in event_ids {
+                match cache.get(event_id) {
+                    Some(event) => {
+                        found.insert(event_id.clone(), event.clone());
+                    }
+                    None => missing.push(event_id.clone()),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            for record in self.store.get_events(&missing).await? {
+                let event = Arc::new(self.parse_record(record).await?);
+                self.caches.events.lock().put(event.pdu.event_id.clone(), event.clone());
+                found.insert(event.pdu.event_id.clone(), event);
+            }
+        }
+        Ok(event_ids.iter().filter_map(|event_id| found.get(event_id).cloned()).collect())
+    }
+
+    /// Parses store records (from a timeline query) into loaded events, using the cache.
+    pub(crate) async fn loaded_from_records(&self, records: Vec<EventRecord>) -> Result<Vec<Arc<LoadedEvent>>> {
+        let mut events = Vec::with_capacity(records.len());
+        for record in records {
+            let cached = self.caches.events.lock().get(&record.event_id).cloned();
+            let event = match cached {
+                Some(event) => event,
+                None => {
+                    let event_id = record.event_id.clone();
+                    let event = Arc::new(self.parse_record(record).await?);
+                    self.caches.events.lock().put(event_id, event.clone());
+                    event
+                }
+            };
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    async fn parse_record(&self, record: EventRecord) -> Result<LoadedEvent> {
+        let version = self.room_version(&record.room_id).await?;
+        let json = serde_json::value::RawValue::from_string(record.json.clone())?;
+        let mut pdu = Pdu::from_json(record.event_id.clone(), json, &version)
+            .map_err(|error| Error::bug(format!("stored event does not parse: {error}")))?;
+        pdu.rejected = record.rejected;
+        Ok(LoadedEvent { pdu, record })
+    }
+
+    /// Forgets a cached event (after it was redacted).
+    pub(crate) fn forget_event(&self, event_id: &EventId) {
+        self.caches.events.lock().pop(event_id);
+    }
+
+    /// The state map of a state group.
+    pub async fn state_map(&self, group: StateGroupId) -> Result<Arc<StateMap>> {
+        if let Some(state) = self.caches.state_groups.lock().get(&group) {
+            return Ok(state.clone());
+        }
+        let state = Arc::new(state_map_from_rows(self.store.load_state_group(group).await?));
+        self.caches.state_groups.lock().put(group, state.clone());
+        Ok(state)
+    }
+
+    /// The event filling a state slot in a state group.
+    pub async fn state_event_in(
+        &self,
+        group: StateGroupId,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<Arc<LoadedEvent>>> {
+        let state = self.state_map(group).await?;
+        match state.get(&(kind.clone(), state_key.to_owned())) {
+            Some(event_id) => self.load_event(event_id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The room's current state group.
+    pub async fn current_state_group(&self, room_id: &RoomId) -> Result<StateGroupId> {
+        self.store
+            .get_room(room_id)
+            .await?
+            .and_then(|room| room.current_state_group)
+            .ok_or_else(|| Error::not_found("Unknown room"))
+    }
+
+    /// The room's current state.
+    pub async fn current_state(&self, room_id: &RoomId) -> Result<Arc<StateMap>> {
+        let group = self.current_state_group(room_id).await?;
+        self.state_map(group).await
+    }
+
+    /// The event filling a slot of the room's current state.
+    pub async fn current_state_event(
+        &self,
+        room_id: &RoomId,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<Arc<LoadedEvent>>> {
+        let group = self.current_state_group(room_id).await?;
+        self.state_event_in(group, kind, state_key).await
+    }
+
+    /// Loads the events of a state map.
+    pub async fn state_events(&self, state: &StateMap) -> Result<Vec<Arc<LoadedEvent>>> {
+        let ids: Vec<OwnedEventId> = state.values().cloned().collect();
+        self.load_events(&ids).await
+    }
+}

@@ -1,0 +1,71 @@
+//! Events as clients see them: the client format with `unsigned` filled in (age, the sender
+//! device's transaction ID, the state replaced, the redaction, bundled relations).
+
+use std::sync::Arc;
+
+use rhizome_core::{Result, clock::{millis_from_ts, now_millis}};
+use ruma::{events::StateEventType, serde::Raw};
+use serde_json::{Map, Value, value::RawValue as RawJsonValue};
+
+use crate::{Requester, Services, rooms::cache::LoadedEvent};
+
+/// How to format events.
+#[derive(Clone, Copy, Debug)]
+pub struct Format<'a> {
+    /// Who is looking (for the transaction ID echo and thread participation).
+    pub viewer: Option<&'a Requester>,
+    /// Whether to include `room_id` (left out of `/sync` timelines).
+    pub with_room_id: bool,
+    /// Whether to bundle relations (edits, threads, references).
+    pub bundle_relations: bool,
+}
+
+impl Services {
+    /// Formats one event for a client.
+    pub async fn format_event(&self, event: &LoadedEvent, format: Format<'_>) -> Result<Box<RawJsonValue>> {
+        let mut unsigned = Map::new();
+        let pdu = &event.pdu;
+        unsigned.insert("age".into(), Value::from(now_millis() - millis_from_ts(pdu.origin_server_ts)));
+        if let (Some(txn), Some(viewer)) = (&event.record.txn, format.viewer) {
+            if txn.user_id == viewer.user_id && txn.device_id == viewer.device_id {
+                unsigned.insert("transaction_id".into(), Value::from(txn.txn_id.clone()));
+            }
+        }
+        if let Some(state_key) = &pdu.state_key {
+            let kind = StateEventType::from(pdu.kind.to_string());
+            if let Some(previous) = self.state_event_in(event.record.state_before, &kind, state_key).await? {
+                if previous.pdu.event_id != pdu.event_id {
+                    let content: Value = serde_json::from_str(previous.pdu.content.get())?;
+                    unsigned.insert("prev_content".into(), content);
+                    unsigned.insert("replaces_state".into(), Value::from(previous.pdu.event_id.to_string()));
+                    unsigned.insert("prev_sender".into(), Value::from(previous.pdu.sender.to_string()));
+                }
+            }
+        }
+        if let Some(redacted_by) = &event.record.redacted_by {
+            if let Some(redaction) = self.load_event(redacted_by).await? {
+                let because: Value = serde_json::from_str(redaction.pdu.client_event(true, None).get())?;
+                unsigned.insert("redacted_because".into(), because);
+            }
+        } else if format.bundle_relations && !pdu.is_state() {
+            if let Some(relations) = Box::pin(self.bundled_relations(event, format)).await? {
+                unsigned.insert("m.relations".into(), relations);
+            }
+        }
+        Ok(pdu.client_event(format.with_room_id, Some(unsigned)))
+    }
+
+    /// Formats events for a client, in order.
+    pub async fn format_events(&self, events: &[Arc<LoadedEvent>], format: Format<'_>) -> Result<Vec<Box<RawJsonValue>>> {
+        let mut formatted = Vec::with_capacity(events.len());
+        for event in events {
+            formatted.push(self.format_event(event, format).await?);
+        }
+        Ok(formatted)
+    }
+}
+
+/// Wraps raw JSON as a typed ruma `Raw`.
+pub fn raw<T>(json: Box<RawJsonValue>) -> Raw<T> {
+    Raw::from_json(json)
+}

@@ -1,0 +1,361 @@
+//! Creating and persisting events: the state before an event (resolved where the room graph
+//! has forked), authorisation by the auth rules, the state after it, the new forward
+//! extremities and current state, all persisted in one store call; then wake-ups.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use rhizome_core::{Error, Result, clock::now_ts};
+use rhizome_room::{EventTemplate, Pdu, StateMap, auth, build_pdu, resolve::resolve};
+use rhizome_storage::{
+    CurrentState, MembershipChange, PersistEvent, RelationRecord, StateGroupId, StateSpec,
+    TxnRecord,
+};
+use ruma::{
+    EventId, OwnedEventId, OwnedUserId, RoomId, RoomVersionId, UserId,
+    events::{StateEventType, TimelineEventType},
+};
+use serde_json::value::RawValue as RawJsonValue;
+
+use crate::{Services, rooms::cache::LoadedEvent};
+
+/// A new event a local user sends.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    /// The event type.
+    pub kind: TimelineEventType,
+    /// The content.
+    pub content: Box<RawJsonValue>,
+    /// The state key, for state events.
+    pub state_key: Option<String>,
+    /// For redactions, the event redacted.
+    pub redacts: Option<OwnedEventId>,
+}
+
+impl NewEvent {
+    /// A state event.
+    pub fn state(kind: impl Into<String>, state_key: impl Into<String>, content: serde_json::Value) -> Self {
+        Self {
+            kind: TimelineEventType::from(kind.into()),
+            content: serde_json::value::to_raw_value(&content).expect("invariant: JSON values serialise"),
+            state_key: Some(state_key.into()),
+            redacts: None,
+        }
+    }
+
+    /// A message-like event.
+    pub fn message(kind: impl Into<String>, content: serde_json::Value) -> Self {
+        Self {
+            kind: TimelineEventType::from(kind.into()),
+            content: serde_json::value::to_raw_value(&content).expect("invariant: JSON values serialise"),
+            state_key: None,
+            redacts: None,
+        }
+    }
+}
+
+/// The largest number of `prev_events` a new event cites.
+const MAX_PREV_EVENTS: usize = 20;
+
+/// The state before an event, as a map and as the store should record it.
+pub(crate) struct StateBeforeParts {
+    pub(crate) map: Arc<StateMap>,
+    pub(crate) spec: StateSpec,
+}
+
+impl Services {
+    /// Creates, authorises and persists an event from a local user after the room's current
+    /// forward extremities. With `txn`, a repeated transaction returns the first event.
+    pub async fn send_event(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        event: NewEvent,
+        txn: Option<TxnRecord>,
+    ) -> Result<OwnedEventId> {
+        self.send_event_after(sender, room_id, event, txn, None).await
+    }
+
+    /// Like [`Services::send_event`], after the given `prev_events` instead of the forward
+    /// extremities (the room graph then forks; later events merge it by state resolution).
+    pub async fn send_event_after(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        event: NewEvent,
+        txn: Option<TxnRecord>,
+        prev_events: Option<Vec<OwnedEventId>>,
+    ) -> Result<OwnedEventId> {
+        if let Some(txn) = &txn {
+            if let Some(event_id) = self.store.event_for_txn(txn).await? {
+                return Ok(event_id);
+            }
+        }
+        if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(event.content.get()).is_err() {
+            return Err(Error::bad_json("Event content must be a JSON object"));
+        }
+        let version = self.room_version(room_id).await?;
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        if let Some(txn) = &txn {
+            if let Some(event_id) = self.store.event_for_txn(txn).await? {
+                return Ok(event_id);
+            }
+        }
+        let extremities = self.store.forward_extremities(room_id).await?;
+        let mut prev_events = prev_events.unwrap_or_else(|| extremities.clone());
+        prev_events.truncate(MAX_PREV_EVENTS);
+        let prevs = self.load_events(&prev_events).await?;
+        if prevs.len() != prev_events.len() {
+            return Err(Error::bug("a previous event is missing"));
+        }
+        let state_before = self.state_before(room_id, &version, &prevs).await?;
+        let depth = prevs.iter().map(|prev| prev.pdu.depth).max().unwrap_or(0) + 1;
+        let pdu = self.build_and_authorise(sender, room_id, &version, &event, &prev_events, depth, &state_before.map).await?;
+        self.persist_prepared(room_id, &version, pdu, state_before, &prev_events, extremities, txn).await
+    }
+
+    /// The state before an event following `prevs`: theirs, resolved when they differ.
+    async fn state_before(&self, room_id: &RoomId, version: &RoomVersionId, prevs: &[Arc<LoadedEvent>]) -> Result<StateBeforeParts> {
+        let mut groups: Vec<StateGroupId> = prevs.iter().map(|prev| prev.record.state_after).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        match groups.as_slice() {
+            [] => Ok(StateBeforeParts { map: Arc::new(StateMap::new()), spec: StateSpec::New { base: None, changes: Vec::new() } }),
+            [group] => Ok(StateBeforeParts { map: self.state_map(*group).await?, spec: StateSpec::Existing(*group) }),
+            [base, ..] => {
+                let mut maps = Vec::with_capacity(groups.len());
+                for group in &groups {
+                    maps.push((*self.state_map(*group).await?).clone());
+                }
+                let resolved = self.resolve_state(room_id, version, &maps).await?;
+                let base_map = self.state_map(*base).await?;
+                let changes = diff_states(&base_map, &resolved);
+                Ok(StateBeforeParts { map: Arc::new(resolved), spec: StateSpec::New { base: Some(*base), changes } })
+            }
+        }
+    }
+
+    /// Resolves several states of a room into one (state resolution v2 / v2.1).
+    pub async fn resolve_state(&self, _room_id: &RoomId, version: &RoomVersionId, maps: &[StateMap]) -> Result<StateMap> {
+        let mut auth_chains = Vec::with_capacity(maps.len());
+        let mut all_ids: HashSet<OwnedEventId> = HashSet::new();
+        for map in maps {
+            let ids: Vec<OwnedEventId> = map.values().cloned().collect();
+            let chain = self.store.auth_chain(&ids).await?;
+            all_ids.extend(chain.iter().cloned());
+            auth_chains.push(chain);
+        }
+        let all_ids: Vec<OwnedEventId> = all_ids.into_iter().collect();
+        let events: HashMap<OwnedEventId, Pdu> =
+            self.load_events(&all_ids).await?.into_iter().map(|event| (event.pdu.event_id.clone(), event.pdu.clone())).collect();
+        let version = version.clone();
+        let maps = maps.to_vec();
+        tokio::task::spawn_blocking(move || {
+            resolve(&version, &maps, auth_chains, |event_id| events.get(event_id).cloned())
+                .map_err(|error| Error::bug(format!("state resolution failed: {error}")))
+        })
+        .await
+        .map_err(Error::internal)?
+    }
+
+    #[allow(clippy::too_many_arguments)] // The parts of a new event, each distinct.
+    async fn build_and_authorise(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        event: &NewEvent,
+        prev_events: &[OwnedEventId],
+        depth: u64,
+        state_before: &StateMap,
+    ) -> Result<Pdu> {
+        let auth_events = auth::select_auth_events(version, &event.kind, sender, event.state_key.as_deref(), &event.content, state_before)
+            .map_err(|error| Error::forbidden(error.to_string()))?;
+        let template = EventTemplate {
+            room_id: Some(room_id.to_owned()),
+            sender: sender.to_owned(),
+            kind: event.kind.clone(),
+            state_key: event.state_key.clone(),
+            content: event.content.clone(),
+            redacts: event.redacts.clone(),
+            prev_events: prev_events.to_vec(),
+            auth_events: auth_events.clone(),
+            depth,
+            origin_server_ts: now_ts(),
+        };
+        let pdu = build_pdu(&template, version, self.server_name(), &self.signing_key)
+            .map_err(|error| Error::bad_json(error.to_string()))?;
+        // The auth rules read the auth events, the create event and the state they name.
+        let mut needed: Vec<OwnedEventId> = auth_events;
+        needed.extend(state_before.get(&(StateEventType::RoomCreate, String::new())).cloned());
+        let events: HashMap<OwnedEventId, Pdu> =
+            self.load_events(&needed).await?.into_iter().map(|event| (event.pdu.event_id.clone(), event.pdu.clone())).collect();
+        let state_events: HashMap<(StateEventType, String), Pdu> = state_before
+            .iter()
+            .filter_map(|(slot, id)| events.get(id).map(|event| (slot.clone(), event.clone())))
+            .collect();
+        auth::check_event(
+            version,
+            &pdu,
+            |event_id: &EventId| events.get(event_id).cloned(),
+            |kind: &StateEventType, key: &str| state_events.get(&(kind.clone(), key.to_owned())).cloned(),
+        )
+        .map_err(|error| Error::forbidden(format!("Not allowed: {error}")))?;
+        Ok(pdu)
+    }
+
+    #[allow(clippy::too_many_arguments)] // The parts of one persistence step, each distinct.
+    pub(crate) async fn persist_prepared(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        pdu: Pdu,
+        state_before: StateBeforeParts,
+        prev_events: &[OwnedEventId],
+        extremities: Vec<OwnedEventId>,
+        txn: Option<TxnRecord>,
+    ) -> Result<OwnedEventId> {
+        let event_id = pdu.event_id.clone();
+        let slot = pdu.state_slot();
+        let mut state_after = (*state_before.map).clone();
+        if let Some(slot) = &slot {
+            state_after.insert(slot.clone(), event_id.clone());
+        }
+        let mut new_extremities: Vec<OwnedEventId> =
+            extremities.into_iter().filter(|extremity| !prev_events.contains(extremity)).collect();
+        new_extremities.push(event_id.clone());
+        let old_current_group = self.store.get_room(room_id).await?.and_then(|room| room.current_state_group);
+        let old_current = match old_current_group {
+            Some(group) => self.state_map(group).await?,
+            None => Arc::new(StateMap::new()),
+        };
+        let (current_state, new_current) = if new_extremities.len() == 1 {
+            (CurrentState::StateAfter, state_after.clone())
+        } else {
+            let mut maps = vec![state_after.clone()];
+            let others: Vec<OwnedEventId> = new_extremities.iter().filter(|id| **id != event_id).cloned().collect();
+            for other in self.load_events(&others).await? {
+                maps.push((*self.state_map(other.record.state_after).await?).clone());
+            }
+            let resolved = self.resolve_state(room_id, version, &maps).await?;
+            let changes = diff_states(&old_current, &resolved);
+            (CurrentState::New(StateSpec::New { base: old_current_group, changes }), resolved)
+        };
+        let membership_changes = self.membership_changes(&old_current, &new_current, &pdu).await?;
+        let redaction = self.prepare_redaction(version, &pdu).await?;
+        let push_actions = self.push_actions_for(&pdu, &new_current).await?;
+        let relation = relation_of(&pdu);
+        let persist = PersistEvent {
+            event_id: event_id.clone(),
+            room_id: room_id.to_owned(),
+            sender: pdu.sender.clone(),
+            event_type: pdu.kind.to_string(),
+            state_key: pdu.state_key.clone(),
+            depth: i64::try_from(pdu.depth).unwrap_or(i64::MAX),
+            origin_server_ts: rhizome_core::clock::millis_from_ts(pdu.origin_server_ts),
+            json: pdu.json().get().to_owned(),
+            auth_events: pdu.auth_events.clone(),
+            rejected: false,
+            state_before: state_before.spec,
+            state_after_changes: slot.map(|slot| ((slot.0.to_string(), slot.1), Some(event_id.clone()))).into_iter().collect(),
+            new_extremities,
+            current_state,
+            membership_changes: membership_changes.clone(),
+            txn,
+            relation,
+            redaction: redaction.clone(),
+            push_actions,
+        };
+        let persisted = self.store.persist_event(&persist).await?;
+        if let Some((target, _)) = &redaction {
+            self.forget_event(target);
+        }
+        let mut woken: HashSet<OwnedUserId> = self.room_members_cached(room_id, true).await?.into_iter().collect();
+        woken.extend(membership_changes.iter().map(|change| change.user_id.clone()));
+        if !membership_changes.is_empty() {
+            self.forget_room_members(room_id);
+        }
+        tracing::debug!(stream_pos = persisted.stream_pos, "persisted an event");
+        self.notifier.notify(woken.iter().map(|user| user.as_ref()));
+        Ok(event_id)
+    }
+
+    /// Membership rows that change between two current states.
+    async fn membership_changes(&self, old: &StateMap, new: &StateMap, pdu: &Pdu) -> Result<Vec<MembershipChange>> {
+        let mut changed: Vec<OwnedEventId> = Vec::new();
+        for ((kind, key), event_id) in new {
+            if *kind == StateEventType::RoomMember && old.get(&(kind.clone(), key.clone())) != Some(event_id) {
+                changed.push(event_id.clone());
+            }
+        }
+        let mut changes = Vec::with_capacity(changed.len());
+        for event_id in changed {
+            let member_pdu = if event_id == pdu.event_id {
+                pdu.clone()
+            } else {
+                match self.load_event(&event_id).await? {
+                    Some(event) => event.pdu.clone(),
+                    None => continue,
+                }
+            };
+            let Some(state_key) = &member_pdu.state_key else { continue };
+            let Ok(user_id) = ruma::UserId::parse(state_key.as_str()) else { continue };
+            let content: serde_json::Value = serde_json::from_str(member_pdu.content.get()).unwrap_or_default();
+            changes.push(MembershipChange {
+                user_id,
+                membership: content.get("membership").and_then(|m| m.as_str()).unwrap_or("leave").to_owned(),
+                event_id: member_pdu.event_id.clone(),
+                displayname: content.get("displayname").and_then(|m| m.as_str()).map(str::to_owned),
+                avatar_url: content.get("avatar_url").and_then(|m| m.as_str()).map(str::to_owned),
+            });
+        }
+        Ok(changes)
+    }
+
+    /// For a redaction that applies, the target and its redacted JSON.
+    async fn prepare_redaction(&self, version: &RoomVersionId, pdu: &Pdu) -> Result<Option<(OwnedEventId, String)>> {
+        if pdu.kind != TimelineEventType::RoomRedaction {
+            return Ok(None);
+        }
+        let Some(target_id) = &pdu.redacts else { return Ok(None) };
+        let Some(target) = self.load_event(target_id).await? else { return Ok(None) };
+        if target.pdu.room_id != pdu.room_id {
+            return Ok(None);
+        }
+        let because: ruma::CanonicalJsonObject =
+            serde_json::from_str(pdu.client_event(true, None).get()).map_err(Error::internal)?;
+        let redacted = target
+            .pdu
+            .redacted(version, Some(because))
+            .map_err(|error| Error::bug(format!("redaction failed: {error}")))?;
+        Ok(Some((target_id.clone(), redacted.json().get().to_owned())))
+    }
+}
+
+/// The slots that differ from `base` in `new` (set, or removed).
+pub(crate) fn diff_states(base: &StateMap, new: &StateMap) -> Vec<((String, String), Option<OwnedEventId>)> {
+    let mut changes: Vec<((String, String), Option<OwnedEventId>)> = new
+        .iter()
+        .filter(|(slot, id)| base.get(*slot) != Some(*id))
+        .map(|((kind, key), id)| ((kind.to_string(), key.clone()), Some(id.clone())))
+        .collect();
+    changes.extend(
+        base.keys()
+            .filter(|slot| !new.contains_key(*slot))
+            .map(|(kind, key)| ((kind.to_string(), key.clone()), None)),
+    );
+    changes
+}
+
+/// The relation an event declares in `m.relates_to`, if any.
+fn relation_of(pdu: &Pdu) -> Option<RelationRecord> {
+    let content: serde_json::Value = serde_json::from_str(pdu.content.get()).ok()?;
+    let relates_to = content.get("m.relates_to")?;
+    let rel_type = relates_to.get("rel_type")?.as_str()?.to_owned();
+    let target = OwnedEventId::try_from(relates_to.get("event_id")?.as_str()?).ok()?;
+    let key = relates_to.get("key").and_then(|key| key.as_str()).map(str::to_owned);
+    Some(RelationRecord { relates_to: target, rel_type, key })
+}

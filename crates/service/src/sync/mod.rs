@@ -1,0 +1,206 @@
+//! `/sync` v3: long-polling that wakes as soon as something the user may see changes, with
+//! `since` tokens (`s<stream position>_<ephemeral serial>`), filters, `full_state`, lazy-loaded
+//! members, limited timelines, invites and leaves, account data, ephemeral events and unread
+//! counts.
+
+pub mod filter;
+mod rooms;
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use rhizome_core::{Error, Result};
+use rhizome_storage::StreamPos;
+use ruma::{
+    OwnedUserId,
+    api::client::{filter::FilterDefinition, sync::sync_events::v3},
+    presence::PresenceState,
+};
+use serde_json::{Value, json};
+
+use crate::{Requester, Services, push::PUSH_RULES_TYPE, rooms::format::raw};
+
+/// What a `/sync` request asks for.
+#[derive(Clone, Debug)]
+pub struct SyncRequest {
+    /// The `since` token.
+    pub since: Option<String>,
+    /// How long to wait for something new.
+    pub timeout: Duration,
+    /// Send the full state of every room.
+    pub full_state: bool,
+    /// The filter.
+    pub filter: FilterDefinition,
+    /// The presence to set.
+    pub set_presence: PresenceState,
+    /// Send the state at the end of the timeline (`state_after`) instead of before it.
+    pub use_state_after: bool,
+}
+
+/// A parsed `since` token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncToken {
+    /// The stream position.
+    pub pos: StreamPos,
+    /// The ephemeral serial.
+    pub ephemeral: i64,
+}
+
+impl SyncToken {
+    /// Parses `s<pos>_<serial>`.
+    pub fn parse(token: &str) -> Result<Self> {
+        let invalid = || Error::invalid_param("Invalid sync token");
+        let rest = token.strip_prefix('s').ok_or_else(invalid)?;
+        let (pos, ephemeral) = rest.split_once('_').ok_or_else(invalid)?;
+        Ok(Self { pos: pos.parse().map_err(|_| invalid())?, ephemeral: ephemeral.parse().map_err(|_| invalid())? })
+    }
+}
+
+impl std::fmt::Display for SyncToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s{}_{}", self.pos, self.ephemeral)
+    }
+}
+
+/// The window one sync covers: changes after `since` up to `upper`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub(crate) since: Option<SyncToken>,
+    pub(crate) upper: SyncToken,
+}
+
+fn response_has_data(response: &v3::Response) -> bool {
+    !response.rooms.join.is_empty()
+        || !response.rooms.invite.is_empty()
+        || !response.rooms.leave.is_empty()
+        || !response.rooms.knock.is_empty()
+        || !response.presence.events.is_empty()
+        || !response.account_data.events.is_empty()
+        || !response.to_device.events.is_empty()
+        || !response.device_lists.changed.is_empty()
+        || !response.device_lists.left.is_empty()
+}
+
+impl Services {
+    /// Answers a `/sync`, waiting up to the timeout for something new.
+    pub async fn sync(self: &Arc<Self>, requester: &Requester, request: SyncRequest) -> Result<v3::Response> {
+        let since = request.since.as_deref().map(SyncToken::parse).transpose()?;
+        if request.set_presence != PresenceState::Offline {
+            self.set_presence(&requester.user_id, request.set_presence.as_str(), None).await?;
+        }
+        let timeout = request.timeout.min(Duration::from_millis(self.config.limits.max_sync_timeout_ms));
+        let deadline = Instant::now() + timeout;
+        let mut wake = self.notifier.subscribe(&requester.user_id);
+        loop {
+            wake.borrow_and_update();
+            let upper = SyncToken { pos: self.store.current_stream_pos(), ephemeral: self.ephemeral_serial() };
+            let window = Window { since, upper };
+            let response = self.sync_once(requester, &request, window).await?;
+            if since.is_none() || request.full_state || response_has_data(&response) {
+                return Ok(response);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Ok(response);
+            }
+            match tokio::time::timeout(remaining, wake.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out (or the notifier went away): answer with nothing new.
+                _ => return Ok(response),
+            }
+        }
+    }
+
+    async fn sync_once(&self, requester: &Requester, request: &SyncRequest, window: Window) -> Result<v3::Response> {
+        let mut response = v3::Response::new(window.upper.to_string());
+        self.sync_rooms(requester, request, window, &mut response).await?;
+        self.sync_account_data(requester, request, window, &mut response).await?;
+        self.sync_presence(requester, request, window, &mut response).await?;
+        self.sync_e2ee(requester, window.since.map(|since| since.pos), window.upper.pos, &mut response).await?;
+        Ok(response)
+    }
+
+    async fn sync_account_data(&self, requester: &Requester, request: &SyncRequest, window: Window, response: &mut v3::Response) -> Result<()> {
+        let since = window.since.map(|since| since.pos);
+        let records = self.store.account_data_since(&requester.user_id, since).await?;
+        let mut saw_push_rules = false;
+        for record in records.into_iter().filter(|record| record.stream_pos <= window.upper.pos) {
+            let content: Value = serde_json::from_str(&record.content)?;
+            let event = serde_json::value::to_raw_value(&json!({ "type": record.data_type, "content": content }))?;
+            match &record.room_id {
+                None => {
+                    saw_push_rules |= record.data_type == PUSH_RULES_TYPE;
+                    if filter::event_passes(&request.filter.account_data, &record.data_type, None) {
+                        response.account_data.events.push(raw(event));
+                    }
+                }
+                Some(room_id) => {
+                    if let Some(room) = response.rooms.join.get_mut(room_id) {
+                        if filter::room_event_type_passes(&request.filter.room.account_data, &record.data_type) {
+                            room.account_data.events.push(raw(event));
+                        }
+                    } else if since.is_some() && self.is_joined(room_id, &requester.user_id).await? {
+                        let mut room = v3::JoinedRoom::new();
+                        room.account_data.events.push(raw(event));
+                        response.rooms.join.insert(room_id.clone(), room);
+                    }
+                }
+            }
+        }
+        if since.is_none() && !saw_push_rules && filter::event_passes(&request.filter.account_data, PUSH_RULES_TYPE, None) {
+            let rules = json!({ "type": PUSH_RULES_TYPE, "content": { "global": self.push_rules(&requester.user_id).await? } });
+            response.account_data.events.push(raw(serde_json::value::to_raw_value(&rules)?));
+        }
+        Ok(())
+    }
+
+    async fn sync_presence(&self, requester: &Requester, request: &SyncRequest, window: Window, response: &mut v3::Response) -> Result<()> {
+        if request.filter.presence.types.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(());
+        }
+        let mut users: Vec<OwnedUserId> = Vec::new();
+        for room in self.store.rooms_of_user(&requester.user_id, &["join"]).await? {
+            users.extend(self.room_members_cached(&room.room_id, false).await?);
+        }
+        users.sort();
+        users.dedup();
+        let now = rhizome_core::clock::now_millis();
+        for (user_id, entry) in self.presence_since(&users, window.since.map(|since| since.ephemeral)) {
+            if entry.serial > window.upper.ephemeral || !filter::event_passes(&request.filter.presence, "m.presence", Some(&user_id)) {
+                continue;
+            }
+            let mut content = json!({
+                "presence": entry.state,
+                "last_active_ago": (now - entry.last_active_ts).max(0),
+                "currently_active": entry.state == "online",
+            });
+            if let Some(status) = entry.status_msg {
+                content["status_msg"] = json!(status);
+            }
+            let event = json!({ "type": "m.presence", "sender": user_id, "content": content });
+            response.presence.events.push(raw(serde_json::value::to_raw_value(&event)?));
+        }
+        Ok(())
+    }
+}
+
+/// Builds the `m.receipt` content for a set of receipts.
+pub(crate) fn receipt_content(receipts: &[rhizome_storage::ReceiptRecord]) -> Value {
+    let mut content: BTreeMap<String, BTreeMap<String, BTreeMap<String, Value>>> = BTreeMap::new();
+    for receipt in receipts {
+        let mut data = json!({ "ts": receipt.ts });
+        if let Some(thread) = &receipt.thread_id {
+            data["thread_id"] = json!(thread);
+        }
+        content
+            .entry(receipt.event_id.to_string())
+            .or_default()
+            .entry(receipt.receipt_type.clone())
+            .or_default()
+            .insert(receipt.user_id.to_string(), data);
+    }
+    json!(content)
+}

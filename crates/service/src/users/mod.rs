@@ -1,0 +1,419 @@
+//! Accounts: registration (invite tokens, open, or closed), login, sessions and refresh tokens,
+//! devices, password changes, deactivation and registration-token administration.
+
+pub mod password;
+pub mod profile;
+pub mod uia;
+
+use std::{collections::HashMap, time::Duration};
+
+use parking_lot::Mutex;
+use rhizome_core::{
+    Error, Result,
+    clock::now_millis,
+    config::RegistrationMode,
+    error::MatrixErrorKind,
+};
+use rhizome_storage::{NewAccessToken, RegistrationTokenRecord, UserRecord};
+use ruma::{
+    DeviceId, OwnedDeviceId, OwnedUserId, UserId,
+    api::client::uiaa::{AuthData, AuthFlow, AuthType},
+};
+
+use crate::{
+    Requester, Services,
+    auth::{generate_token, hash_token},
+    rate_limit::Action,
+    users::{
+        password::hash_password,
+        uia::UiaPurpose,
+    },
+};
+
+/// A session handed to a client after login or registration.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// The user.
+    pub user_id: OwnedUserId,
+    /// The device.
+    pub device_id: OwnedDeviceId,
+    /// The access token.
+    pub access_token: String,
+    /// The refresh token, if the client asked for one.
+    pub refresh_token: Option<String>,
+    /// How long the access token lives, if it expires.
+    pub expires_in: Option<Duration>,
+}
+
+/// What a registration request asks for.
+#[derive(Clone, Debug, Default)]
+pub struct RegisterRequest {
+    /// The wanted localpart; generated if `None`.
+    pub username: Option<String>,
+    /// The password.
+    pub password: Option<String>,
+    /// The device ID to use.
+    pub device_id: Option<OwnedDeviceId>,
+    /// The new device's name.
+    pub initial_device_display_name: Option<String>,
+    /// Create the account without logging in.
+    pub inhibit_login: bool,
+    /// Whether the client wants a refresh token.
+    pub refresh_token: bool,
+    /// The UIA stage data.
+    pub auth: Option<AuthData>,
+}
+
+/// The outcome of registration.
+#[derive(Clone, Debug)]
+pub struct Registered {
+    /// The new user.
+    pub user_id: OwnedUserId,
+    /// The session, unless login was inhibited.
+    pub session: Option<Session>,
+}
+
+/// Short-lived tokens for `m.login.token`.
+#[derive(Default)]
+pub(crate) struct LoginTokens {
+    tokens: Mutex<HashMap<String, (OwnedUserId, i64)>>,
+}
+
+/// How long an `m.login.token` token is valid.
+pub const LOGIN_TOKEN_LIFETIME_MS: i64 = 120_000;
+
+fn validate_localpart(localpart: &str) -> Result<()> {
+    let valid = !localpart.is_empty()
+        && localpart.bytes().all(|byte| matches!(byte, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::matrix(
+            MatrixErrorKind::InvalidUsername,
+            "User names may contain only a-z, 0-9, and . _ = - / +",
+        ))
+    }
+}
+
+fn random_device_id() -> OwnedDeviceId {
+    use rand::Rng;
+    let id: String = (0..10).map(|_| char::from(rand::thread_rng().gen_range(b'A'..=b'Z'))).collect();
+    id.into()
+}
+
+impl Services {
+    /// The registration flows offered by this server's configuration.
+    pub fn registration_flows(&self) -> Vec<AuthFlow> {
+        match self.config.registration.mode {
+            RegistrationMode::Token => vec![AuthFlow::new(vec![AuthType::RegistrationToken])],
+            RegistrationMode::Open => vec![AuthFlow::new(vec![AuthType::Dummy])],
+            RegistrationMode::Disabled => Vec::new(),
+        }
+    }
+
+    /// Parses a user identifier given at login: a full user ID or a local localpart.
+    pub fn parse_user_identifier(&self, user: &str) -> Result<OwnedUserId> {
+        let user_id = UserId::parse_with_server_name(user.to_lowercase(), self.server_name())
+            .map_err(|_| Error::invalid_param("Invalid user identifier"))?;
+        if user_id.server_name() != self.server_name() {
+            return Err(Error::forbidden("That user is not on this server"));
+        }
+        Ok(user_id)
+    }
+
+    /// Checks that a localpart is valid and free.
+    pub async fn check_username_available(&self, localpart: &str) -> Result<OwnedUserId> {
+        validate_localpart(localpart)?;
+        let user_id = UserId::parse_with_server_name(localpart, self.server_name())
+            .map_err(|_| Error::matrix(MatrixErrorKind::InvalidUsername, "Invalid user name"))?;
+        if self.store.get_user(&user_id).await?.is_some() {
+            return Err(Error::matrix(MatrixErrorKind::UserInUse, "That user name is taken"));
+        }
+        Ok(user_id)
+    }
+
+    fn check_password_strength(&self, password: &str) -> Result<()> {
+        if password.chars().count() < self.config.registration.min_password_length {
+            return Err(Error::matrix(
+                MatrixErrorKind::WeakPassword,
+                format!("Passwords need at least {} characters", self.config.registration.min_password_length),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Registers an account after user-interactive authentication. `client_key` identifies the
+    /// client for rate limiting only.
+    pub async fn register(&self, request: RegisterRequest, client_key: &str) -> Result<Registered> {
+        self.rate_limiter.check(Action::Registration, client_key)?;
+        if self.config.registration.mode == RegistrationMode::Disabled {
+            return Err(Error::forbidden("Registration is disabled on this server"));
+        }
+        let user_id = match &request.username {
+            Some(username) => self.check_username_available(&username.to_lowercase()).await?,
+            None => loop {
+                let localpart = generate_token("u").to_lowercase().replace('_', "").chars().take(12).collect::<String>();
+                if let Ok(user_id) = self.check_username_available(&localpart).await {
+                    break user_id;
+                }
+            },
+        };
+        let password = request.password.as_deref().ok_or_else(|| Error::matrix(MatrixErrorKind::MissingParam, "A password is required"))?;
+        self.check_password_strength(password)?;
+        let outcome = self.check_uia(request.auth.as_ref(), self.registration_flows(), UiaPurpose::Register).await?;
+        if self.config.registration.mode == RegistrationMode::Token {
+            let token = outcome.registration_token.ok_or_else(|| Error::forbidden("A registration token is required"))?;
+            if !self.store.use_registration_token(&token, now_millis()).await? {
+                return Err(Error::forbidden("The registration token is no longer valid"));
+            }
+        }
+        let password_hash = hash_password(password.to_owned()).await?;
+        self.store
+            .create_user(&UserRecord {
+                user_id: user_id.clone(),
+                password_hash: Some(password_hash),
+                displayname: Some(user_id.localpart().to_owned()),
+                avatar_url: None,
+                is_admin: false,
+                deactivated: false,
+                created_ts: now_millis(),
+            })
+            .await?;
+        tracing::info!("registered a new account");
+        let session = if request.inhibit_login {
+            None
+        } else {
+            Some(
+                self.create_session(
+                    &user_id,
+                    request.device_id.clone(),
+                    request.initial_device_display_name.as_deref(),
+                    request.refresh_token,
+                )
+                .await?,
+            )
+        };
+        Ok(Registered { user_id, session })
+    }
+
+    /// Creates a device (or reuses one, invalidating its old tokens) and a session on it.
+    pub async fn create_session(
+        &self,
+        user_id: &UserId,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<&str>,
+        refreshable: bool,
+    ) -> Result<Session> {
+        let device_id = device_id.unwrap_or_else(random_device_id);
+        let now = now_millis();
+        if self.store.get_device(user_id, &device_id).await?.is_some() {
+            self.store.delete_device(user_id, &device_id).await?;
+            self.token_cache.clear();
+        }
+        self.store.upsert_device(user_id, &device_id, display_name, now).await?;
+        let access_token = generate_token("syt");
+        let refresh_token = refreshable.then(|| generate_token("syr"));
+        let lifetime = Duration::from_secs(self.config.sessions.refreshable_access_token_lifetime_secs);
+        let expires_ts = refreshable.then(|| now + i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX));
+        self.store
+            .create_access_token(&NewAccessToken {
+                token_hash: hash_token(&access_token),
+                refresh_token_hash: refresh_token.as_deref().map(hash_token),
+                user_id: user_id.to_owned(),
+                device_id: device_id.clone(),
+                expires_ts,
+            })
+            .await?;
+        self.on_device_list_change(user_id).await?;
+        Ok(Session {
+            user_id: user_id.to_owned(),
+            device_id,
+            access_token,
+            refresh_token,
+            expires_in: refreshable.then_some(lifetime),
+        })
+    }
+
+    /// Logs in with a password. `client_key` identifies the client for rate limiting only.
+    pub async fn login_with_password(
+        &self,
+        user: &str,
+        password: &str,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<&str>,
+        refreshable: bool,
+        client_key: &str,
+    ) -> Result<Session> {
+        self.rate_limiter.check(Action::Login, client_key)?;
+        let user_id = self.parse_user_identifier(user)?;
+        self.rate_limiter.check(Action::Login, user_id.as_str())?;
+        let record = self.store.get_user(&user_id).await?;
+        if record.as_ref().is_some_and(|user| user.deactivated) {
+            return Err(Error::matrix(MatrixErrorKind::UserDeactivated, "This account has been deactivated"));
+        }
+        if !self.check_password(&user_id, password).await? {
+            return Err(Error::forbidden("Invalid user name or password"));
+        }
+        self.create_session(&user_id, device_id, display_name, refreshable).await
+    }
+
+    /// Makes a short-lived token for `m.login.token` (used to sign in another device).
+    pub fn create_login_token(&self, user_id: &UserId) -> String {
+        let token = generate_token("syl");
+        let now = now_millis();
+        let mut tokens = self.login_tokens().tokens.lock();
+        tokens.retain(|_, (_, expires)| *expires > now);
+        tokens.insert(hash_token(&token), (user_id.to_owned(), now + LOGIN_TOKEN_LIFETIME_MS));
+        token
+    }
+
+    /// Logs in with an `m.login.token` token (single use).
+    pub async fn login_with_token(
+        &self,
+        token: &str,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<&str>,
+        refreshable: bool,
+        client_key: &str,
+    ) -> Result<Session> {
+        self.rate_limiter.check(Action::Login, client_key)?;
+        let entry = self.login_tokens().tokens.lock().remove(&hash_token(token));
+        match entry {
+            Some((user_id, expires)) if expires > now_millis() => {
+                self.create_session(&user_id, device_id, display_name, refreshable).await
+            }
+            _ => Err(Error::forbidden("Invalid or expired login token")),
+        }
+    }
+
+    fn login_tokens(&self) -> &LoginTokens {
+        &self.caches.login_tokens
+    }
+
+    /// Swaps a refresh token for a new access and refresh token.
+    pub async fn refresh_session(&self, refresh_token: &str) -> Result<Session> {
+        let access_token = generate_token("syt");
+        let new_refresh = generate_token("syr");
+        let lifetime = Duration::from_secs(self.config.sessions.refreshable_access_token_lifetime_secs);
+        let expires_ts = now_millis() + i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
+        let (owner, device_id) = self
+            .store
+            .rotate_refresh_token(
+                &hash_token(refresh_token),
+                &hash_token(&access_token),
+                &hash_token(&new_refresh),
+                Some(expires_ts),
+            )
+            .await?
+            .ok_or_else(|| Error::unknown_token(false))?;
+        self.token_cache.clear();
+        Ok(Session {
+            user_id: owner,
+            device_id,
+            access_token,
+            refresh_token: Some(new_refresh),
+            expires_in: Some(lifetime),
+        })
+    }
+
+    /// Ends the requester's session (deleting the device, as the spec says).
+    pub async fn logout(&self, requester: &Requester) -> Result<()> {
+        self.delete_device(&requester.user_id, &requester.device_id).await
+    }
+
+    /// Ends every session of the user.
+    pub async fn logout_all(&self, user_id: &UserId) -> Result<()> {
+        for device in self.store.list_devices(user_id).await? {
+            self.store.delete_device(user_id, &device.device_id).await?;
+        }
+        self.token_cache.clear();
+        self.on_device_list_change(user_id).await
+    }
+
+    /// Deletes a device and its tokens.
+    pub async fn delete_device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
+        self.store.delete_device(user_id, device_id).await?;
+        self.token_cache.clear();
+        self.on_device_list_change(user_id).await
+    }
+
+    /// Deletes devices after user-interactive authentication with the password.
+    pub async fn delete_devices_with_uia(
+        &self,
+        requester: &Requester,
+        device_ids: &[OwnedDeviceId],
+        auth: Option<&AuthData>,
+    ) -> Result<()> {
+        self.check_uia(auth, vec![AuthFlow::new(vec![AuthType::Password])], UiaPurpose::Account(requester.user_id.clone()))
+            .await?;
+        for device_id in device_ids {
+            self.delete_device(&requester.user_id, device_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Changes the password after user-interactive authentication; optionally logs out the
+    /// user's other devices.
+    pub async fn change_password(
+        &self,
+        requester: &Requester,
+        new_password: &str,
+        logout_devices: bool,
+        auth: Option<&AuthData>,
+    ) -> Result<()> {
+        self.check_password_strength(new_password)?;
+        self.check_uia(auth, vec![AuthFlow::new(vec![AuthType::Password])], UiaPurpose::Account(requester.user_id.clone()))
+            .await?;
+        let hash = hash_password(new_password.to_owned()).await?;
+        self.store.set_password_hash(&requester.user_id, &hash).await?;
+        if logout_devices {
+            for device in self.store.list_devices(&requester.user_id).await? {
+                if device.device_id != requester.device_id {
+                    self.store.delete_device(&requester.user_id, &device.device_id).await?;
+                }
+            }
+            self.token_cache.clear();
+            self.on_device_list_change(&requester.user_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Deactivates the account after user-interactive authentication: leaves every room,
+    /// ends every session, and keeps the ID reserved forever.
+    pub async fn deactivate_account(&self, requester: &Requester, auth: Option<&AuthData>) -> Result<()> {
+        self.check_uia(auth, vec![AuthFlow::new(vec![AuthType::Password])], UiaPurpose::Account(requester.user_id.clone()))
+            .await?;
+        for membership in self.store.rooms_of_user(&requester.user_id, &["join", "invite", "knock"]).await? {
+            if let Err(error) = self.leave_room(&requester.user_id, &membership.room_id, None).await {
+                tracing::warn!(%error, "could not leave a room while deactivating an account");
+            }
+        }
+        self.store.deactivate_user(&requester.user_id).await?;
+        self.token_cache.clear();
+        self.on_device_list_change(&requester.user_id).await
+    }
+
+    /// Creates a registration token; a random one when `token` is `None`.
+    pub async fn create_registration_token(
+        &self,
+        token: Option<String>,
+        uses_allowed: Option<i64>,
+        expiry_ts: Option<i64>,
+    ) -> Result<RegistrationTokenRecord> {
+        let token = token.unwrap_or_else(|| generate_token("inv").chars().filter(char::is_ascii_alphanumeric).take(16).collect());
+        if token.is_empty() || token.len() > 64 || !token.chars().all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c)) {
+            return Err(Error::invalid_param("Tokens are 1 to 64 characters of A-Z, a-z, 0-9, . _ ~ -"));
+        }
+        if uses_allowed.is_some_and(|uses| uses < 1) {
+            return Err(Error::invalid_param("A token must allow at least one use"));
+        }
+        let record = RegistrationTokenRecord { token, uses_allowed, completed: 0, expiry_ts, created_ts: now_millis() };
+        self.store.create_registration_token(&record).await?;
+        Ok(record)
+    }
+
+    /// Whether a registration token can be used now (for `/register/…/validity`).
+    pub async fn registration_token_is_valid(&self, token: &str) -> Result<bool> {
+        Ok(self.store.get_registration_token(token).await?.is_some_and(|record| record.is_valid_at(now_millis())))
+    }
+}

@@ -1,0 +1,188 @@
+//! User-interactive authentication: sessions held in memory for a short time, stages
+//! completed one request at a time, as the spec's `/register`, device deletion, password change
+//! and cross-signing key upload use it.
+
+use std::{collections::HashMap, time::{Duration, Instant}};
+
+use parking_lot::Mutex;
+use rhizome_core::{Error, Result, clock::now_millis, error::MatrixErrorKind};
+use ruma::{
+    OwnedUserId, UserId,
+    api::{
+        client::uiaa::{AuthData, AuthFlow, AuthType, UiaaInfo, UserIdentifier},
+        error::StandardErrorBody,
+    },
+};
+
+use crate::{Services, auth::generate_token, users::password::verify_password};
+
+/// What a UIA session authenticates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UiaPurpose {
+    /// Creating an account.
+    Register,
+    /// An action on an existing account.
+    Account(OwnedUserId),
+}
+
+struct Session {
+    purpose: UiaPurpose,
+    flows: Vec<AuthFlow>,
+    completed: Vec<AuthType>,
+    registration_token: Option<String>,
+    created: Instant,
+}
+
+/// UIA sessions in progress.
+#[derive(Default)]
+pub(crate) struct UiaSessions {
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+/// A finished UIA session.
+#[derive(Clone, Debug)]
+pub struct UiaOutcome {
+    /// The registration token the user gave, for registrations with one.
+    pub registration_token: Option<String>,
+}
+
+fn info(flows: &[AuthFlow], completed: &[AuthType], session: &str, error: Option<StandardErrorBody>) -> UiaaInfo {
+    let mut info = UiaaInfo::new(flows.to_vec());
+    info.completed = completed.to_vec();
+    info.session = Some(session.to_owned());
+    info.auth_error = error.map(Box::new);
+    info
+}
+
+fn flow_complete(flows: &[AuthFlow], completed: &[AuthType]) -> bool {
+    flows.iter().any(|flow| flow.stages.iter().all(|stage| completed.contains(stage)))
+}
+
+impl Services {
+    /// Runs one step of user-interactive authentication. Returns the outcome once a flow is
+    /// complete; otherwise an error carrying the flows (HTTP 401), with `auth_error` set when
+    /// the stage just tried failed.
+    pub async fn check_uia(
+        &self,
+        auth: Option<&AuthData>,
+        flows: Vec<AuthFlow>,
+        purpose: UiaPurpose,
+    ) -> Result<UiaOutcome> {
+        let lifetime = Duration::from_secs(self.config.sessions.uia_session_lifetime_secs);
+        let Some(auth) = auth else {
+            let session_id = generate_token("uia");
+            let mut sessions = self.uia.sessions.lock();
+            sessions.retain(|_, session| session.created.elapsed() < lifetime);
+            sessions.insert(
+                session_id.clone(),
+                Session { purpose, flows: flows.clone(), completed: Vec::new(), registration_token: None, created: Instant::now() },
+            );
+            return Err(Error::uiaa(info(&flows, &[], &session_id, None)));
+        };
+        let session_id = auth.session().map(str::to_owned);
+        let (flows, completed) = {
+            let sessions = self.uia.sessions.lock();
+            match session_id.as_deref().and_then(|id| sessions.get(id)) {
+                Some(session) if session.purpose == purpose && session.created.elapsed() < lifetime => {
+                    (session.flows.clone(), session.completed.clone())
+                }
+                Some(_) => return Err(Error::forbidden("This authentication session is for another request")),
+                // A stage with no known session: allowed for one-stage flows (clients may skip
+                // the first 401 when they know the flow), on a fresh session.
+                None if session_id.is_none() => (flows, Vec::new()),
+                None => return Err(Error::matrix(MatrixErrorKind::Unknown, "Unknown authentication session")),
+            }
+        };
+        let session_id = session_id.unwrap_or_else(|| generate_token("uia"));
+        let stage_result = self.run_uia_stage(auth, &purpose).await;
+        let mut sessions = self.uia.sessions.lock();
+        let session = sessions.entry(session_id.clone()).or_insert_with(|| Session {
+            purpose: purpose.clone(),
+            flows: flows.clone(),
+            completed: completed.clone(),
+            registration_token: None,
+            created: Instant::now(),
+        });
+        match stage_result {
+            Ok((stage, token)) => {
+                if !flows.iter().any(|flow| flow.stages.contains(&stage)) {
+                    return Err(Error::uiaa(info(
+                        &flows,
+                        &session.completed,
+                        &session_id,
+                        Some(StandardErrorBody::new(MatrixErrorKind::Unrecognized, "That stage is not offered".into())),
+                    )));
+                }
+                if !session.completed.contains(&stage) {
+                    session.completed.push(stage);
+                }
+                if token.is_some() {
+                    session.registration_token = token;
+                }
+                if flow_complete(&flows, &session.completed) {
+                    let outcome = UiaOutcome { registration_token: session.registration_token.clone() };
+                    sessions.remove(&session_id);
+                    Ok(outcome)
+                } else {
+                    Err(Error::uiaa(info(&flows, &session.completed, &session_id, None)))
+                }
+            }
+            Err(error) => {
+                let kind = error.matrix_kind().cloned().unwrap_or(MatrixErrorKind::Forbidden);
+                if error.is_internal() {
+                    return Err(error);
+                }
+                Err(Error::uiaa(info(
+                    &flows,
+                    &session.completed,
+                    &session_id,
+                    Some(StandardErrorBody::new(kind, error.message().to_owned())),
+                )))
+            }
+        }
+    }
+
+    /// Checks one stage; returns the stage type and, for a registration token, the token.
+    async fn run_uia_stage(&self, auth: &AuthData, purpose: &UiaPurpose) -> Result<(AuthType, Option<String>)> {
+        match auth {
+            AuthData::Dummy(_) => Ok((AuthType::Dummy, None)),
+            AuthData::RegistrationToken(stage) => {
+                let valid = self
+                    .store
+                    .get_registration_token(&stage.token)
+                    .await?
+                    .is_some_and(|token| token.is_valid_at(now_millis()));
+                if valid {
+                    Ok((AuthType::RegistrationToken, Some(stage.token.clone())))
+                } else {
+                    Err(Error::matrix(MatrixErrorKind::Unauthorized, "Invalid, expired or used-up registration token"))
+                }
+            }
+            AuthData::Password(stage) => {
+                let UiaPurpose::Account(user_id) = purpose else {
+                    return Err(Error::forbidden("Password authentication needs an account"));
+                };
+                let claimed = match &stage.identifier {
+                    UserIdentifier::Matrix(id) => self.parse_user_identifier(&id.user)?,
+                    _ => return Err(Error::forbidden("Only user ID identifiers are supported")),
+                };
+                if claimed != *user_id {
+                    return Err(Error::forbidden("You can only authenticate as yourself"));
+                }
+                if self.check_password(user_id, &stage.password).await? {
+                    Ok((AuthType::Password, None))
+                } else {
+                    Err(Error::forbidden("Invalid password"))
+                }
+            }
+            _ => Err(Error::matrix(MatrixErrorKind::Unrecognized, "Unsupported authentication type")),
+        }
+    }
+
+    /// Whether the password is the user's (false for unknown or deactivated users).
+    pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
+        let Some(user) = self.store.get_user(user_id).await? else { return Ok(false) };
+        let Some(hash) = user.password_hash.filter(|_| !user.deactivated) else { return Ok(false) };
+        verify_password(password.to_owned(), hash).await
+    }
+}
