@@ -87,9 +87,30 @@ failed_result() {
         "$1" "$2" >"$3"
 }
 
+# Waits until a started server accepts connections; fails early if it exits. NAME PORT PID LOG
+wait_listening() {
+    local name=$1 port=$2 pid=$3 logfile=$4
+    for _ in $(seq 1 600); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "$name exited during startup; last lines of $logfile:"
+            tail -n 20 "$logfile" >&2 || true
+            return 1
+        fi
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    log "$name is not listening on port $port after 60 s"
+    return 1
+}
+
 # Runs the workloads against a started server; NAME PORT PID [DB_PID].
 run_bench() {
     local name=$1 port=$2 pid=$3 db_pid=${4:-}
+    local logfile="$RUN_DIR/$name/stdout.log"
+    if ! wait_listening "$name" "$port" "$pid" "$logfile"; then
+        failed_result "$name" "the server did not start, see $name/stdout.log" "$RUN_DIR/$name.json"
+        return 0
+    fi
     local args=(run --server "$name" --base-url "http://127.0.0.1:$port" --pid "$pid"
         --out "$RUN_DIR/$name.json")
     [ "$QUICK" = 1 ] && args+=(--quick)
