@@ -288,6 +288,11 @@ impl Config {
     }
 }
 
+/// The configuration as TOML text (every default filled in).
+pub fn to_toml(config: &Config) -> Result<String, ConfigError> {
+    toml::to_string(config).map_err(|error| ConfigError::Invalid(error.to_string()))
+}
+
 fn parse_env_value(value: &str) -> toml::Value {
     match toml::from_str::<toml::Table>(&format!("v = {value}")) {
         Ok(mut table) => table.remove("v").unwrap_or_else(|| toml::Value::String(value.to_owned())),

@@ -51,7 +51,12 @@ impl Error {
     /// The thing to create exists already.
     #[track_caller]
     pub fn conflict(kind: MatrixErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { kind: ErrorKind::Conflict(kind), message: message.into(), cause: None, location: Location::caller() }
+        Self {
+            kind: ErrorKind::Conflict(kind),
+            message: message.into(),
+            cause: None,
+            location: Location::caller(),
+        }
     }
 
     /// `M_FORBIDDEN`.

@@ -13,7 +13,13 @@ pub const IGNORED_USERS_TYPE: &str = "m.ignored_user_list";
 
 impl Services {
     /// Sets a piece of account data for the requester.
-    pub async fn set_account_data(&self, requester: &Requester, room_id: Option<&RoomId>, data_type: &str, content: &Value) -> Result<()> {
+    pub async fn set_account_data(
+        &self,
+        requester: &Requester,
+        room_id: Option<&RoomId>,
+        data_type: &str,
+        content: &Value,
+    ) -> Result<()> {
         if !content.is_object() {
             return Err(Error::bad_json("Account data must be a JSON object"));
         }
@@ -28,13 +34,20 @@ impl Services {
                 return Err(Error::not_found("Unknown room"));
             }
         }
-        self.store.set_account_data(&requester.user_id, room_id, data_type, &content.to_string()).await?;
+        self.store
+            .set_account_data(&requester.user_id, room_id, data_type, &content.to_string())
+            .await?;
         self.notifier.notify([requester.user_id.as_ref()]);
         Ok(())
     }
 
     /// Reads a piece of account data.
-    pub async fn account_data(&self, requester: &Requester, room_id: Option<&RoomId>, data_type: &str) -> Result<Value> {
+    pub async fn account_data(
+        &self,
+        requester: &Requester,
+        room_id: Option<&RoomId>,
+        data_type: &str,
+    ) -> Result<Value> {
         if data_type == PUSH_RULES_TYPE && room_id.is_none() {
             return Ok(json!({ "global": self.push_rules(&requester.user_id).await? }));
         }
@@ -47,7 +60,11 @@ impl Services {
     }
 
     /// The tags of a room.
-    pub async fn room_tags(&self, requester: &Requester, room_id: &RoomId) -> Result<Map<String, Value>> {
+    pub async fn room_tags(
+        &self,
+        requester: &Requester,
+        room_id: &RoomId,
+    ) -> Result<Map<String, Value>> {
         let tags = self.store.get_account_data(&requester.user_id, Some(room_id), "m.tag").await?;
         let value: Value = match tags {
             Some(record) => serde_json::from_str(&record.content)?,
@@ -57,7 +74,13 @@ impl Services {
     }
 
     /// Sets (or with `None` removes) one tag of a room.
-    pub async fn set_room_tag(&self, requester: &Requester, room_id: &RoomId, tag: &str, info: Option<Value>) -> Result<()> {
+    pub async fn set_room_tag(
+        &self,
+        requester: &Requester,
+        room_id: &RoomId,
+        tag: &str,
+        info: Option<Value>,
+    ) -> Result<()> {
         let mut tags = self.room_tags(requester, room_id).await?;
         match info {
             Some(info) => {
@@ -78,25 +101,36 @@ impl Services {
 
     /// The users the user ignores.
     pub async fn ignored_users(&self, user_id: &UserId) -> Result<HashSet<OwnedUserId>> {
-        let Some(record) = self.store.get_account_data(user_id, None, IGNORED_USERS_TYPE).await? else {
+        let Some(record) = self.store.get_account_data(user_id, None, IGNORED_USERS_TYPE).await?
+        else {
             return Ok(HashSet::new());
         };
         let value: Value = serde_json::from_str(&record.content)?;
         Ok(value
             .get("ignored_users")
             .and_then(Value::as_object)
-            .map(|users| users.keys().filter_map(|user| OwnedUserId::try_from(user.as_str()).ok()).collect())
+            .map(|users| {
+                users.keys().filter_map(|user| OwnedUserId::try_from(user.as_str()).ok()).collect()
+            })
             .unwrap_or_default())
     }
 
     /// Stores a filter; returns its ID.
-    pub async fn create_filter(&self, requester: &Requester, filter: &FilterDefinition) -> Result<String> {
+    pub async fn create_filter(
+        &self,
+        requester: &Requester,
+        filter: &FilterDefinition,
+    ) -> Result<String> {
         self.store.create_filter(&requester.user_id, &serde_json::to_string(filter)?).await
     }
 
     /// Reads a stored filter.
     pub async fn filter(&self, user_id: &UserId, filter_id: &str) -> Result<FilterDefinition> {
-        let json = self.store.get_filter(user_id, filter_id).await?.ok_or_else(|| Error::not_found("Unknown filter"))?;
+        let json = self
+            .store
+            .get_filter(user_id, filter_id)
+            .await?
+            .ok_or_else(|| Error::not_found("Unknown filter"))?;
         serde_json::from_str(&json).map_err(|_| Error::bug("stored filter does not parse"))
     }
 }

@@ -49,7 +49,9 @@ pub(crate) struct TokenCache {
 impl Default for TokenCache {
     fn default() -> Self {
         Self {
-            entries: Mutex::new(LruCache::new(NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN))),
+            entries: Mutex::new(LruCache::new(
+                NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
+            )),
         }
     }
 }
@@ -91,7 +93,11 @@ impl Services {
             }
             return Ok(requester);
         }
-        let record = self.store.find_access_token(&hash).await?.ok_or_else(|| Error::unknown_token(false))?;
+        let record = self
+            .store
+            .find_access_token(&hash)
+            .await?
+            .ok_or_else(|| Error::unknown_token(false))?;
         if record.expires_ts.is_some_and(|expires| expires <= now) {
             return Err(Error::unknown_token(true));
         }
@@ -101,11 +107,19 @@ impl Services {
             .await?
             .filter(|user| !user.deactivated)
             .ok_or_else(|| Error::unknown_token(false))?;
-        let requester = Requester { user_id: record.user_id, device_id: record.device_id, is_admin: user.is_admin };
+        let requester = Requester {
+            user_id: record.user_id,
+            device_id: record.device_id,
+            is_admin: user.is_admin,
+        };
         self.store.touch_device(&requester.user_id, &requester.device_id, now).await?;
         self.token_cache.entries.lock().put(
             hash,
-            CachedToken { requester: requester.clone(), expires_ts: record.expires_ts, last_touched: now },
+            CachedToken {
+                requester: requester.clone(),
+                expires_ts: record.expires_ts,
+                last_touched: now,
+            },
         );
         Ok(requester)
     }

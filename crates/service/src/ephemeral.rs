@@ -49,7 +49,11 @@ const MAX_TYPING_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Ephemeral {
     pub(crate) fn new() -> Self {
-        Self { serial: AtomicI64::new(now_millis()), typing: Mutex::default(), presence: Mutex::default() }
+        Self {
+            serial: AtomicI64::new(now_millis()),
+            typing: Mutex::default(),
+            presence: Mutex::default(),
+        }
     }
 
     fn next_serial(&self) -> i64 {
@@ -64,7 +68,13 @@ impl Services {
     }
 
     /// Starts or stops typing in a room.
-    pub async fn set_typing(self: &Arc<Self>, requester: &Requester, room_id: &RoomId, typing: bool, timeout: Duration) -> Result<()> {
+    pub async fn set_typing(
+        self: &Arc<Self>,
+        requester: &Requester,
+        room_id: &RoomId,
+        typing: bool,
+        timeout: Duration,
+    ) -> Result<()> {
         if !self.is_joined(room_id, &requester.user_id).await? {
             return Err(Error::forbidden("You are not in this room"));
         }
@@ -124,8 +134,12 @@ impl Services {
         if since.is_some_and(|since| room.serial <= since) {
             return None;
         }
-        let mut users: Vec<OwnedUserId> =
-            room.users.iter().filter(|(_, expiry)| **expiry > now).map(|(user, _)| user.clone()).collect();
+        let mut users: Vec<OwnedUserId> = room
+            .users
+            .iter()
+            .filter(|(_, expiry)| **expiry > now)
+            .map(|(user, _)| user.clone())
+            .collect();
         users.sort();
         if since.is_none() && users.is_empty() {
             return None;
@@ -155,7 +169,9 @@ impl Services {
         let event = self.visible_event(requester, room_id, event_id).await?;
         if receipt_type == "m.fully_read" {
             let content = serde_json::json!({ "event_id": event.pdu.event_id }).to_string();
-            self.store.set_account_data(&requester.user_id, Some(room_id), "m.fully_read", &content).await?;
+            self.store
+                .set_account_data(&requester.user_id, Some(room_id), "m.fully_read", &content)
+                .await?;
             self.notifier.notify([requester.user_id.as_ref()]);
             return Ok(());
         }
@@ -165,7 +181,14 @@ impl Services {
             }
         }
         self.store
-            .set_receipt(room_id, receipt_type, &requester.user_id, thread_id, event_id, now_millis())
+            .set_receipt(
+                room_id,
+                receipt_type,
+                &requester.user_id,
+                thread_id,
+                event_id,
+                now_millis(),
+            )
             .await?;
         if receipt_type == "m.read.private" {
             self.notifier.notify([requester.user_id.as_ref()]);
@@ -176,7 +199,12 @@ impl Services {
     }
 
     /// Sets the user's presence; wakes those who share a room with them if it changed.
-    pub async fn set_presence(&self, user_id: &UserId, state: &str, status_msg: Option<Option<String>>) -> Result<()> {
+    pub async fn set_presence(
+        &self,
+        user_id: &UserId,
+        state: &str,
+        status_msg: Option<Option<String>>,
+    ) -> Result<()> {
         if !matches!(state, "online" | "unavailable" | "offline") {
             return Err(Error::invalid_param("Presence must be online, unavailable or offline"));
         }
@@ -219,7 +247,11 @@ impl Services {
     }
 
     /// Presence of these users changed after `since`.
-    pub fn presence_since(&self, user_ids: &[OwnedUserId], since: Option<i64>) -> Vec<(OwnedUserId, PresenceEntry)> {
+    pub fn presence_since(
+        &self,
+        user_ids: &[OwnedUserId],
+        since: Option<i64>,
+    ) -> Vec<(OwnedUserId, PresenceEntry)> {
         let presence = self.ephemeral.presence.lock();
         user_ids
             .iter()

@@ -12,6 +12,7 @@ pub mod notifier;
 pub mod push;
 pub mod rate_limit;
 pub mod rooms;
+pub mod search;
 pub mod sync;
 pub mod users;
 

@@ -17,10 +17,7 @@ impl Notifier {
     /// A receiver that changes whenever [`Notifier::notify`] names the user.
     pub fn subscribe(&self, user_id: &UserId) -> watch::Receiver<u64> {
         let mut users = self.users.lock();
-        users
-            .entry(user_id.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
+        users.entry(user_id.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
     }
 
     /// Wakes every waiting sync of these users.

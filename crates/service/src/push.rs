@@ -10,9 +10,7 @@ use rhizome_storage::{PushAction, PusherRecord};
 use ruma::{
     OwnedEventId, UInt, UserId,
     events::StateEventType,
-    push::{
-        Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset, Tweak,
-    },
+    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset, Tweak},
     serde::Raw,
 };
 use serde_json::Value;
@@ -55,13 +53,22 @@ impl Services {
     }
 
     /// The notifications a new event gives each local joined member other than its sender.
-    pub(crate) async fn push_actions_for(&self, pdu: &Pdu, state: &StateMap) -> Result<Vec<PushAction>> {
+    pub(crate) async fn push_actions_for(
+        &self,
+        pdu: &Pdu,
+        state: &StateMap,
+    ) -> Result<Vec<PushAction>> {
         let members = self.room_members_cached(&pdu.room_id, false).await?;
         let member_count = UInt::new_saturating(u64::try_from(members.len()).unwrap_or(u64::MAX));
-        let power_levels: Option<PushConditionPowerLevelsCtx> = match self.store.get_room(&pdu.room_id).await? {
+        let power_levels: Option<PushConditionPowerLevelsCtx> = match self
+            .store
+            .get_room(&pdu.room_id)
+            .await?
+        {
             Some(_) => {
                 let version = self.room_version(&pdu.room_id).await?;
-                let rules = version.rules().ok_or_else(|| Error::bug("room of an unknown version"))?;
+                let rules =
+                    version.rules().ok_or_else(|| Error::bug("room of an unknown version"))?;
                 let pl_event = match state.get(&(StateEventType::RoomPowerLevels, String::new())) {
                     Some(id) => self.load_event(id).await?,
                     None => None,
@@ -86,20 +93,41 @@ impl Services {
         let raw: Raw<Value> = Raw::from_json(pdu.client_event(true, None));
         let thread_id = thread_of(pdu);
         let mut actions = Vec::new();
-        for member in members.iter().filter(|member| **member != pdu.sender && member.server_name() == self.server_name()) {
+        for member in members
+            .iter()
+            .filter(|member| **member != pdu.sender && member.server_name() == self.server_name())
+        {
             let display_name = match state.get(&(StateEventType::RoomMember, member.to_string())) {
-                Some(id) => self.load_event(id).await?.and_then(|event| event.pdu.content_str("displayname")),
+                Some(id) => self
+                    .load_event(id)
+                    .await?
+                    .and_then(|event| event.pdu.content_str("displayname")),
                 None => None,
             }
             .unwrap_or_else(|| member.localpart().to_owned());
-            let mut context = PushConditionRoomCtx::new(pdu.room_id.clone(), member_count, member.clone(), display_name);
+            let mut context = PushConditionRoomCtx::new(
+                pdu.room_id.clone(),
+                member_count,
+                member.clone(),
+                display_name,
+            );
             context.power_levels = power_levels.clone();
             let ruleset: Arc<Ruleset> = Arc::new(self.push_rules(member).await?);
             let rule_actions = ruleset.get_actions(&raw, &context).await;
             let notify = rule_actions.iter().any(|action| matches!(action, Action::Notify));
-            let highlight = rule_actions.iter().any(|action| matches!(action, Action::SetTweak(Tweak::Highlight(ruma::push::HighlightTweakValue::Yes))));
+            let highlight = rule_actions.iter().any(|action| {
+                matches!(
+                    action,
+                    Action::SetTweak(Tweak::Highlight(ruma::push::HighlightTweakValue::Yes))
+                )
+            });
             if notify || highlight {
-                actions.push(PushAction { user_id: member.clone(), notify, highlight, thread_id: thread_id.clone() });
+                actions.push(PushAction {
+                    user_id: member.clone(),
+                    notify,
+                    highlight,
+                    thread_id: thread_id.clone(),
+                });
             }
         }
         Ok(actions)
@@ -115,14 +143,22 @@ impl Services {
             return self.store.delete_pusher(&requester.user_id, &app_id, &pushkey).await;
         }
         self.store
-            .set_pusher(&PusherRecord { user_id: requester.user_id.clone(), pushkey, app_id, json: pusher.to_string() })
+            .set_pusher(&PusherRecord {
+                user_id: requester.user_id.clone(),
+                pushkey,
+                app_id,
+                json: pusher.to_string(),
+            })
             .await
     }
 
     /// The requester's pushers, as the client gave them.
     pub async fn pushers(&self, requester: &Requester) -> Result<Vec<Value>> {
         let records = self.store.list_pushers(&requester.user_id).await?;
-        records.iter().map(|record| serde_json::from_str(&record.json).map_err(Error::from)).collect()
+        records
+            .iter()
+            .map(|record| serde_json::from_str(&record.json).map_err(Error::from))
+            .collect()
     }
 }
 

@@ -1,10 +1,16 @@
 //! Rate limits: token buckets per action and key (a user ID or a client address). Addresses
 //! live only in memory, only as long as their bucket is not full, and are never logged.
 
-use std::{collections::HashMap, time::{Duration, Instant}};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use parking_lot::Mutex;
-use rhizome_core::{Error, Result, config::{RateLimit, RateLimitsConfig}};
+use rhizome_core::{
+    Error, Result,
+    config::{RateLimit, RateLimitsConfig},
+};
 
 /// What is being limited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -61,14 +67,19 @@ impl RateLimiter {
         let bucket = buckets
             .entry((action, key.to_owned()))
             .or_insert(Bucket { tokens: f64::from(limit.burst), updated: now });
-        let refilled = bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * limit.per_second;
+        let refilled =
+            bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * limit.per_second;
         bucket.tokens = refilled.min(f64::from(limit.burst));
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            let wait = if limit.per_second > 0.0 { (1.0 - bucket.tokens) / limit.per_second } else { 3600.0 };
+            let wait = if limit.per_second > 0.0 {
+                (1.0 - bucket.tokens) / limit.per_second
+            } else {
+                3600.0
+            };
             Err(Error::limit_exceeded(Duration::from_secs_f64(wait.max(0.001))))
         }
     }
@@ -96,7 +107,8 @@ mod tests {
 
     #[test]
     fn disabled_limits_allow_everything() {
-        let limiter = RateLimiter::new(RateLimitsConfig { enabled: false, ..RateLimitsConfig::default() });
+        let limiter =
+            RateLimiter::new(RateLimitsConfig { enabled: false, ..RateLimitsConfig::default() });
         for _ in 0..1000 {
             limiter.check(Action::Message, "@a:x").unwrap();
         }

@@ -59,7 +59,8 @@ impl Services {
         if let Some(version) = self.caches.versions.lock().get(room_id) {
             return Ok(version.clone());
         }
-        let room = self.store.get_room(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let room =
+            self.store.get_room(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
         self.caches.versions.lock().insert(room_id.to_owned(), room.room_version.clone());
         Ok(room.room_version)
     }
@@ -115,7 +116,10 @@ impl Services {
     }
 
     /// Parses store records (from a timeline query) into loaded events, using the cache.
-    pub(crate) async fn loaded_from_records(&self, records: Vec<EventRecord>) -> Result<Vec<Arc<LoadedEvent>>> {
+    pub(crate) async fn loaded_from_records(
+        &self,
+        records: Vec<EventRecord>,
+    ) -> Result<Vec<Arc<LoadedEvent>>> {
         let mut events = Vec::with_capacity(records.len());
         for record in records {
             let cached = self.caches.events.lock().get(&record.event_id).cloned();

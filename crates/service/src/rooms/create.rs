@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
-use rhizome_core::{Error, Result, clock::{now_millis, now_ts}, error::MatrixErrorKind};
+use rhizome_core::{
+    Error, Result,
+    clock::{now_millis, now_ts},
+    error::MatrixErrorKind,
+};
 use rhizome_room::{EventTemplate, StateMap, build_pdu, versions};
 use rhizome_storage::{AliasRecord, StateSpec};
 use ruma::{
@@ -60,21 +64,35 @@ fn random_localpart() -> String {
 impl Services {
     /// Creates a room, returning its ID.
     pub async fn create_room(&self, creator: &UserId, request: CreateRoom) -> Result<OwnedRoomId> {
-        let version = request.room_version.clone().unwrap_or_else(|| self.config.rooms.default_room_version.clone());
-        let rules = versions::rules(&version)
-            .ok_or_else(|| Error::matrix(MatrixErrorKind::UnsupportedRoomVersion, "This server does not support that room version"))?;
+        let version = request
+            .room_version
+            .clone()
+            .unwrap_or_else(|| self.config.rooms.default_room_version.clone());
+        let rules = versions::rules(&version).ok_or_else(|| {
+            Error::matrix(
+                MatrixErrorKind::UnsupportedRoomVersion,
+                "This server does not support that room version",
+            )
+        })?;
         let alias = match &request.room_alias_name {
             Some(localpart) => {
                 let alias = RoomAliasId::parse(format!("#{localpart}:{}", self.server_name()))
                     .map_err(|_| Error::invalid_param("Invalid room alias name"))?;
                 if self.store.get_alias(&alias).await?.is_some() {
-                    return Err(Error::matrix(MatrixErrorKind::RoomInUse, "That room alias is taken"));
+                    return Err(Error::matrix(
+                        MatrixErrorKind::RoomInUse,
+                        "That room alias is taken",
+                    ));
                 }
                 Some(alias)
             }
             None => None,
         };
-        let preset = request.preset.unwrap_or(if request.publish { Preset::PublicChat } else { Preset::PrivateChat });
+        let preset = request.preset.unwrap_or(if request.publish {
+            Preset::PublicChat
+        } else {
+            Preset::PrivateChat
+        });
         let privileged_creators = rules.authorization.explicitly_privilege_room_creators;
 
         // 1. The create event (its hash names the room from v12 on).
@@ -83,10 +101,12 @@ impl Services {
         if !rules.authorization.use_room_create_sender {
             create_content.insert("creator".into(), json!(creator));
         }
-        if privileged_creators && preset == Preset::TrustedPrivateChat && !request.invite.is_empty() {
+        if privileged_creators && preset == Preset::TrustedPrivateChat && !request.invite.is_empty()
+        {
             create_content.insert("additional_creators".into(), json!(request.invite));
         }
-        let room_id = self.persist_create_event(creator, &version, Value::Object(create_content)).await?;
+        let room_id =
+            self.persist_create_event(creator, &version, Value::Object(create_content)).await?;
 
         // 2. The creator joins.
         self.join_room(creator, <&ruma::RoomOrAliasId>::from(&*room_id), None).await?;
@@ -122,25 +142,34 @@ impl Services {
             "invite": 0,
             "notifications": { "room": 50 },
         });
-        if let (Some(overrides), Some(object)) = (&request.power_level_content_override, power_levels.as_object_mut()) {
+        if let (Some(overrides), Some(object)) =
+            (&request.power_level_content_override, power_levels.as_object_mut())
+        {
             for (key, value) in overrides {
                 object.insert(key.clone(), value.clone());
             }
         }
         let room = &room_id;
-        let send = |event: NewEvent| async move { self.send_event(creator, room, event, None).await };
+        let send =
+            |event: NewEvent| async move { self.send_event(creator, room, event, None).await };
         send(NewEvent::state("m.room.power_levels", "", power_levels)).await?;
 
         // 4. The canonical alias.
         if let Some(alias) = &alias {
             self.store
-                .create_alias(&AliasRecord { alias: alias.clone(), room_id: room_id.clone(), creator: creator.to_owned() })
+                .create_alias(&AliasRecord {
+                    alias: alias.clone(),
+                    room_id: room_id.clone(),
+                    creator: creator.to_owned(),
+                })
                 .await?;
             send(NewEvent::state("m.room.canonical_alias", "", json!({ "alias": alias }))).await?;
         }
 
         // 5. The preset's events, unless initial_state sets the same slot.
-        let sets = |kind: &str| request.initial_state.iter().any(|(k, key, _)| k == kind && key.is_empty());
+        let sets = |kind: &str| {
+            request.initial_state.iter().any(|(k, key, _)| k == kind && key.is_empty())
+        };
         let (join_rule, guest_access) = match preset {
             Preset::PublicChat => ("public", "forbidden"),
             Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", "can_join"),
@@ -158,7 +187,9 @@ impl Services {
         // 6. Initial state, then name and topic.
         for (kind, state_key, content) in &request.initial_state {
             if kind == "m.room.create" || kind == "m.room.member" {
-                return Err(Error::bad_json("initial_state may not set the create event or memberships"));
+                return Err(Error::bad_json(
+                    "initial_state may not set the create event or memberships",
+                ));
             }
             send(NewEvent::state(kind.clone(), state_key.clone(), content.clone())).await?;
         }
@@ -181,7 +212,12 @@ impl Services {
     }
 
     /// Builds and persists the create event of a new room; returns the room ID.
-    pub(crate) async fn persist_create_event(&self, creator: &UserId, version: &RoomVersionId, content: Value) -> Result<OwnedRoomId> {
+    pub(crate) async fn persist_create_event(
+        &self,
+        creator: &UserId,
+        version: &RoomVersionId,
+        content: Value,
+    ) -> Result<OwnedRoomId> {
         let derived = versions::room_id_is_create_event_hash(version);
         let room_id = if derived {
             None
@@ -215,7 +251,12 @@ impl Services {
         Ok(room_id)
     }
 
-    async fn persist_first_event(&self, room_id: &ruma::RoomId, version: &RoomVersionId, pdu: rhizome_room::Pdu) -> Result<()> {
+    async fn persist_first_event(
+        &self,
+        room_id: &ruma::RoomId,
+        version: &RoomVersionId,
+        pdu: rhizome_room::Pdu,
+    ) -> Result<()> {
         let state_before = super::send::StateBeforeParts {
             map: Arc::new(StateMap::new()),
             spec: StateSpec::New { base: None, changes: Vec::new() },
@@ -226,6 +267,7 @@ impl Services {
 
     /// The alias of `localpart` on this server.
     pub fn local_alias(&self, localpart: &str) -> Result<OwnedRoomAliasId> {
-        RoomAliasId::parse(format!("#{localpart}:{}", self.server_name())).map_err(|_| Error::invalid_param("Invalid alias"))
+        RoomAliasId::parse(format!("#{localpart}:{}", self.server_name()))
+            .map_err(|_| Error::invalid_param("Invalid alias"))
     }
 }

@@ -2,10 +2,7 @@
 
 use rhizome_core::{Error, Result, error::MatrixErrorKind};
 use rhizome_storage::AliasRecord;
-use ruma::{
-    OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId,
-    events::StateEventType,
-};
+use ruma::{OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId, events::StateEventType};
 use serde_json::Value;
 
 use crate::{Requester, Services};
@@ -55,14 +52,23 @@ pub struct PublicRoomsPage {
 impl Services {
     /// Maps a local alias to a room; `M_FORBIDDEN` unless the user is in the room, conflict if
     /// the alias exists.
-    pub async fn set_alias(&self, requester: &Requester, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {
+    pub async fn set_alias(
+        &self,
+        requester: &Requester,
+        alias: &RoomAliasId,
+        room_id: &RoomId,
+    ) -> Result<()> {
         if alias.server_name() != self.server_name() {
             return Err(Error::invalid_param("Aliases can only be made on this server"));
         }
         if !self.is_joined(room_id, &requester.user_id).await? {
             return Err(Error::forbidden("You must be in the room to give it an alias"));
         }
-        let record = AliasRecord { alias: alias.to_owned(), room_id: room_id.to_owned(), creator: requester.user_id.clone() };
+        let record = AliasRecord {
+            alias: alias.to_owned(),
+            room_id: room_id.to_owned(),
+            creator: requester.user_id.clone(),
+        };
         if self.store.create_alias(&record).await? {
             Ok(())
         } else {
@@ -72,7 +78,8 @@ impl Services {
 
     /// Removes a local alias: its creator, a room moderator or a server admin may.
     pub async fn delete_alias(&self, requester: &Requester, alias: &RoomAliasId) -> Result<()> {
-        let record = self.store.get_alias(alias).await?.ok_or_else(|| Error::not_found("Unknown alias"))?;
+        let record =
+            self.store.get_alias(alias).await?.ok_or_else(|| Error::not_found("Unknown alias"))?;
         let allowed = record.creator == requester.user_id
             || requester.is_admin
             || self
@@ -88,19 +95,41 @@ impl Services {
 
     /// Resolves an alias to its room.
     pub async fn resolve_alias(&self, alias: &RoomAliasId) -> Result<OwnedRoomId> {
-        self.store.get_alias(alias).await?.map(|record| record.room_id).ok_or_else(|| Error::not_found("Unknown alias"))
+        self.store
+            .get_alias(alias)
+            .await?
+            .map(|record| record.room_id)
+            .ok_or_else(|| Error::not_found("Unknown alias"))
     }
 
     /// The local aliases of a room the requester can read.
-    pub async fn room_aliases(&self, requester: &Requester, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
+    pub async fn room_aliases(
+        &self,
+        requester: &Requester,
+        room_id: &RoomId,
+    ) -> Result<Vec<OwnedRoomAliasId>> {
         self.ensure_can_read_room(requester, room_id).await?;
-        Ok(self.store.aliases_of_room(room_id).await?.into_iter().map(|record| record.alias).collect())
+        Ok(self
+            .store
+            .aliases_of_room(room_id)
+            .await?
+            .into_iter()
+            .map(|record| record.alias)
+            .collect())
     }
 
     /// Lists or unlists a room: those who may set the canonical alias may.
-    pub async fn set_room_published(&self, requester: &Requester, room_id: &RoomId, published: bool) -> Result<()> {
+    pub async fn set_room_published(
+        &self,
+        requester: &Requester,
+        room_id: &RoomId,
+        published: bool,
+    ) -> Result<()> {
         let allowed = requester.is_admin
-            || self.power_levels(room_id).await?.user_can_send_state(&requester.user_id, StateEventType::RoomCanonicalAlias);
+            || self
+                .power_levels(room_id)
+                .await?
+                .user_can_send_state(&requester.user_id, StateEventType::RoomCanonicalAlias);
         if !allowed {
             return Err(Error::forbidden("You may not change this room's directory listing"));
         }
@@ -109,7 +138,12 @@ impl Services {
 
     /// Whether a room is listed.
     pub async fn room_published(&self, room_id: &RoomId) -> Result<bool> {
-        Ok(self.store.get_room(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?.published)
+        Ok(self
+            .store
+            .get_room(room_id)
+            .await?
+            .ok_or_else(|| Error::not_found("Unknown room"))?
+            .published)
     }
 
     /// The summary of a room from its current state.
@@ -140,28 +174,39 @@ impl Services {
                 "m.room.name" => summary.name = text("name").filter(|name| !name.is_empty()),
                 "m.room.topic" => summary.topic = text("topic").filter(|topic| !topic.is_empty()),
                 "m.room.canonical_alias" => {
-                    summary.canonical_alias = text("alias").and_then(|alias| OwnedRoomAliasId::try_from(alias).ok());
+                    summary.canonical_alias =
+                        text("alias").and_then(|alias| OwnedRoomAliasId::try_from(alias).ok());
                 }
                 "m.room.avatar" => summary.avatar_url = text("url"),
                 "m.room.history_visibility" => {
-                    summary.world_readable = text("history_visibility").as_deref() == Some("world_readable");
+                    summary.world_readable =
+                        text("history_visibility").as_deref() == Some("world_readable");
                 }
-                "m.room.guest_access" => summary.guest_can_join = text("guest_access").as_deref() == Some("can_join"),
+                "m.room.guest_access" => {
+                    summary.guest_can_join = text("guest_access").as_deref() == Some("can_join")
+                }
                 "m.room.join_rules" => summary.join_rule = text("join_rule"),
                 "m.room.create" => {
                     summary.room_type = text("type");
-                    summary.room_version = Some(text("room_version").unwrap_or_else(|| "1".to_owned()));
+                    summary.room_version =
+                        Some(text("room_version").unwrap_or_else(|| "1".to_owned()));
                 }
                 "m.room.encryption" => summary.encryption = text("algorithm"),
                 _ => {}
             }
         }
-        summary.joined_members = u64::try_from(self.room_members_cached(room_id, false).await?.len()).unwrap_or(0);
+        summary.joined_members =
+            u64::try_from(self.room_members_cached(room_id, false).await?.len()).unwrap_or(0);
         Ok(summary)
     }
 
     /// A page of the public directory, optionally filtered by a search term.
-    pub async fn public_rooms(&self, limit: Option<usize>, since: Option<&str>, term: Option<&str>) -> Result<PublicRoomsPage> {
+    pub async fn public_rooms(
+        &self,
+        limit: Option<usize>,
+        since: Option<&str>,
+        term: Option<&str>,
+    ) -> Result<PublicRoomsPage> {
         let offset: usize = match since {
             Some(token) => token
                 .strip_prefix('p')
@@ -174,10 +219,14 @@ impl Services {
             let summary = self.room_summary(&published.room_id).await?;
             let matches = term.filter(|term| !term.is_empty()).is_none_or(|term| {
                 let term = term.to_lowercase();
-                [summary.name.as_deref(), summary.topic.as_deref(), summary.canonical_alias.as_ref().map(|alias| alias.as_str())]
-                    .into_iter()
-                    .flatten()
-                    .any(|text| text.to_lowercase().contains(&term))
+                [
+                    summary.name.as_deref(),
+                    summary.topic.as_deref(),
+                    summary.canonical_alias.as_ref().map(|alias| alias.as_str()),
+                ]
+                .into_iter()
+                .flatten()
+                .any(|text| text.to_lowercase().contains(&term))
             });
             if matches {
                 rooms.push(summary);
@@ -186,7 +235,10 @@ impl Services {
         let total = u64::try_from(rooms.len()).unwrap_or(0);
         let limit = limit.unwrap_or(rooms.len().max(1)).max(1);
         let end = offset.saturating_add(limit).min(rooms.len());
-        let chunk = rooms.get(offset.min(rooms.len())..end).map(<[RoomSummary]>::to_vec).unwrap_or_default();
+        let chunk = rooms
+            .get(offset.min(rooms.len())..end)
+            .map(<[RoomSummary]>::to_vec)
+            .unwrap_or_default();
         Ok(PublicRoomsPage {
             chunk,
             next_batch: (end < rooms.len()).then(|| format!("p{end}")),

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use rhizome_core::{Result, clock::{millis_from_ts, now_millis}};
+use rhizome_core::{
+    Result,
+    clock::{millis_from_ts, now_millis},
+};
 use ruma::{events::StateEventType, serde::Raw};
 use serde_json::{Map, Value, value::RawValue as RawJsonValue};
 
@@ -22,10 +25,15 @@ pub struct Format<'a> {
 
 impl Services {
     /// Formats one event for a client.
-    pub async fn format_event(&self, event: &LoadedEvent, format: Format<'_>) -> Result<Box<RawJsonValue>> {
+    pub async fn format_event(
+        &self,
+        event: &LoadedEvent,
+        format: Format<'_>,
+    ) -> Result<Box<RawJsonValue>> {
         let mut unsigned = Map::new();
         let pdu = &event.pdu;
-        unsigned.insert("age".into(), Value::from(now_millis() - millis_from_ts(pdu.origin_server_ts)));
+        unsigned
+            .insert("age".into(), Value::from(now_millis() - millis_from_ts(pdu.origin_server_ts)));
         if let (Some(txn), Some(viewer)) = (&event.record.txn, format.viewer) {
             if txn.user_id == viewer.user_id && txn.device_id == viewer.device_id {
                 unsigned.insert("transaction_id".into(), Value::from(txn.txn_id.clone()));
@@ -33,18 +41,25 @@ impl Services {
         }
         if let Some(state_key) = &pdu.state_key {
             let kind = StateEventType::from(pdu.kind.to_string());
-            if let Some(previous) = self.state_event_in(event.record.state_before, &kind, state_key).await? {
+            if let Some(previous) =
+                self.state_event_in(event.record.state_before, &kind, state_key).await?
+            {
                 if previous.pdu.event_id != pdu.event_id {
                     let content: Value = serde_json::from_str(previous.pdu.content.get())?;
                     unsigned.insert("prev_content".into(), content);
-                    unsigned.insert("replaces_state".into(), Value::from(previous.pdu.event_id.to_string()));
-                    unsigned.insert("prev_sender".into(), Value::from(previous.pdu.sender.to_string()));
+                    unsigned.insert(
+                        "replaces_state".into(),
+                        Value::from(previous.pdu.event_id.to_string()),
+                    );
+                    unsigned
+                        .insert("prev_sender".into(), Value::from(previous.pdu.sender.to_string()));
                 }
             }
         }
         if let Some(redacted_by) = &event.record.redacted_by {
             if let Some(redaction) = self.load_event(redacted_by).await? {
-                let because: Value = serde_json::from_str(redaction.pdu.client_event(true, None).get())?;
+                let because: Value =
+                    serde_json::from_str(redaction.pdu.client_event(true, None).get())?;
                 unsigned.insert("redacted_because".into(), because);
             }
         } else if format.bundle_relations && !pdu.is_state() {
@@ -56,7 +71,11 @@ impl Services {
     }
 
     /// Formats events for a client, in order.
-    pub async fn format_events(&self, events: &[Arc<LoadedEvent>], format: Format<'_>) -> Result<Vec<Box<RawJsonValue>>> {
+    pub async fn format_events(
+        &self,
+        events: &[Arc<LoadedEvent>],
+        format: Format<'_>,
+    ) -> Result<Vec<Box<RawJsonValue>>> {
         let mut formatted = Vec::with_capacity(events.len());
         for event in events {
             formatted.push(self.format_event(event, format).await?);

@@ -2,10 +2,7 @@
 //! unban, knock and forget. The auth rules have the last word on every change.
 
 use rhizome_core::{Error, Result};
-use ruma::{
-    OwnedRoomId, OwnedUserId, RoomId, RoomOrAliasId, UserId,
-    events::StateEventType,
-};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomOrAliasId, UserId, events::StateEventType};
 use serde_json::{Value, json};
 
 use crate::{Services, rooms::NewEvent};
@@ -30,7 +27,12 @@ impl Services {
 
     /// The member event content for `user_id` with the given membership, carrying their
     /// profile for joins.
-    async fn member_content(&self, user_id: &UserId, membership: &str, reason: Option<&str>) -> Result<Value> {
+    async fn member_content(
+        &self,
+        user_id: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+    ) -> Result<Value> {
         let mut content = json!({ "membership": membership });
         if matches!(membership, "join" | "invite" | "knock") {
             if let Some(user) = self.store.get_user(user_id).await? {
@@ -48,17 +50,36 @@ impl Services {
         Ok(content)
     }
 
-    async fn send_membership(&self, sender: &UserId, room_id: &RoomId, target: &UserId, content: Value) -> Result<()> {
-        self.send_event(sender, room_id, NewEvent::state("m.room.member", target.as_str(), content), None).await?;
+    async fn send_membership(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        content: Value,
+    ) -> Result<()> {
+        self.send_event(
+            sender,
+            room_id,
+            NewEvent::state("m.room.member", target.as_str(), content),
+            None,
+        )
+        .await?;
         Ok(())
     }
 
     /// Joins a room by ID or local alias.
-    pub async fn join_room(&self, user_id: &UserId, room: &RoomOrAliasId, reason: Option<&str>) -> Result<OwnedRoomId> {
+    pub async fn join_room(
+        &self,
+        user_id: &UserId,
+        room: &RoomOrAliasId,
+        reason: Option<&str>,
+    ) -> Result<OwnedRoomId> {
         let room_id = self.resolve_room(room).await?;
         let mut content = self.member_content(user_id, "join", reason).await?;
         let current = self.store.get_membership(&room_id, user_id).await?;
-        let invited_or_joined = current.as_ref().is_some_and(|member| matches!(member.membership.as_str(), "invite" | "join"));
+        let invited_or_joined = current
+            .as_ref()
+            .is_some_and(|member| matches!(member.membership.as_str(), "invite" | "join"));
         if !invited_or_joined {
             if let Some(authoriser) = self.restricted_join_authoriser(&room_id, user_id).await? {
                 content["join_authorised_via_users_server"] = json!(authoriser);
@@ -70,8 +91,14 @@ impl Services {
 
     /// For a restricted room the user may join through membership of an allowed room: a local
     /// member who can invite, to vouch for the join.
-    async fn restricted_join_authoriser(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<OwnedUserId>> {
-        let Some(join_rules) = self.current_state_event(room_id, &StateEventType::RoomJoinRules, "").await? else {
+    async fn restricted_join_authoriser(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<OwnedUserId>> {
+        let Some(join_rules) =
+            self.current_state_event(room_id, &StateEventType::RoomJoinRules, "").await?
+        else {
             return Ok(None);
         };
         let content: Value = serde_json::from_str(join_rules.pdu.content.get())?;
@@ -84,7 +111,11 @@ impl Services {
             if condition.get("type").and_then(Value::as_str) != Some("m.room_membership") {
                 continue;
             }
-            let Some(Ok(allowed_room)) = condition.get("room_id").and_then(Value::as_str).map(RoomId::parse) else { continue };
+            let Some(Ok(allowed_room)) =
+                condition.get("room_id").and_then(Value::as_str).map(RoomId::parse)
+            else {
+                continue;
+            };
             if self.is_joined(&allowed_room, user_id).await? {
                 allowed = true;
                 break;
@@ -112,7 +143,9 @@ impl Services {
         is_direct: bool,
     ) -> Result<()> {
         if target.server_name() != self.server_name() {
-            return Err(Error::forbidden("Inviting users of other servers needs federation, which this server does not offer yet"));
+            return Err(Error::forbidden(
+                "Inviting users of other servers needs federation, which this server does not offer yet",
+            ));
         }
         let user = self.store.get_user(target).await?;
         if user.is_none_or(|user| user.deactivated) {
@@ -129,9 +162,16 @@ impl Services {
     }
 
     /// Leaves a room, or rejects an invite or withdraws a knock.
-    pub async fn leave_room(&self, user_id: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<()> {
+    pub async fn leave_room(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        reason: Option<&str>,
+    ) -> Result<()> {
         let current = self.store.get_membership(room_id, user_id).await?;
-        let in_room = current.is_some_and(|member| matches!(member.membership.as_str(), "join" | "invite" | "knock"));
+        let in_room = current.is_some_and(|member| {
+            matches!(member.membership.as_str(), "join" | "invite" | "knock")
+        });
         if !in_room {
             return Err(Error::forbidden("You are not in this room"));
         }
@@ -140,9 +180,17 @@ impl Services {
     }
 
     /// Kicks a member.
-    pub async fn kick(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<&str>) -> Result<()> {
+    pub async fn kick(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
         let current = self.store.get_membership(room_id, target).await?;
-        if !current.is_some_and(|member| matches!(member.membership.as_str(), "join" | "invite" | "knock")) {
+        if !current
+            .is_some_and(|member| matches!(member.membership.as_str(), "join" | "invite" | "knock"))
+        {
             return Err(Error::forbidden("That user is not in the room"));
         }
         let content = self.member_content(target, "leave", reason).await?;
@@ -150,13 +198,25 @@ impl Services {
     }
 
     /// Bans a user (who need not be in the room).
-    pub async fn ban(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<&str>) -> Result<()> {
+    pub async fn ban(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
         let content = self.member_content(target, "ban", reason).await?;
         self.send_membership(sender, room_id, target, content).await
     }
 
     /// Lifts a ban.
-    pub async fn unban(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<&str>) -> Result<()> {
+    pub async fn unban(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
         let current = self.store.get_membership(room_id, target).await?;
         if !current.is_some_and(|member| member.membership == "ban") {
             return Err(Error::forbidden("That user is not banned"));
@@ -166,7 +226,12 @@ impl Services {
     }
 
     /// Knocks on a room.
-    pub async fn knock(&self, user_id: &UserId, room: &RoomOrAliasId, reason: Option<&str>) -> Result<OwnedRoomId> {
+    pub async fn knock(
+        &self,
+        user_id: &UserId,
+        room: &RoomOrAliasId,
+        reason: Option<&str>,
+    ) -> Result<OwnedRoomId> {
         let room_id = self.resolve_room(room).await?;
         if self.is_joined(&room_id, user_id).await? {
             return Err(Error::forbidden("You are already in this room"));
@@ -181,7 +246,10 @@ impl Services {
         let current = self.store.get_membership(room_id, user_id).await?;
         match current {
             Some(member) if matches!(member.membership.as_str(), "join" | "invite" | "knock") => {
-                Err(Error::matrix(rhizome_core::error::MatrixErrorKind::Unknown, "Leave the room before forgetting it"))
+                Err(Error::matrix(
+                    rhizome_core::error::MatrixErrorKind::Unknown,
+                    "Leave the room before forgetting it",
+                ))
             }
             Some(_) => self.store.forget_room(user_id, room_id).await,
             None => Err(Error::not_found("You were never in this room")),

@@ -1,6 +1,7 @@
 //! Rooms: creating events and rooms, memberships, reading history under the history
 //! visibility rules, relations, aliases and the directory, and room upgrades.
 
+pub mod actions;
 pub mod cache;
 pub mod create;
 pub mod directory;
@@ -32,17 +33,26 @@ pub(crate) struct MemberCache {
 
 impl Services {
     /// The room's current members (joined, and invited when asked), from the cache.
-    pub async fn room_members_cached(&self, room_id: &RoomId, include_invited: bool) -> Result<Vec<OwnedUserId>> {
+    pub async fn room_members_cached(
+        &self,
+        room_id: &RoomId,
+        include_invited: bool,
+    ) -> Result<Vec<OwnedUserId>> {
         let members = self.room_memberships_cached(room_id).await?;
         Ok(members
             .iter()
-            .filter(|member| member.membership == "join" || (include_invited && member.membership == "invite"))
+            .filter(|member| {
+                member.membership == "join" || (include_invited && member.membership == "invite")
+            })
             .map(|member| member.user_id.clone())
             .collect())
     }
 
     /// Every membership row of the room, from the cache.
-    pub async fn room_memberships_cached(&self, room_id: &RoomId) -> Result<Arc<Vec<MembershipRecord>>> {
+    pub async fn room_memberships_cached(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<Arc<Vec<MembershipRecord>>> {
         if let Some(members) = self.caches.members.rooms.lock().get(room_id) {
             return Ok(members.clone());
         }

@@ -21,7 +21,11 @@ impl Services {
     }
 
     /// The power levels in a state group of the room.
-    pub async fn power_levels_at(&self, room_id: &RoomId, group: StateGroupId) -> Result<RoomPowerLevels> {
+    pub async fn power_levels_at(
+        &self,
+        room_id: &RoomId,
+        group: StateGroupId,
+    ) -> Result<RoomPowerLevels> {
         let version = self.room_version(room_id).await?;
         let rules = version.rules().ok_or_else(|| Error::bug("room of an unknown version"))?;
         let creators = self.room_creators(group).await?;
@@ -37,12 +41,18 @@ impl Services {
 
     /// The room's creators: the create event's sender and, since v12, `additional_creators`.
     pub async fn room_creators(&self, group: StateGroupId) -> Result<Vec<OwnedUserId>> {
-        let Some(create) = self.state_event_in(group, &StateEventType::RoomCreate, "").await? else {
+        let Some(create) = self.state_event_in(group, &StateEventType::RoomCreate, "").await?
+        else {
             return Ok(Vec::new());
         };
         let mut creators = vec![create.pdu.sender.clone()];
         let content: serde_json::Value = serde_json::from_str(create.pdu.content.get())?;
-        for creator in content.get("additional_creators").and_then(|value| value.as_array()).into_iter().flatten() {
+        for creator in content
+            .get("additional_creators")
+            .and_then(|value| value.as_array())
+            .into_iter()
+            .flatten()
+        {
             if let Some(Ok(user_id)) = creator.as_str().map(OwnedUserId::try_from) {
                 creators.push(user_id);
             }

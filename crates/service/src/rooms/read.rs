@@ -68,17 +68,30 @@ fn format_for(requester: &Requester) -> Format<'_> {
 
 impl Services {
     /// The event, if it exists in the room and the requester may see it; `M_NOT_FOUND` otherwise.
-    pub async fn visible_event(&self, requester: &Requester, room_id: &RoomId, event_id: &EventId) -> Result<Arc<LoadedEvent>> {
+    pub async fn visible_event(
+        &self,
+        requester: &Requester,
+        room_id: &RoomId,
+        event_id: &EventId,
+    ) -> Result<Arc<LoadedEvent>> {
         let event = self
             .load_event(event_id)
             .await?
             .filter(|event| event.pdu.room_id == room_id)
             .ok_or_else(|| Error::not_found("Event not found"))?;
-        if self.can_see_event(&requester.user_id, &event).await? { Ok(event) } else { Err(Error::not_found("Event not found")) }
+        if self.can_see_event(&requester.user_id, &event).await? {
+            Ok(event)
+        } else {
+            Err(Error::not_found("Event not found"))
+        }
     }
 
     /// `M_FORBIDDEN` unless the requester is or was in the room, or it is world-readable.
-    pub async fn ensure_can_read_room(&self, requester: &Requester, room_id: &RoomId) -> Result<()> {
+    pub async fn ensure_can_read_room(
+        &self,
+        requester: &Requester,
+        room_id: &RoomId,
+    ) -> Result<()> {
         if self.store.get_membership(room_id, &requester.user_id).await?.is_some() {
             return Ok(());
         }
@@ -96,11 +109,18 @@ impl Services {
 
     /// The state group a user may read the room's state at: the current one if joined (or the
     /// room is world-readable), the one at their leave otherwise.
-    pub async fn readable_state_group(&self, requester: &Requester, room_id: &RoomId) -> Result<StateGroupId> {
+    pub async fn readable_state_group(
+        &self,
+        requester: &Requester,
+        room_id: &RoomId,
+    ) -> Result<StateGroupId> {
         match self.store.get_membership(room_id, &requester.user_id).await? {
             Some(member) if member.membership == "join" => self.current_state_group(room_id).await,
             Some(member) if member.membership == "leave" || member.membership == "ban" => {
-                let event = self.load_event(&member.event_id).await?.ok_or_else(|| Error::bug("membership event missing"))?;
+                let event = self
+                    .load_event(&member.event_id)
+                    .await?
+                    .ok_or_else(|| Error::bug("membership event missing"))?;
                 Ok(event.record.state_after)
             }
             _ => {
@@ -119,7 +139,12 @@ impl Services {
     }
 
     /// One event, formatted, if visible.
-    pub async fn event_for_client(&self, requester: &Requester, room_id: &RoomId, event_id: &EventId) -> Result<Box<RawJsonValue>> {
+    pub async fn event_for_client(
+        &self,
+        requester: &Requester,
+        room_id: &RoomId,
+        event_id: &EventId,
+    ) -> Result<Box<RawJsonValue>> {
         let event = self.visible_event(requester, room_id, event_id).await?;
         self.format_event(&event, format_for(requester)).await
     }
@@ -144,10 +169,14 @@ impl Services {
             let Some(last) = records.last() else { return Ok((found, false, from)) };
             let last_pos = last.stream_pos;
             let events = self.loaded_from_records(records).await?;
-            let events: Vec<_> = events.into_iter().filter(|event| room_event_passes(filter, &event.pdu)).collect();
+            let events: Vec<_> =
+                events.into_iter().filter(|event| room_event_passes(filter, &event.pdu)).collect();
             for event in self.filter_visible(&requester.user_id, events).await? {
                 if found.len() == limit {
-                    let pos = found.last().map(|event: &Arc<LoadedEvent>| event.record.stream_pos).unwrap_or(from);
+                    let pos = found
+                        .last()
+                        .map(|event: &Arc<LoadedEvent>| event.record.stream_pos)
+                        .unwrap_or(from);
                     return Ok((found, true, pos));
                 }
                 found.push(event);
@@ -162,13 +191,22 @@ impl Services {
     }
 
     /// Member events of the senders of `events`, at each event (for lazy loading).
-    pub(crate) async fn lazy_members(&self, events: &[Arc<LoadedEvent>], also: Option<&ruma::UserId>) -> Result<Vec<Arc<LoadedEvent>>> {
+    pub(crate) async fn lazy_members(
+        &self,
+        events: &[Arc<LoadedEvent>],
+        also: Option<&ruma::UserId>,
+    ) -> Result<Vec<Arc<LoadedEvent>>> {
         let mut seen: HashSet<OwnedUserId> = HashSet::new();
         let mut members = Vec::new();
         for event in events {
             if seen.insert(event.pdu.sender.clone()) {
-                if let Some(member) =
-                    self.state_event_in(event.record.state_before, &StateEventType::RoomMember, event.pdu.sender.as_str()).await?
+                if let Some(member) = self
+                    .state_event_in(
+                        event.record.state_before,
+                        &StateEventType::RoomMember,
+                        event.pdu.sender.as_str(),
+                    )
+                    .await?
                 {
                     members.push(member);
                 }
@@ -176,7 +214,14 @@ impl Services {
         }
         if let (Some(user), Some(last)) = (also, events.last()) {
             if seen.insert(user.to_owned()) {
-                if let Some(member) = self.state_event_in(last.record.state_after, &StateEventType::RoomMember, user.as_str()).await? {
+                if let Some(member) = self
+                    .state_event_in(
+                        last.record.state_after,
+                        &StateEventType::RoomMember,
+                        user.as_str(),
+                    )
+                    .await?
+                {
                     members.push(member);
                 }
             }
@@ -211,8 +256,9 @@ impl Services {
             Direction::Backward => (from_pos.saturating_add(1), to_pos),
             Direction::Forward => (from_pos, to_pos),
         };
-        let (events, more, last_pos) =
-            self.page_events(requester, room_id, query_from, query_to, direction, limit, filter).await?;
+        let (events, more, last_pos) = self
+            .page_events(requester, room_id, query_from, query_to, direction, limit, filter)
+            .await?;
         let end = more.then(|| match direction {
             Direction::Backward => pagination_token(last_pos - 1),
             Direction::Forward => pagination_token(last_pos),
@@ -245,9 +291,12 @@ impl Services {
         let before_count = limit / 2;
         let after_count = limit - before_count;
         let pos = event.record.stream_pos;
-        let (before, _, before_pos) =
-            self.page_events(requester, room_id, pos, None, Direction::Backward, before_count, filter).await?;
-        let (after, _, after_pos) = self.page_events(requester, room_id, pos, None, Direction::Forward, after_count, filter).await?;
+        let (before, _, before_pos) = self
+            .page_events(requester, room_id, pos, None, Direction::Backward, before_count, filter)
+            .await?;
+        let (after, _, after_pos) = self
+            .page_events(requester, room_id, pos, None, Direction::Forward, after_count, filter)
+            .await?;
         let last = after.last().cloned().unwrap_or_else(|| event.clone());
         let state_map = self.state_map(last.record.state_after).await?;
         let state_events = match &filter.lazy_load_options {
@@ -256,10 +305,13 @@ impl Services {
                 let mut involved: Vec<Arc<LoadedEvent>> = before.clone();
                 involved.push(event.clone());
                 involved.extend(after.iter().cloned());
-                let senders: HashSet<String> = involved.iter().map(|event| event.pdu.sender.to_string()).collect();
+                let senders: HashSet<String> =
+                    involved.iter().map(|event| event.pdu.sender.to_string()).collect();
                 let ids: Vec<OwnedEventId> = state_map
                     .iter()
-                    .filter(|((kind, key), _)| *kind != StateEventType::RoomMember || senders.contains(key))
+                    .filter(|((kind, key), _)| {
+                        *kind != StateEventType::RoomMember || senders.contains(key)
+                    })
                     .map(|(_, id)| id.clone())
                     .collect();
                 self.load_events(&ids).await?
@@ -271,8 +323,12 @@ impl Services {
             events_before: self.format_events(&before, format).await?,
             events_after: self.format_events(&after, format).await?,
             state: self.format_events(&state_events, format).await?,
-            start: pagination_token(before.last().map_or(pos, |event| event.record.stream_pos).min(before_pos) - 1),
-            end: pagination_token(after.last().map_or(pos, |event| event.record.stream_pos).max(after_pos.min(pos))),
+            start: pagination_token(
+                before.last().map_or(pos, |event| event.record.stream_pos).min(before_pos) - 1,
+            ),
+            end: pagination_token(
+                after.last().map_or(pos, |event| event.record.stream_pos).max(after_pos.min(pos)),
+            ),
         })
     }
 
@@ -289,7 +345,11 @@ impl Services {
         let group = match at {
             Some(token) => {
                 let pos = parse_pagination_token(token)?;
-                let readable_event_pos = self.store.last_event_at(room_id, i64::MAX).await?.map(|event| event.stream_pos);
+                let readable_event_pos = self
+                    .store
+                    .last_event_at(room_id, i64::MAX)
+                    .await?
+                    .map(|event| event.stream_pos);
                 match self.store.last_event_at(room_id, pos).await? {
                     Some(event) if readable_event_pos.is_some() => event.state_after,
                     _ => readable,
@@ -308,7 +368,8 @@ impl Services {
             .into_iter()
             .filter(|event| {
                 let value = event.pdu.content_str("membership").unwrap_or_default();
-                membership.is_none_or(|wanted| wanted == value) && not_membership.is_none_or(|unwanted| unwanted != value)
+                membership.is_none_or(|wanted| wanted == value)
+                    && not_membership.is_none_or(|unwanted| unwanted != value)
             })
             .collect();
         self.format_events(&events, format_for(requester)).await
@@ -328,12 +389,18 @@ impl Services {
             .await?
             .iter()
             .filter(|member| member.membership == "join")
-            .map(|member| (member.user_id.clone(), member.displayname.clone(), member.avatar_url.clone()))
+            .map(|member| {
+                (member.user_id.clone(), member.displayname.clone(), member.avatar_url.clone())
+            })
             .collect())
     }
 
     /// `/state`: the whole state the requester may read.
-    pub async fn room_state_for_client(&self, requester: &Requester, room_id: &RoomId) -> Result<Vec<Box<RawJsonValue>>> {
+    pub async fn room_state_for_client(
+        &self,
+        requester: &Requester,
+        room_id: &RoomId,
+    ) -> Result<Vec<Box<RawJsonValue>>> {
         let group = self.readable_state_group(requester, room_id).await?;
         let state = self.state_map(group).await?;
         let events = self.state_events(&state).await?;
@@ -349,7 +416,9 @@ impl Services {
         state_key: &str,
     ) -> Result<Arc<LoadedEvent>> {
         let group = self.readable_state_group(requester, room_id).await?;
-        self.state_event_in(group, kind, state_key).await?.ok_or_else(|| Error::not_found("No such state"))
+        self.state_event_in(group, kind, state_key)
+            .await?
+            .ok_or_else(|| Error::not_found("No such state"))
     }
 
     /// `/timestamp_to_event`: the visible event closest to `ts` in the direction.
@@ -363,8 +432,13 @@ impl Services {
         self.ensure_can_read_room(requester, room_id).await?;
         let mut ts = ts;
         for _ in 0..50 {
-            let Some(record) = self.store.event_at_timestamp(room_id, ts, direction).await? else { break };
-            let Some(event) = self.loaded_from_records(vec![record]).await?.into_iter().next() else { break };
+            let Some(record) = self.store.event_at_timestamp(room_id, ts, direction).await? else {
+                break;
+            };
+            let Some(event) = self.loaded_from_records(vec![record]).await?.into_iter().next()
+            else {
+                break;
+            };
             if self.can_see_event(&requester.user_id, &event).await? {
                 return Ok(event);
             }

@@ -24,25 +24,37 @@ pub struct RelationsPage {
 
 /// Parses a relations or threads pagination token (a stream position).
 pub fn parse_position_token(token: &str) -> Result<StreamPos> {
-    token.trim_start_matches('r').parse().map_err(|_| Error::invalid_param("Invalid pagination token"))
+    token
+        .trim_start_matches('r')
+        .parse()
+        .map_err(|_| Error::invalid_param("Invalid pagination token"))
 }
 
 impl Services {
     /// The `m.relations` object for an event, if anything relates to it.
-    pub(crate) async fn bundled_relations(&self, event: &LoadedEvent, format: Format<'_>) -> Result<Option<Value>> {
+    pub(crate) async fn bundled_relations(
+        &self,
+        event: &LoadedEvent,
+        format: Format<'_>,
+    ) -> Result<Option<Value>> {
         let pdu = &event.pdu;
         let mut relations = Map::new();
         let plain = Format { bundle_relations: false, ..format };
         if let Some(edit) = self.store.latest_edit(&pdu.event_id, &pdu.sender).await? {
             if let Some(edit) = self.loaded_from_records(vec![edit]).await?.pop() {
-                let edit: Value = serde_json::from_str(self.format_event(&edit, plain).await?.get())?;
+                let edit: Value =
+                    serde_json::from_str(self.format_event(&edit, plain).await?.get())?;
                 relations.insert("m.replace".into(), edit);
             }
         }
-        let viewer = format.viewer.map(|viewer| viewer.user_id.as_ref()).unwrap_or(pdu.sender.as_ref());
-        if let Some((count, latest, participated)) = self.store.thread_summary(&pdu.event_id, viewer).await? {
+        let viewer =
+            format.viewer.map(|viewer| viewer.user_id.as_ref()).unwrap_or(pdu.sender.as_ref());
+        if let Some((count, latest, participated)) =
+            self.store.thread_summary(&pdu.event_id, viewer).await?
+        {
             if let Some(latest) = self.loaded_from_records(vec![latest]).await?.pop() {
-                let latest_event: Value = serde_json::from_str(self.format_event(&latest, plain).await?.get())?;
+                let latest_event: Value =
+                    serde_json::from_str(self.format_event(&latest, plain).await?.get())?;
                 relations.insert(
                     "m.thread".into(),
                     serde_json::json!({
@@ -55,11 +67,21 @@ impl Services {
         }
         let references = self
             .store
-            .relations(&pdu.event_id, Some("m.reference"), None, i64::MAX, None, Direction::Backward, 50)
+            .relations(
+                &pdu.event_id,
+                Some("m.reference"),
+                None,
+                i64::MAX,
+                None,
+                Direction::Backward,
+                50,
+            )
             .await?;
         if !references.is_empty() {
-            let chunk: Vec<Value> =
-                references.iter().map(|reference| serde_json::json!({ "event_id": reference.event_id })).collect();
+            let chunk: Vec<Value> = references
+                .iter()
+                .map(|reference| serde_json::json!({ "event_id": reference.event_id }))
+                .collect();
             relations.insert("m.reference".into(), serde_json::json!({ "chunk": chunk }));
         }
         Ok((!relations.is_empty()).then_some(Value::Object(relations)))
@@ -91,12 +113,23 @@ impl Services {
         let limit = limit.clamp(1, 100);
         let records = self
             .store
-            .relations(&parent.pdu.event_id, rel_type, event_type, from, to, direction, i64::try_from(limit).unwrap_or(100))
+            .relations(
+                &parent.pdu.event_id,
+                rel_type,
+                event_type,
+                from,
+                to,
+                direction,
+                i64::try_from(limit).unwrap_or(100),
+            )
             .await?;
-        let next_batch = (records.len() == limit).then(|| records.last().map(|record| format!("r{}", record.stream_pos))).flatten();
+        let next_batch = (records.len() == limit)
+            .then(|| records.last().map(|record| format!("r{}", record.stream_pos)))
+            .flatten();
         let events = self.loaded_from_records(records).await?;
         let events = self.filter_visible(&requester.user_id, events).await?;
-        let format = Format { viewer: Some(requester), with_room_id: true, bundle_relations: false };
+        let format =
+            Format { viewer: Some(requester), with_room_id: true, bundle_relations: false };
         Ok(RelationsPage { chunk: self.format_events(&events, format).await?, next_batch })
     }
 
@@ -117,8 +150,11 @@ impl Services {
             .store
             .thread_roots(room_id, from, participant, i64::try_from(limit).unwrap_or(100))
             .await?;
-        let next_batch = (roots.len() == limit).then(|| roots.last().map(|(_, latest)| format!("r{latest}"))).flatten();
-        let events: Vec<Arc<LoadedEvent>> = self.loaded_from_records(roots.into_iter().map(|(root, _)| root).collect()).await?;
+        let next_batch = (roots.len() == limit)
+            .then(|| roots.last().map(|(_, latest)| format!("r{latest}")))
+            .flatten();
+        let events: Vec<Arc<LoadedEvent>> =
+            self.loaded_from_records(roots.into_iter().map(|(root, _)| root).collect()).await?;
         let events = self.filter_visible(&requester.user_id, events).await?;
         let format = Format { viewer: Some(requester), with_room_id: true, bundle_relations: true };
         Ok(RelationsPage { chunk: self.format_events(&events, format).await?, next_batch })

@@ -36,10 +36,15 @@ pub struct NewEvent {
 
 impl NewEvent {
     /// A state event.
-    pub fn state(kind: impl Into<String>, state_key: impl Into<String>, content: serde_json::Value) -> Self {
+    pub fn state(
+        kind: impl Into<String>,
+        state_key: impl Into<String>,
+        content: serde_json::Value,
+    ) -> Self {
         Self {
             kind: TimelineEventType::from(kind.into()),
-            content: serde_json::value::to_raw_value(&content).expect("invariant: JSON values serialise"),
+            content: serde_json::value::to_raw_value(&content)
+                .expect("invariant: JSON values serialise"),
             state_key: Some(state_key.into()),
             redacts: None,
         }
@@ -49,7 +54,8 @@ impl NewEvent {
     pub fn message(kind: impl Into<String>, content: serde_json::Value) -> Self {
         Self {
             kind: TimelineEventType::from(kind.into()),
-            content: serde_json::value::to_raw_value(&content).expect("invariant: JSON values serialise"),
+            content: serde_json::value::to_raw_value(&content)
+                .expect("invariant: JSON values serialise"),
             state_key: None,
             redacts: None,
         }
@@ -93,7 +99,9 @@ impl Services {
                 return Ok(event_id);
             }
         }
-        if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(event.content.get()).is_err() {
+        if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(event.content.get())
+            .is_err()
+        {
             return Err(Error::bad_json("Event content must be a JSON object"));
         }
         let version = self.room_version(room_id).await?;
@@ -113,18 +121,41 @@ impl Services {
         }
         let state_before = self.state_before(room_id, &version, &prevs).await?;
         let depth = prevs.iter().map(|prev| prev.pdu.depth).max().unwrap_or(0) + 1;
-        let pdu = self.build_and_authorise(sender, room_id, &version, &event, &prev_events, depth, &state_before.map).await?;
-        self.persist_prepared(room_id, &version, pdu, state_before, &prev_events, extremities, txn).await
+        let pdu = self
+            .build_and_authorise(
+                sender,
+                room_id,
+                &version,
+                &event,
+                &prev_events,
+                depth,
+                &state_before.map,
+            )
+            .await?;
+        self.persist_prepared(room_id, &version, pdu, state_before, &prev_events, extremities, txn)
+            .await
     }
 
     /// The state before an event following `prevs`: theirs, resolved when they differ.
-    async fn state_before(&self, room_id: &RoomId, version: &RoomVersionId, prevs: &[Arc<LoadedEvent>]) -> Result<StateBeforeParts> {
-        let mut groups: Vec<StateGroupId> = prevs.iter().map(|prev| prev.record.state_after).collect();
+    async fn state_before(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        prevs: &[Arc<LoadedEvent>],
+    ) -> Result<StateBeforeParts> {
+        let mut groups: Vec<StateGroupId> =
+            prevs.iter().map(|prev| prev.record.state_after).collect();
         groups.sort_unstable();
         groups.dedup();
         match groups.as_slice() {
-            [] => Ok(StateBeforeParts { map: Arc::new(StateMap::new()), spec: StateSpec::New { base: None, changes: Vec::new() } }),
-            [group] => Ok(StateBeforeParts { map: self.state_map(*group).await?, spec: StateSpec::Existing(*group) }),
+            [] => Ok(StateBeforeParts {
+                map: Arc::new(StateMap::new()),
+                spec: StateSpec::New { base: None, changes: Vec::new() },
+            }),
+            [group] => Ok(StateBeforeParts {
+                map: self.state_map(*group).await?,
+                spec: StateSpec::Existing(*group),
+            }),
             [base, ..] => {
                 let mut maps = Vec::with_capacity(groups.len());
                 for group in &groups {
@@ -133,13 +164,21 @@ impl Services {
                 let resolved = self.resolve_state(room_id, version, &maps).await?;
                 let base_map = self.state_map(*base).await?;
                 let changes = diff_states(&base_map, &resolved);
-                Ok(StateBeforeParts { map: Arc::new(resolved), spec: StateSpec::New { base: Some(*base), changes } })
+                Ok(StateBeforeParts {
+                    map: Arc::new(resolved),
+                    spec: StateSpec::New { base: Some(*base), changes },
+                })
             }
         }
     }
 
     /// Resolves several states of a room into one (state resolution v2 / v2.1).
-    pub async fn resolve_state(&self, _room_id: &RoomId, version: &RoomVersionId, maps: &[StateMap]) -> Result<StateMap> {
+    pub async fn resolve_state(
+        &self,
+        _room_id: &RoomId,
+        version: &RoomVersionId,
+        maps: &[StateMap],
+    ) -> Result<StateMap> {
         let mut auth_chains = Vec::with_capacity(maps.len());
         let mut all_ids: HashSet<OwnedEventId> = HashSet::new();
         for map in maps {
@@ -149,8 +188,12 @@ impl Services {
             auth_chains.push(chain);
         }
         let all_ids: Vec<OwnedEventId> = all_ids.into_iter().collect();
-        let events: HashMap<OwnedEventId, Pdu> =
-            self.load_events(&all_ids).await?.into_iter().map(|event| (event.pdu.event_id.clone(), event.pdu.clone())).collect();
+        let events: HashMap<OwnedEventId, Pdu> = self
+            .load_events(&all_ids)
+            .await?
+            .into_iter()
+            .map(|event| (event.pdu.event_id.clone(), event.pdu.clone()))
+            .collect();
         let version = version.clone();
         let maps = maps.to_vec();
         tokio::task::spawn_blocking(move || {
@@ -172,8 +215,15 @@ impl Services {
         depth: u64,
         state_before: &StateMap,
     ) -> Result<Pdu> {
-        let auth_events = auth::select_auth_events(version, &event.kind, sender, event.state_key.as_deref(), &event.content, state_before)
-            .map_err(|error| Error::forbidden(error.to_string()))?;
+        let auth_events = auth::select_auth_events(
+            version,
+            &event.kind,
+            sender,
+            event.state_key.as_deref(),
+            &event.content,
+            state_before,
+        )
+        .map_err(|error| Error::forbidden(error.to_string()))?;
         let template = EventTemplate {
             room_id: Some(room_id.to_owned()),
             sender: sender.to_owned(),
@@ -191,8 +241,12 @@ impl Services {
         // The auth rules read the auth events, the create event and the state they name.
         let mut needed: Vec<OwnedEventId> = auth_events;
         needed.extend(state_before.get(&(StateEventType::RoomCreate, String::new())).cloned());
-        let events: HashMap<OwnedEventId, Pdu> =
-            self.load_events(&needed).await?.into_iter().map(|event| (event.pdu.event_id.clone(), event.pdu.clone())).collect();
+        let events: HashMap<OwnedEventId, Pdu> = self
+            .load_events(&needed)
+            .await?
+            .into_iter()
+            .map(|event| (event.pdu.event_id.clone(), event.pdu.clone()))
+            .collect();
         let state_events: HashMap<(StateEventType, String), Pdu> = state_before
             .iter()
             .filter_map(|(slot, id)| events.get(id).map(|event| (slot.clone(), event.clone())))
@@ -201,7 +255,9 @@ impl Services {
             version,
             &pdu,
             |event_id: &EventId| events.get(event_id).cloned(),
-            |kind: &StateEventType, key: &str| state_events.get(&(kind.clone(), key.to_owned())).cloned(),
+            |kind: &StateEventType, key: &str| {
+                state_events.get(&(kind.clone(), key.to_owned())).cloned()
+            },
         )
         .map_err(|error| Error::forbidden(format!("Not allowed: {error}")))?;
         Ok(pdu)
@@ -227,7 +283,8 @@ impl Services {
         let mut new_extremities: Vec<OwnedEventId> =
             extremities.into_iter().filter(|extremity| !prev_events.contains(extremity)).collect();
         new_extremities.push(event_id.clone());
-        let old_current_group = self.store.get_room(room_id).await?.and_then(|room| room.current_state_group);
+        let old_current_group =
+            self.store.get_room(room_id).await?.and_then(|room| room.current_state_group);
         let old_current = match old_current_group {
             Some(group) => self.state_map(group).await?,
             None => Arc::new(StateMap::new()),
@@ -236,7 +293,8 @@ impl Services {
             (CurrentState::StateAfter, state_after.clone())
         } else {
             let mut maps = vec![state_after.clone()];
-            let others: Vec<OwnedEventId> = new_extremities.iter().filter(|id| **id != event_id).cloned().collect();
+            let others: Vec<OwnedEventId> =
+                new_extremities.iter().filter(|id| **id != event_id).cloned().collect();
             for other in self.load_events(&others).await? {
                 maps.push((*self.state_map(other.record.state_after).await?).clone());
             }
@@ -260,7 +318,10 @@ impl Services {
             auth_events: pdu.auth_events.clone(),
             rejected: false,
             state_before: state_before.spec,
-            state_after_changes: slot.map(|slot| ((slot.0.to_string(), slot.1), Some(event_id.clone()))).into_iter().collect(),
+            state_after_changes: slot
+                .map(|slot| ((slot.0.to_string(), slot.1), Some(event_id.clone())))
+                .into_iter()
+                .collect(),
             new_extremities,
             current_state,
             membership_changes: membership_changes.clone(),
@@ -273,7 +334,8 @@ impl Services {
         if let Some((target, _)) = &redaction {
             self.forget_event(target);
         }
-        let mut woken: HashSet<OwnedUserId> = self.room_members_cached(room_id, true).await?.into_iter().collect();
+        let mut woken: HashSet<OwnedUserId> =
+            self.room_members_cached(room_id, true).await?.into_iter().collect();
         woken.extend(membership_changes.iter().map(|change| change.user_id.clone()));
         if !membership_changes.is_empty() {
             self.forget_room_members(room_id);
@@ -284,10 +346,17 @@ impl Services {
     }
 
     /// Membership rows that change between two current states.
-    async fn membership_changes(&self, old: &StateMap, new: &StateMap, pdu: &Pdu) -> Result<Vec<MembershipChange>> {
+    async fn membership_changes(
+        &self,
+        old: &StateMap,
+        new: &StateMap,
+        pdu: &Pdu,
+    ) -> Result<Vec<MembershipChange>> {
         let mut changed: Vec<OwnedEventId> = Vec::new();
         for ((kind, key), event_id) in new {
-            if *kind == StateEventType::RoomMember && old.get(&(kind.clone(), key.clone())) != Some(event_id) {
+            if *kind == StateEventType::RoomMember
+                && old.get(&(kind.clone(), key.clone())) != Some(event_id)
+            {
                 changed.push(event_id.clone());
             }
         }
@@ -303,10 +372,15 @@ impl Services {
             };
             let Some(state_key) = &member_pdu.state_key else { continue };
             let Ok(user_id) = ruma::UserId::parse(state_key.as_str()) else { continue };
-            let content: serde_json::Value = serde_json::from_str(member_pdu.content.get()).unwrap_or_default();
+            let content: serde_json::Value =
+                serde_json::from_str(member_pdu.content.get()).unwrap_or_default();
             changes.push(MembershipChange {
                 user_id,
-                membership: content.get("membership").and_then(|m| m.as_str()).unwrap_or("leave").to_owned(),
+                membership: content
+                    .get("membership")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("leave")
+                    .to_owned(),
                 event_id: member_pdu.event_id.clone(),
                 displayname: content.get("displayname").and_then(|m| m.as_str()).map(str::to_owned),
                 avatar_url: content.get("avatar_url").and_then(|m| m.as_str()).map(str::to_owned),
@@ -316,7 +390,11 @@ impl Services {
     }
 
     /// For a redaction that applies, the target and its redacted JSON.
-    async fn prepare_redaction(&self, version: &RoomVersionId, pdu: &Pdu) -> Result<Option<(OwnedEventId, String)>> {
+    async fn prepare_redaction(
+        &self,
+        version: &RoomVersionId,
+        pdu: &Pdu,
+    ) -> Result<Option<(OwnedEventId, String)>> {
         if pdu.kind != TimelineEventType::RoomRedaction {
             return Ok(None);
         }
@@ -336,7 +414,10 @@ impl Services {
 }
 
 /// The slots that differ from `base` in `new` (set, or removed).
-pub(crate) fn diff_states(base: &StateMap, new: &StateMap) -> Vec<((String, String), Option<OwnedEventId>)> {
+pub(crate) fn diff_states(
+    base: &StateMap,
+    new: &StateMap,
+) -> Vec<((String, String), Option<OwnedEventId>)> {
     let mut changes: Vec<((String, String), Option<OwnedEventId>)> = new
         .iter()
         .filter(|(slot, id)| base.get(*slot) != Some(*id))

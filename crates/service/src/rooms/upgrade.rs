@@ -3,10 +3,7 @@
 
 use rhizome_core::{Error, Result, error::MatrixErrorKind};
 use rhizome_room::versions;
-use ruma::{
-    OwnedRoomId, RoomId, RoomVersionId, UserId,
-    events::StateEventType,
-};
+use ruma::{OwnedRoomId, RoomId, RoomVersionId, UserId, events::StateEventType};
 use serde_json::{Value, json};
 
 use crate::{Services, rooms::NewEvent};
@@ -25,9 +22,18 @@ const COPIED_STATE: &[&str] = &[
 
 impl Services {
     /// Upgrades a room to a new version; returns the new room's ID.
-    pub async fn upgrade_room(&self, user_id: &UserId, room_id: &RoomId, new_version: &RoomVersionId) -> Result<OwnedRoomId> {
-        let new_rules = versions::rules(new_version)
-            .ok_or_else(|| Error::matrix(MatrixErrorKind::UnsupportedRoomVersion, "This server does not support that room version"))?;
+    pub async fn upgrade_room(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        new_version: &RoomVersionId,
+    ) -> Result<OwnedRoomId> {
+        let new_rules = versions::rules(new_version).ok_or_else(|| {
+            Error::matrix(
+                MatrixErrorKind::UnsupportedRoomVersion,
+                "This server does not support that room version",
+            )
+        })?;
         let power_levels = self.power_levels(room_id).await?;
         if !power_levels.user_can_send_state(user_id, StateEventType::RoomTombstone) {
             return Err(Error::forbidden("You may not upgrade this room"));
@@ -54,10 +60,11 @@ impl Services {
         self.join_room(user_id, <&ruma::RoomOrAliasId>::from(&*new_room), None).await?;
 
         // Power levels: the old ones, the upgrader at the top (or implicitly, as a creator).
-        let mut levels: Value = match self.current_state_event(room_id, &StateEventType::RoomPowerLevels, "").await? {
-            Some(event) => serde_json::from_str(event.pdu.content.get())?,
-            None => json!({}),
-        };
+        let mut levels: Value =
+            match self.current_state_event(room_id, &StateEventType::RoomPowerLevels, "").await? {
+                Some(event) => serde_json::from_str(event.pdu.content.get())?,
+                None => json!({}),
+            };
         if let Some(users) = levels.get_mut("users").and_then(Value::as_object_mut) {
             if new_rules.authorization.explicitly_privilege_room_creators {
                 users.remove(user_id.as_str());
@@ -67,12 +74,19 @@ impl Services {
         } else if !new_rules.authorization.explicitly_privilege_room_creators {
             levels["users"] = json!({ user_id.as_str(): 100 });
         }
-        self.send_event(user_id, &new_room, NewEvent::state("m.room.power_levels", "", levels.clone()), None).await?;
+        self.send_event(
+            user_id,
+            &new_room,
+            NewEvent::state("m.room.power_levels", "", levels.clone()),
+            None,
+        )
+        .await?;
         for kind in COPIED_STATE {
             if let Some(event_id) = old_state.get(&(StateEventType::from(*kind), String::new())) {
                 if let Some(event) = self.load_event(event_id).await? {
                     let content: Value = serde_json::from_str(event.pdu.content.get())?;
-                    self.send_event(user_id, &new_room, NewEvent::state(*kind, "", content), None).await?;
+                    self.send_event(user_id, &new_room, NewEvent::state(*kind, "", content), None)
+                        .await?;
                 }
             }
         }
@@ -84,9 +98,17 @@ impl Services {
             alias.room_id = new_room.clone();
             self.store.create_alias(&alias).await?;
         }
-        if let Some(canonical) = self.current_state_event(room_id, &StateEventType::RoomCanonicalAlias, "").await? {
+        if let Some(canonical) =
+            self.current_state_event(room_id, &StateEventType::RoomCanonicalAlias, "").await?
+        {
             let content: Value = serde_json::from_str(canonical.pdu.content.get())?;
-            self.send_event(user_id, &new_room, NewEvent::state("m.room.canonical_alias", "", content), None).await?;
+            self.send_event(
+                user_id,
+                &new_room,
+                NewEvent::state("m.room.canonical_alias", "", content),
+                None,
+            )
+            .await?;
         }
         if self.room_published(room_id).await? {
             self.store.set_room_published(room_id, false).await?;
@@ -97,12 +119,17 @@ impl Services {
         self.send_event(
             user_id,
             room_id,
-            NewEvent::state("m.room.tombstone", "", json!({ "body": "This room has been replaced", "replacement_room": new_room })),
+            NewEvent::state(
+                "m.room.tombstone",
+                "",
+                json!({ "body": "This room has been replaced", "replacement_room": new_room }),
+            ),
             None,
         )
         .await?;
         let mut old_levels = levels;
-        let raise = |value: Option<&Value>| json!(value.and_then(Value::as_i64).unwrap_or(0).max(50));
+        let raise =
+            |value: Option<&Value>| json!(value.and_then(Value::as_i64).unwrap_or(0).max(50));
         old_levels["events_default"] = raise(old_levels.get("events_default"));
         old_levels["invite"] = raise(old_levels.get("invite"));
         if let Some(users) = old_levels.get_mut("users").and_then(Value::as_object_mut) {
@@ -112,7 +139,15 @@ impl Services {
                 users.insert(user_id.to_string(), json!(100));
             }
         }
-        if let Err(error) = self.send_event(user_id, room_id, NewEvent::state("m.room.power_levels", "", old_levels), None).await {
+        if let Err(error) = self
+            .send_event(
+                user_id,
+                room_id,
+                NewEvent::state("m.room.power_levels", "", old_levels),
+                None,
+            )
+            .await
+        {
             tracing::warn!(%error, "could not restrict the old room after an upgrade");
         }
         Ok(new_room)

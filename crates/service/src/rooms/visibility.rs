@@ -23,8 +23,14 @@ impl Services {
     }
 
     /// The events the user may see, in their order.
-    pub async fn filter_visible(&self, user_id: &UserId, events: Vec<Arc<LoadedEvent>>) -> Result<Vec<Arc<LoadedEvent>>> {
-        let Some(first_room) = events.first().map(|event| event.pdu.room_id.clone()) else { return Ok(events) };
+    pub async fn filter_visible(
+        &self,
+        user_id: &UserId,
+        events: Vec<Arc<LoadedEvent>>,
+    ) -> Result<Vec<Arc<LoadedEvent>>> {
+        let Some(first_room) = events.first().map(|event| event.pdu.room_id.clone()) else {
+            return Ok(events);
+        };
         let joined_now = self.is_joined(&first_room, user_id).await?;
         let mut visible = Vec::with_capacity(events.len());
         for event in events {
@@ -42,21 +48,31 @@ impl Services {
 
     /// Whether the user's current membership in the room is `join`.
     pub async fn is_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
-        Ok(self.store.get_membership(room_id, user_id).await?.is_some_and(|member| member.membership == "join"))
+        Ok(self
+            .store
+            .get_membership(room_id, user_id)
+            .await?
+            .is_some_and(|member| member.membership == "join"))
     }
 
-    async fn visible_with(&self, user_id: &UserId, event: &LoadedEvent, joined_now: bool) -> Result<bool> {
+    async fn visible_with(
+        &self,
+        user_id: &UserId,
+        event: &LoadedEvent,
+        joined_now: bool,
+    ) -> Result<bool> {
         let group = event.record.state_before;
-        let history_visibility = match self.state_event_in(group, &StateEventType::RoomHistoryVisibility, "").await? {
-            Some(state) => state
-                .pdu
-                .content_str("history_visibility")
-                .map(|value| HistoryVisibility::from(value.as_str()))
-                .unwrap_or(HistoryVisibility::Shared),
-            None => HistoryVisibility::Shared,
-        };
-        let own_membership_event =
-            event.pdu.kind == TimelineEventType::RoomMember && event.pdu.state_key.as_deref() == Some(user_id.as_str());
+        let history_visibility =
+            match self.state_event_in(group, &StateEventType::RoomHistoryVisibility, "").await? {
+                Some(state) => state
+                    .pdu
+                    .content_str("history_visibility")
+                    .map(|value| HistoryVisibility::from(value.as_str()))
+                    .unwrap_or(HistoryVisibility::Shared),
+                None => HistoryVisibility::Shared,
+            };
+        let own_membership_event = event.pdu.kind == TimelineEventType::RoomMember
+            && event.pdu.state_key.as_deref() == Some(user_id.as_str());
         let membership = if own_membership_event {
             event.pdu.content_str("membership")
         } else {

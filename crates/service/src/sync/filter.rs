@@ -15,7 +15,8 @@ pub fn type_matches(pattern: &str, kind: &str) -> bool {
             kind.starts_with(prefix) && {
                 let tail = &kind[prefix.len()..];
                 // Try every split point for the rest of the pattern.
-                (0..=tail.len()).any(|index| tail.is_char_boundary(index) && type_matches(rest, &tail[index..]))
+                (0..=tail.len())
+                    .any(|index| tail.is_char_boundary(index) && type_matches(rest, &tail[index..]))
             }
         }
     }
@@ -26,8 +27,13 @@ fn types_pass(types: Option<&Vec<String>>, not_types: &[String], kind: &str) -> 
         && !not_types.iter().any(|pattern| type_matches(pattern, kind))
 }
 
-fn senders_pass(senders: Option<&Vec<ruma::OwnedUserId>>, not_senders: &[ruma::OwnedUserId], sender: &UserId) -> bool {
-    senders.is_none_or(|senders| senders.iter().any(|allowed| allowed == sender)) && !not_senders.iter().any(|denied| denied == sender)
+fn senders_pass(
+    senders: Option<&Vec<ruma::OwnedUserId>>,
+    not_senders: &[ruma::OwnedUserId],
+    sender: &UserId,
+) -> bool {
+    senders.is_none_or(|senders| senders.iter().any(|allowed| allowed == sender))
+        && !not_senders.iter().any(|denied| denied == sender)
 }
 
 /// Whether a room event passes a `RoomEventFilter`.
@@ -55,11 +61,17 @@ pub fn room_event_type_passes(filter: &RoomEventFilter, kind: &str) -> bool {
 /// Whether an event type (and sender) passes a plain `Filter`.
 pub fn event_passes(filter: &Filter, kind: &str, sender: Option<&UserId>) -> bool {
     types_pass(filter.types.as_ref(), &filter.not_types, kind)
-        && sender.is_none_or(|sender| senders_pass(filter.senders.as_ref(), &filter.not_senders, sender))
+        && sender
+            .is_none_or(|sender| senders_pass(filter.senders.as_ref(), &filter.not_senders, sender))
 }
 
-fn room_passes(rooms: Option<&Vec<ruma::OwnedRoomId>>, not_rooms: &[ruma::OwnedRoomId], room_id: &RoomId) -> bool {
-    rooms.is_none_or(|rooms| rooms.iter().any(|allowed| allowed == room_id)) && !not_rooms.iter().any(|denied| denied == room_id)
+fn room_passes(
+    rooms: Option<&Vec<ruma::OwnedRoomId>>,
+    not_rooms: &[ruma::OwnedRoomId],
+    room_id: &RoomId,
+) -> bool {
+    rooms.is_none_or(|rooms| rooms.iter().any(|allowed| allowed == room_id))
+        && !not_rooms.iter().any(|denied| denied == room_id)
 }
 
 /// Whether a room passes the room filter as a whole.

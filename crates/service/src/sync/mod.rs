@@ -55,7 +55,10 @@ impl SyncToken {
         let invalid = || Error::invalid_param("Invalid sync token");
         let rest = token.strip_prefix('s').ok_or_else(invalid)?;
         let (pos, ephemeral) = rest.split_once('_').ok_or_else(invalid)?;
-        Ok(Self { pos: pos.parse().map_err(|_| invalid())?, ephemeral: ephemeral.parse().map_err(|_| invalid())? })
+        Ok(Self {
+            pos: pos.parse().map_err(|_| invalid())?,
+            ephemeral: ephemeral.parse().map_err(|_| invalid())?,
+        })
     }
 }
 
@@ -86,17 +89,25 @@ fn response_has_data(response: &v3::Response) -> bool {
 
 impl Services {
     /// Answers a `/sync`, waiting up to the timeout for something new.
-    pub async fn sync(self: &Arc<Self>, requester: &Requester, request: SyncRequest) -> Result<v3::Response> {
+    pub async fn sync(
+        self: &Arc<Self>,
+        requester: &Requester,
+        request: SyncRequest,
+    ) -> Result<v3::Response> {
         let since = request.since.as_deref().map(SyncToken::parse).transpose()?;
         if request.set_presence != PresenceState::Offline {
             self.set_presence(&requester.user_id, request.set_presence.as_str(), None).await?;
         }
-        let timeout = request.timeout.min(Duration::from_millis(self.config.limits.max_sync_timeout_ms));
+        let timeout =
+            request.timeout.min(Duration::from_millis(self.config.limits.max_sync_timeout_ms));
         let deadline = Instant::now() + timeout;
         let mut wake = self.notifier.subscribe(&requester.user_id);
         loop {
             wake.borrow_and_update();
-            let upper = SyncToken { pos: self.store.current_stream_pos(), ephemeral: self.ephemeral_serial() };
+            let upper = SyncToken {
+                pos: self.store.current_stream_pos(),
+                ephemeral: self.ephemeral_serial(),
+            };
             let window = Window { since, upper };
             let response = self.sync_once(requester, &request, window).await?;
             if since.is_none() || request.full_state || response_has_data(&response) {
@@ -114,22 +125,41 @@ impl Services {
         }
     }
 
-    async fn sync_once(&self, requester: &Requester, request: &SyncRequest, window: Window) -> Result<v3::Response> {
+    async fn sync_once(
+        &self,
+        requester: &Requester,
+        request: &SyncRequest,
+        window: Window,
+    ) -> Result<v3::Response> {
         let mut response = v3::Response::new(window.upper.to_string());
         self.sync_rooms(requester, request, window, &mut response).await?;
         self.sync_account_data(requester, request, window, &mut response).await?;
         self.sync_presence(requester, request, window, &mut response).await?;
-        self.sync_e2ee(requester, window.since.map(|since| since.pos), window.upper.pos, &mut response).await?;
+        self.sync_e2ee(
+            requester,
+            window.since.map(|since| since.pos),
+            window.upper.pos,
+            &mut response,
+        )
+        .await?;
         Ok(response)
     }
 
-    async fn sync_account_data(&self, requester: &Requester, request: &SyncRequest, window: Window, response: &mut v3::Response) -> Result<()> {
+    async fn sync_account_data(
+        &self,
+        requester: &Requester,
+        request: &SyncRequest,
+        window: Window,
+        response: &mut v3::Response,
+    ) -> Result<()> {
         let since = window.since.map(|since| since.pos);
         let records = self.store.account_data_since(&requester.user_id, since).await?;
         let mut saw_push_rules = false;
         for record in records.into_iter().filter(|record| record.stream_pos <= window.upper.pos) {
             let content: Value = serde_json::from_str(&record.content)?;
-            let event = serde_json::value::to_raw_value(&json!({ "type": record.data_type, "content": content }))?;
+            let event = serde_json::value::to_raw_value(
+                &json!({ "type": record.data_type, "content": content }),
+            )?;
             match &record.room_id {
                 None => {
                     saw_push_rules |= record.data_type == PUSH_RULES_TYPE;
@@ -139,10 +169,14 @@ impl Services {
                 }
                 Some(room_id) => {
                     if let Some(room) = response.rooms.join.get_mut(room_id) {
-                        if filter::room_event_type_passes(&request.filter.room.account_data, &record.data_type) {
+                        if filter::room_event_type_passes(
+                            &request.filter.room.account_data,
+                            &record.data_type,
+                        ) {
                             room.account_data.events.push(raw(event));
                         }
-                    } else if since.is_some() && self.is_joined(room_id, &requester.user_id).await? {
+                    } else if since.is_some() && self.is_joined(room_id, &requester.user_id).await?
+                    {
                         let mut room = v3::JoinedRoom::new();
                         room.account_data.events.push(raw(event));
                         response.rooms.join.insert(room_id.clone(), room);
@@ -150,14 +184,23 @@ impl Services {
                 }
             }
         }
-        if since.is_none() && !saw_push_rules && filter::event_passes(&request.filter.account_data, PUSH_RULES_TYPE, None) {
+        if since.is_none()
+            && !saw_push_rules
+            && filter::event_passes(&request.filter.account_data, PUSH_RULES_TYPE, None)
+        {
             let rules = json!({ "type": PUSH_RULES_TYPE, "content": { "global": self.push_rules(&requester.user_id).await? } });
             response.account_data.events.push(raw(serde_json::value::to_raw_value(&rules)?));
         }
         Ok(())
     }
 
-    async fn sync_presence(&self, requester: &Requester, request: &SyncRequest, window: Window, response: &mut v3::Response) -> Result<()> {
+    async fn sync_presence(
+        &self,
+        requester: &Requester,
+        request: &SyncRequest,
+        window: Window,
+        response: &mut v3::Response,
+    ) -> Result<()> {
         if request.filter.presence.types.as_ref().is_some_and(Vec::is_empty) {
             return Ok(());
         }
@@ -168,8 +211,12 @@ impl Services {
         users.sort();
         users.dedup();
         let now = rhizome_core::clock::now_millis();
-        for (user_id, entry) in self.presence_since(&users, window.since.map(|since| since.ephemeral)) {
-            if entry.serial > window.upper.ephemeral || !filter::event_passes(&request.filter.presence, "m.presence", Some(&user_id)) {
+        for (user_id, entry) in
+            self.presence_since(&users, window.since.map(|since| since.ephemeral))
+        {
+            if entry.serial > window.upper.ephemeral
+                || !filter::event_passes(&request.filter.presence, "m.presence", Some(&user_id))
+            {
                 continue;
             }
             let mut content = json!({

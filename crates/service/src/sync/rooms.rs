@@ -15,7 +15,11 @@ use serde_json::json;
 
 use crate::{
     Requester, Services,
-    rooms::{cache::LoadedEvent, format::{Format, raw}, read::pagination_token},
+    rooms::{
+        cache::LoadedEvent,
+        format::{Format, raw},
+        read::pagination_token,
+    },
     sync::{SyncRequest, Window, filter, receipt_content},
 };
 
@@ -41,14 +45,22 @@ struct TimelinePart {
 }
 
 impl Services {
-    pub(super) async fn sync_rooms(&self, requester: &Requester, request: &SyncRequest, window: Window, response: &mut v3::Response) -> Result<()> {
+    pub(super) async fn sync_rooms(
+        &self,
+        requester: &Requester,
+        request: &SyncRequest,
+        window: Window,
+        response: &mut v3::Response,
+    ) -> Result<()> {
         let user_id = &requester.user_id;
         let memberships = self.store.rooms_of_user(user_id, &[]).await?;
         let ignored = self.ignored_users(user_id).await?;
         let since_pos = window.since.map(|since| since.pos);
         let mut joined_ids: Vec<OwnedRoomId> = Vec::new();
         for membership in &memberships {
-            if membership.stream_pos > window.upper.pos || !filter::room_filter_passes(&request.filter.room, &membership.room_id) {
+            if membership.stream_pos > window.upper.pos
+                || !filter::room_filter_passes(&request.filter.room, &membership.room_id)
+            {
                 continue;
             }
             let changed_in_window = since_pos.is_none_or(|since| membership.stream_pos > since);
@@ -59,16 +71,23 @@ impl Services {
                         continue;
                     }
                     let mut room = v3::InvitedRoom::new();
-                    room.invite_state.events = self.stripped_state(membership).await?.into_iter().map(raw).collect();
+                    room.invite_state.events =
+                        self.stripped_state(membership).await?.into_iter().map(raw).collect();
                     response.rooms.invite.insert(membership.room_id.clone(), room);
                 }
                 "knock" if changed_in_window => {
                     let mut room = v3::KnockedRoom::new();
-                    room.knock_state.events = self.stripped_state(membership).await?.into_iter().map(raw).collect();
+                    room.knock_state.events =
+                        self.stripped_state(membership).await?.into_iter().map(raw).collect();
                     response.rooms.knock.insert(membership.room_id.clone(), room);
                 }
-                "leave" | "ban" if changed_in_window && (since_pos.is_some() || request.filter.room.include_leave) => {
-                    if let Some(room) = self.left_room(requester, request, window, membership).await? {
+                "leave" | "ban"
+                    if changed_in_window
+                        && (since_pos.is_some() || request.filter.room.include_leave) =>
+                {
+                    if let Some(room) =
+                        self.left_room(requester, request, window, membership).await?
+                    {
                         response.rooms.leave.insert(membership.room_id.clone(), room);
                     }
                 }
@@ -83,9 +102,12 @@ impl Services {
             None => Vec::new(),
         };
         let changed_rooms: HashSet<OwnedRoomId> = match since_pos {
-            Some(since) if !request.full_state => {
-                self.store.rooms_with_events_between(&joined_ids, since, window.upper.pos).await?.into_iter().collect()
-            }
+            Some(since) if !request.full_state => self
+                .store
+                .rooms_with_events_between(&joined_ids, since, window.upper.pos)
+                .await?
+                .into_iter()
+                .collect(),
             _ => joined_ids.iter().cloned().collect(),
         };
         for room_id in &joined_ids {
@@ -100,14 +122,23 @@ impl Services {
             let mut room = v3::JoinedRoom::new();
             let mut has_data = false;
             if full || changed_rooms.contains(room_id) {
-                let timeline = self.timeline_part(requester, request, window, room_id, full, &ignored).await?;
-                let state = self.state_part(requester, request, window, room_id, &timeline, full).await?;
+                let timeline =
+                    self.timeline_part(requester, request, window, room_id, full, &ignored).await?;
+                let state =
+                    self.state_part(requester, request, window, room_id, &timeline, full).await?;
                 has_data = true;
-                let format = Format { viewer: Some(requester), with_room_id: false, bundle_relations: true };
-                room.timeline.events = self.format_events(&timeline.events, format).await?.into_iter().map(raw).collect();
+                let format =
+                    Format { viewer: Some(requester), with_room_id: false, bundle_relations: true };
+                room.timeline.events = self
+                    .format_events(&timeline.events, format)
+                    .await?
+                    .into_iter()
+                    .map(raw)
+                    .collect();
                 room.timeline.limited = timeline.limited;
                 room.timeline.prev_batch = Some(timeline.prev_batch);
-                let state_events = self.format_events(&state, format).await?.into_iter().map(raw).collect();
+                let state_events =
+                    self.format_events(&state, format).await?.into_iter().map(raw).collect();
                 room.state = if request.use_state_after {
                     v3::State::After(v3::StateEvents::with_events(state_events))
                 } else {
@@ -124,10 +155,15 @@ impl Services {
             let room_receipts: Vec<_> = room_receipts
                 .into_iter()
                 .filter(|receipt| receipt.stream_pos <= window.upper.pos)
-                .filter(|receipt| receipt.receipt_type != "m.read.private" || receipt.user_id == requester.user_id)
+                .filter(|receipt| {
+                    receipt.receipt_type != "m.read.private" || receipt.user_id == requester.user_id
+                })
                 .collect();
-            if !room_receipts.is_empty() && filter::room_event_type_passes(&request.filter.room.ephemeral, "m.receipt") {
-                let event = json!({ "type": "m.receipt", "content": receipt_content(&room_receipts) });
+            if !room_receipts.is_empty()
+                && filter::room_event_type_passes(&request.filter.room.ephemeral, "m.receipt")
+            {
+                let event =
+                    json!({ "type": "m.receipt", "content": receipt_content(&room_receipts) });
                 room.ephemeral.events.push(raw(serde_json::value::to_raw_value(&event)?));
             }
             let typing_since = if full { None } else { window.since.map(|since| since.ephemeral) };
@@ -140,8 +176,10 @@ impl Services {
             has_data |= !room.ephemeral.events.is_empty();
             if has_data || full {
                 let counts = self.store.unread_counts(&requester.user_id, room_id).await?;
-                room.unread_notifications.notification_count = Some(UInt::new_saturating(counts.notifications));
-                room.unread_notifications.highlight_count = Some(UInt::new_saturating(counts.highlights));
+                room.unread_notifications.notification_count =
+                    Some(UInt::new_saturating(counts.notifications));
+                room.unread_notifications.highlight_count =
+                    Some(UInt::new_saturating(counts.highlights));
                 response.rooms.join.insert(room_id.clone(), room);
             }
         }
@@ -149,10 +187,18 @@ impl Services {
     }
 
     /// Whether the user was joined to the room at a stream position.
-    async fn was_joined_at(&self, room_id: &RoomId, user_id: &ruma::UserId, pos: i64) -> Result<bool> {
+    async fn was_joined_at(
+        &self,
+        room_id: &RoomId,
+        user_id: &ruma::UserId,
+        pos: i64,
+    ) -> Result<bool> {
         let Some(event) = self.store.last_event_at(room_id, pos).await? else { return Ok(false) };
-        let member = self.state_event_in(event.state_after, &StateEventType::RoomMember, user_id.as_str()).await?;
-        Ok(member.and_then(|member| member.pdu.content_str("membership")).as_deref() == Some("join"))
+        let member = self
+            .state_event_in(event.state_after, &StateEventType::RoomMember, user_id.as_str())
+            .await?;
+        Ok(member.and_then(|member| member.pdu.content_str("membership")).as_deref()
+            == Some("join"))
     }
 
     async fn membership_sender(&self, membership: &MembershipRecord) -> Result<OwnedUserId> {
@@ -164,8 +210,13 @@ impl Services {
     }
 
     /// The stripped state of a room for an invite or knock, with the membership event itself.
-    async fn stripped_state(&self, membership: &MembershipRecord) -> Result<Vec<Box<serde_json::value::RawValue>>> {
-        let Some(member_event) = self.load_event(&membership.event_id).await? else { return Ok(Vec::new()) };
+    async fn stripped_state(
+        &self,
+        membership: &MembershipRecord,
+    ) -> Result<Vec<Box<serde_json::value::RawValue>>> {
+        let Some(member_event) = self.load_event(&membership.event_id).await? else {
+            return Ok(Vec::new());
+        };
         let state = self.state_map(member_event.record.state_after).await?;
         let mut ids: Vec<OwnedEventId> = STRIPPED_STATE_TYPES
             .iter()
@@ -193,7 +244,16 @@ impl Services {
             .unwrap_or(DEFAULT_TIMELINE_LIMIT)
             .clamp(1, 500);
         let lower = if full { None } else { window.since.map(|since| since.pos) };
-        self.collect_timeline(requester, room_id, window.upper.pos, lower, limit, timeline_filter, ignored).await
+        self.collect_timeline(
+            requester,
+            room_id,
+            window.upper.pos,
+            lower,
+            limit,
+            timeline_filter,
+            ignored,
+        )
+        .await
     }
 
     /// The newest `limit` events at or before `upper` (and after `lower`) that pass.
@@ -213,7 +273,8 @@ impl Services {
         let mut exhausted = false;
         let batch = i64::try_from(limit + 1).unwrap_or(501);
         while collected.len() <= limit {
-            let records = self.store.room_events(room_id, from, lower, Direction::Backward, batch).await?;
+            let records =
+                self.store.room_events(room_id, from, lower, Direction::Backward, batch).await?;
             if records.len() < usize::try_from(batch).unwrap_or(usize::MAX) {
                 exhausted = true;
             }
@@ -251,14 +312,15 @@ impl Services {
         full: bool,
     ) -> Result<Vec<Arc<LoadedEvent>>> {
         // The state at the point the client needs: before the timeline (or after it).
-        let target_group: StateGroupId = match (request.use_state_after, timeline.events.first(), timeline.events.last()) {
-            (false, Some(first), _) => first.record.state_before,
-            (true, _, Some(last)) => last.record.state_after,
-            _ => match self.store.last_event_at(room_id, window.upper.pos).await? {
-                Some(event) => event.state_after,
-                None => return Ok(Vec::new()),
-            },
-        };
+        let target_group: StateGroupId =
+            match (request.use_state_after, timeline.events.first(), timeline.events.last()) {
+                (false, Some(first), _) => first.record.state_before,
+                (true, _, Some(last)) => last.record.state_after,
+                _ => match self.store.last_event_at(room_id, window.upper.pos).await? {
+                    Some(event) => event.state_after,
+                    None => return Ok(Vec::new()),
+                },
+            };
         let target = self.state_map(target_group).await?;
         let since_state: Arc<StateMap> = match (full, window.since) {
             (false, Some(since)) => match self.store.last_event_at(room_id, since.pos).await? {
@@ -277,8 +339,10 @@ impl Services {
             timeline.events.iter().map(|event| &event.pdu.event_id).collect()
         };
         let lazy = !request.filter.room.state.lazy_load_options.is_disabled();
-        let include_redundant =
-            matches!(request.filter.room.state.lazy_load_options, LazyLoadOptions::Enabled { include_redundant_members: true });
+        let include_redundant = matches!(
+            request.filter.room.state.lazy_load_options,
+            LazyLoadOptions::Enabled { include_redundant_members: true }
+        );
         let wanted_members: HashSet<String> = timeline
             .events
             .iter()
@@ -287,30 +351,47 @@ impl Services {
             .collect();
         let ids: Vec<OwnedEventId> = target
             .iter()
-            .filter(|(slot, id)| since_state.get(*slot) != Some(*id) || (lazy && include_redundant && full))
+            .filter(|(slot, id)| {
+                since_state.get(*slot) != Some(*id) || (lazy && include_redundant && full)
+            })
             .filter(|(_, id)| !in_timeline.contains(id))
-            .filter(|((kind, key), _)| !lazy || *kind != StateEventType::RoomMember || wanted_members.contains(key))
+            .filter(|((kind, key), _)| {
+                !lazy || *kind != StateEventType::RoomMember || wanted_members.contains(key)
+            })
             .map(|(_, id)| id.clone())
             .collect();
         let events = self.load_events(&ids).await?;
         let state_filter = &request.filter.room.state;
-        Ok(events.into_iter().filter(|event| filter::room_event_passes(state_filter, &event.pdu)).collect())
+        Ok(events
+            .into_iter()
+            .filter(|event| filter::room_event_passes(state_filter, &event.pdu))
+            .collect())
     }
 
     /// Room summary: heroes and member counts.
-    async fn fill_summary(&self, room: &mut v3::JoinedRoom, room_id: &RoomId, user_id: &ruma::UserId) -> Result<()> {
+    async fn fill_summary(
+        &self,
+        room: &mut v3::JoinedRoom,
+        room_id: &RoomId,
+        user_id: &ruma::UserId,
+    ) -> Result<()> {
         let members = self.room_memberships_cached(room_id).await?;
         let joined = members.iter().filter(|member| member.membership == "join").count();
         let invited = members.iter().filter(|member| member.membership == "invite").count();
-        room.summary.joined_member_count = Some(UInt::new_saturating(u64::try_from(joined).unwrap_or(0)));
-        room.summary.invited_member_count = Some(UInt::new_saturating(u64::try_from(invited).unwrap_or(0)));
+        room.summary.joined_member_count =
+            Some(UInt::new_saturating(u64::try_from(joined).unwrap_or(0)));
+        room.summary.invited_member_count =
+            Some(UInt::new_saturating(u64::try_from(invited).unwrap_or(0)));
         let state = self.current_state(room_id).await?;
         let named = state.contains_key(&(StateEventType::RoomName, String::new()))
             || state.contains_key(&(StateEventType::RoomCanonicalAlias, String::new()));
         if !named {
             room.summary.heroes = members
                 .iter()
-                .filter(|member| matches!(member.membership.as_str(), "join" | "invite") && member.user_id != user_id)
+                .filter(|member| {
+                    matches!(member.membership.as_str(), "join" | "invite")
+                        && member.user_id != user_id
+                })
                 .take(5)
                 .map(|member| member.user_id.clone())
                 .collect();
@@ -336,11 +417,21 @@ impl Services {
             .clamp(1, 500);
         let lower = window.since.map(|since| since.pos);
         let timeline = self
-            .collect_timeline(requester, &membership.room_id, membership.stream_pos, lower, limit, &request.filter.room.timeline, &HashSet::new())
+            .collect_timeline(
+                requester,
+                &membership.room_id,
+                membership.stream_pos,
+                lower,
+                limit,
+                &request.filter.room.timeline,
+                &HashSet::new(),
+            )
             .await?;
-        let format = Format { viewer: Some(requester), with_room_id: false, bundle_relations: true };
+        let format =
+            Format { viewer: Some(requester), with_room_id: false, bundle_relations: true };
         let mut room = v3::LeftRoom::new();
-        room.timeline.events = self.format_events(&timeline.events, format).await?.into_iter().map(raw).collect();
+        room.timeline.events =
+            self.format_events(&timeline.events, format).await?.into_iter().map(raw).collect();
         room.timeline.limited = timeline.limited;
         room.timeline.prev_batch = Some(timeline.prev_batch);
         if window.since.is_none() || timeline.limited {

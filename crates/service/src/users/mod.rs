@@ -9,10 +9,7 @@ use std::{collections::HashMap, time::Duration};
 
 use parking_lot::Mutex;
 use rhizome_core::{
-    Error, Result,
-    clock::now_millis,
-    config::RegistrationMode,
-    error::MatrixErrorKind,
+    Error, Result, clock::now_millis, config::RegistrationMode, error::MatrixErrorKind,
 };
 use rhizome_storage::{NewAccessToken, RegistrationTokenRecord, UserRecord};
 use ruma::{
@@ -24,10 +21,7 @@ use crate::{
     Requester, Services,
     auth::{generate_token, hash_token},
     rate_limit::Action,
-    users::{
-        password::hash_password,
-        uia::UiaPurpose,
-    },
+    users::{password::hash_password, uia::UiaPurpose},
 };
 
 /// A session handed to a client after login or registration.
@@ -97,7 +91,8 @@ fn validate_localpart(localpart: &str) -> Result<()> {
 
 fn random_device_id() -> OwnedDeviceId {
     use rand::Rng;
-    let id: String = (0..10).map(|_| char::from(rand::thread_rng().gen_range(b'A'..=b'Z'))).collect();
+    let id: String =
+        (0..10).map(|_| char::from(rand::thread_rng().gen_range(b'A'..=b'Z'))).collect();
     id.into()
 }
 
@@ -136,7 +131,10 @@ impl Services {
         if password.chars().count() < self.config.registration.min_password_length {
             return Err(Error::matrix(
                 MatrixErrorKind::WeakPassword,
-                format!("Passwords need at least {} characters", self.config.registration.min_password_length),
+                format!(
+                    "Passwords need at least {} characters",
+                    self.config.registration.min_password_length
+                ),
             ));
         }
         Ok(())
@@ -152,17 +150,28 @@ impl Services {
         let user_id = match &request.username {
             Some(username) => self.check_username_available(&username.to_lowercase()).await?,
             None => loop {
-                let localpart = generate_token("u").to_lowercase().replace('_', "").chars().take(12).collect::<String>();
+                let localpart = generate_token("u")
+                    .to_lowercase()
+                    .replace('_', "")
+                    .chars()
+                    .take(12)
+                    .collect::<String>();
                 if let Ok(user_id) = self.check_username_available(&localpart).await {
                     break user_id;
                 }
             },
         };
-        let password = request.password.as_deref().ok_or_else(|| Error::matrix(MatrixErrorKind::MissingParam, "A password is required"))?;
+        let password = request.password.as_deref().ok_or_else(|| {
+            Error::matrix(MatrixErrorKind::MissingParam, "A password is required")
+        })?;
         self.check_password_strength(password)?;
-        let outcome = self.check_uia(request.auth.as_ref(), self.registration_flows(), UiaPurpose::Register).await?;
+        let outcome = self
+            .check_uia(request.auth.as_ref(), self.registration_flows(), UiaPurpose::Register)
+            .await?;
         if self.config.registration.mode == RegistrationMode::Token {
-            let token = outcome.registration_token.ok_or_else(|| Error::forbidden("A registration token is required"))?;
+            let token = outcome
+                .registration_token
+                .ok_or_else(|| Error::forbidden("A registration token is required"))?;
             if !self.store.use_registration_token(&token, now_millis()).await? {
                 return Err(Error::forbidden("The registration token is no longer valid"));
             }
@@ -213,8 +222,10 @@ impl Services {
         self.store.upsert_device(user_id, &device_id, display_name, now).await?;
         let access_token = generate_token("syt");
         let refresh_token = refreshable.then(|| generate_token("syr"));
-        let lifetime = Duration::from_secs(self.config.sessions.refreshable_access_token_lifetime_secs);
-        let expires_ts = refreshable.then(|| now + i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX));
+        let lifetime =
+            Duration::from_secs(self.config.sessions.refreshable_access_token_lifetime_secs);
+        let expires_ts =
+            refreshable.then(|| now + i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX));
         self.store
             .create_access_token(&NewAccessToken {
                 token_hash: hash_token(&access_token),
@@ -249,7 +260,10 @@ impl Services {
         self.rate_limiter.check(Action::Login, user_id.as_str())?;
         let record = self.store.get_user(&user_id).await?;
         if record.as_ref().is_some_and(|user| user.deactivated) {
-            return Err(Error::matrix(MatrixErrorKind::UserDeactivated, "This account has been deactivated"));
+            return Err(Error::matrix(
+                MatrixErrorKind::UserDeactivated,
+                "This account has been deactivated",
+            ));
         }
         if !self.check_password(&user_id, password).await? {
             return Err(Error::forbidden("Invalid user name or password"));
@@ -294,7 +308,8 @@ impl Services {
     pub async fn refresh_session(&self, refresh_token: &str) -> Result<Session> {
         let access_token = generate_token("syt");
         let new_refresh = generate_token("syr");
-        let lifetime = Duration::from_secs(self.config.sessions.refreshable_access_token_lifetime_secs);
+        let lifetime =
+            Duration::from_secs(self.config.sessions.refreshable_access_token_lifetime_secs);
         let expires_ts = now_millis() + i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
         let (owner, device_id) = self
             .store
@@ -344,8 +359,12 @@ impl Services {
         device_ids: &[OwnedDeviceId],
         auth: Option<&AuthData>,
     ) -> Result<()> {
-        self.check_uia(auth, vec![AuthFlow::new(vec![AuthType::Password])], UiaPurpose::Account(requester.user_id.clone()))
-            .await?;
+        self.check_uia(
+            auth,
+            vec![AuthFlow::new(vec![AuthType::Password])],
+            UiaPurpose::Account(requester.user_id.clone()),
+        )
+        .await?;
         for device_id in device_ids {
             self.delete_device(&requester.user_id, device_id).await?;
         }
@@ -362,8 +381,12 @@ impl Services {
         auth: Option<&AuthData>,
     ) -> Result<()> {
         self.check_password_strength(new_password)?;
-        self.check_uia(auth, vec![AuthFlow::new(vec![AuthType::Password])], UiaPurpose::Account(requester.user_id.clone()))
-            .await?;
+        self.check_uia(
+            auth,
+            vec![AuthFlow::new(vec![AuthType::Password])],
+            UiaPurpose::Account(requester.user_id.clone()),
+        )
+        .await?;
         let hash = hash_password(new_password.to_owned()).await?;
         self.store.set_password_hash(&requester.user_id, &hash).await?;
         if logout_devices {
@@ -380,11 +403,22 @@ impl Services {
 
     /// Deactivates the account after user-interactive authentication: leaves every room,
     /// ends every session, and keeps the ID reserved forever.
-    pub async fn deactivate_account(&self, requester: &Requester, auth: Option<&AuthData>) -> Result<()> {
-        self.check_uia(auth, vec![AuthFlow::new(vec![AuthType::Password])], UiaPurpose::Account(requester.user_id.clone()))
-            .await?;
-        for membership in self.store.rooms_of_user(&requester.user_id, &["join", "invite", "knock"]).await? {
-            if let Err(error) = self.leave_room(&requester.user_id, &membership.room_id, None).await {
+    pub async fn deactivate_account(
+        &self,
+        requester: &Requester,
+        auth: Option<&AuthData>,
+    ) -> Result<()> {
+        self.check_uia(
+            auth,
+            vec![AuthFlow::new(vec![AuthType::Password])],
+            UiaPurpose::Account(requester.user_id.clone()),
+        )
+        .await?;
+        for membership in
+            self.store.rooms_of_user(&requester.user_id, &["join", "invite", "knock"]).await?
+        {
+            if let Err(error) = self.leave_room(&requester.user_id, &membership.room_id, None).await
+            {
                 tracing::warn!(%error, "could not leave a room while deactivating an account");
             }
         }
@@ -400,20 +434,37 @@ impl Services {
         uses_allowed: Option<i64>,
         expiry_ts: Option<i64>,
     ) -> Result<RegistrationTokenRecord> {
-        let token = token.unwrap_or_else(|| generate_token("inv").chars().filter(char::is_ascii_alphanumeric).take(16).collect());
-        if token.is_empty() || token.len() > 64 || !token.chars().all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c)) {
-            return Err(Error::invalid_param("Tokens are 1 to 64 characters of A-Z, a-z, 0-9, . _ ~ -"));
+        let token = token.unwrap_or_else(|| {
+            generate_token("inv").chars().filter(char::is_ascii_alphanumeric).take(16).collect()
+        });
+        if token.is_empty()
+            || token.len() > 64
+            || !token.chars().all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c))
+        {
+            return Err(Error::invalid_param(
+                "Tokens are 1 to 64 characters of A-Z, a-z, 0-9, . _ ~ -",
+            ));
         }
         if uses_allowed.is_some_and(|uses| uses < 1) {
             return Err(Error::invalid_param("A token must allow at least one use"));
         }
-        let record = RegistrationTokenRecord { token, uses_allowed, completed: 0, expiry_ts, created_ts: now_millis() };
+        let record = RegistrationTokenRecord {
+            token,
+            uses_allowed,
+            completed: 0,
+            expiry_ts,
+            created_ts: now_millis(),
+        };
         self.store.create_registration_token(&record).await?;
         Ok(record)
     }
 
     /// Whether a registration token can be used now (for `/register/…/validity`).
     pub async fn registration_token_is_valid(&self, token: &str) -> Result<bool> {
-        Ok(self.store.get_registration_token(token).await?.is_some_and(|record| record.is_valid_at(now_millis())))
+        Ok(self
+            .store
+            .get_registration_token(token)
+            .await?
+            .is_some_and(|record| record.is_valid_at(now_millis())))
     }
 }

@@ -21,12 +21,24 @@ const MAX_DISPLAYNAME_LENGTH: usize = 256;
 impl Services {
     /// A local user's profile; `M_NOT_FOUND` for unknown or deactivated users.
     pub async fn profile(&self, user_id: &UserId) -> Result<Profile> {
-        let user = self.store.get_user(user_id).await?.filter(|user| !user.deactivated).ok_or_else(|| Error::not_found("No such user"))?;
-        Ok(Profile { displayname: user.displayname, avatar_url: user.avatar_url.map(|url| url.to_string()) })
+        let user = self
+            .store
+            .get_user(user_id)
+            .await?
+            .filter(|user| !user.deactivated)
+            .ok_or_else(|| Error::not_found("No such user"))?;
+        Ok(Profile {
+            displayname: user.displayname,
+            avatar_url: user.avatar_url.map(|url| url.to_string()),
+        })
     }
 
     /// Changes the display name (`None` removes it) and updates the user's rooms.
-    pub async fn set_displayname(&self, requester: &Requester, displayname: Option<&str>) -> Result<()> {
+    pub async fn set_displayname(
+        &self,
+        requester: &Requester,
+        displayname: Option<&str>,
+    ) -> Result<()> {
         if displayname.is_some_and(|name| name.chars().count() > MAX_DISPLAYNAME_LENGTH) {
             return Err(Error::invalid_param("Display name too long"));
         }
@@ -35,7 +47,11 @@ impl Services {
     }
 
     /// Changes the avatar (`None` removes it) and updates the user's rooms.
-    pub async fn set_avatar_url(&self, requester: &Requester, avatar_url: Option<&str>) -> Result<()> {
+    pub async fn set_avatar_url(
+        &self,
+        requester: &Requester,
+        avatar_url: Option<&str>,
+    ) -> Result<()> {
         if avatar_url.is_some_and(|url| !url.is_empty() && !url.starts_with("mxc://")) {
             return Err(Error::invalid_param("Avatar URLs must be mxc:// URIs"));
         }
@@ -44,10 +60,19 @@ impl Services {
         self.refresh_member_events(&requester.user_id, "avatar_url", avatar_url).await
     }
 
-    async fn refresh_member_events(&self, user_id: &UserId, field: &str, value: Option<&str>) -> Result<()> {
+    async fn refresh_member_events(
+        &self,
+        user_id: &UserId,
+        field: &str,
+        value: Option<&str>,
+    ) -> Result<()> {
         for membership in self.store.rooms_of_user(user_id, &["join"]).await? {
             let Some(current) = self
-                .current_state_event(&membership.room_id, &ruma::events::StateEventType::RoomMember, user_id.as_str())
+                .current_state_event(
+                    &membership.room_id,
+                    &ruma::events::StateEventType::RoomMember,
+                    user_id.as_str(),
+                )
                 .await?
             else {
                 continue;

@@ -2,7 +2,10 @@
 //! completed one request at a time, as the spec's `/register`, device deletion, password change
 //! and cross-signing key upload use it.
 
-use std::{collections::HashMap, time::{Duration, Instant}};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use parking_lot::Mutex;
 use rhizome_core::{Error, Result, clock::now_millis, error::MatrixErrorKind};
@@ -46,7 +49,12 @@ pub struct UiaOutcome {
     pub registration_token: Option<String>,
 }
 
-fn info(flows: &[AuthFlow], completed: &[AuthType], session: &str, error: Option<StandardErrorBody>) -> UiaaInfo {
+fn info(
+    flows: &[AuthFlow],
+    completed: &[AuthType],
+    session: &str,
+    error: Option<StandardErrorBody>,
+) -> UiaaInfo {
     let mut info = UiaaInfo::new(flows.to_vec());
     info.completed = completed.to_vec();
     info.session = Some(session.to_owned());
@@ -75,7 +83,13 @@ impl Services {
             sessions.retain(|_, session| session.created.elapsed() < lifetime);
             sessions.insert(
                 session_id.clone(),
-                Session { purpose, flows: flows.clone(), completed: Vec::new(), registration_token: None, created: Instant::now() },
+                Session {
+                    purpose,
+                    flows: flows.clone(),
+                    completed: Vec::new(),
+                    registration_token: None,
+                    created: Instant::now(),
+                },
             );
             return Err(Error::uiaa(info(&flows, &[], &session_id, None)));
         };
@@ -83,14 +97,25 @@ impl Services {
         let (flows, completed) = {
             let sessions = self.uia.sessions.lock();
             match session_id.as_deref().and_then(|id| sessions.get(id)) {
-                Some(session) if session.purpose == purpose && session.created.elapsed() < lifetime => {
+                Some(session)
+                    if session.purpose == purpose && session.created.elapsed() < lifetime =>
+                {
                     (session.flows.clone(), session.completed.clone())
                 }
-                Some(_) => return Err(Error::forbidden("This authentication session is for another request")),
+                Some(_) => {
+                    return Err(Error::forbidden(
+                        "This authentication session is for another request",
+                    ));
+                }
                 // A stage with no known session: allowed for one-stage flows (clients may skip
                 // the first 401 when they know the flow), on a fresh session.
                 None if session_id.is_none() => (flows, Vec::new()),
-                None => return Err(Error::matrix(MatrixErrorKind::Unknown, "Unknown authentication session")),
+                None => {
+                    return Err(Error::matrix(
+                        MatrixErrorKind::Unknown,
+                        "Unknown authentication session",
+                    ));
+                }
             }
         };
         let session_id = session_id.unwrap_or_else(|| generate_token("uia"));
@@ -110,7 +135,10 @@ impl Services {
                         &flows,
                         &session.completed,
                         &session_id,
-                        Some(StandardErrorBody::new(MatrixErrorKind::Unrecognized, "That stage is not offered".into())),
+                        Some(StandardErrorBody::new(
+                            MatrixErrorKind::Unrecognized,
+                            "That stage is not offered".into(),
+                        )),
                     )));
                 }
                 if !session.completed.contains(&stage) {
@@ -120,7 +148,8 @@ impl Services {
                     session.registration_token = token;
                 }
                 if flow_complete(&flows, &session.completed) {
-                    let outcome = UiaOutcome { registration_token: session.registration_token.clone() };
+                    let outcome =
+                        UiaOutcome { registration_token: session.registration_token.clone() };
                     sessions.remove(&session_id);
                     Ok(outcome)
                 } else {
@@ -143,7 +172,11 @@ impl Services {
     }
 
     /// Checks one stage; returns the stage type and, for a registration token, the token.
-    async fn run_uia_stage(&self, auth: &AuthData, purpose: &UiaPurpose) -> Result<(AuthType, Option<String>)> {
+    async fn run_uia_stage(
+        &self,
+        auth: &AuthData,
+        purpose: &UiaPurpose,
+    ) -> Result<(AuthType, Option<String>)> {
         match auth {
             AuthData::Dummy(_) => Ok((AuthType::Dummy, None)),
             AuthData::RegistrationToken(stage) => {
@@ -155,7 +188,10 @@ impl Services {
                 if valid {
                     Ok((AuthType::RegistrationToken, Some(stage.token.clone())))
                 } else {
-                    Err(Error::matrix(MatrixErrorKind::Unauthorized, "Invalid, expired or used-up registration token"))
+                    Err(Error::matrix(
+                        MatrixErrorKind::Unauthorized,
+                        "Invalid, expired or used-up registration token",
+                    ))
                 }
             }
             AuthData::Password(stage) => {
@@ -175,7 +211,9 @@ impl Services {
                     Err(Error::forbidden("Invalid password"))
                 }
             }
-            _ => Err(Error::matrix(MatrixErrorKind::Unrecognized, "Unsupported authentication type")),
+            _ => {
+                Err(Error::matrix(MatrixErrorKind::Unrecognized, "Unsupported authentication type"))
+            }
         }
     }
 

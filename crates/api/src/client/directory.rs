@@ -1,0 +1,133 @@
+//! Room aliases and the public room directory.
+
+use axum::{Router, extract::State};
+use rhizome_service::rooms::directory::RoomSummary;
+use ruma::{
+    UInt,
+    api::client::{
+        alias::{create_alias, delete_alias, get_alias},
+        directory::{
+            get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
+        },
+        room::Visibility,
+    },
+    directory::{PublicRoomsChunk, PublicRoomsChunkInit},
+    room::{JoinRuleKind, RoomType},
+};
+
+use crate::{ApiResult, AppState, Ruma, RumaResponse, routes::add};
+
+pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
+    let router = add::<create_alias::v3::Request, _, _>(router, set_alias);
+    let router = add::<delete_alias::v3::Request, _, _>(router, remove_alias);
+    let router = add::<get_alias::v3::Request, _, _>(router, alias);
+    let router = add::<get_public_rooms::v3::Request, _, _>(router, public_rooms);
+    let router = add::<get_public_rooms_filtered::v3::Request, _, _>(router, public_rooms_filtered);
+    let router = add::<get_room_visibility::v3::Request, _, _>(router, visibility);
+    add::<set_room_visibility::v3::Request, _, _>(router, set_visibility)
+}
+
+fn chunk(summary: RoomSummary) -> PublicRoomsChunk {
+    let mut chunk: PublicRoomsChunk = PublicRoomsChunkInit {
+        num_joined_members: UInt::new_saturating(summary.joined_members),
+        room_id: summary.room_id,
+        world_readable: summary.world_readable,
+        guest_can_join: summary.guest_can_join,
+    }
+    .into();
+    chunk.canonical_alias = summary.canonical_alias;
+    chunk.name = summary.name;
+    chunk.topic = summary.topic;
+    chunk.avatar_url = summary.avatar_url.map(Into::into);
+    chunk.join_rule =
+        summary.join_rule.as_deref().map(JoinRuleKind::from).unwrap_or(JoinRuleKind::Public);
+    chunk.room_type = summary.room_type.as_deref().map(RoomType::from);
+    chunk
+}
+
+async fn set_alias(
+    State(services): State<AppState>,
+    request: Ruma<create_alias::v3::Request>,
+) -> ApiResult<create_alias::v3::Response> {
+    services
+        .set_alias(request.requester()?, &request.body.room_alias, &request.body.room_id)
+        .await?;
+    Ok(RumaResponse(create_alias::v3::Response::new()))
+}
+
+async fn remove_alias(
+    State(services): State<AppState>,
+    request: Ruma<delete_alias::v3::Request>,
+) -> ApiResult<delete_alias::v3::Response> {
+    services.delete_alias(request.requester()?, &request.body.room_alias).await?;
+    Ok(RumaResponse(delete_alias::v3::Response::new()))
+}
+
+async fn alias(
+    State(services): State<AppState>,
+    request: Ruma<get_alias::v3::Request>,
+) -> ApiResult<get_alias::v3::Response> {
+    let room_id = services.resolve_alias(&request.body.room_alias).await?;
+    Ok(RumaResponse(get_alias::v3::Response::new(room_id, vec![services.owned_server_name()])))
+}
+
+fn limit(limit: Option<UInt>) -> Option<usize> {
+    limit.map(|limit| usize::try_from(u64::from(limit)).unwrap_or(usize::MAX))
+}
+
+async fn public_rooms(
+    State(services): State<AppState>,
+    request: Ruma<get_public_rooms::v3::Request>,
+) -> ApiResult<get_public_rooms::v3::Response> {
+    let page = services
+        .public_rooms(limit(request.body.limit), request.body.since.as_deref(), None)
+        .await?;
+    let mut response =
+        get_public_rooms::v3::Response::new(page.chunk.into_iter().map(chunk).collect());
+    response.next_batch = page.next_batch;
+    response.prev_batch = page.prev_batch;
+    response.total_room_count_estimate = Some(UInt::new_saturating(page.total));
+    Ok(RumaResponse(response))
+}
+
+async fn public_rooms_filtered(
+    State(services): State<AppState>,
+    request: Ruma<get_public_rooms_filtered::v3::Request>,
+) -> ApiResult<get_public_rooms_filtered::v3::Response> {
+    request.requester()?;
+    let body = &request.body;
+    let page = services
+        .public_rooms(
+            limit(body.limit),
+            body.since.as_deref(),
+            body.filter.generic_search_term.as_deref(),
+        )
+        .await?;
+    let mut response = get_public_rooms_filtered::v3::Response::new();
+    response.chunk = page.chunk.into_iter().map(chunk).collect();
+    response.next_batch = page.next_batch;
+    response.prev_batch = page.prev_batch;
+    response.total_room_count_estimate = Some(UInt::new_saturating(page.total));
+    Ok(RumaResponse(response))
+}
+
+async fn visibility(
+    State(services): State<AppState>,
+    request: Ruma<get_room_visibility::v3::Request>,
+) -> ApiResult<get_room_visibility::v3::Response> {
+    let published = services.room_published(&request.body.room_id).await?;
+    Ok(RumaResponse(get_room_visibility::v3::Response::new(if published {
+        Visibility::Public
+    } else {
+        Visibility::Private
+    })))
+}
+
+async fn set_visibility(
+    State(services): State<AppState>,
+    request: Ruma<set_room_visibility::v3::Request>,
+) -> ApiResult<set_room_visibility::v3::Response> {
+    let publish = request.body.visibility == Visibility::Public;
+    services.set_room_published(request.requester()?, &request.body.room_id, publish).await?;
+    Ok(RumaResponse(set_room_visibility::v3::Response::new()))
+}

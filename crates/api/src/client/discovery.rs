@@ -1,0 +1,109 @@
+//! Discovery: `/versions`, `/.well-known/matrix/{client,server}`, `/capabilities` and the
+//! server's signing keys at `/_matrix/key/v2/server`.
+
+#![allow(deprecated)] // SetDisplayNameCapability and SetAvatarUrlCapability, read by clients of v1.11.
+
+use std::collections::BTreeMap;
+
+use axum::{Router, extract::State};
+use rhizome_core::{Error, clock::now_millis};
+use rhizome_room::versions::SUPPORTED_ROOM_VERSIONS;
+use ruma::{
+    api::{
+        client::discovery::{
+            discover_homeserver::{self, HomeserverInfo},
+            get_capabilities::{
+                self,
+                v3::{
+                    Capabilities, ChangePasswordCapability, RoomVersionStability,
+                    RoomVersionsCapability, SetAvatarUrlCapability, SetDisplayNameCapability,
+                },
+            },
+            get_supported_versions,
+        },
+        federation::discovery::{discover_homeserver as discover_server, get_server_keys},
+    },
+    serde::Raw,
+    signatures::sign_json,
+};
+use serde_json::json;
+
+use crate::{ApiResult, AppState, Ruma, RumaResponse, routes::add};
+
+/// The Client-Server API versions Rhizome implements.
+pub const SUPPORTED_VERSIONS: &[&str] = &[
+    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8",
+    "v1.9", "v1.10", "v1.11",
+];
+
+pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
+    let router = add::<get_supported_versions::Request, _, _>(router, versions);
+    let router = add::<discover_homeserver::Request, _, _>(router, well_known_client);
+    let router = add::<discover_server::Request, _, _>(router, well_known_server);
+    let router = add::<get_capabilities::v3::Request, _, _>(router, capabilities);
+    add::<get_server_keys::v2::Request, _, _>(router, server_keys)
+}
+
+async fn versions(
+    _: Ruma<get_supported_versions::Request>,
+) -> ApiResult<get_supported_versions::Response> {
+    let mut response = get_supported_versions::Response::new(
+        SUPPORTED_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
+    );
+    response.unstable_features = BTreeMap::from([("org.matrix.msc2285.stable".to_owned(), true)]);
+    Ok(RumaResponse(response))
+}
+
+async fn well_known_client(
+    State(services): State<AppState>,
+    _: Ruma<discover_homeserver::Request>,
+) -> ApiResult<discover_homeserver::Response> {
+    Ok(RumaResponse(discover_homeserver::Response::new(HomeserverInfo::new(
+        services.config.client_base_url(),
+    ))))
+}
+
+async fn well_known_server(
+    State(services): State<AppState>,
+    _: Ruma<discover_server::Request>,
+) -> ApiResult<discover_server::Response> {
+    let base = services.config.client_base_url();
+    let authority = base.split("://").nth(1).unwrap_or(&base).trim_end_matches('/').to_owned();
+    let server = ruma::OwnedServerName::try_from(authority)
+        .map_err(|_| Error::bug("base URL is not a server name"))?;
+    Ok(RumaResponse(discover_server::Response::new(server)))
+}
+
+async fn capabilities(
+    State(services): State<AppState>,
+    _: Ruma<get_capabilities::v3::Request>,
+) -> ApiResult<get_capabilities::v3::Response> {
+    let mut capabilities = Capabilities::new();
+    capabilities.change_password = ChangePasswordCapability::new(true);
+    capabilities.set_displayname = SetDisplayNameCapability::new(true);
+    capabilities.set_avatar_url = SetAvatarUrlCapability::new(true);
+    let available = SUPPORTED_ROOM_VERSIONS
+        .iter()
+        .map(|version| (version.clone(), RoomVersionStability::Stable))
+        .collect();
+    capabilities.room_versions =
+        RoomVersionsCapability::new(services.config.rooms.default_room_version.clone(), available);
+    Ok(RumaResponse(get_capabilities::v3::Response::new(capabilities)))
+}
+
+async fn server_keys(
+    State(services): State<AppState>,
+    _: Ruma<get_server_keys::v2::Request>,
+) -> ApiResult<get_server_keys::v2::Response> {
+    let key = &services.signing_key;
+    let mut object: ruma::CanonicalJsonObject = serde_json::from_value(json!({
+        "server_name": services.server_name(),
+        "valid_until_ts": now_millis() + 7 * 24 * 3600 * 1000,
+        "verify_keys": { key.key_id(): { "key": key.public_key_base64() } },
+        "old_verify_keys": {},
+    }))
+    .map_err(Error::internal)?;
+    sign_json(services.server_name().as_str(), key.pair(), &mut object).map_err(Error::internal)?;
+    let raw = Raw::from_json(serde_json::value::to_raw_value(&object).map_err(Error::internal)?);
+    Ok(RumaResponse(get_server_keys::v2::Response::new(raw)))
+}

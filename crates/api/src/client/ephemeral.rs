@@ -1,0 +1,118 @@
+//! Typing notifications, receipts, read markers and presence.
+
+use std::time::Duration;
+
+use axum::{Router, extract::State};
+use rhizome_core::{Error, clock::now_millis};
+use ruma::{
+    api::client::{
+        presence::{get_presence, set_presence},
+        read_marker::set_read_marker,
+        receipt::create_receipt,
+        typing::create_typing_event,
+    },
+    events::receipt::ReceiptThread,
+    presence::PresenceState,
+};
+
+use crate::{ApiResult, AppState, Ruma, RumaResponse, client::account_data::own, routes::add};
+
+pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
+    let router = add::<create_typing_event::v3::Request, _, _>(router, typing);
+    let router = add::<create_receipt::v3::Request, _, _>(router, receipt);
+    let router = add::<set_read_marker::v3::Request, _, _>(router, read_markers);
+    let router = add::<get_presence::v3::Request, _, _>(router, presence);
+    add::<set_presence::v3::Request, _, _>(router, set_presence)
+}
+
+async fn typing(
+    State(services): State<AppState>,
+    request: Ruma<create_typing_event::v3::Request>,
+) -> ApiResult<create_typing_event::v3::Response> {
+    let requester = own(&request, &request.body.user_id)?;
+    let (typing, timeout) = match &request.body.state {
+        create_typing_event::v3::Typing::Yes(info) => (true, info.timeout),
+        _ => (false, Duration::ZERO),
+    };
+    services.set_typing(requester, &request.body.room_id, typing, timeout).await?;
+    Ok(RumaResponse(create_typing_event::v3::Response::new()))
+}
+
+async fn receipt(
+    State(services): State<AppState>,
+    request: Ruma<create_receipt::v3::Request>,
+) -> ApiResult<create_receipt::v3::Response> {
+    let requester = request.requester()?;
+    let body = &request.body;
+    let thread = match &body.thread {
+        ReceiptThread::Unthreaded => None,
+        ReceiptThread::Main => Some("main".to_owned()),
+        ReceiptThread::Thread(event_id) => Some(event_id.to_string()),
+        _ => return Err(Error::invalid_param("Unsupported thread ID").into()),
+    };
+    services
+        .set_receipt(
+            requester,
+            &body.room_id,
+            body.receipt_type.as_str(),
+            &body.event_id,
+            thread.as_deref(),
+        )
+        .await?;
+    Ok(RumaResponse(create_receipt::v3::Response::new()))
+}
+
+async fn read_markers(
+    State(services): State<AppState>,
+    request: Ruma<set_read_marker::v3::Request>,
+) -> ApiResult<set_read_marker::v3::Response> {
+    let requester = request.requester()?;
+    let body = &request.body;
+    if let Some(event_id) = &body.fully_read {
+        services.set_receipt(requester, &body.room_id, "m.fully_read", event_id, None).await?;
+    }
+    if let Some(event_id) = &body.read_receipt {
+        services.set_receipt(requester, &body.room_id, "m.read", event_id, None).await?;
+    }
+    if let Some(event_id) = &body.private_read_receipt {
+        services.set_receipt(requester, &body.room_id, "m.read.private", event_id, None).await?;
+    }
+    Ok(RumaResponse(set_read_marker::v3::Response::new()))
+}
+
+async fn presence(
+    State(services): State<AppState>,
+    request: Ruma<get_presence::v3::Request>,
+) -> ApiResult<get_presence::v3::Response> {
+    request.requester()?;
+    services.profile(&request.body.user_id).await?;
+    let entry = services.presence(&request.body.user_id);
+    let state = entry
+        .as_ref()
+        .map(|entry| PresenceState::from(entry.state.as_str()))
+        .unwrap_or(PresenceState::Offline);
+    let mut response = get_presence::v3::Response::new(state);
+    if let Some(entry) = entry {
+        response.status_msg = entry.status_msg;
+        response.currently_active = Some(entry.state == "online");
+        response.last_active_ago = Some(Duration::from_millis(
+            u64::try_from(now_millis() - entry.last_active_ts).unwrap_or(0),
+        ));
+    }
+    Ok(RumaResponse(response))
+}
+
+async fn set_presence(
+    State(services): State<AppState>,
+    request: Ruma<set_presence::v3::Request>,
+) -> ApiResult<set_presence::v3::Response> {
+    let requester = own(&request, &request.body.user_id)?;
+    services
+        .set_presence(
+            &requester.user_id,
+            request.body.presence.as_str(),
+            Some(request.body.status_msg.clone()),
+        )
+        .await?;
+    Ok(RumaResponse(set_presence::v3::Response::new()))
+}

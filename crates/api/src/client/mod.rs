@@ -1,0 +1,15 @@
+//! Client-Server API handlers, one module per spec area. Each handler turns ruma's request type
+//! into a service call and the result into ruma's response type, and nothing more.
+
+pub mod account_data;
+pub mod devices;
+pub mod directory;
+pub mod discovery;
+pub mod ephemeral;
+pub mod events;
+pub mod profile;
+pub mod push;
+pub mod rooms;
+pub mod search;
+pub mod session;
+pub mod sync;

@@ -1,0 +1,42 @@
+//! Rhizome's HTTP layer and the only crate that knows HTTP: the [`Ruma`] extractor, routes
+//! registered from each ruma endpoint's metadata (so every spec version of a path is served and
+//! no handler holds a path string), and the one mapping of errors to Matrix JSON.
+
+pub mod client;
+pub mod error;
+mod routes;
+pub mod ruma_wrapper;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{Router, extract::MatchedPath, http::Request};
+use rhizome_service::Services;
+use tower_http::{
+    cors::{Any, CorsLayer},
+    trace::TraceLayer,
+};
+
+pub use ruma_wrapper::{ApiResult, AppState, Ruma, RumaResponse};
+
+/// The whole HTTP application: client API, discovery and key endpoints, with CORS and
+/// privacy-preserving request logs (method, route template, status and time only: no
+/// addresses, no query strings, no tokens, no bodies).
+pub fn app(services: Arc<Services>) -> Router {
+    let router = routes::all(Router::new())
+        .fallback(error::unrecognized)
+        .method_not_allowed_fallback(error::method_not_allowed);
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods(Any)
+        .allow_headers(Any)
+        .max_age(Duration::from_secs(86_400));
+    let trace = TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|path| path.as_str().to_owned())
+            .unwrap_or_else(|| "unmatched".to_owned());
+        tracing::debug_span!("request", method = %request.method(), route)
+    });
+    router.layer(cors).layer(trace).with_state(services)
+}

@@ -1,0 +1,215 @@
+//! `Ruma<T>`: an axum extractor that reads the body (within limits), checks it is JSON,
+//! authenticates the request as the endpoint's metadata requires, and parses it into ruma's
+//! request type; and `RumaResponse<T>`, which serialises ruma's response type.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    body::Body,
+    extract::{ConnectInfo, FromRequest, RawPathParams, Request},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use http::{StatusCode, header};
+use rhizome_core::{Error, error::MatrixErrorKind};
+use rhizome_service::{Requester, Services};
+use ruma::api::{
+    IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
+    auth_scheme::{
+        AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken,
+        NoAuthentication,
+    },
+    error::FromHttpRequestError,
+    path_builder::PathBuilder,
+};
+
+use crate::error::ApiError;
+
+/// The shared state handlers get.
+pub type AppState = Arc<Services>;
+
+/// How an endpoint is authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthRequirement {
+    /// No access token.
+    None,
+    /// An access token if the client sends one.
+    Optional,
+    /// An access token is required.
+    Required,
+}
+
+/// Maps ruma's authentication schemes to what Rhizome checks.
+pub trait AuthKind {
+    /// The requirement.
+    const REQUIREMENT: AuthRequirement;
+}
+
+impl AuthKind for NoAuthentication {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::None;
+}
+impl AuthKind for NoAccessToken {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::None;
+}
+impl AuthKind for AccessToken {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::Required;
+}
+impl AuthKind for AccessTokenOptional {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::Optional;
+}
+impl AuthKind for AppserviceToken {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::Required;
+}
+impl AuthKind for AppserviceTokenOptional {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::Optional;
+}
+impl AuthKind for ruma::api::federation::authentication::ServerSignatures {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::None;
+}
+
+/// A parsed, authenticated Matrix request.
+pub struct Ruma<T> {
+    /// The request.
+    pub body: T,
+    /// Who sent it, when authenticated.
+    pub requester: Option<Requester>,
+    /// The client's address, for rate limiting only (never stored or logged).
+    pub client_key: String,
+    /// The raw JSON body, for endpoints that keep fields ruma's types drop.
+    pub json_body: Bytes,
+}
+
+impl<T> Ruma<T> {
+    /// The requester of an endpoint that requires authentication.
+    pub fn requester(&self) -> Result<&Requester, ApiError> {
+        self.requester.as_ref().ok_or_else(|| {
+            ApiError(Error::matrix(MatrixErrorKind::MissingToken, "Missing access token"))
+        })
+    }
+}
+
+/// The access token of a request: `Authorization: Bearer …` or `?access_token=`.
+fn access_token(request: &http::request::Parts) -> Option<String> {
+    if let Some(value) =
+        request.headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok())
+    {
+        if let Some(token) = value.strip_prefix("Bearer ") {
+            return Some(token.trim().to_owned());
+        }
+    }
+    request.uri.query()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == "access_token").then(|| value.to_owned())
+    })
+}
+
+/// The largest body accepted on this path.
+fn body_limit(services: &Services, path: &str) -> usize {
+    if path.starts_with("/_matrix/media/") {
+        usize::try_from(services.config.media.max_upload_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_add(64 * 1024)
+    } else {
+        services.config.limits.max_request_bytes
+    }
+}
+
+impl<T> FromRequest<AppState> for Ruma<T>
+where
+    T: IncomingRequest + Send,
+    T::Authentication: AuthKind,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, services: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let client_key = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".to_owned());
+        let path_params =
+            <RawPathParams as axum::extract::FromRequestParts<AppState>>::from_request_parts(
+                &mut parts, services,
+            )
+            .await
+            .map_err(|_| Error::invalid_param("Invalid characters in the request path"))?;
+        let mut path_args: Vec<String> =
+            path_params.iter().map(|(_, value)| value.to_owned()).collect();
+        // Endpoints with an optional last segment (an empty state key) are routed without it.
+        let expected = T::PATH_BUILDER._path_parameters().len();
+        while path_args.len() < expected {
+            path_args.push(String::new());
+        }
+
+        let limit = body_limit(services, parts.uri.path());
+        let bytes = axum::body::to_bytes(Body::new(body), limit)
+            .await
+            .map_err(|_| Error::matrix(MatrixErrorKind::TooLarge, "Request body too large"))?;
+        let is_json_endpoint = !parts.uri.path().starts_with("/_matrix/media/");
+        if is_json_endpoint
+            && !bytes.is_empty()
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err()
+        {
+            return Err(Error::matrix(
+                MatrixErrorKind::NotJson,
+                "The request body is not valid JSON",
+            )
+            .into());
+        }
+
+        let requester = match (T::Authentication::REQUIREMENT, access_token(&parts)) {
+            (AuthRequirement::None, _) | (AuthRequirement::Optional, None) => None,
+            (AuthRequirement::Required | AuthRequirement::Optional, Some(token)) => {
+                Some(services.authenticate(&token).await?)
+            }
+            (AuthRequirement::Required, None) => {
+                return Err(
+                    Error::matrix(MatrixErrorKind::MissingToken, "Missing access token").into()
+                );
+            }
+        };
+
+        let http_request = http::Request::from_parts(parts, bytes.as_ref());
+        let arguments: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let body =
+            T::try_from_http_request(http_request, &arguments).map_err(|error| match error {
+                FromHttpRequestError::Deserialization(error) => {
+                    Error::bad_json(format!("Invalid request: {error}"))
+                }
+                FromHttpRequestError::MethodMismatch { .. } => Error::matrix(
+                    MatrixErrorKind::Unrecognized,
+                    "Method not allowed on this endpoint",
+                ),
+                _ => Error::bad_json("Invalid request"),
+            })?;
+        Ok(Self { body, requester, client_key, json_body: bytes })
+    }
+}
+
+/// A ruma response on its way to the client.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<Vec<u8>>() {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                if !parts.headers.contains_key(header::CONTENT_TYPE) {
+                    parts.headers.insert(
+                        header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                }
+                Response::from_parts(parts, Body::from(body))
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not serialise a response");
+                (StatusCode::INTERNAL_SERVER_ERROR, "").into_response()
+            }
+        }
+    }
+}
+
+/// What handlers return.
+pub type ApiResult<T> = Result<RumaResponse<T>, ApiError>;

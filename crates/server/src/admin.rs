@@ -1,0 +1,87 @@
+//! Administration commands run against the database directly: registration tokens.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use rhizome_core::clock::now_millis;
+use rhizome_service::Services;
+
+/// Parses a duration like `30m`, `12h`, `7d` or `2w`.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid duration `{text}`: expected e.g. 30m, 12h, 7d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" | "" => 86_400,
+        "w" => 7 * 86_400,
+        _ => bail!("invalid duration unit in `{text}`: use s, m, h, d or w"),
+    };
+    Ok(Duration::from_secs(number.saturating_mul(seconds)))
+}
+
+/// Creates a registration token and prints it.
+pub async fn create_token(
+    services: &Services,
+    token: Option<String>,
+    uses: Option<i64>,
+    expires: Option<&str>,
+) -> Result<String> {
+    let expiry_ts = match expires {
+        Some(text) => Some(
+            now_millis() + i64::try_from(parse_duration(text)?.as_millis()).unwrap_or(i64::MAX / 2),
+        ),
+        None => None,
+    };
+    let record = services.create_registration_token(token, uses, expiry_ts).await?;
+    Ok(record.token)
+}
+
+/// Lists registration tokens as text lines.
+pub async fn list_tokens(services: &Services) -> Result<Vec<String>> {
+    let now = now_millis();
+    let tokens = services.store.list_registration_tokens().await?;
+    Ok(tokens
+        .into_iter()
+        .map(|token| {
+            let uses = match token.uses_allowed {
+                Some(allowed) => format!("{}/{allowed} used", token.completed),
+                None => format!("{} used, unlimited", token.completed),
+            };
+            let expiry = match token.expiry_ts {
+                Some(expiry) if expiry <= now => "expired".to_owned(),
+                Some(expiry) => format!("expires in {}h", (expiry - now) / 3_600_000),
+                None => "never expires".to_owned(),
+            };
+            let state = if token.is_valid_at(now) { "valid" } else { "invalid" };
+            format!("{}\t{state}\t{uses}\t{expiry}", token.token)
+        })
+        .collect())
+}
+
+/// Revokes (deletes) a registration token.
+pub async fn revoke_token(services: &Services, token: &str) -> Result<()> {
+    if !services.store.delete_registration_token(token).await? {
+        bail!("no registration token `{token}`");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        assert_eq!(parse_duration("12h").unwrap(), Duration::from_secs(12 * 3600));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3y").is_err());
+    }
+}

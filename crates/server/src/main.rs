@@ -1,0 +1,157 @@
+//! The `rhizome` command: `serve`, `admin …` and `config example`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use rhizome::{admin, build_services, default_config_path, load_config, open_store, start};
+use tracing_subscriber::EnvFilter;
+
+/// Rhizome, a Matrix homeserver for communities that run their own.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The configuration file (TOML). Defaults to ./rhizome.toml if it exists.
+    #[arg(long, short, global = true, env = "RHIZOME_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the homeserver.
+    Serve,
+    /// Administration.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Registration (invite) tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it.
+    Create {
+        /// How many accounts it may create (unlimited if left out).
+        #[arg(long)]
+        uses: Option<i64>,
+        /// How long it is valid: 30m, 12h, 7d, 2w (forever if left out).
+        #[arg(long)]
+        expires: Option<String>,
+        /// The token itself (random if left out).
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// List tokens.
+    List,
+    /// Revoke a token.
+    Revoke {
+        /// The token.
+        token: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the documented example configuration.
+    Example,
+    /// Check the configuration and print it with every default filled in.
+    Check,
+}
+
+fn init_logging(level: &str) {
+    let filter = EnvFilter::try_from_env("RHIZOME_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Command::Config { command: ConfigCommand::Example } = &cli.command {
+        print!("{}", rhizome_core::Config::example_toml());
+        return Ok(());
+    }
+    let config_path = cli.config.clone().or_else(default_config_path);
+    let config = load_config(config_path.as_deref())?;
+    match cli.command {
+        Command::Serve => {
+            init_logging(&config.logging.level);
+            let server = start(config).await?;
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            server.stop().await;
+        }
+        Command::Admin { command: AdminCommand::Token { command } } => {
+            init_logging("warn");
+            let store = open_store(&config).await?;
+            let services = build_services(config, store.clone()).await?;
+            match command {
+                TokenCommand::Create { uses, expires, token } => {
+                    println!(
+                        "{}",
+                        admin::create_token(&services, token, uses, expires.as_deref()).await?
+                    );
+                }
+                TokenCommand::List => {
+                    for line in admin::list_tokens(&services).await? {
+                        println!("{line}");
+                    }
+                }
+                TokenCommand::Revoke { token } => {
+                    admin::revoke_token(&services, &token).await?;
+                    println!("revoked {token}");
+                }
+            }
+            store.close().await;
+        }
+        Command::Config { command: ConfigCommand::Check } => {
+            print!("{}", toml_of(&config)?);
+        }
+        Command::Config { command: ConfigCommand::Example } => {}
+    }
+    Ok(())
+}
+
+fn toml_of(config: &rhizome_core::Config) -> Result<String> {
+    Ok(rhizome_core::config::to_toml(config)?)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
