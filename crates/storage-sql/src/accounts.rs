@@ -7,7 +7,7 @@ use rhizome_storage::{
     RegistrationTokenRecord, UserRecord,
 };
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
-use sqlx::{Row, any::AnyRow};
+use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{SqlStore, db_error, flag, is_unique_violation, parse_id};
 
@@ -76,11 +76,13 @@ impl AccountStore for SqlStore {
     }
 
     async fn get_user(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
-        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"))
-            .bind(user_id.as_str())
-            .fetch_optional(&self.read)
-            .await
-            .map_err(db_error)?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"
+        )))
+        .bind(user_id.as_str())
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_error)?;
         row.as_ref().map(user_from_row).transpose()
     }
 
@@ -105,7 +107,7 @@ impl AccountStore for SqlStore {
         .await
         .map_err(db_error)?;
         for table in ["access_tokens", "devices", "pushers"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1"))
+            sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE user_id = $1")))
                 .bind(user_id.as_str())
                 .execute(&mut *transaction)
                 .await
@@ -209,9 +211,9 @@ impl AccountStore for SqlStore {
         user_id: &UserId,
         device_id: &DeviceId,
     ) -> Result<Option<DeviceRecord>> {
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = $1 AND device_id = $2"
-        ))
+        )))
         .bind(user_id.as_str())
         .bind(device_id.as_str())
         .fetch_optional(&self.read)
@@ -221,9 +223,9 @@ impl AccountStore for SqlStore {
     }
 
     async fn list_devices(&self, user_id: &UserId) -> Result<Vec<DeviceRecord>> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = $1 ORDER BY device_id"
-        ))
+        )))
         .bind(user_id.as_str())
         .fetch_all(&self.read)
         .await
@@ -252,12 +254,14 @@ impl AccountStore for SqlStore {
     async fn delete_device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
         let mut transaction = self.write.begin().await.map_err(db_error)?;
         for table in ["access_tokens", "devices"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"))
-                .bind(user_id.as_str())
-                .bind(device_id.as_str())
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
+            sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"
+            )))
+            .bind(user_id.as_str())
+            .bind(device_id.as_str())
+            .execute(&mut *transaction)
+            .await
+            .map_err(db_error)?;
         }
         transaction.commit().await.map_err(db_error)
     }

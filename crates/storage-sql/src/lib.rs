@@ -6,6 +6,8 @@
 //! migrations are numbered files applied at start-up.
 
 mod accounts;
+mod e2ee;
+mod media;
 mod migrations;
 mod rooms;
 mod rooms_query;

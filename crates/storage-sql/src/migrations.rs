@@ -9,7 +9,11 @@ use sqlx::Executor;
 use crate::{Backend, SqlStore, db_error};
 
 /// The migrations, numbered from 1. Never edit one that has shipped: add a new one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_e2ee.sql")),
+    (3, include_str!("../migrations/0003_media.sql")),
+];
 
 fn render(sql: &str, backend: Backend) -> String {
     let id = match backend {
@@ -40,7 +44,10 @@ pub(crate) async fn apply(store: &SqlStore) -> Result<()> {
         }
         tracing::info!(version, "applying database migration");
         let mut transaction = store.write.begin().await.map_err(db_error)?;
-        transaction.execute(render(sql, store.backend).as_str()).await.map_err(db_error)?;
+        transaction
+            .execute(sqlx::AssertSqlSafe(render(sql, store.backend)))
+            .await
+            .map_err(db_error)?;
         sqlx::query("INSERT INTO schema_migrations (version, applied_ts) VALUES ($1, $2)")
             .bind(version)
             .bind(rhizome_core::clock::now_millis())

@@ -10,7 +10,7 @@ use rhizome_storage::{
     TxnRecord,
 };
 use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomAliasId, RoomId, RoomVersionId, UserId};
-use sqlx::{AnyConnection, Row, any::AnyRow};
+use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{
     SqlStore, db_error, flag, is_unique_violation, parse_id, placeholders, rooms_query, state,
@@ -274,12 +274,13 @@ impl RoomStore for SqlStore {
     }
 
     async fn get_event(&self, event_id: &EventId) -> Result<Option<EventRecord>> {
-        let row =
-            sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = $1"))
-                .bind(event_id.as_str())
-                .fetch_optional(&self.read)
-                .await
-                .map_err(db_error)?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = $1"
+        )))
+        .bind(event_id.as_str())
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_error)?;
         row.as_ref().map(event_from_row).transpose()
     }
 
@@ -290,7 +291,7 @@ impl RoomStore for SqlStore {
                 "SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id IN ({})",
                 placeholders(1, chunk.len())
             );
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
             for event_id in chunk {
                 query = query.bind(event_id.as_str());
             }
@@ -344,7 +345,7 @@ impl RoomStore for SqlStore {
                     "SELECT auth_event_id FROM event_auth_edges WHERE event_id IN ({})",
                     placeholders(1, chunk.len())
                 );
-                let mut query = sqlx::query_scalar::<_, String>(&sql);
+                let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql.as_str()));
                 for event_id in chunk {
                     query = query.bind(event_id.as_str());
                 }
@@ -382,7 +383,7 @@ impl RoomStore for SqlStore {
             Direction::Backward => i64::MIN,
             Direction::Forward => i64::MAX,
         });
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(room_id.as_str())
             .bind(from)
             .bind(bound)
@@ -394,10 +395,10 @@ impl RoomStore for SqlStore {
     }
 
     async fn last_event_at(&self, room_id: &RoomId, pos: StreamPos) -> Result<Option<EventRecord>> {
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.stream_pos <= $2 \
              ORDER BY e.stream_pos DESC LIMIT 1"
-        ))
+        )))
         .bind(room_id.as_str())
         .bind(pos)
         .fetch_optional(&self.read)
@@ -419,7 +420,9 @@ impl RoomStore for SqlStore {
                  AND room_id IN ({})",
                 placeholders(3, chunk.len())
             );
-            let mut query = sqlx::query_scalar::<_, String>(&sql).bind(since).bind(until);
+            let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql.as_str()))
+                .bind(since)
+                .bind(until);
             for room_id in chunk {
                 query = query.bind(room_id.as_str());
             }

@@ -6,7 +6,7 @@ use rhizome_storage::{
     AliasRecord, Direction, EventRecord, MembershipRecord, PublishedRoom, StreamPos,
 };
 use ruma::{EventId, OwnedRoomId, RoomAliasId, RoomId, UserId};
-use sqlx::{Row, any::AnyRow};
+use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{
     SqlStore,
@@ -43,9 +43,9 @@ pub(crate) async fn get_membership(
     room_id: &RoomId,
     user_id: &UserId,
 ) -> Result<Option<MembershipRecord>> {
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(AssertSqlSafe(format!(
         "SELECT {MEMBERSHIP_COLUMNS} FROM room_memberships WHERE room_id = $1 AND user_id = $2"
-    ))
+    )))
     .bind(room_id.as_str())
     .bind(user_id.as_str())
     .fetch_optional(&store.read)
@@ -64,7 +64,7 @@ pub(crate) async fn rooms_of_user(
          ORDER BY stream_pos",
         membership_filter(2, memberships)
     );
-    let mut query = sqlx::query(&sql).bind(user_id.as_str());
+    let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(user_id.as_str());
     for membership in memberships {
         query = query.bind(*membership);
     }
@@ -81,7 +81,7 @@ pub(crate) async fn members_of_room(
         "SELECT {MEMBERSHIP_COLUMNS} FROM room_memberships WHERE room_id = $1{} ORDER BY user_id",
         membership_filter(2, memberships)
     );
-    let mut query = sqlx::query(&sql).bind(room_id.as_str());
+    let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(room_id.as_str());
     for membership in memberships {
         query = query.bind(*membership);
     }
@@ -94,10 +94,10 @@ pub(crate) async fn membership_changes_since(
     user_id: &UserId,
     since: StreamPos,
 ) -> Result<Vec<MembershipRecord>> {
-    let rows = sqlx::query(&format!(
+    let rows = sqlx::query(AssertSqlSafe(format!(
         "SELECT {MEMBERSHIP_COLUMNS} FROM room_memberships WHERE user_id = $1 AND stream_pos > $2 \
          ORDER BY stream_pos"
-    ))
+    )))
     .bind(user_id.as_str())
     .bind(since)
     .fetch_all(&store.read)
@@ -127,7 +127,7 @@ pub(crate) async fn relations(
          AND r.stream_pos {comparison} $4 AND r.stream_pos {bound_comparison} $5 AND e.rejected = 0 \
          ORDER BY r.stream_pos {order} LIMIT $6"
     );
-    let rows = sqlx::query(&sql)
+    let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
         .bind(event_id.as_str())
         .bind(rel_type.unwrap_or_default())
         .bind(event_type.unwrap_or_default())
@@ -145,12 +145,12 @@ pub(crate) async fn latest_edit(
     event_id: &EventId,
     sender: &UserId,
 ) -> Result<Option<EventRecord>> {
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(AssertSqlSafe(format!(
         "SELECT {EVENT_COLUMNS} FROM event_relations r JOIN events e ON e.event_id = r.event_id \
          WHERE r.relates_to = $1 AND r.rel_type = 'm.replace' AND r.sender = $2 \
          AND e.rejected = 0 AND e.redacted_by IS NULL \
          ORDER BY r.stream_pos DESC LIMIT 1"
-    ))
+    )))
     .bind(event_id.as_str())
     .bind(sender.as_str())
     .fetch_optional(&store.read)
@@ -174,10 +174,10 @@ pub(crate) async fn thread_summary(
     if count == 0 {
         return Ok(None);
     }
-    let latest = sqlx::query(&format!(
+    let latest = sqlx::query(AssertSqlSafe(format!(
         "SELECT {EVENT_COLUMNS} FROM event_relations r JOIN events e ON e.event_id = r.event_id \
          WHERE r.relates_to = $1 AND r.rel_type = 'm.thread' ORDER BY r.stream_pos DESC LIMIT 1"
-    ))
+    )))
     .bind(root.as_str())
     .fetch_one(&store.read)
     .await
@@ -208,7 +208,7 @@ pub(crate) async fn thread_roots(
     participant: Option<&UserId>,
     limit: i64,
 ) -> Result<Vec<(EventRecord, StreamPos)>> {
-    let rows = sqlx::query(&format!(
+    let rows = sqlx::query(AssertSqlSafe(format!(
         "SELECT {EVENT_COLUMNS}, t.latest FROM ( \
              SELECT relates_to, MAX(stream_pos) AS latest FROM event_relations \
              WHERE room_id = $1 AND rel_type = 'm.thread' GROUP BY relates_to) t \
@@ -217,7 +217,7 @@ pub(crate) async fn thread_roots(
              SELECT 1 FROM event_relations p WHERE p.relates_to = t.relates_to \
              AND p.rel_type = 'm.thread' AND p.sender = $3)) \
          ORDER BY t.latest DESC LIMIT $4"
-    ))
+    )))
     .bind(room_id.as_str())
     .bind(from.unwrap_or(i64::MAX))
     .bind(participant.map_or("", |user| user.as_str()))
@@ -246,7 +246,7 @@ pub(crate) async fn event_at_timestamp(
              AND e.rejected = 0 ORDER BY e.origin_server_ts DESC, e.stream_pos DESC LIMIT 1"
         ),
     };
-    let row = sqlx::query(&sql)
+    let row = sqlx::query(AssertSqlSafe(sql.as_str()))
         .bind(room_id.as_str())
         .bind(ts)
         .fetch_optional(&store.read)
@@ -271,7 +271,7 @@ pub(crate) async fn search_messages(
          ORDER BY e.stream_pos DESC LIMIT $3",
         placeholders(4, room_ids.len())
     );
-    let mut query = sqlx::query(&sql)
+    let mut query = sqlx::query(AssertSqlSafe(sql.as_str()))
         .bind(format!("%{}%", escape_like(&term.to_lowercase())))
         .bind(before.unwrap_or(i64::MAX))
         .bind(limit);

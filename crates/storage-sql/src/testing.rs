@@ -154,9 +154,12 @@ impl PostgresServer {
             <sqlx::AnyConnection as sqlx::Connection>::connect(&self.url("postgres"))
                 .await
                 .map_err(|error| error.to_string())?;
-        sqlx::Executor::execute(&mut connection, format!("CREATE DATABASE {name}").as_str())
-            .await
-            .map_err(|error| error.to_string())?;
+        sqlx::Executor::execute(
+            &mut connection,
+            sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
+        )
+        .await
+        .map_err(|error| error.to_string())?;
         Ok(self.url(&name))
     }
 }

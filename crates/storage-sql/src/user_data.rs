@@ -6,7 +6,7 @@ use rhizome_storage::{
     AccountDataRecord, PusherRecord, ReceiptRecord, StreamPos, UnreadCounts, UserDataStore,
 };
 use ruma::{EventId, RoomId, UserId};
-use sqlx::{Row, any::AnyRow};
+use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{SqlStore, db_error, parse_id, placeholders};
 
@@ -170,7 +170,8 @@ impl UserDataStore for SqlStore {
                  FROM receipts WHERE stream_pos > $1 AND room_id IN ({}) ORDER BY stream_pos",
                 placeholders(2, chunk.len())
             );
-            let mut query = sqlx::query(&sql).bind(since.unwrap_or(i64::MIN));
+            let mut query =
+                sqlx::query(AssertSqlSafe(sql.as_str())).bind(since.unwrap_or(i64::MIN));
             for room_id in chunk {
                 query = query.bind(room_id.as_str());
             }

@@ -2,6 +2,8 @@
 //! traits. A backend's test crate runs it with [`conformance_tests!`](crate::conformance_tests).
 
 mod accounts;
+mod e2ee;
+mod media;
 mod rooms;
 mod user_data;
 
@@ -10,6 +12,8 @@ use std::{any::Any, sync::Arc};
 use crate::DataStore;
 
 pub use accounts::*;
+pub use e2ee::*;
+pub use media::*;
 pub use rooms::*;
 pub use user_data::*;
 
@@ -40,6 +44,8 @@ macro_rules! conformance_tests {
             receipts_and_unread_counts,
             pushers_are_stored_per_user,
         );
+        $crate::e2ee_conformance_tests!($make);
+        $crate::media_conformance_tests!($make);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(

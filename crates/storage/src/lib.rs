@@ -8,11 +8,15 @@
 
 pub mod accounts;
 pub mod conformance;
+pub mod e2ee;
+pub mod media;
 pub mod records;
 pub mod rooms;
 pub mod user_data;
 
 pub use accounts::AccountStore;
+pub use e2ee::E2eeStore;
+pub use media::MediaStore;
 pub use records::*;
 pub use rooms::RoomStore;
 pub use user_data::UserDataStore;
@@ -25,7 +29,9 @@ pub type StreamPos = i64;
 pub type StateGroupId = i64;
 
 /// Everything a backend stores, behind one object.
-pub trait DataStore: AccountStore + RoomStore + UserDataStore + Send + Sync + 'static {
+pub trait DataStore:
+    AccountStore + RoomStore + UserDataStore + E2eeStore + MediaStore + Send + Sync + 'static
+{
     /// The greatest stream position whose change is committed and visible.
     fn current_stream_pos(&self) -> StreamPos;
 

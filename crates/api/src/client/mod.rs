@@ -7,6 +7,8 @@ pub mod directory;
 pub mod discovery;
 pub mod ephemeral;
 pub mod events;
+pub mod keys;
+pub mod media;
 pub mod profile;
 pub mod push;
 pub mod rooms;

@@ -1,0 +1,6 @@
+//! End-to-end tests: real Matrix clients (matrix-sdk, encryption included) against a real
+//! Rhizome server over HTTP on loopback.
+
+#![recursion_limit = "256"]
+
+mod support;

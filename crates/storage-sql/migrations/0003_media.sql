@@ -1,0 +1,2 @@
+-- Media: uploads, thumbnails, quotas and URL previews.
+SELECT 1;
