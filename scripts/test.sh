@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every Rhizome test. The storage and server tests start their own throwaway PostgreSQL
+# server, so PostgreSQL's server binaries are installed from Debian's packages when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  echo "installing PostgreSQL (Debian package) for the storage tests"
+  sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq postgresql >/dev/null
+fi
+
+cargo test --workspace --locked "$@"
