@@ -13,7 +13,7 @@ use ruma::{OwnedServerName, RoomVersionId};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use media::{MediaConfig, UrlPreviewConfig};
+pub use media::{MediaConfig, ThumbnailMethod, ThumbnailSize, UrlPreviewConfig};
 
 /// The prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "RHIZOME_";

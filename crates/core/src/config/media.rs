@@ -17,6 +17,24 @@ pub struct MediaConfig {
     pub legacy_freeze_ts: Option<i64>,
     /// The largest image, in pixels (width × height), that thumbnails are made from.
     pub max_image_pixels: u64,
+    /// The most memory one image decoder may allocate, in bytes. Images needing more get no
+    /// thumbnail.
+    pub max_decode_bytes: u64,
+    /// How many thumbnails may be generated at once (each holds one decoded image in memory).
+    pub thumbnail_concurrency: usize,
+    /// The largest thumbnail width or height made; larger requests are reduced to it.
+    pub max_thumbnail_dimension: u32,
+    /// How many thumbnails of other sizes than `thumbnail_sizes` are kept per media item.
+    /// Beyond that, requests get the nearest configured size.
+    pub max_dynamic_thumbnails: u32,
+    /// Thumbnail sizes made as soon as an image is uploaded, and served when a media item has
+    /// reached `max_dynamic_thumbnails`.
+    pub thumbnail_sizes: Vec<ThumbnailSize>,
+    /// How many asynchronous uploads (`POST /_matrix/media/v1/create`) one user may have
+    /// waiting for their content at once.
+    pub max_pending_uploads: u64,
+    /// How long a media ID made for an asynchronous upload waits for its content, in seconds.
+    pub pending_upload_lifetime_secs: u64,
     /// URL previews.
     pub url_preview: UrlPreviewConfig,
 }
@@ -28,9 +46,54 @@ impl Default for MediaConfig {
             quota_bytes_per_user: 0,
             legacy_freeze_ts: None,
             max_image_pixels: 32_000_000,
+            max_decode_bytes: 256 * 1024 * 1024,
+            thumbnail_concurrency: 2,
+            max_thumbnail_dimension: 1600,
+            max_dynamic_thumbnails: 16,
+            thumbnail_sizes: vec![
+                ThumbnailSize { width: 32, height: 32, method: ThumbnailMethod::Crop },
+                ThumbnailSize { width: 96, height: 96, method: ThumbnailMethod::Crop },
+                ThumbnailSize { width: 320, height: 240, method: ThumbnailMethod::Scale },
+                ThumbnailSize { width: 640, height: 480, method: ThumbnailMethod::Scale },
+                ThumbnailSize { width: 800, height: 600, method: ThumbnailMethod::Scale },
+            ],
+            max_pending_uploads: 10,
+            pending_upload_lifetime_secs: 24 * 3600,
             url_preview: UrlPreviewConfig::default(),
         }
     }
+}
+
+/// How a thumbnail is fitted to its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ThumbnailMethod {
+    /// Cut the image to the size's aspect ratio, then shrink it to the size.
+    Crop,
+    /// Shrink the image to fit within the size, keeping its aspect ratio.
+    Scale,
+}
+
+impl ThumbnailMethod {
+    /// The method's name in the Matrix API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Crop => "crop",
+            Self::Scale => "scale",
+        }
+    }
+}
+
+/// A thumbnail size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ThumbnailSize {
+    /// The width in pixels.
+    pub width: u32,
+    /// The height in pixels.
+    pub height: u32,
+    /// `crop` or `scale`.
+    pub method: ThumbnailMethod,
 }
 
 /// URL previews: off by default, because fetching a URL tells its site that someone here
@@ -40,14 +103,16 @@ impl Default for MediaConfig {
 pub struct UrlPreviewConfig {
     /// Whether `/_matrix/client/v1/media/preview_url` fetches pages at all.
     pub enabled: bool,
-    /// The most bytes read from a previewed page.
+    /// The most bytes read from a previewed page (and from its preview image).
     pub max_page_bytes: u64,
     /// How long a preview fetch may take, in milliseconds.
     pub timeout_ms: u64,
+    /// How long a fetched preview is reused, in seconds.
+    pub cache_secs: u64,
 }
 
 impl Default for UrlPreviewConfig {
     fn default() -> Self {
-        Self { enabled: false, max_page_bytes: 1024 * 1024, timeout_ms: 10_000 }
+        Self { enabled: false, max_page_bytes: 1024 * 1024, timeout_ms: 10_000, cache_secs: 3600 }
     }
 }
