@@ -10,6 +10,9 @@ use serde_json::{Value, json};
 /// How many times a setup request is retried on rate limiting, 5xx or transport errors.
 pub const SETUP_RETRIES: u32 = 5;
 
+/// How many `createRoom` requests the server refused with `M_ROOM_IN_USE` (then retried).
+pub static ROOM_ID_COLLISIONS: AtomicU64 = AtomicU64::new(0);
+
 /// A shared HTTP client bound to one homeserver's base URL.
 #[derive(Clone)]
 pub struct Api {
@@ -212,18 +215,33 @@ pub struct SyncReq<'a> {
 }
 
 impl User {
+    /// Creates a room. A server that derives room IDs from the create event (room version
+    /// 12) may answer `M_ROOM_IN_USE` when one user creates rooms concurrently; such requests
+    /// are retried a few times and counted in [`ROOM_ID_COLLISIONS`], so the report shows them.
     pub async fn create_room(&self, body: &Value) -> Result<String> {
-        let resp = self
-            .api
-            .call(
-                Method::POST,
-                "/_matrix/client/v3/createRoom",
-                Some(&self.token),
-                Some(body),
-                SETUP_RETRIES,
-            )
-            .await?;
-        str_field(&resp, "room_id")
+        let path = "/_matrix/client/v3/createRoom";
+        let mut attempt = 0;
+        loop {
+            let res = self
+                .api
+                .call_raw(Method::POST, path, &[], Some(&self.token), Some(body), SETUP_RETRIES)
+                .await;
+            match res {
+                Ok(bytes) => {
+                    let resp: Value = serde_json::from_slice(&bytes).context("createRoom JSON")?;
+                    return str_field(&resp, "room_id");
+                }
+                Err(CallError::Status(_, err))
+                    if attempt < 5
+                        && err.get("errcode").and_then(Value::as_str) == Some("M_ROOM_IN_USE") =>
+                {
+                    ROOM_ID_COLLISIONS.fetch_add(1, Ordering::Relaxed);
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(2 * attempt)).await;
+                }
+                Err(e) => bail!("POST {path}: {e}"),
+            }
+        }
     }
 
     pub async fn join(&self, room_id: &str) -> Result<()> {

@@ -1,13 +1,14 @@
 //! The `run` command: drives the workloads against one server and writes its results file.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
 
-use crate::client::Api;
+use crate::client::{Api, ROOM_ID_COLLISIONS};
 use crate::procfs::{Monitor, Snapshot};
 use crate::results::{ServerResult, unix_now};
 use crate::workloads::{Ctx, Outcome, fanout, initial_sync, latency, log, throughput};
@@ -193,6 +194,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
         if let Some(db) = s.db_cpu_s {
             result.set("db_cpu.total_s", db);
         }
+    }
+    let collisions = ROOM_ID_COLLISIONS.load(Ordering::Relaxed);
+    if collisions > 0 {
+        let msg = format!(
+            "{collisions} createRoom requests were refused with M_ROOM_IN_USE (room ID \
+             collision between concurrent requests of one user) and retried"
+        );
+        log(&format!("{}: {msg}", args.server));
+        result.errors.insert("create_room".into(), msg);
     }
     result.set("bench.elapsed_s", started.elapsed().as_secs_f64());
     // The load generator shares the machine with the server: say how much CPU it took.

@@ -22,41 +22,51 @@ pub struct Params {
     pub incremental_rounds: usize,
 }
 
-/// The user to sync and the rooms' other members.
+/// The user to sync, the member present in every room, and the rooms.
 pub struct Prepared {
     target: Arc<User>,
-    owner: Arc<User>,
+    member: Arc<User>,
     rooms: Vec<String>,
 }
 
 /// Creates the rooms, joins the target user and a second member, and writes the history.
+///
+/// Rooms are created by a pool of owners, each creating its rooms one after the other (as
+/// a client would), so the setup is concurrent without one user racing itself.
 pub async fn setup(ctx: &Ctx, p: &Params) -> Result<Prepared> {
-    let users = register_users(ctx, "is", 3).await?;
-    let (owner, member, target) = (users[0].clone(), users[1].clone(), users[2].clone());
+    let owners_n = ctx.concurrency.clamp(1, p.rooms.max(1));
+    let users = register_users(ctx, "is", owners_n + 2).await?;
+    let (target, member) = (users[0].clone(), users[1].clone());
+    let owners: Vec<Arc<User>> = users[2..].to_vec();
     let started = Instant::now();
-    let history = p.history;
-    let rooms = parallel(p.rooms, ctx.concurrency, |i| {
-        let (owner, member, target) = (owner.clone(), member.clone(), target.clone());
+    let (history, rooms_n) = (p.history, p.rooms);
+    let per_owner = parallel(owners_n, owners_n, |o| {
+        let (owner, member, target) = (owners[o].clone(), member.clone(), target.clone());
         async move {
-            let room = create_public_room(&owner, &format!("history {i}")).await?;
-            member.join(&room).await?;
-            target.join(&room).await?;
-            for m in 0..history {
-                let from = if m % 2 == 0 { &owner } else { &member };
-                let text = format!("history message {m} in room {i}");
-                from.send_text(&room, &text, crate::client::SETUP_RETRIES).await?;
+            let mut rooms = Vec::new();
+            for i in (o..rooms_n).step_by(owners_n) {
+                let room = create_public_room(&owner, &format!("history {i}")).await?;
+                member.join(&room).await?;
+                target.join(&room).await?;
+                for m in 0..history {
+                    let from = if m % 2 == 0 { &owner } else { &member };
+                    let text = format!("history message {m} in room {i}");
+                    from.send_text(&room, &text, crate::client::SETUP_RETRIES).await?;
+                }
+                rooms.push(room);
             }
-            Ok(room)
+            Ok(rooms)
         }
     })
     .await
     .context("creating rooms with history")?;
+    let rooms: Vec<String> = per_owner.into_iter().flatten().collect();
     log(&format!(
         "initial sync: {} rooms with {history} messages each set up in {:.1}s",
         rooms.len(),
         started.elapsed().as_secs_f64()
     ));
-    Ok(Prepared { target, owner, rooms })
+    Ok(Prepared { target, member, rooms })
 }
 
 /// Times the first sync and the incremental ones.
@@ -65,7 +75,7 @@ pub async fn measure(ctx: &Ctx, p: &Params, prepared: Prepared) -> Result<Outcom
         "room": { "state": { "lazy_load_members": true }, "timeline": { "limit": 20 } }
     })
     .to_string();
-    let Prepared { target, owner, rooms } = prepared;
+    let Prepared { target, member, rooms } = prepared;
 
     let t0 = Instant::now();
     let raw = target
@@ -86,7 +96,7 @@ pub async fn measure(ctx: &Ctx, p: &Params, prepared: Prepared) -> Result<Outcom
         for k in 0..per_round {
             let room = &rooms[(round * 37 + k * 11) % rooms.len()];
             let text = format!("incremental {} {round} {k}", ctx.run_id);
-            owner.send_text(room, &text, crate::client::SETUP_RETRIES).await?;
+            member.send_text(room, &text, crate::client::SETUP_RETRIES).await?;
         }
         let t0 = Instant::now();
         let raw = target
