@@ -1,0 +1,251 @@
+//! End-to-end encryption storage in SQL: keys and signatures ([`keys`]), device-list changes,
+//! to-device messages and dehydrated devices ([`messages`]), and key backups ([`backup`]).
+
+mod backup;
+mod keys;
+mod messages;
+
+use async_trait::async_trait;
+use rhizome_core::Result;
+use rhizome_storage::{
+    E2eeStore, MembershipRecord, StreamPos,
+    e2ee::{
+        BackupCounts, BackupKeyRecord, BackupVersionRecord, CrossSigningKeyRecord,
+        CrossSigningKeys, DeviceKeysRecord, OneTimeKeyRecord, SignatureRecord, ToDeviceMessage,
+        ToDeviceRecord,
+    },
+};
+use ruma::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+
+use crate::SqlStore;
+
+#[async_trait]
+impl E2eeStore for SqlStore {
+    async fn set_device_keys(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        json: &str,
+    ) -> Result<Option<StreamPos>> {
+        keys::set_device_keys(self, user_id, device_id, json).await
+    }
+
+    async fn device_keys(
+        &self,
+        user_id: &UserId,
+        device_ids: &[OwnedDeviceId],
+    ) -> Result<Vec<DeviceKeysRecord>> {
+        keys::device_keys(self, user_id, device_ids).await
+    }
+
+    async fn add_one_time_keys(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        keys: &[OneTimeKeyRecord],
+    ) -> Result<()> {
+        keys::add_one_time_keys(self, user_id, device_id, keys).await
+    }
+
+    async fn set_fallback_keys(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        keys: &[OneTimeKeyRecord],
+    ) -> Result<()> {
+        keys::set_fallback_keys(self, user_id, device_id, keys).await
+    }
+
+    async fn one_time_key_counts(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> Result<Vec<(String, i64)>> {
+        keys::one_time_key_counts(self, user_id, device_id).await
+    }
+
+    async fn unused_fallback_key_algorithms(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> Result<Vec<String>> {
+        keys::unused_fallback_key_algorithms(self, user_id, device_id).await
+    }
+
+    async fn claim_key(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        algorithm: &str,
+    ) -> Result<Option<OneTimeKeyRecord>> {
+        keys::claim_key(self, user_id, device_id, algorithm).await
+    }
+
+    async fn cross_signing_keys(&self, user_id: &UserId) -> Result<CrossSigningKeys> {
+        keys::cross_signing_keys(self, user_id).await
+    }
+
+    async fn set_cross_signing_keys(
+        &self,
+        user_id: &UserId,
+        keys: &[CrossSigningKeyRecord],
+    ) -> Result<StreamPos> {
+        keys::set_cross_signing_keys(self, user_id, keys).await
+    }
+
+    async fn add_signatures(
+        &self,
+        signer: &UserId,
+        signatures: &[SignatureRecord],
+    ) -> Result<StreamPos> {
+        keys::add_signatures(self, signer, signatures).await
+    }
+
+    async fn signatures_on(
+        &self,
+        target_user_id: &UserId,
+        signers: &[&UserId],
+    ) -> Result<Vec<SignatureRecord>> {
+        keys::signatures_on(self, target_user_id, signers).await
+    }
+
+    async fn record_device_list_change(&self, user_id: &UserId) -> Result<StreamPos> {
+        messages::record_device_list_change(self, user_id).await
+    }
+
+    async fn device_list_changes(
+        &self,
+        viewer: &UserId,
+        since: StreamPos,
+        until: StreamPos,
+    ) -> Result<Vec<OwnedUserId>> {
+        messages::device_list_changes(self, viewer, since, until).await
+    }
+
+    async fn memberships_changed_between(
+        &self,
+        room_ids: &[OwnedRoomId],
+        since: StreamPos,
+        until: StreamPos,
+    ) -> Result<Vec<MembershipRecord>> {
+        messages::memberships_changed_between(self, room_ids, since, until).await
+    }
+
+    async fn remove_deleted_devices_e2ee(&self, user_id: &UserId) -> Result<u64> {
+        messages::remove_deleted_devices_e2ee(self, user_id).await
+    }
+
+    async fn delete_user_e2ee(&self, user_id: &UserId) -> Result<()> {
+        messages::delete_user_e2ee(self, user_id).await
+    }
+
+    async fn queue_to_device(
+        &self,
+        sender: &UserId,
+        sender_device: &DeviceId,
+        txn_id: &str,
+        event_type: &str,
+        messages: &[ToDeviceMessage],
+    ) -> Result<Option<(StreamPos, Vec<OwnedUserId>)>> {
+        messages::queue_to_device(self, sender, sender_device, txn_id, event_type, messages).await
+    }
+
+    async fn to_device_messages(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        until: StreamPos,
+        limit: i64,
+    ) -> Result<Vec<ToDeviceRecord>> {
+        messages::to_device_messages(self, user_id, device_id, until, limit).await
+    }
+
+    async fn delete_to_device_messages(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        until: StreamPos,
+    ) -> Result<u64> {
+        messages::delete_to_device_messages(self, user_id, device_id, until).await
+    }
+
+    async fn defer_to_device_messages(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        after: &ToDeviceRecord,
+    ) -> Result<StreamPos> {
+        messages::defer_to_device_messages(self, user_id, device_id, after).await
+    }
+
+    async fn create_backup_version(&self, user_id: &UserId, algorithm: &str) -> Result<String> {
+        backup::create_backup_version(self, user_id, algorithm).await
+    }
+
+    async fn backup_version(
+        &self,
+        user_id: &UserId,
+        version: Option<&str>,
+    ) -> Result<Option<BackupVersionRecord>> {
+        backup::backup_version(self, user_id, version).await
+    }
+
+    async fn update_backup_version(
+        &self,
+        user_id: &UserId,
+        version: &str,
+        algorithm: &str,
+    ) -> Result<bool> {
+        backup::update_backup_version(self, user_id, version, algorithm).await
+    }
+
+    async fn delete_backup_version(&self, user_id: &UserId, version: &str) -> Result<bool> {
+        backup::delete_backup_version(self, user_id, version).await
+    }
+
+    async fn put_backup_keys(
+        &self,
+        user_id: &UserId,
+        version: &str,
+        keys: &[BackupKeyRecord],
+    ) -> Result<BackupCounts> {
+        backup::put_backup_keys(self, user_id, version, keys).await
+    }
+
+    async fn backup_keys(
+        &self,
+        user_id: &UserId,
+        version: &str,
+        room_id: Option<&RoomId>,
+        session_id: Option<&str>,
+    ) -> Result<Vec<BackupKeyRecord>> {
+        backup::backup_keys(self, user_id, version, room_id, session_id).await
+    }
+
+    async fn delete_backup_keys(
+        &self,
+        user_id: &UserId,
+        version: &str,
+        room_id: Option<&RoomId>,
+        session_id: Option<&str>,
+    ) -> Result<BackupCounts> {
+        backup::delete_backup_keys(self, user_id, version, room_id, session_id).await
+    }
+
+    async fn set_dehydrated_device(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        device_data: &str,
+    ) -> Result<Option<OwnedDeviceId>> {
+        messages::set_dehydrated_device(self, user_id, device_id, device_data).await
+    }
+
+    async fn dehydrated_device(&self, user_id: &UserId) -> Result<Option<(OwnedDeviceId, String)>> {
+        messages::dehydrated_device(self, user_id).await
+    }
+
+    async fn delete_dehydrated_device(&self, user_id: &UserId) -> Result<Option<OwnedDeviceId>> {
+        messages::delete_dehydrated_device(self, user_id).await
+    }
+}
