@@ -42,6 +42,7 @@ pub struct Services {
     pub(crate) uia: users::uia::UiaSessions,
     pub(crate) ephemeral: ephemeral::Ephemeral,
     pub(crate) token_cache: auth::TokenCache,
+    pub(crate) media: media::MediaRuntime,
 }
 
 impl Services {
@@ -55,6 +56,7 @@ impl Services {
             uia: users::uia::UiaSessions::default(),
             ephemeral: ephemeral::Ephemeral::new(),
             token_cache: auth::TokenCache::default(),
+            media: media::MediaRuntime::new(&config),
             config,
             store,
             signing_key: Arc::new(signing_key),

@@ -1,1 +1,0 @@
-//! The media repository: uploads, downloads, thumbnails, quotas and URL previews.
