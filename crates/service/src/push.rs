@@ -23,6 +23,21 @@ pub const PUSH_RULES_TYPE: &str = "m.push_rules";
 impl Services {
     /// The user's push rules: stored ones, or the server defaults.
     pub async fn push_rules(&self, user_id: &UserId) -> Result<Ruleset> {
+        Ok((*self.push_rules_cached(user_id).await?).clone())
+    }
+
+    /// The user's push rules, shared from the cache (event persistence reads them for every
+    /// member of a room).
+    pub(crate) async fn push_rules_cached(&self, user_id: &UserId) -> Result<Arc<Ruleset>> {
+        if let Some(rules) = self.caches.push_rules.lock().get(user_id) {
+            return Ok(rules.clone());
+        }
+        let rules = Arc::new(self.load_push_rules(user_id).await?);
+        self.caches.push_rules.lock().put(user_id.to_owned(), rules.clone());
+        Ok(rules)
+    }
+
+    async fn load_push_rules(&self, user_id: &UserId) -> Result<Ruleset> {
         if let Some(record) = self.store.get_account_data(user_id, None, PUSH_RULES_TYPE).await? {
             let value: Value = serde_json::from_str(&record.content)?;
             if let Some(global) = value.get("global") {
@@ -38,6 +53,7 @@ impl Services {
     pub async fn set_push_rules(&self, user_id: &UserId, ruleset: &Ruleset) -> Result<()> {
         let content = serde_json::json!({ "global": ruleset }).to_string();
         self.store.set_account_data(user_id, None, PUSH_RULES_TYPE, &content).await?;
+        self.caches.push_rules.lock().put(user_id.to_owned(), Arc::new(ruleset.clone()));
         self.notifier.notify([user_id]);
         Ok(())
     }
@@ -112,7 +128,7 @@ impl Services {
                 display_name,
             );
             context.power_levels = power_levels.clone();
-            let ruleset: Arc<Ruleset> = Arc::new(self.push_rules(member).await?);
+            let ruleset = self.push_rules_cached(member).await?;
             let rule_actions = ruleset.get_actions(&raw, &context).await;
             let notify = rule_actions.iter().any(|action| matches!(action, Action::Notify));
             let highlight = rule_actions.iter().any(|action| {

@@ -10,7 +10,7 @@ use rhizome::RunningServer;
 use rhizome_core::{Config, config::RegistrationMode};
 use rhizome_service::Services;
 
-pub use client::{Api, Response};
+pub use client::{Api, Response, encode};
 
 /// The database a test server uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,4 +3,5 @@
 
 #![recursion_limit = "256"]
 
+mod rooms;
 mod support;

@@ -32,6 +32,7 @@ pub(crate) struct RoomCaches {
     state_groups: Mutex<LruCache<StateGroupId, Arc<StateMap>>>,
     locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) members: super::MemberCache,
+    pub(crate) push_rules: Mutex<LruCache<ruma::OwnedUserId, Arc<ruma::push::Ruleset>>>,
     pub(crate) login_tokens: LoginTokens,
 }
 
@@ -43,6 +44,7 @@ impl RoomCaches {
             state_groups: lru(2_000),
             locks: Mutex::new(HashMap::new()),
             members: super::MemberCache::default(),
+            push_rules: lru(10_000),
             login_tokens: LoginTokens::default(),
         }
     }

@@ -162,6 +162,7 @@ impl Services {
         filter: &RoomEventFilter,
     ) -> Result<(Vec<Arc<LoadedEvent>>, bool, StreamPos)> {
         let mut found = Vec::new();
+        let ignored = self.ignored_users(&requester.user_id).await?;
         let batch = i64::try_from(limit.max(1) * 2).unwrap_or(200);
         for _ in 0..8 {
             let records = self.store.room_events(room_id, from, to, direction, batch).await?;
@@ -169,8 +170,11 @@ impl Services {
             let Some(last) = records.last() else { return Ok((found, false, from)) };
             let last_pos = last.stream_pos;
             let events = self.loaded_from_records(records).await?;
-            let events: Vec<_> =
-                events.into_iter().filter(|event| room_event_passes(filter, &event.pdu)).collect();
+            let events: Vec<_> = events
+                .into_iter()
+                .filter(|event| room_event_passes(filter, &event.pdu))
+                .filter(|event| event.pdu.is_state() || !ignored.contains(&event.pdu.sender))
+                .collect();
             for event in self.filter_visible(&requester.user_id, events).await? {
                 if found.len() == limit {
                     let pos = found

@@ -71,16 +71,11 @@ impl Services {
                     .unwrap_or(HistoryVisibility::Shared),
                 None => HistoryVisibility::Shared,
             };
-        let own_membership_event = event.pdu.kind == TimelineEventType::RoomMember
-            && event.pdu.state_key.as_deref() == Some(user_id.as_str());
-        let membership = if own_membership_event {
-            event.pdu.content_str("membership")
-        } else {
-            self.state_event_in(group, &StateEventType::RoomMember, user_id.as_str())
-                .await?
-                .and_then(|member| member.pdu.content_str("membership"))
-        }
-        .map(|membership| MembershipState::from(membership.as_str()));
+        let membership = self
+            .state_event_in(group, &StateEventType::RoomMember, user_id.as_str())
+            .await?
+            .and_then(|member| member.pdu.content_str("membership"))
+            .map(|membership| MembershipState::from(membership.as_str()));
         Ok(user_may_see_event(&VisibilityInput {
             history_visibility: &history_visibility,
             membership_at_event: membership.as_ref(),

@@ -7,8 +7,7 @@ use rhizome_core::Result;
 use rhizome_room::StateMap;
 use rhizome_storage::{Direction, MembershipRecord, StateGroupId};
 use ruma::{
-    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt,
-    api::client::{filter::LazyLoadOptions, sync::sync_events::v3},
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, api::client::sync::sync_events::v3,
     events::StateEventType,
 };
 use serde_json::json;
@@ -329,34 +328,34 @@ impl Services {
             },
             _ => Arc::new(StateMap::new()),
         };
-        if !full && !timeline.limited && !request.use_state_after {
-            // The timeline holds every change since the last sync.
-            return Ok(Vec::new());
-        }
+        let lazy = !request.filter.room.state.lazy_load_options.is_disabled();
         let in_timeline: HashSet<&OwnedEventId> = if request.use_state_after {
             HashSet::new()
         } else {
             timeline.events.iter().map(|event| &event.pdu.event_id).collect()
         };
-        let lazy = !request.filter.room.state.lazy_load_options.is_disabled();
-        let include_redundant = matches!(
-            request.filter.room.state.lazy_load_options,
-            LazyLoadOptions::Enabled { include_redundant_members: true }
-        );
         let wanted_members: HashSet<String> = timeline
             .events
             .iter()
             .map(|event| event.pdu.sender.to_string())
             .chain(std::iter::once(requester.user_id.to_string()))
             .collect();
+        // Without a gap the timeline holds every change since the last sync; only the lazily
+        // loaded members of its senders may be missing.
+        let delta_needed = full || timeline.limited || request.use_state_after;
         let ids: Vec<OwnedEventId> = target
             .iter()
-            .filter(|(slot, id)| {
-                since_state.get(*slot) != Some(*id) || (lazy && include_redundant && full)
-            })
             .filter(|(_, id)| !in_timeline.contains(id))
-            .filter(|((kind, key), _)| {
-                !lazy || *kind != StateEventType::RoomMember || wanted_members.contains(key)
+            .filter(|((kind, key), id)| {
+                let is_member = *kind == StateEventType::RoomMember;
+                let changed = since_state.get(&(kind.clone(), key.clone())) != Some(*id);
+                if lazy && is_member {
+                    // Members of the timeline's senders are sent again each time: Rhizome does
+                    // not track which a device already has, which the spec allows.
+                    wanted_members.contains(key)
+                } else {
+                    delta_needed && changed
+                }
             })
             .map(|(_, id)| id.clone())
             .collect();
