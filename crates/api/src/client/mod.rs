@@ -2,12 +2,14 @@
 //! into a service call and the result into ruma's response type, and nothing more.
 
 pub mod account_data;
+pub mod backup;
 pub mod devices;
 pub mod directory;
 pub mod discovery;
 pub mod ephemeral;
 pub mod events;
 pub mod keys;
+pub mod keys_dehydrated;
 pub mod media;
 pub mod profile;
 pub mod push;
@@ -15,3 +17,4 @@ pub mod rooms;
 pub mod search;
 pub mod session;
 pub mod sync;
+pub mod to_device;

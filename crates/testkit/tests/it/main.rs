@@ -2,5 +2,6 @@
 //! bodies for good and bad requests, on SQLite and PostgreSQL.
 
 mod bad_input;
+mod e2ee;
 mod forks;
 mod sync;

@@ -1,0 +1,295 @@
+//! Device keys, one-time and fallback keys: `/keys/upload`, `/keys/query` and `/keys/claim`.
+
+use std::collections::BTreeMap;
+
+use rhizome_core::{Error, Result};
+use rhizome_storage::e2ee::{CrossSigningKeyRecord, OneTimeKeyRecord, SignatureRecord};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId,
+    OwnedUserId, UInt, UserId,
+    api::client::keys::{claim_keys, get_keys},
+    encryption::{DeviceKeys, OneTimeKey},
+    serde::Raw,
+};
+use serde_json::{Value, json, value::to_raw_value};
+
+use crate::{
+    Requester, Services,
+    e2ee::signed::{canonical_object, is_ed25519_key, is_signed_by, stored_form},
+};
+
+/// The most one-time or fallback keys one upload may carry.
+const MAX_KEYS_PER_UPLOAD: usize = 1_000;
+
+/// Keys as a device uploads them.
+pub struct KeyUpload<'a> {
+    /// Identity keys.
+    pub device_keys: Option<&'a Raw<DeviceKeys>>,
+    /// One-time keys.
+    pub one_time_keys: &'a BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>,
+    /// Fallback keys.
+    pub fallback_keys: &'a BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>,
+}
+
+/// Checks device keys for the requester's device; returns the stored form and the device's
+/// ed25519 key.
+pub(crate) fn validate_device_keys(
+    raw: &Raw<DeviceKeys>,
+    user_id: &UserId,
+    device_id: &ruma::DeviceId,
+) -> Result<(String, String)> {
+    let keys: DeviceKeys = raw
+        .deserialize()
+        .map_err(|error| Error::bad_json(format!("Invalid device keys: {error}")))?;
+    if keys.user_id != user_id || keys.device_id != device_id {
+        return Err(Error::invalid_param(
+            "The device keys' user_id and device_id must be those of the uploading device",
+        ));
+    }
+    let object = canonical_object(raw.json(), "device_keys")?;
+    let key_id = format!("ed25519:{device_id}");
+    let ed25519 = keys
+        .keys
+        .iter()
+        .find(|(id, _)| id.as_str() == key_id)
+        .map(|(_, key)| key.clone())
+        .filter(|key| is_ed25519_key(key))
+        .ok_or_else(|| {
+            Error::invalid_param(format!("The device keys lack a valid {key_id} key"))
+        })?;
+    if !is_signed_by(&object, user_id.as_str(), device_id.as_str(), &ed25519) {
+        return Err(Error::invalid_param("The device keys are not signed by the device's key"));
+    }
+    Ok((stored_form(object), ed25519))
+}
+
+/// Checks one-time or fallback keys: well formed and, for signed keys, signed by the device
+/// when its ed25519 key is known.
+fn validate_one_time_keys(
+    keys: &BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>,
+    user_id: &UserId,
+    device_id: &ruma::DeviceId,
+    device_ed25519: Option<&str>,
+) -> Result<Vec<OneTimeKeyRecord>> {
+    if keys.len() > MAX_KEYS_PER_UPLOAD {
+        return Err(Error::invalid_param(format!(
+            "At most {MAX_KEYS_PER_UPLOAD} keys may be uploaded at once"
+        )));
+    }
+    let mut records = Vec::with_capacity(keys.len());
+    for (key_id, raw) in keys {
+        let key = raw
+            .deserialize()
+            .map_err(|_| Error::bad_json(format!("The key {key_id} is malformed")))?;
+        let json = match key {
+            OneTimeKey::SignedKey(_) => {
+                let object = canonical_object(raw.json(), "A signed key")?;
+                if let Some(public_key) = device_ed25519 {
+                    if !is_signed_by(&object, user_id.as_str(), device_id.as_str(), public_key) {
+                        return Err(Error::invalid_param(format!(
+                            "The key {key_id} is not signed by the device"
+                        )));
+                    }
+                }
+                stored_form(object)
+            }
+            OneTimeKey::Key(key) => Value::String(key).to_string(),
+            _ => return Err(Error::bad_json(format!("The key {key_id} is malformed"))),
+        };
+        records.push(OneTimeKeyRecord { key_id: key_id.to_string(), json });
+    }
+    Ok(records)
+}
+
+/// Merges stored signatures into a key object's `signatures`.
+pub(crate) fn merge_signatures<'a>(
+    object: &mut Value,
+    signatures: impl IntoIterator<Item = &'a SignatureRecord>,
+) {
+    for signature in signatures {
+        let Some(map) = object.as_object_mut() else { return };
+        let by_signer =
+            map.entry("signatures").or_insert_with(|| json!({})).as_object_mut().map(|all| {
+                all.entry(signature.signer_user_id.as_str()).or_insert_with(|| json!({}))
+            });
+        if let Some(Value::Object(by_key)) = by_signer {
+            by_key.insert(signature.signer_key_id.clone(), json!(signature.signature));
+        }
+    }
+}
+
+fn raw_json<T>(value: &Value) -> Result<Raw<T>> {
+    Ok(Raw::from_json(to_raw_value(value)?))
+}
+
+impl Services {
+    /// `/keys/upload`: stores the device's identity, one-time and fallback keys (everything is
+    /// checked before anything is stored) and returns its one-time key counts.
+    pub async fn upload_keys(
+        &self,
+        requester: &Requester,
+        upload: KeyUpload<'_>,
+    ) -> Result<BTreeMap<OneTimeKeyAlgorithm, UInt>> {
+        let (user_id, device_id) = (&requester.user_id, &requester.device_id);
+        let device_keys = upload
+            .device_keys
+            .map(|raw| validate_device_keys(raw, user_id, device_id))
+            .transpose()?;
+        let known_key = match &device_keys {
+            Some((_, ed25519)) => Some(ed25519.clone()),
+            None => self.device_ed25519(user_id, device_id).await?,
+        };
+        let one_time =
+            validate_one_time_keys(upload.one_time_keys, user_id, device_id, known_key.as_deref())?;
+        let fallback =
+            validate_one_time_keys(upload.fallback_keys, user_id, device_id, known_key.as_deref())?;
+        let mut algorithms: Vec<&str> = fallback.iter().map(OneTimeKeyRecord::algorithm).collect();
+        algorithms.sort_unstable();
+        if algorithms.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err(Error::invalid_param("At most one fallback key per algorithm"));
+        }
+        // One-time keys first: a conflicting key ID refuses the upload before anything else.
+        self.store.add_one_time_keys(user_id, device_id, &one_time).await?;
+        self.store.set_fallback_keys(user_id, device_id, &fallback).await?;
+        if let Some((json, _)) = device_keys {
+            if self.store.set_device_keys(user_id, device_id, &json).await?.is_some() {
+                self.notify_device_list_watchers(user_id).await?;
+            }
+        }
+        self.one_time_key_counts(user_id, device_id).await
+    }
+
+    /// The device's one-time key counts; `signed_curve25519` is always present so clients
+    /// know to upload more.
+    pub async fn one_time_key_counts(
+        &self,
+        user_id: &UserId,
+        device_id: &ruma::DeviceId,
+    ) -> Result<BTreeMap<OneTimeKeyAlgorithm, UInt>> {
+        let mut counts = BTreeMap::from([(OneTimeKeyAlgorithm::SignedCurve25519, UInt::MIN)]);
+        for (algorithm, count) in self.store.one_time_key_counts(user_id, device_id).await? {
+            counts.insert(
+                OneTimeKeyAlgorithm::from(algorithm.as_str()),
+                UInt::new_saturating(count.max(0).unsigned_abs()),
+            );
+        }
+        Ok(counts)
+    }
+
+    /// The ed25519 key of a device that uploaded its keys.
+    pub(crate) async fn device_ed25519(
+        &self,
+        user_id: &UserId,
+        device_id: &ruma::DeviceId,
+    ) -> Result<Option<String>> {
+        let records = self.store.device_keys(user_id, &[device_id.to_owned()]).await?;
+        let Some(record) = records.first() else { return Ok(None) };
+        let keys: Value = serde_json::from_str(&record.json)?;
+        Ok(keys["keys"][format!("ed25519:{device_id}")].as_str().map(str::to_owned))
+    }
+
+    /// `/keys/query`: device keys and cross-signing keys of local users, with the signatures
+    /// the requester may see (the owner's, and the requester's own).
+    pub async fn query_keys(
+        &self,
+        requester: &Requester,
+        wanted: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+    ) -> Result<get_keys::v3::Response> {
+        let mut response = get_keys::v3::Response::new();
+        for (user_id, device_ids) in wanted {
+            if user_id.server_name() != self.server_name() {
+                response.failures.insert(
+                    user_id.server_name().to_string(),
+                    json!({ "status": 503, "message": "Federation is not available" }),
+                );
+                continue;
+            }
+            let mut signers = vec![user_id.as_ref()];
+            if requester.user_id != *user_id {
+                signers.push(requester.user_id.as_ref());
+            }
+            let signatures = self.store.signatures_on(user_id, &signers).await?;
+            let mut devices = BTreeMap::new();
+            for record in self.store.device_keys(user_id, device_ids).await? {
+                let mut object: Value = serde_json::from_str(&record.json)?;
+                merge_signatures(
+                    &mut object,
+                    signatures.iter().filter(|s| s.target_key_id == record.device_id.as_str()),
+                );
+                if let (Some(name), Some(map)) = (&record.display_name, object.as_object_mut()) {
+                    map.insert("unsigned".into(), json!({ "device_display_name": name }));
+                }
+                devices.insert(record.device_id, raw_json(&object)?);
+            }
+            response.device_keys.insert(user_id.clone(), devices);
+            let cross = self.store.cross_signing_keys(user_id).await?;
+            if let Some(master) = &cross.master {
+                let mut object: Value = serde_json::from_str(&master.json)?;
+                merge_signatures(
+                    &mut object,
+                    signatures.iter().filter(|s| s.target_key_id == master.public_key),
+                );
+                response.master_keys.insert(user_id.clone(), raw_json(&object)?);
+            }
+            let parse = |key: &CrossSigningKeyRecord| -> Result<_> {
+                raw_json(&serde_json::from_str::<Value>(&key.json)?)
+            };
+            if let Some(key) = &cross.self_signing {
+                response.self_signing_keys.insert(user_id.clone(), parse(key)?);
+            }
+            if let Some(key) = cross.user_signing.as_ref().filter(|_| requester.user_id == *user_id)
+            {
+                response.user_signing_keys.insert(user_id.clone(), parse(key)?);
+            }
+        }
+        Ok(response)
+    }
+
+    /// `/keys/claim`: one key per requested device, a one-time key when one is left (each is
+    /// handed out once), else the device's fallback key.
+    pub async fn claim_keys(
+        &self,
+        wanted: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+    ) -> Result<claim_keys::v3::Response> {
+        let mut claimed = BTreeMap::new();
+        let mut failures = BTreeMap::new();
+        for (user_id, devices) in wanted {
+            if user_id.server_name() != self.server_name() {
+                failures.insert(
+                    user_id.server_name().to_string(),
+                    json!({ "status": 503, "message": "Federation is not available" }),
+                );
+                continue;
+            }
+            let mut user_keys = BTreeMap::new();
+            for (device_id, algorithm) in devices {
+                let Some(key) =
+                    self.store.claim_key(user_id, device_id, algorithm.as_str()).await?
+                else {
+                    continue;
+                };
+                let key_id = OwnedOneTimeKeyId::try_from(key.key_id.as_str())
+                    .map_err(|error| Error::bug(format!("stored key ID is invalid: {error}")))?;
+                let value: CanonicalJsonValue = serde_json::from_str(&key.json)?;
+                user_keys
+                    .entry(device_id.clone())
+                    .or_insert_with(BTreeMap::new)
+                    .insert(key_id, Raw::from_json(to_raw_value(&value)?));
+            }
+            if !user_keys.is_empty() {
+                claimed.insert(user_id.clone(), user_keys);
+            }
+        }
+        let mut response = claim_keys::v3::Response::new(claimed);
+        response.failures = failures;
+        Ok(response)
+    }
+}
+
+/// A canonical object's string field.
+pub(crate) fn string_field<'a>(object: &'a CanonicalJsonObject, field: &str) -> Option<&'a str> {
+    match object.get(field)? {
+        CanonicalJsonValue::String(value) => Some(value),
+        _ => None,
+    }
+}

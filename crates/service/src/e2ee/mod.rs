@@ -1,0 +1,157 @@
+//! End-to-end encryption on the server side: keys ([`keys`]), cross-signing
+//! ([`cross_signing`]), to-device messages ([`to_device`]), key backups ([`backup`]),
+//! dehydrated devices ([`dehydrated`]), and what `/sync` and `/keys/changes` carry for
+//! encryption (device-list changes, one-time key counts, unused fallback key types).
+//!
+//! The server never sees a key it could decrypt with: it stores and relays what clients sign
+//! and encrypt, checking signatures where the spec asks it to.
+
+pub mod backup;
+pub mod cross_signing;
+pub mod dehydrated;
+pub mod keys;
+mod signed;
+pub mod to_device;
+
+use std::collections::{BTreeSet, HashSet};
+
+use rhizome_core::Result;
+use rhizome_storage::StreamPos;
+use ruma::{
+    OneTimeKeyAlgorithm, OwnedRoomId, OwnedUserId, UserId, api::client::sync::sync_events::v3,
+};
+
+use crate::{Requester, Services, sync::SyncToken};
+
+impl Services {
+    /// Records that a user's devices changed (a login, logout, rename, deletion or
+    /// deactivation), forgets the encryption data of devices that no longer exist (and all of
+    /// it for a deactivated account), and wakes the syncs of the user and of everyone who
+    /// shares a room with them.
+    pub async fn on_device_list_change(&self, user_id: &UserId) -> Result<()> {
+        self.store.remove_deleted_devices_e2ee(user_id).await?;
+        if self.store.get_user(user_id).await?.is_some_and(|user| user.deactivated) {
+            self.store.delete_user_e2ee(user_id).await?;
+        }
+        self.store.record_device_list_change(user_id).await?;
+        self.notify_device_list_watchers(user_id).await
+    }
+
+    /// Wakes the syncs of the user and of everyone who shares a room with them.
+    pub(crate) async fn notify_device_list_watchers(&self, user_id: &UserId) -> Result<()> {
+        let mut woken = vec![user_id.to_owned()];
+        for room in self.store.rooms_of_user(user_id, &["join", "invite"]).await? {
+            woken.extend(self.room_members_cached(&room.room_id, true).await?);
+        }
+        woken.sort();
+        woken.dedup();
+        self.notifier.notify(woken.iter().map(|user| user.as_ref()));
+        Ok(())
+    }
+
+    /// Users whose devices the user should re-fetch (`changed`: a device or key change of
+    /// someone sharing a room, or someone newly sharing one) and users who no longer share any
+    /// room with them (`left`), for changes after `since` up to `until`.
+    pub async fn device_list_changes(
+        &self,
+        user_id: &UserId,
+        since: StreamPos,
+        until: StreamPos,
+    ) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
+        if until <= since {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let my_rooms: Vec<OwnedRoomId> = self
+            .store
+            .rooms_of_user(user_id, &["join"])
+            .await?
+            .into_iter()
+            .map(|membership| membership.room_id)
+            .collect();
+        let mut shared: HashSet<OwnedUserId> = HashSet::new();
+        for room_id in &my_rooms {
+            shared.extend(self.room_members_cached(room_id, true).await?);
+        }
+        let mut changed = BTreeSet::new();
+        let mut gone = BTreeSet::new();
+        for other in self.store.device_list_changes(user_id, since, until).await? {
+            if other == user_id || shared.contains(&other) {
+                changed.insert(other);
+            }
+        }
+        // Rooms the user joined or left: their members newly share, or may no longer share, a
+        // room with the user.
+        for membership in self.store.membership_changes_since(user_id, since).await? {
+            if membership.stream_pos > until {
+                continue;
+            }
+            let target = match membership.membership.as_str() {
+                "join" => &mut changed,
+                "leave" | "ban" => &mut gone,
+                _ => continue,
+            };
+            for member in self.room_members_cached(&membership.room_id, true).await? {
+                if member != user_id {
+                    target.insert(member);
+                }
+            }
+        }
+        // Others joining or leaving the user's rooms.
+        for membership in self.store.memberships_changed_between(&my_rooms, since, until).await? {
+            if membership.user_id == user_id {
+                continue;
+            }
+            match membership.membership.as_str() {
+                "join" | "invite" => changed.insert(membership.user_id),
+                "leave" | "ban" => gone.insert(membership.user_id),
+                _ => false,
+            };
+        }
+        let left: Vec<OwnedUserId> =
+            gone.into_iter().filter(|other| !shared.contains(other)).collect();
+        let changed = changed.into_iter().filter(|other| !left.contains(other)).collect();
+        Ok((changed, left))
+    }
+
+    /// `/keys/changes`: the device-list changes between two sync tokens.
+    pub async fn key_changes(
+        &self,
+        requester: &Requester,
+        from: &str,
+        to: &str,
+    ) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
+        let from = SyncToken::parse(from)?;
+        let to = SyncToken::parse(to)?;
+        let until = to.pos.min(self.store.current_stream_pos());
+        self.device_list_changes(&requester.user_id, from.pos, until).await
+    }
+
+    /// Fills the encryption parts of a `/sync` response for changes after `since` up to
+    /// `upper`: to-device messages, device lists, one-time key counts and unused fallback key
+    /// types.
+    pub(crate) async fn sync_e2ee(
+        &self,
+        requester: &Requester,
+        since: Option<StreamPos>,
+        upper: StreamPos,
+        response: &mut v3::Response,
+    ) -> Result<()> {
+        let (user_id, device_id) = (&requester.user_id, &requester.device_id);
+        response.to_device.events = self.sync_to_device(requester, since, upper).await?;
+        if let Some(since) = since {
+            let (changed, left) = self.device_list_changes(user_id, since, upper).await?;
+            response.device_lists.changed = changed;
+            response.device_lists.left = left;
+        }
+        response.device_one_time_keys_count = self.one_time_key_counts(user_id, device_id).await?;
+        response.device_unused_fallback_key_types = Some(
+            self.store
+                .unused_fallback_key_algorithms(user_id, device_id)
+                .await?
+                .iter()
+                .map(|algorithm| OneTimeKeyAlgorithm::from(algorithm.as_str()))
+                .collect(),
+        );
+        Ok(())
+    }
+}
