@@ -1,4 +1,5 @@
-//! Administration commands run against the database directly: registration tokens.
+//! Administration commands run against the database directly: registration tokens and
+//! stored media.
 
 use std::time::Duration;
 
@@ -70,6 +71,25 @@ pub async fn revoke_token(services: &Services, token: &str) -> Result<()> {
         bail!("no registration token `{token}`");
     }
     Ok(())
+}
+
+/// Deletes one media item of this server, given its `mxc://` URI.
+pub async fn delete_media(services: &Services, mxc_uri: &str) -> Result<String> {
+    if !services.delete_media_by_uri(mxc_uri).await? {
+        bail!("no media `{mxc_uri}`");
+    }
+    Ok(format!("deleted {mxc_uri}"))
+}
+
+/// Deletes media of this server not used for the given duration (`30d`, `12h`, …).
+pub async fn purge_media(services: &Services, older_than: &str) -> Result<String> {
+    let unused_for = parse_duration(older_than)?;
+    let report = services.purge_media(unused_for).await?;
+    Ok(format!(
+        "deleted {} media items ({} files), {} lapsed upload reservations and {} cached URL \
+         previews",
+        report.media, report.files, report.pending, report.previews
+    ))
 }
 
 #[cfg(test)]

@@ -41,6 +41,26 @@ enum AdminCommand {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Stored media.
+    Media {
+        #[command(subcommand)]
+        command: MediaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MediaCommand {
+    /// Delete a media item of this server, its thumbnails and (when unshared) its files.
+    Delete {
+        /// The item: mxc://<server>/<media ID>.
+        mxc_uri: String,
+    },
+    /// Delete media of this server not downloaded or thumbnailed for a while.
+    Purge {
+        /// How long unused: 30d, 12h, 2w.
+        #[arg(long)]
+        older_than: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -120,6 +140,19 @@ async fn main() -> Result<()> {
                 }
             }
             store.close().await;
+        }
+        Command::Admin { command: AdminCommand::Media { command } } => {
+            init_logging("warn");
+            let store = open_store(&config).await?;
+            let services = build_services(config, store.clone()).await?;
+            let result = match command {
+                MediaCommand::Delete { mxc_uri } => admin::delete_media(&services, &mxc_uri).await,
+                MediaCommand::Purge { older_than } => {
+                    admin::purge_media(&services, &older_than).await
+                }
+            };
+            store.close().await;
+            println!("{}", result?);
         }
         Command::Config { command: ConfigCommand::Check } => {
             print!("{}", toml_of(&config)?);

@@ -39,8 +39,8 @@ impl Response {
 /// A client bound to one server, optionally logged in.
 #[derive(Clone)]
 pub struct Api {
-    base_url: String,
-    http: reqwest::Client,
+    pub(crate) base_url: String,
+    pub(crate) http: reqwest::Client,
     /// The access token sent with requests.
     pub token: Option<String>,
     /// The user, once registered or logged in.

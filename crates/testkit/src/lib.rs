@@ -3,6 +3,7 @@
 //! small HTTP client speaking JSON to it.
 
 mod client;
+mod media;
 
 use std::{sync::Arc, sync::Once};
 
@@ -11,6 +12,7 @@ use rhizome_core::{Config, config::RegistrationMode};
 use rhizome_service::Services;
 
 pub use client::{Api, Response, encode};
+pub use media::{RawResponse, mxc_parts};
 
 /// The database a test server uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

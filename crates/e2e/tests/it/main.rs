@@ -3,5 +3,6 @@
 
 #![recursion_limit = "256"]
 
+mod media;
 mod rooms;
 mod support;

@@ -80,10 +80,9 @@ impl From<image::ImageError> for ThumbnailError {
             E::Limits(_) => Self::TooLarge,
             E::Unsupported(_) => Self::NotAnImage,
             E::Decoding(_) | E::Parameter(_) => Self::Corrupt(error.to_string()),
-            E::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-                Self::Corrupt(io.to_string())
-            }
-            E::IoError(_) | E::Encoding(_) => Self::Failed(error.to_string()),
+            // The source is a local file that opened: reading it fails on damaged data.
+            E::IoError(_) => Self::Corrupt(error.to_string()),
+            E::Encoding(_) => Self::Failed(error.to_string()),
         }
     }
 }

@@ -479,6 +479,18 @@ impl Services {
         Ok(true)
     }
 
+    /// Deletes a media item of this server given its `mxc://` URI; `false` when there is no
+    /// such item.
+    pub async fn delete_media_by_uri(&self, mxc_uri: &str) -> Result<bool> {
+        let uri = OwnedMxcUri::from(mxc_uri.trim());
+        let (server_name, media_id) =
+            uri.parts().map_err(|_| Error::invalid_param("Not an mxc:// URI"))?;
+        if server_name != self.server_name() {
+            return Err(Error::invalid_param("Not media of this server"));
+        }
+        self.delete_media(server_name, media_id).await
+    }
+
     /// Deletes media of this server not used for `unused_for`, lapsed upload reservations and
     /// URL previews older than that.
     pub async fn purge_media(&self, unused_for: Duration) -> Result<PurgeReport> {

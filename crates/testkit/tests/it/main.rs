@@ -4,4 +4,5 @@
 mod bad_input;
 mod e2ee;
 mod forks;
+mod media;
 mod sync;
