@@ -3,6 +3,7 @@
 
 #![recursion_limit = "256"]
 
+mod e2ee;
 mod media;
 mod rooms;
 mod support;

@@ -1,0 +1,261 @@
+//! End-to-end encryption with real clients (matrix-sdk with its crypto machine): encrypted
+//! messages both ways and to a device that appears later, cross-signing and manual
+//! verification seen by both users, and history restored from key backup on a new device.
+
+use std::time::Duration;
+
+use matrix_sdk::{
+    Client, Room,
+    config::SyncSettings,
+    ruma::{
+        OwnedEventId, OwnedRoomId, OwnedUserId, UserId,
+        api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset},
+        events::{
+            InitialStateEvent,
+            room::{encryption::RoomEncryptionEventContent, message::RoomMessageEventContent},
+        },
+    },
+};
+use rhizome_testkit::TestServer;
+use serde_json::Value;
+
+use crate::support::{PASSWORD, register, sync};
+
+/// How many short syncs to try before giving up on something arriving.
+const ATTEMPTS: usize = 60;
+
+/// Logs in as an existing user: a new device with its own keys.
+async fn login(base_url: &str, user_id: &UserId, name: &str) -> Client {
+    let client = crate::support::client(base_url).await;
+    client
+        .matrix_auth()
+        .login_username(user_id, PASSWORD)
+        .initial_device_display_name(name)
+        .send()
+        .await
+        .expect("login succeeds");
+    client
+}
+
+fn user_id(client: &Client) -> OwnedUserId {
+    client.user_id().expect("logged in").to_owned()
+}
+
+/// An encrypted private room with the given users invited; they join it.
+async fn encrypted_room(owner: &Client, members: &[&Client]) -> OwnedRoomId {
+    let mut request = CreateRoomRequest::new();
+    request.preset = Some(RoomPreset::PrivateChat);
+    request.invite = members.iter().map(|member| user_id(member)).collect();
+    request.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(
+            RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+    ];
+    let room = owner.create_room(request).await.expect("room created");
+    let room_id = room.room_id().to_owned();
+    for member in members {
+        sync(member).await;
+        member.join_room_by_id(&room_id).await.expect("joined");
+    }
+    sync(owner).await;
+    for member in members {
+        sync(member).await;
+    }
+    room_id
+}
+
+fn room(client: &Client, room_id: &OwnedRoomId) -> Room {
+    client.get_room(room_id).expect("the client knows the room")
+}
+
+async fn send(client: &Client, room_id: &OwnedRoomId, text: &str) -> OwnedEventId {
+    let room = room(client, room_id);
+    assert!(room.latest_encryption_state().await.expect("state").is_encrypted());
+    room.send(RoomMessageEventContent::text_plain(text))
+        .await
+        .expect("message sent")
+        .response
+        .event_id
+}
+
+/// Syncs until a message with `text` arrives in the room decrypted.
+async fn receive_decrypted(client: &Client, room_id: &OwnedRoomId, text: &str) {
+    for _ in 0..ATTEMPTS {
+        let response = client
+            .sync_once(SyncSettings::default().timeout(Duration::from_millis(300)))
+            .await
+            .expect("sync succeeds");
+        let Some(joined) = response.rooms.joined.get(room_id) else { continue };
+        for event in &joined.timeline.events {
+            let value: Value = serde_json::from_str(event.raw().json().get()).expect("event JSON");
+            if value["content"]["body"] == text {
+                assert_eq!(value["type"], "m.room.message");
+                assert!(event.encryption_info().is_some(), "the message was not encrypted");
+                return;
+            }
+        }
+    }
+    panic!("{text:?} never arrived decrypted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_messages_flow_both_ways_and_to_a_new_device() {
+    let server = TestServer::start().await;
+    let alice = register(&server.base_url, "alice").await;
+    let bob = register(&server.base_url, "bob").await;
+    sync(&alice).await;
+    sync(&bob).await;
+    let room_id = encrypted_room(&alice, &[&bob]).await;
+
+    send(&alice, &room_id, "hello bob").await;
+    receive_decrypted(&bob, &room_id, "hello bob").await;
+    send(&bob, &room_id, "hello alice").await;
+    receive_decrypted(&alice, &room_id, "hello alice").await;
+
+    // Bob signs in on a second device: Alice learns of it through her device list.
+    let bob_id = user_id(&bob);
+    let laptop = login(&server.base_url, &bob_id, "laptop").await;
+    sync(&laptop).await;
+    sync(&laptop).await;
+    let laptop_device = laptop.device_id().expect("a device").to_owned();
+    let mut seen = false;
+    for _ in 0..ATTEMPTS {
+        sync(&alice).await;
+        let devices = alice.encryption().get_user_devices(&bob_id).await.expect("devices");
+        if devices.devices().any(|device| device.device_id() == laptop_device) {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "Alice never saw Bob's new device");
+
+    send(&alice, &room_id, "after the new device").await;
+    receive_decrypted(&laptop, &room_id, "after the new device").await;
+    receive_decrypted(&bob, &room_id, "after the new device").await;
+    send(&laptop, &room_id, "from the laptop").await;
+    receive_decrypted(&alice, &room_id, "from the laptop").await;
+}
+
+/// Syncs `viewer` until it sees `other`'s identity as verified.
+async fn sees_verified(viewer: &Client, other: &UserId) -> bool {
+    for _ in 0..ATTEMPTS {
+        sync(viewer).await;
+        let identity = viewer.encryption().get_user_identity(other).await.expect("store");
+        if identity.is_some_and(|identity| identity.is_verified()) {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_signing_verification_is_visible_to_both() {
+    let server = TestServer::start().await;
+    let alice = register(&server.base_url, "alice").await;
+    let bob = register(&server.base_url, "bob").await;
+    sync(&alice).await;
+    sync(&bob).await;
+    encrypted_room(&alice, &[&bob]).await;
+    // The first cross-signing upload needs no user-interactive authentication.
+    alice.encryption().bootstrap_cross_signing(None).await.expect("Alice bootstraps");
+    bob.encryption().bootstrap_cross_signing(None).await.expect("Bob bootstraps");
+    let status = alice.encryption().cross_signing_status().await.expect("status");
+    assert!(status.is_complete(), "{status:?}");
+    let (alice_id, bob_id) = (user_id(&alice), user_id(&bob));
+
+    // Each sees the other's own device signed by its owner (through the server's signatures).
+    for (viewer, owner, device_id) in
+        [(&alice, &bob_id, bob.device_id()), (&bob, &alice_id, alice.device_id())]
+    {
+        let device_id = device_id.expect("a device").to_owned();
+        let mut signed = false;
+        for _ in 0..ATTEMPTS {
+            sync(viewer).await;
+            let identity = viewer.encryption().request_user_identity(owner).await.expect("query");
+            let device = viewer.encryption().get_device(owner, &device_id).await.expect("store");
+            if identity.is_some() && device.is_some_and(|device| device.is_cross_signed_by_owner())
+            {
+                signed = true;
+                break;
+            }
+        }
+        assert!(signed, "{owner}'s device is not cross-signed as seen by the other");
+    }
+
+    // Alice verifies Bob, and Bob verifies Alice, by their identities.
+    let bob_identity = alice.encryption().get_user_identity(&bob_id).await.unwrap().unwrap();
+    assert!(!bob_identity.is_verified());
+    bob_identity.verify().await.expect("Alice signs Bob's master key");
+    let alice_identity = bob.encryption().get_user_identity(&alice_id).await.unwrap().unwrap();
+    alice_identity.verify().await.expect("Bob signs Alice's master key");
+    assert!(sees_verified(&alice, &bob_id).await, "Alice does not see Bob verified");
+    assert!(sees_verified(&bob, &alice_id).await, "Bob does not see Alice verified");
+    // Verifying an identity makes its cross-signed devices verified.
+    let bob_device = alice
+        .encryption()
+        .get_device(&bob_id, bob.device_id().unwrap())
+        .await
+        .unwrap()
+        .expect("Bob's device");
+    assert!(bob_device.is_verified());
+    let alice_device = bob
+        .encryption()
+        .get_device(&alice_id, alice.device_id().unwrap())
+        .await
+        .unwrap()
+        .expect("Alice's device");
+    assert!(alice_device.is_verified());
+
+    // The server keeps Alice's signature on Bob's master key for Alice's eyes only.
+    let query = |client: &Client| {
+        let mut api = server.api();
+        api.token = client.access_token();
+        let body = serde_json::json!({ "device_keys": { bob_id.as_str(): [] } });
+        async move { api.post("/_matrix/client/v3/keys/query", body).await.ok() }
+    };
+    let by_alice = query(&alice).await;
+    let signatures = &by_alice["master_keys"][bob_id.as_str()]["signatures"];
+    assert!(signatures[alice_id.as_str()].is_object(), "{by_alice}");
+    let by_bob = query(&bob).await;
+    assert!(by_bob["master_keys"][bob_id.as_str()]["signatures"][alice_id.as_str()].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_restores_history_from_key_backup() {
+    let server = TestServer::start().await;
+    let alice = register(&server.base_url, "alice").await;
+    let bob = register(&server.base_url, "bob").await;
+    sync(&alice).await;
+    sync(&bob).await;
+    let room_id = encrypted_room(&alice, &[&bob]).await;
+    let recovery_key = bob
+        .encryption()
+        .recovery()
+        .enable()
+        .wait_for_backups_to_upload()
+        .await
+        .expect("Bob enables recovery and key backup");
+
+    let event_id = send(&alice, &room_id, "before the new device").await;
+    receive_decrypted(&bob, &room_id, "before the new device").await;
+    bob.encryption().backups().wait_for_steady_state().await.expect("the key is backed up");
+
+    // A new device of Bob's cannot read the old message until it restores the backup.
+    let bob_id = user_id(&bob);
+    let phone = login(&server.base_url, &bob_id, "phone").await;
+    sync(&phone).await;
+    let before = room(&phone, &room_id).event(&event_id, None).await.expect("event fetched");
+    assert!(before.encryption_info().is_none(), "decrypted without the backup");
+    phone.encryption().recovery().recover(&recovery_key).await.expect("recovered");
+    phone
+        .encryption()
+        .backups()
+        .download_room_keys_for_room(&room_id)
+        .await
+        .expect("room keys downloaded");
+    let after = room(&phone, &room_id).event(&event_id, None).await.expect("event fetched");
+    let value: Value = serde_json::from_str(after.raw().json().get()).expect("event JSON");
+    assert_eq!(value["content"]["body"], "before the new device", "{value}");
+    assert!(after.encryption_info().is_some());
+}
