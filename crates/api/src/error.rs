@@ -39,7 +39,6 @@ pub fn status_for(kind: &MatrixErrorKind) -> StatusCode {
         K::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         K::CannotOverwriteMedia => StatusCode::CONFLICT,
         K::NotYetUploaded => StatusCode::GATEWAY_TIMEOUT,
-        K::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     }
 }

@@ -92,10 +92,9 @@ impl<T> Ruma<T> {
 fn access_token(request: &http::request::Parts) -> Option<String> {
     if let Some(value) =
         request.headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok())
+        && let Some(token) = value.strip_prefix("Bearer ")
     {
-        if let Some(token) = value.strip_prefix("Bearer ") {
-            return Some(token.trim().to_owned());
-        }
+        return Some(token.trim().to_owned());
     }
     request.uri.query()?.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=')?;

@@ -230,10 +230,10 @@ impl FixtureRoom {
         let mut seen = HashSet::new();
         let mut stack: Vec<OwnedEventId> = start.cloned().collect();
         while let Some(id) = stack.pop() {
-            if seen.insert(id.clone()) {
-                if let Some(event) = self.events.get(&id) {
-                    stack.extend(event.auth_events.iter().cloned());
-                }
+            if seen.insert(id.clone())
+                && let Some(event) = self.events.get(&id)
+            {
+                stack.extend(event.auth_events.iter().cloned());
             }
         }
         seen

@@ -45,7 +45,7 @@ pub fn resolve(
         |conflicted| {
             let conflicted_ids: HashSet<OwnedEventId> =
                 conflicted.values().flatten().cloned().collect();
-            Some(conflicted_subgraph(&conflicted_ids, &fetch_auth_events).into_iter().collect())
+            Some(conflicted_subgraph(&conflicted_ids, fetch_auth_events).into_iter().collect())
         },
     )
     .map_err(|error| ResolveError::Failed(error.to_string()))

@@ -102,8 +102,13 @@ fn non_members_cannot_send_and_members_can() {
     each_version(|version| {
         let mut room = FixtureRoom::new(version.clone(), &alice());
         let head = room.head();
-        let refused =
-            room.send(&[head.clone()], &bob(), "m.room.message", None, json!({"body": "x"}));
+        let refused = room.send(
+            std::slice::from_ref(&head),
+            &bob(),
+            "m.room.message",
+            None,
+            json!({"body": "x"}),
+        );
         assert!(refused.is_err(), "{version}: a non-member sent a message");
         room.member(&bob(), &bob(), "join");
         let head = room.head();
@@ -118,8 +123,13 @@ fn changing_the_room_name_needs_power() {
         let mut room = FixtureRoom::new(version.clone(), &alice());
         room.member(&bob(), &bob(), "join");
         let head = room.head();
-        let refused =
-            room.send_state(&[head.clone()], &bob(), "m.room.name", "", json!({"name": "bob's"}));
+        let refused = room.send_state(
+            std::slice::from_ref(&head),
+            &bob(),
+            "m.room.name",
+            "",
+            json!({"name": "bob's"}),
+        );
         let error = refused.expect_err("a power-0 user changed the name").to_string();
         assert!(error.contains("power") || error.contains("not allowed"), "{error}");
         room.send_state(&[head], &alice(), "m.room.name", "", json!({"name": "alice's"})).unwrap();
@@ -135,7 +145,7 @@ fn banned_users_cannot_join_and_only_moderators_ban() {
         let head = room.head();
         assert!(
             room.send_state(
-                &[head.clone()],
+                std::slice::from_ref(&head),
                 &bob(),
                 "m.room.member",
                 carol().as_str(),
@@ -174,7 +184,7 @@ fn invite_only_rooms_need_an_invite() {
             .unwrap();
         assert!(
             room.send_state(
-                &[private.clone()],
+                std::slice::from_ref(&private),
                 &bob(),
                 "m.room.member",
                 bob().as_str(),
@@ -247,10 +257,22 @@ fn state_at_each_event_follows_the_graph() {
         let first =
             room.send_state(&[head], &alice(), "m.room.name", "", json!({"name": "one"})).unwrap();
         let second = room
-            .send_state(&[first.clone()], &alice(), "m.room.name", "", json!({"name": "two"}))
+            .send_state(
+                std::slice::from_ref(&first),
+                &alice(),
+                "m.room.name",
+                "",
+                json!({"name": "two"}),
+            )
             .unwrap();
         let message = room
-            .send(&[second.clone()], &alice(), "m.room.message", None, json!({"body": "x"}))
+            .send(
+                std::slice::from_ref(&second),
+                &alice(),
+                "m.room.message",
+                None,
+                json!({"body": "x"}),
+            )
             .unwrap();
         assert_eq!(name_of(&room, room.state_after(&first).unwrap()).as_deref(), Some("one"));
         let before_first = room.state_before(&room.events[&first].prev_events);
@@ -269,7 +291,13 @@ fn a_fork_with_two_names_resolves_to_one_deterministically() {
         let mut room = FixtureRoom::new(version.clone(), &alice());
         let base = room.head();
         let left = room
-            .send_state(&[base.clone()], &alice(), "m.room.name", "", json!({"name": "left"}))
+            .send_state(
+                std::slice::from_ref(&base),
+                &alice(),
+                "m.room.name",
+                "",
+                json!({"name": "left"}),
+            )
             .unwrap();
         let right = room
             .send_state(&[base], &alice(), "m.room.name", "", json!({"name": "right"}))
@@ -309,7 +337,7 @@ fn a_demotion_on_one_branch_voids_the_demoted_users_change_on_the_other() {
         users.insert(bob().to_string(), json!(0));
         let demote = room
             .send_state(
-                &[promote.clone()],
+                std::slice::from_ref(&promote),
                 &alice(),
                 "m.room.power_levels",
                 "",
@@ -353,7 +381,7 @@ fn concurrent_joins_on_two_branches_both_survive_resolution() {
         let base = room.head();
         let bob_join = room
             .send_state(
-                &[base.clone()],
+                std::slice::from_ref(&base),
                 &bob(),
                 "m.room.member",
                 bob().as_str(),

@@ -29,10 +29,10 @@ impl Services {
         if data_type == PUSH_RULES_TYPE {
             return Err(Error::bad_json("Push rules are changed through the push rules API"));
         }
-        if let Some(room_id) = room_id {
-            if !self.room_exists(room_id).await? {
-                return Err(Error::not_found("Unknown room"));
-            }
+        if let Some(room_id) = room_id
+            && !self.room_exists(room_id).await?
+        {
+            return Err(Error::not_found("Unknown room"));
         }
         self.store
             .set_account_data(&requester.user_id, room_id, data_type, &content.to_string())

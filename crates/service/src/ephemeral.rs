@@ -119,10 +119,8 @@ impl Services {
             }
             expired
         };
-        if expired {
-            if let Err(error) = self.notify_room(room_id).await {
-                tracing::warn!(%error, "could not announce the end of typing");
-            }
+        if expired && let Err(error) = self.notify_room(room_id).await {
+            tracing::warn!(%error, "could not announce the end of typing");
         }
     }
 
@@ -175,10 +173,11 @@ impl Services {
             self.notifier.notify([requester.user_id.as_ref()]);
             return Ok(());
         }
-        if let Some(thread) = thread_id {
-            if thread != "main" && ruma::EventId::parse(thread).is_err() {
-                return Err(Error::invalid_param("thread_id must be `main` or an event ID"));
-            }
+        if let Some(thread) = thread_id
+            && thread != "main"
+            && ruma::EventId::parse(thread).is_err()
+        {
+            return Err(Error::invalid_param("thread_id must be `main` or an event ID"));
         }
         self.store
             .set_receipt(

@@ -42,6 +42,8 @@ pub struct Services {
     pub(crate) uia: users::uia::UiaSessions,
     pub(crate) ephemeral: ephemeral::Ephemeral,
     pub(crate) token_cache: auth::TokenCache,
+    /// Permits for password hashing, which is memory-hungry by design.
+    pub(crate) password_permits: tokio::sync::Semaphore,
     pub(crate) media: media::MediaRuntime,
 }
 
@@ -56,6 +58,7 @@ impl Services {
             uia: users::uia::UiaSessions::default(),
             ephemeral: ephemeral::Ephemeral::new(),
             token_cache: auth::TokenCache::default(),
+            password_permits: tokio::sync::Semaphore::new(users::password::CONCURRENT_HASHES),
             media: media::MediaRuntime::new(&config),
             config,
             store,

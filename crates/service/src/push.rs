@@ -40,10 +40,10 @@ impl Services {
     async fn load_push_rules(&self, user_id: &UserId) -> Result<Ruleset> {
         if let Some(record) = self.store.get_account_data(user_id, None, PUSH_RULES_TYPE).await? {
             let value: Value = serde_json::from_str(&record.content)?;
-            if let Some(global) = value.get("global") {
-                if let Ok(ruleset) = serde_json::from_value::<Ruleset>(global.clone()) {
-                    return Ok(ruleset);
-                }
+            if let Some(global) = value.get("global")
+                && let Ok(ruleset) = serde_json::from_value::<Ruleset>(global.clone())
+            {
+                return Ok(ruleset);
             }
         }
         Ok(Ruleset::server_default(user_id))
@@ -76,36 +76,35 @@ impl Services {
     ) -> Result<Vec<PushAction>> {
         let members = self.room_members_cached(&pdu.room_id, false).await?;
         let member_count = UInt::new_saturating(u64::try_from(members.len()).unwrap_or(u64::MAX));
-        let power_levels: Option<PushConditionPowerLevelsCtx> = match self
-            .store
-            .get_room(&pdu.room_id)
-            .await?
-        {
-            Some(_) => {
-                let version = self.room_version(&pdu.room_id).await?;
-                let rules =
-                    version.rules().ok_or_else(|| Error::bug("room of an unknown version"))?;
-                let pl_event = match state.get(&(StateEventType::RoomPowerLevels, String::new())) {
-                    Some(id) => self.load_event(id).await?,
-                    None => None,
-                };
-                let content: Option<ruma::events::room::power_levels::RoomPowerLevelsEventContent> =
-                    pl_event.and_then(|event| event.pdu.content_as().ok());
-                let mut creators = Vec::new();
-                if let Some(create_id) = state.get(&(StateEventType::RoomCreate, String::new())) {
-                    if let Some(create) = self.load_event(create_id).await? {
+        let power_levels: Option<PushConditionPowerLevelsCtx> =
+            match self.store.get_room(&pdu.room_id).await? {
+                Some(_) => {
+                    let version = self.room_version(&pdu.room_id).await?;
+                    let rules =
+                        version.rules().ok_or_else(|| Error::bug("room of an unknown version"))?;
+                    let pl_event =
+                        match state.get(&(StateEventType::RoomPowerLevels, String::new())) {
+                            Some(id) => self.load_event(id).await?,
+                            None => None,
+                        };
+                    let content: Option<
+                        ruma::events::room::power_levels::RoomPowerLevelsEventContent,
+                    > = pl_event.and_then(|event| event.pdu.content_as().ok());
+                    let mut creators = Vec::new();
+                    if let Some(create_id) = state.get(&(StateEventType::RoomCreate, String::new()))
+                        && let Some(create) = self.load_event(create_id).await?
+                    {
                         creators.push(create.pdu.sender.clone());
                     }
+                    let levels = ruma::events::room::power_levels::RoomPowerLevels::new(
+                        ruma::events::room::power_levels::RoomPowerLevelsSource::from(content),
+                        &rules.authorization,
+                        creators,
+                    );
+                    Some(levels.into())
                 }
-                let levels = ruma::events::room::power_levels::RoomPowerLevels::new(
-                    ruma::events::room::power_levels::RoomPowerLevelsSource::from(content),
-                    &rules.authorization,
-                    creators,
-                );
-                Some(levels.into())
-            }
-            None => None,
-        };
+                None => None,
+            };
         let raw: Raw<Value> = Raw::from_json(pdu.client_event(true, None));
         let thread_id = thread_of(pdu);
         let mut actions = Vec::new();

@@ -10,6 +10,9 @@ use sqlx::{AnyConnection, Row};
 
 use crate::{db_error, parse_id};
 
+/// The rows of a new state group: slots set to an event, or removed.
+type GroupEntries = Vec<(StateSlot, Option<OwnedEventId>)>;
+
 /// The longest chain of deltas before a group is written as a full snapshot.
 pub(crate) const MAX_DELTA_DEPTH: i64 = 64;
 
@@ -82,28 +85,25 @@ pub(crate) async fn write_delta(
         ),
         None => None,
     };
-    let (prev_group, depth, entries): (
-        Option<StateGroupId>,
-        i64,
-        Vec<(StateSlot, Option<OwnedEventId>)>,
-    ) = match (base, base_depth) {
-        (Some(base), Some(depth)) if depth < MAX_DELTA_DEPTH => {
-            (Some(base), depth + 1, changes.to_vec())
-        }
-        _ => {
-            let mut state = match base {
-                Some(base) => load_group(connection, base).await?,
-                None => HashMap::new(),
-            };
-            for (slot, event_id) in changes {
-                match event_id {
-                    Some(event_id) => state.insert(slot.clone(), event_id.clone()),
-                    None => state.remove(slot),
-                };
+    let (prev_group, depth, entries): (Option<StateGroupId>, i64, GroupEntries) =
+        match (base, base_depth) {
+            (Some(base), Some(depth)) if depth < MAX_DELTA_DEPTH => {
+                (Some(base), depth + 1, changes.to_vec())
             }
-            (None, 0, state.into_iter().map(|(slot, id)| (slot, Some(id))).collect())
-        }
-    };
+            _ => {
+                let mut state = match base {
+                    Some(base) => load_group(connection, base).await?,
+                    None => HashMap::new(),
+                };
+                for (slot, event_id) in changes {
+                    match event_id {
+                        Some(event_id) => state.insert(slot.clone(), event_id.clone()),
+                        None => state.remove(slot),
+                    };
+                }
+                (None, 0, state.into_iter().map(|(slot, id)| (slot, Some(id))).collect())
+            }
+        };
     let group: StateGroupId = sqlx::query_scalar(
         "INSERT INTO state_groups (room_id, prev_group, delta_depth) VALUES ($1, $2, $3) \
          RETURNING group_id",

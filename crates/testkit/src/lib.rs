@@ -55,9 +55,11 @@ impl TestServer {
             .prefix("rhizome-test-")
             .tempdir()
             .expect("temporary directory");
-        let mut config = Config::default();
-        config.data_dir = data_dir.path().to_owned();
-        config.listen = "127.0.0.1:0".parse().expect("invariant: valid address");
+        let mut config = Config {
+            data_dir: data_dir.path().to_owned(),
+            listen: "127.0.0.1:0".parse().expect("invariant: valid address"),
+            ..Config::default()
+        };
         config.registration.mode = RegistrationMode::Open;
         config.rate_limits.enabled = false;
         if backend == Backend::Postgres {

@@ -31,10 +31,10 @@ fn resolve<'a>(schema: &'a Json, defs: &'a Json) -> &'a Json {
         }
         None => {
             // `Option<T>` of a struct shows up as `anyOf: [T, null]`.
-            if let Some(first) = schema.get("anyOf").and_then(|any| any.get(0)) {
-                if first.get("$ref").is_some() {
-                    return resolve(first, defs);
-                }
+            if let Some(first) = schema.get("anyOf").and_then(|any| any.get(0))
+                && first.get("$ref").is_some()
+            {
+                return resolve(first, defs);
             }
             schema
         }

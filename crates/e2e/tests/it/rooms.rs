@@ -266,10 +266,10 @@ async fn messages_arrive_through_sync_and_history_pages_back() {
         let page = bob_room.messages(options).await.unwrap();
         for event in &page.chunk {
             let value: Value = serde_json::from_str(event.raw().json().get()).unwrap();
-            if let Some(body) = value["content"]["body"].as_str() {
-                if body.starts_with("message ") {
-                    bodies.push(body.to_owned());
-                }
+            if let Some(body) = value["content"]["body"].as_str()
+                && body.starts_with("message ")
+            {
+                bodies.push(body.to_owned());
             }
         }
         match page.end {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rhizome_core::{
     Error, Result,
-    clock::{now_millis, now_ts},
+    clock::{millis_from_ts, now_millis, now_ts, ts_from_millis},
     error::MatrixErrorKind,
 };
 use rhizome_room::{EventTemplate, StateMap, build_pdu, versions};
@@ -219,32 +219,54 @@ impl Services {
         content: Value,
     ) -> Result<OwnedRoomId> {
         let derived = versions::room_id_is_create_event_hash(version);
-        let room_id = if derived {
-            None
-        } else {
-            Some(
-                OwnedRoomId::try_from(format!("!{}:{}", random_localpart(), self.server_name()))
+        // Two rooms made by one user in the same millisecond would get the same create event,
+        // and so (since v12) the same ID: on a clash, try again a millisecond later.
+        let mut origin_server_ts = now_ts();
+        let mut attempts = 0;
+        let (room_id, pdu) = loop {
+            let room_id = if derived {
+                None
+            } else {
+                Some(
+                    OwnedRoomId::try_from(format!(
+                        "!{}:{}",
+                        random_localpart(),
+                        self.server_name()
+                    ))
                     .map_err(|_| Error::bug("generated room ID is invalid"))?,
-            )
+                )
+            };
+            let template = EventTemplate {
+                room_id,
+                sender: creator.to_owned(),
+                kind: TimelineEventType::RoomCreate,
+                state_key: Some(String::new()),
+                content: serde_json::value::to_raw_value(&content)?,
+                redacts: None,
+                prev_events: Vec::new(),
+                auth_events: Vec::new(),
+                depth: 1,
+                origin_server_ts,
+            };
+            let pdu = build_pdu(&template, version, self.server_name(), &self.signing_key)
+                .map_err(|error| Error::bad_json(error.to_string()))?;
+            rhizome_room::auth::check_event(version, &pdu, |_| None, |_, _| None)
+                .map_err(|error| Error::bad_json(format!("Invalid create event: {error}")))?;
+            let room_id = pdu.room_id.clone();
+            match self.store.create_room(&room_id, version, now_millis()).await {
+                Ok(()) => break (room_id, pdu),
+                Err(error)
+                    if attempts < 10
+                        && error
+                            .matrix_kind()
+                            .is_some_and(|kind| *kind == MatrixErrorKind::RoomInUse) =>
+                {
+                    attempts += 1;
+                    origin_server_ts = ts_from_millis(millis_from_ts(origin_server_ts) + 1);
+                }
+                Err(error) => return Err(error),
+            }
         };
-        let template = EventTemplate {
-            room_id: room_id.clone(),
-            sender: creator.to_owned(),
-            kind: TimelineEventType::RoomCreate,
-            state_key: Some(String::new()),
-            content: serde_json::value::to_raw_value(&content)?,
-            redacts: None,
-            prev_events: Vec::new(),
-            auth_events: Vec::new(),
-            depth: 1,
-            origin_server_ts: now_ts(),
-        };
-        let pdu = build_pdu(&template, version, self.server_name(), &self.signing_key)
-            .map_err(|error| Error::bad_json(error.to_string()))?;
-        rhizome_room::auth::check_event(version, &pdu, |_| None, |_, _| None)
-            .map_err(|error| Error::bad_json(format!("Invalid create event: {error}")))?;
-        let room_id = pdu.room_id.clone();
-        self.store.create_room(&room_id, version, now_millis()).await?;
         let lock = self.room_lock(&room_id);
         let _guard = lock.lock().await;
         self.persist_first_event(&room_id, version, pdu).await?;

@@ -34,26 +34,25 @@ impl Services {
         let pdu = &event.pdu;
         unsigned
             .insert("age".into(), Value::from(now_millis() - millis_from_ts(pdu.origin_server_ts)));
-        if let (Some(txn), Some(viewer)) = (&event.record.txn, format.viewer) {
-            if txn.user_id == viewer.user_id && txn.device_id == viewer.device_id {
-                unsigned.insert("transaction_id".into(), Value::from(txn.txn_id.clone()));
-            }
+        if let (Some(txn), Some(viewer)) = (&event.record.txn, format.viewer)
+            && txn.user_id == viewer.user_id
+            && txn.device_id == viewer.device_id
+        {
+            unsigned.insert("transaction_id".into(), Value::from(txn.txn_id.clone()));
         }
         if let Some(state_key) = &pdu.state_key {
             let kind = StateEventType::from(pdu.kind.to_string());
             if let Some(previous) =
                 self.state_event_in(event.record.state_before, &kind, state_key).await?
+                && previous.pdu.event_id != pdu.event_id
             {
-                if previous.pdu.event_id != pdu.event_id {
-                    let content: Value = serde_json::from_str(previous.pdu.content.get())?;
-                    unsigned.insert("prev_content".into(), content);
-                    unsigned.insert(
-                        "replaces_state".into(),
-                        Value::from(previous.pdu.event_id.to_string()),
-                    );
-                    unsigned
-                        .insert("prev_sender".into(), Value::from(previous.pdu.sender.to_string()));
-                }
+                let content: Value = serde_json::from_str(previous.pdu.content.get())?;
+                unsigned.insert("prev_content".into(), content);
+                unsigned.insert(
+                    "replaces_state".into(),
+                    Value::from(previous.pdu.event_id.to_string()),
+                );
+                unsigned.insert("prev_sender".into(), Value::from(previous.pdu.sender.to_string()));
             }
         }
         if let Some(redacted_by) = &event.record.redacted_by {
@@ -62,10 +61,11 @@ impl Services {
                     serde_json::from_str(redaction.pdu.client_event(true, None).get())?;
                 unsigned.insert("redacted_because".into(), because);
             }
-        } else if format.bundle_relations && !pdu.is_state() {
-            if let Some(relations) = Box::pin(self.bundled_relations(event, format)).await? {
-                unsigned.insert("m.relations".into(), relations);
-            }
+        } else if format.bundle_relations
+            && !pdu.is_state()
+            && let Some(relations) = Box::pin(self.bundled_relations(event, format)).await?
+        {
+            unsigned.insert("m.relations".into(), relations);
         }
         Ok(pdu.client_event(format.with_room_id, Some(unsigned)))
     }

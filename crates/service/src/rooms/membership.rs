@@ -34,14 +34,14 @@ impl Services {
         reason: Option<&str>,
     ) -> Result<Value> {
         let mut content = json!({ "membership": membership });
-        if matches!(membership, "join" | "invite" | "knock") {
-            if let Some(user) = self.store.get_user(user_id).await? {
-                if let Some(name) = user.displayname {
-                    content["displayname"] = json!(name);
-                }
-                if let Some(avatar) = user.avatar_url {
-                    content["avatar_url"] = json!(avatar);
-                }
+        if matches!(membership, "join" | "invite" | "knock")
+            && let Some(user) = self.store.get_user(user_id).await?
+        {
+            if let Some(name) = user.displayname {
+                content["displayname"] = json!(name);
+            }
+            if let Some(avatar) = user.avatar_url {
+                content["avatar_url"] = json!(avatar);
             }
         }
         if let Some(reason) = reason {
@@ -80,10 +80,10 @@ impl Services {
         let invited_or_joined = current
             .as_ref()
             .is_some_and(|member| matches!(member.membership.as_str(), "invite" | "join"));
-        if !invited_or_joined {
-            if let Some(authoriser) = self.restricted_join_authoriser(&room_id, user_id).await? {
-                content["join_authorised_via_users_server"] = json!(authoriser);
-            }
+        if !invited_or_joined
+            && let Some(authoriser) = self.restricted_join_authoriser(&room_id, user_id).await?
+        {
+            content["join_authorised_via_users_server"] = json!(authoriser);
         }
         self.send_membership(user_id, &room_id, user_id, content).await?;
         Ok(room_id)
@@ -218,7 +218,7 @@ impl Services {
         reason: Option<&str>,
     ) -> Result<()> {
         let current = self.store.get_membership(room_id, target).await?;
-        if !current.is_some_and(|member| member.membership == "ban") {
+        if current.is_none_or(|member| member.membership != "ban") {
             return Err(Error::forbidden("That user is not banned"));
         }
         let content = self.member_content(target, "leave", reason).await?;

@@ -151,6 +151,7 @@ impl Services {
 
     /// Events of the room in one direction from `from` (exclusive), passing the filter and the
     /// visibility rules, at most `limit`; also whether history may continue.
+    #[allow(clippy::too_many_arguments)] // One pagination query, each part distinct.
     async fn page_events(
         &self,
         requester: &Requester,
@@ -203,32 +204,25 @@ impl Services {
         let mut seen: HashSet<OwnedUserId> = HashSet::new();
         let mut members = Vec::new();
         for event in events {
-            if seen.insert(event.pdu.sender.clone()) {
-                if let Some(member) = self
+            if seen.insert(event.pdu.sender.clone())
+                && let Some(member) = self
                     .state_event_in(
                         event.record.state_before,
                         &StateEventType::RoomMember,
                         event.pdu.sender.as_str(),
                     )
                     .await?
-                {
-                    members.push(member);
-                }
+            {
+                members.push(member);
             }
         }
-        if let (Some(user), Some(last)) = (also, events.last()) {
-            if seen.insert(user.to_owned()) {
-                if let Some(member) = self
-                    .state_event_in(
-                        last.record.state_after,
-                        &StateEventType::RoomMember,
-                        user.as_str(),
-                    )
-                    .await?
-                {
-                    members.push(member);
-                }
-            }
+        if let (Some(user), Some(last)) = (also, events.last())
+            && seen.insert(user.to_owned())
+            && let Some(member) = self
+                .state_event_in(last.record.state_after, &StateEventType::RoomMember, user.as_str())
+                .await?
+        {
+            members.push(member);
         }
         Ok(members)
     }

@@ -40,30 +40,28 @@ impl Services {
         let pdu = &event.pdu;
         let mut relations = Map::new();
         let plain = Format { bundle_relations: false, ..format };
-        if let Some(edit) = self.store.latest_edit(&pdu.event_id, &pdu.sender).await? {
-            if let Some(edit) = self.loaded_from_records(vec![edit]).await?.pop() {
-                let edit: Value =
-                    serde_json::from_str(self.format_event(&edit, plain).await?.get())?;
-                relations.insert("m.replace".into(), edit);
-            }
+        if let Some(edit) = self.store.latest_edit(&pdu.event_id, &pdu.sender).await?
+            && let Some(edit) = self.loaded_from_records(vec![edit]).await?.pop()
+        {
+            let edit: Value = serde_json::from_str(self.format_event(&edit, plain).await?.get())?;
+            relations.insert("m.replace".into(), edit);
         }
         let viewer =
             format.viewer.map(|viewer| viewer.user_id.as_ref()).unwrap_or(pdu.sender.as_ref());
         if let Some((count, latest, participated)) =
             self.store.thread_summary(&pdu.event_id, viewer).await?
+            && let Some(latest) = self.loaded_from_records(vec![latest]).await?.pop()
         {
-            if let Some(latest) = self.loaded_from_records(vec![latest]).await?.pop() {
-                let latest_event: Value =
-                    serde_json::from_str(self.format_event(&latest, plain).await?.get())?;
-                relations.insert(
-                    "m.thread".into(),
-                    serde_json::json!({
-                        "latest_event": latest_event,
-                        "count": count,
-                        "current_user_participated": participated,
-                    }),
-                );
-            }
+            let latest_event: Value =
+                serde_json::from_str(self.format_event(&latest, plain).await?.get())?;
+            relations.insert(
+                "m.thread".into(),
+                serde_json::json!({
+                    "latest_event": latest_event,
+                    "count": count,
+                    "current_user_participated": participated,
+                }),
+            );
         }
         let references = self
             .store

@@ -94,10 +94,10 @@ impl Services {
         txn: Option<TxnRecord>,
         prev_events: Option<Vec<OwnedEventId>>,
     ) -> Result<OwnedEventId> {
-        if let Some(txn) = &txn {
-            if let Some(event_id) = self.store.event_for_txn(txn).await? {
-                return Ok(event_id);
-            }
+        if let Some(txn) = &txn
+            && let Some(event_id) = self.store.event_for_txn(txn).await?
+        {
+            return Ok(event_id);
         }
         if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(event.content.get())
             .is_err()
@@ -107,10 +107,10 @@ impl Services {
         let version = self.room_version(room_id).await?;
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
-        if let Some(txn) = &txn {
-            if let Some(event_id) = self.store.event_for_txn(txn).await? {
-                return Ok(event_id);
-            }
+        if let Some(txn) = &txn
+            && let Some(event_id) = self.store.event_for_txn(txn).await?
+        {
+            return Ok(event_id);
         }
         let extremities = self.store.forward_extremities(room_id).await?;
         let mut prev_events = prev_events.unwrap_or_else(|| extremities.clone());

@@ -82,12 +82,12 @@ impl Services {
         )
         .await?;
         for kind in COPIED_STATE {
-            if let Some(event_id) = old_state.get(&(StateEventType::from(*kind), String::new())) {
-                if let Some(event) = self.load_event(event_id).await? {
-                    let content: Value = serde_json::from_str(event.pdu.content.get())?;
-                    self.send_event(user_id, &new_room, NewEvent::state(*kind, "", content), None)
-                        .await?;
-                }
+            if let Some(event_id) = old_state.get(&(StateEventType::from(*kind), String::new()))
+                && let Some(event) = self.load_event(event_id).await?
+            {
+                let content: Value = serde_json::from_str(event.pdu.content.get())?;
+                self.send_event(user_id, &new_room, NewEvent::state(*kind, "", content), None)
+                    .await?;
             }
         }
 
@@ -132,12 +132,11 @@ impl Services {
             |value: Option<&Value>| json!(value.and_then(Value::as_i64).unwrap_or(0).max(50));
         old_levels["events_default"] = raise(old_levels.get("events_default"));
         old_levels["invite"] = raise(old_levels.get("invite"));
-        if let Some(users) = old_levels.get_mut("users").and_then(Value::as_object_mut) {
-            if !versions::rules(&self.room_version(room_id).await?)
+        if let Some(users) = old_levels.get_mut("users").and_then(Value::as_object_mut)
+            && !versions::rules(&self.room_version(room_id).await?)
                 .is_some_and(|rules| rules.authorization.explicitly_privilege_room_creators)
-            {
-                users.insert(user_id.to_string(), json!(100));
-            }
+        {
+            users.insert(user_id.to_string(), json!(100));
         }
         if let Err(error) = self
             .send_event(

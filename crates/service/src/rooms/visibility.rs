@@ -61,6 +61,12 @@ impl Services {
         event: &LoadedEvent,
         joined_now: bool,
     ) -> Result<bool> {
+        let own_membership_event = event.pdu.kind == TimelineEventType::RoomMember
+            && event.pdu.state_key.as_deref() == Some(user_id.as_str());
+        if own_membership_event {
+            // A user always sees their own membership changes (their invite, their kick).
+            return Ok(true);
+        }
         let group = event.record.state_before;
         let history_visibility =
             match self.state_event_in(group, &StateEventType::RoomHistoryVisibility, "").await? {

@@ -166,11 +166,11 @@ impl Services {
                 room.ephemeral.events.push(raw(serde_json::value::to_raw_value(&event)?));
             }
             let typing_since = if full { None } else { window.since.map(|since| since.ephemeral) };
-            if let Some(users) = self.typing_since(room_id, typing_since) {
-                if filter::room_event_type_passes(&request.filter.room.ephemeral, "m.typing") {
-                    let event = json!({ "type": "m.typing", "content": { "user_ids": users } });
-                    room.ephemeral.events.push(raw(serde_json::value::to_raw_value(&event)?));
-                }
+            if let Some(users) = self.typing_since(room_id, typing_since)
+                && filter::room_event_type_passes(&request.filter.room.ephemeral, "m.typing")
+            {
+                let event = json!({ "type": "m.typing", "content": { "user_ids": users } });
+                room.ephemeral.events.push(raw(serde_json::value::to_raw_value(&event)?));
             }
             has_data |= !room.ephemeral.events.is_empty();
             if has_data || full {
@@ -433,14 +433,14 @@ impl Services {
             self.format_events(&timeline.events, format).await?.into_iter().map(raw).collect();
         room.timeline.limited = timeline.limited;
         room.timeline.prev_batch = Some(timeline.prev_batch);
-        if window.since.is_none() || timeline.limited {
-            if let Some(first) = timeline.events.first() {
-                let state = self.state_map(first.record.state_before).await?;
-                let loaded = self.state_events(&state).await?;
-                room.state = v3::State::Before(v3::StateEvents::with_events(
-                    self.format_events(&loaded, format).await?.into_iter().map(raw).collect(),
-                ));
-            }
+        if (window.since.is_none() || timeline.limited)
+            && let Some(first) = timeline.events.first()
+        {
+            let state = self.state_map(first.record.state_before).await?;
+            let loaded = self.state_events(&state).await?;
+            room.state = v3::State::Before(v3::StateEvents::with_events(
+                self.format_events(&loaded, format).await?.into_iter().map(raw).collect(),
+            ));
         }
         Ok(Some(room))
     }

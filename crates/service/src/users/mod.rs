@@ -176,7 +176,7 @@ impl Services {
                 return Err(Error::forbidden("The registration token is no longer valid"));
             }
         }
-        let password_hash = hash_password(password.to_owned()).await?;
+        let password_hash = hash_password(&self.password_permits, password.to_owned()).await?;
         self.store
             .create_user(&UserRecord {
                 user_id: user_id.clone(),
@@ -387,7 +387,7 @@ impl Services {
             UiaPurpose::Account(requester.user_id.clone()),
         )
         .await?;
-        let hash = hash_password(new_password.to_owned()).await?;
+        let hash = hash_password(&self.password_permits, new_password.to_owned()).await?;
         self.store.set_password_hash(&requester.user_id, &hash).await?;
         if logout_devices {
             for device in self.store.list_devices(&requester.user_id).await? {

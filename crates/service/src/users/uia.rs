@@ -221,6 +221,6 @@ impl Services {
     pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
         let Some(user) = self.store.get_user(user_id).await? else { return Ok(false) };
         let Some(hash) = user.password_hash.filter(|_| !user.deactivated) else { return Ok(false) };
-        verify_password(password.to_owned(), hash).await
+        verify_password(&self.password_permits, password.to_owned(), hash).await
     }
 }

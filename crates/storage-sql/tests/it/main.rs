@@ -1,5 +1,8 @@
 //! The storage conformance suite, run on SQLite and on a real PostgreSQL server.
 
+// Test code: a failed step fails the test at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod sqlite {
     use std::sync::Arc;
 

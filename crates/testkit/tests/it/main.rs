@@ -1,8 +1,13 @@
 //! HTTP endpoint tests against a real in-process server: exact statuses, error codes and
 //! bodies for good and bad requests, on SQLite and PostgreSQL.
 
+// Test code: a failed step fails the test at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod accounts;
 mod bad_input;
 mod e2ee;
 mod forks;
 mod media;
+mod rooms;
 mod sync;
