@@ -50,7 +50,11 @@ async fn versions(
     let mut response = get_supported_versions::Response::new(
         SUPPORTED_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
     );
-    response.unstable_features = BTreeMap::from([("org.matrix.msc2285.stable".to_owned(), true)]);
+    response.unstable_features = BTreeMap::from([
+        ("org.matrix.msc2285.stable".to_owned(), true),
+        // Dehydrated devices, served on the MSC's unstable paths.
+        ("org.matrix.msc3814".to_owned(), true),
+    ]);
     Ok(RumaResponse(response))
 }
 

@@ -84,12 +84,12 @@ fn validate_one_time_keys(
         let json = match key {
             OneTimeKey::SignedKey(_) => {
                 let object = canonical_object(raw.json(), "A signed key")?;
-                if let Some(public_key) = device_ed25519 {
-                    if !is_signed_by(&object, user_id.as_str(), device_id.as_str(), public_key) {
-                        return Err(Error::invalid_param(format!(
-                            "The key {key_id} is not signed by the device"
-                        )));
-                    }
+                if let Some(public_key) = device_ed25519
+                    && !is_signed_by(&object, user_id.as_str(), device_id.as_str(), public_key)
+                {
+                    return Err(Error::invalid_param(format!(
+                        "The key {key_id} is not signed by the device"
+                    )));
                 }
                 stored_form(object)
             }
@@ -151,10 +151,10 @@ impl Services {
         // One-time keys first: a conflicting key ID refuses the upload before anything else.
         self.store.add_one_time_keys(user_id, device_id, &one_time).await?;
         self.store.set_fallback_keys(user_id, device_id, &fallback).await?;
-        if let Some((json, _)) = device_keys {
-            if self.store.set_device_keys(user_id, device_id, &json).await?.is_some() {
-                self.notify_device_list_watchers(user_id).await?;
-            }
+        if let Some((json, _)) = device_keys
+            && self.store.set_device_keys(user_id, device_id, &json).await?.is_some()
+        {
+            self.notify_device_list_watchers(user_id).await?;
         }
         self.one_time_key_counts(user_id, device_id).await
     }

@@ -106,7 +106,7 @@ pub(crate) fn is_ed25519_key(key: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use ruma::signatures::{Ed25519KeyPair, KeyPair};
+    use ruma::signatures::Ed25519KeyPair;
     use serde_json::json;
 
     use super::*;

@@ -104,11 +104,11 @@ impl Services {
         let fetch = || self.store.to_device_messages(user_id, device_id, upper, limit);
         let mut records = fetch().await?;
         // Only write when there is something to delete (most syncs have nothing).
-        if let (Some(since), Some(first)) = (since, records.first()) {
-            if first.stream_pos <= since {
-                self.store.delete_to_device_messages(user_id, device_id, since).await?;
-                records = fetch().await?;
-            }
+        if let (Some(since), Some(first)) = (since, records.first())
+            && first.stream_pos <= since
+        {
+            self.store.delete_to_device_messages(user_id, device_id, since).await?;
+            records = fetch().await?;
         }
         if records.len() > TO_DEVICE_LIMIT {
             records.truncate(TO_DEVICE_LIMIT);

@@ -48,6 +48,8 @@ async fn dehydrated_devices_collect_messages_until_rehydrated() {
     let server = TestServer::start().await;
     let alice = Device::register(&server, "alice").await;
     let bob = Device::register(&server, "bob").await;
+    let versions = alice.api.get("/_matrix/client/versions").await.ok();
+    assert_eq!(versions["unstable_features"]["org.matrix.msc3814"], true, "{versions}");
     alice.api.get(BASE).await.expect_error(404, "M_NOT_FOUND");
 
     let put = alice.api.put(BASE, dehydrated(&alice, "DEHYDRATED1")).await.ok();
@@ -112,5 +114,5 @@ async fn dehydrated_devices_collect_messages_until_rehydrated() {
     assert_eq!(deleted["device_id"], "DEHYDRATED2");
     alice.api.get(BASE).await.expect_error(404, "M_NOT_FOUND");
     alice.api.delete(BASE).await.expect_error(404, "M_NOT_FOUND");
-    assert_eq!(device_ids(&alice).await, [alice.device_id.clone()]);
+    assert_eq!(device_ids(&alice).await, [alice.device_id.as_str()]);
 }

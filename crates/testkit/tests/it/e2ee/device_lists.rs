@@ -35,7 +35,7 @@ async fn device_lists_follow_key_changes_and_shared_rooms() {
     alice.upload_all(1).await;
     dave.upload_all(1).await;
     let after_keys = bob.sync(Some(&start)).await;
-    assert_eq!(device_list(&after_keys, "changed"), [alice.user_id.clone()], "{after_keys}");
+    assert_eq!(device_list(&after_keys, "changed"), [alice.user_id.as_str()], "{after_keys}");
     assert!(device_list(&after_keys, "left").is_empty());
     // Alice sees her own change.
     let own = alice.sync(Some(&alice_start)).await;
@@ -47,7 +47,7 @@ async fn device_lists_follow_key_changes_and_shared_rooms() {
     let carol_start = next_batch(&carol.sync(None).await);
     carol.api.join(&room_id).await;
     let joined = bob.sync(Some(&since)).await;
-    assert_eq!(device_list(&joined, "changed"), [carol.user_id.clone()], "{joined}");
+    assert_eq!(device_list(&joined, "changed"), [carol.user_id.as_str()], "{joined}");
     let carol_view = carol.sync(Some(&carol_start)).await;
     let mut carol_changed = device_list(&carol_view, "changed");
     carol_changed.sort();
@@ -58,14 +58,14 @@ async fn device_lists_follow_key_changes_and_shared_rooms() {
     let alice_phone = alice.login(&server).await;
     alice_phone.upload_all(1).await;
     let phone = bob.sync(Some(&since)).await;
-    assert_eq!(device_list(&phone, "changed"), [alice.user_id.clone()]);
+    assert_eq!(device_list(&phone, "changed"), [alice.user_id.as_str()]);
     since = next_batch(&phone);
 
     // Carol leaves: she shares no room with Bob any more.
     let leave = format!("/_matrix/client/v3/rooms/{}/leave", encode(&room_id));
     carol.api.post(&leave, json!({})).await.ok();
     let left = bob.sync(Some(&since)).await;
-    assert_eq!(device_list(&left, "left"), [carol.user_id.clone()], "{left}");
+    assert_eq!(device_list(&left, "left"), [carol.user_id.as_str()], "{left}");
     assert!(!device_list(&left, "changed").contains(&carol.user_id));
     let end = next_batch(&left);
 
@@ -107,7 +107,7 @@ async fn deleting_a_device_deletes_its_keys_and_messages() {
     let devices = bob.query(&[&alice.user_id]).await;
     let remaining: Vec<_> =
         devices["device_keys"][&alice.user_id].as_object().unwrap().keys().cloned().collect();
-    assert_eq!(remaining, [alice.device_id.clone()]);
+    assert_eq!(remaining, [alice.device_id.as_str()]);
     let wanted =
         json!({ "one_time_keys": { &alice.user_id: { &phone.device_id: "signed_curve25519" } } });
     let claim = bob.api.post("/_matrix/client/v3/keys/claim", wanted).await.ok();
