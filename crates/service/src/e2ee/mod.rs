@@ -61,6 +61,9 @@ impl Services {
         if until <= since {
             return Ok((Vec::new(), Vec::new()));
         }
+        let device_changes = self.store.device_list_changes(user_id, since, until).await?;
+        let mut own_memberships = self.store.membership_changes_since(user_id, since).await?;
+        own_memberships.retain(|membership| membership.stream_pos <= until);
         let my_rooms: Vec<OwnedRoomId> = self
             .store
             .rooms_of_user(user_id, &["join"])
@@ -68,23 +71,23 @@ impl Services {
             .into_iter()
             .map(|membership| membership.room_id)
             .collect();
+        let others = self.store.memberships_changed_between(&my_rooms, since, until).await?;
+        if device_changes.is_empty() && own_memberships.is_empty() && others.is_empty() {
+            // Most syncs: nothing to look at, so the members of every room are not gathered.
+            return Ok((Vec::new(), Vec::new()));
+        }
         let mut shared: HashSet<OwnedUserId> = HashSet::new();
         for room_id in &my_rooms {
             shared.extend(self.room_members_cached(room_id, true).await?);
         }
-        let mut changed = BTreeSet::new();
+        let mut changed: BTreeSet<OwnedUserId> = device_changes
+            .into_iter()
+            .filter(|other| other == user_id || shared.contains(other))
+            .collect();
         let mut gone = BTreeSet::new();
-        for other in self.store.device_list_changes(user_id, since, until).await? {
-            if other == user_id || shared.contains(&other) {
-                changed.insert(other);
-            }
-        }
         // Rooms the user joined or left: their members newly share, or may no longer share, a
         // room with the user.
-        for membership in self.store.membership_changes_since(user_id, since).await? {
-            if membership.stream_pos > until {
-                continue;
-            }
+        for membership in own_memberships {
             let target = match membership.membership.as_str() {
                 "join" => &mut changed,
                 "leave" | "ban" => &mut gone,
@@ -97,7 +100,7 @@ impl Services {
             }
         }
         // Others joining or leaving the user's rooms.
-        for membership in self.store.memberships_changed_between(&my_rooms, since, until).await? {
+        for membership in others {
             if membership.user_id == user_id {
                 continue;
             }
