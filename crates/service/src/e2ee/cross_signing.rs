@@ -73,12 +73,9 @@ fn check_key(
         )));
     }
     let object = canonical_object(raw.json(), name)?;
-    let record =
-        CrossSigningKeyRecord { key_type, public_key: public_key.clone(), json: String::new() };
-    Ok(CheckedKey {
-        record: CrossSigningKeyRecord { json: stored_form(object.clone()), ..record },
-        object,
-    })
+    let json = stored_form(object.clone());
+    let record = CrossSigningKeyRecord { key_type, public_key: public_key.clone(), json };
+    Ok(CheckedKey { record, object })
 }
 
 fn failure(errcode: &str, error: &str) -> Failure {
