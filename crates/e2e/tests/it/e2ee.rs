@@ -1,6 +1,7 @@
 //! End-to-end encryption with real clients (matrix-sdk with its crypto machine): encrypted
 //! messages both ways and to a device that appears later, cross-signing and manual
-//! verification seen by both users, and history restored from key backup on a new device.
+//! verification seen by both users, emoji (SAS) verification between two sessions over
+//! to-device messages, and history restored from key backup on a new device.
 
 use std::time::Duration;
 
@@ -258,4 +259,87 @@ async fn a_new_device_restores_history_from_key_backup() {
     let value: Value = serde_json::from_str(after.raw().json().get()).expect("event JSON");
     assert_eq!(value["content"]["body"], "before the new device", "{value}");
     assert!(after.encryption_info().is_some());
+}
+
+/// The seven emoji symbols a SAS verification shows.
+fn symbols(sas: &matrix_sdk::encryption::verification::SasVerification) -> Vec<&'static str> {
+    sas.emoji().map(|emoji| emoji.iter().map(|emoji| emoji.symbol).collect()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sessions_verify_each_other_by_emoji() {
+    let server = TestServer::start().await;
+    let phone = register(&server.base_url, "alice").await;
+    sync(&phone).await;
+    phone.encryption().bootstrap_cross_signing(None).await.expect("Alice bootstraps");
+    let alice_id = user_id(&phone);
+    let phone_id = phone.device_id().expect("a device").to_owned();
+    let laptop = login(&server.base_url, &alice_id, "laptop").await;
+    sync(&laptop).await;
+    sync(&laptop).await;
+    let laptop_id = laptop.device_id().expect("a device").to_owned();
+
+    // The phone learns of the laptop and asks to verify it; the request goes over to-device.
+    let mut laptop_device = None;
+    for _ in 0..ATTEMPTS {
+        sync(&phone).await;
+        laptop_device = phone.encryption().get_device(&alice_id, &laptop_id).await.unwrap();
+        if laptop_device.is_some() {
+            break;
+        }
+    }
+    let laptop_device = laptop_device.expect("the phone sees the laptop");
+    assert!(!laptop_device.is_verified());
+    let request = laptop_device.request_verification().await.expect("request sent");
+    let flow_id = request.flow_id().to_owned();
+    let mut incoming = None;
+    for _ in 0..ATTEMPTS {
+        sync(&laptop).await;
+        incoming = laptop.encryption().get_verification_request(&alice_id, &flow_id).await;
+        if incoming.is_some() {
+            break;
+        }
+    }
+    incoming.expect("the laptop gets the request").accept().await.expect("accepted");
+    for _ in 0..ATTEMPTS {
+        if request.is_ready() {
+            break;
+        }
+        sync(&phone).await;
+    }
+    let phone_sas = request.start_sas().await.expect("SAS").expect("SAS started");
+    let mut laptop_sas = None;
+    for _ in 0..ATTEMPTS {
+        sync(&laptop).await;
+        let verification = laptop.encryption().get_verification(&alice_id, &flow_id).await;
+        laptop_sas = verification.and_then(|verification| verification.sas());
+        if laptop_sas.is_some() {
+            break;
+        }
+    }
+    let laptop_sas = laptop_sas.expect("the laptop sees the SAS start");
+    laptop_sas.accept().await.expect("accepted");
+    for _ in 0..ATTEMPTS {
+        if phone_sas.can_be_presented() && laptop_sas.can_be_presented() {
+            break;
+        }
+        sync(&phone).await;
+        sync(&laptop).await;
+    }
+    assert_eq!(symbols(&phone_sas).len(), 7, "the emojis never showed");
+    assert_eq!(symbols(&phone_sas), symbols(&laptop_sas), "both sessions show the same emojis");
+    phone_sas.confirm().await.expect("the phone confirms");
+    laptop_sas.confirm().await.expect("the laptop confirms");
+    for _ in 0..ATTEMPTS {
+        if phone_sas.is_done() && laptop_sas.is_done() {
+            break;
+        }
+        sync(&phone).await;
+        sync(&laptop).await;
+    }
+    assert!(phone_sas.is_done() && laptop_sas.is_done(), "the verification never finished");
+    let seen_by_phone = phone.encryption().get_device(&alice_id, &laptop_id).await.unwrap();
+    assert!(seen_by_phone.expect("laptop").is_verified());
+    let seen_by_laptop = laptop.encryption().get_device(&alice_id, &phone_id).await.unwrap();
+    assert!(seen_by_laptop.expect("phone").is_verified());
 }
