@@ -142,6 +142,7 @@ impl Services {
                     notify,
                     highlight,
                     thread_id: thread_id.clone(),
+                    actions: serde_json::to_string(rule_actions)?,
                 });
             }
         }

@@ -143,6 +143,26 @@ impl AccountStore for SqlStore {
             .map_err(db_error)
     }
 
+    async fn list_users(&self) -> Result<Vec<UserRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users ORDER BY user_id"
+        )))
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn set_admin(&self, user_id: &UserId, is_admin: bool) -> Result<bool> {
+        let result = sqlx::query("UPDATE users SET is_admin = $1 WHERE user_id = $2")
+            .bind(flag(is_admin))
+            .bind(user_id.as_str())
+            .execute(&self.write)
+            .await
+            .map_err(db_error)?;
+        Ok(result.rows_affected() > 0)
+    }
+
     async fn search_user_directory(
         &self,
         searcher: &UserId,

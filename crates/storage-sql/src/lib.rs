@@ -9,6 +9,7 @@ mod accounts;
 mod e2ee;
 mod media;
 mod migrations;
+mod moderation;
 mod rooms;
 mod rooms_query;
 mod state;

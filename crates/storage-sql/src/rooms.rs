@@ -54,6 +54,7 @@ fn room_from_row(row: &AnyRow) -> Result<RoomRecord> {
             .map_err(|error| Error::bug(format!("bad room version in database: {error}")))?,
         published: row.try_get::<i64, _>("published").map_err(db_error)? != 0,
         current_state_group: row.try_get("current_state_group").map_err(db_error)?,
+        shut_down_ts: row.try_get("shut_down_ts").map_err(db_error)?,
     })
 }
 
@@ -204,7 +205,7 @@ async fn persist_in_transaction(
     for action in &event.push_actions {
         sqlx::query(
             "INSERT INTO event_push_actions (user_id, room_id, stream_pos, notify, highlight, \
-             thread_id) VALUES ($1, $2, $3, $4, $5, $6)",
+             thread_id, actions) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(action.user_id.as_str())
         .bind(event.room_id.as_str())
@@ -212,6 +213,7 @@ async fn persist_in_transaction(
         .bind(flag(action.notify))
         .bind(flag(action.highlight))
         .bind(action.thread_id.as_ref().map(|id| id.as_str()))
+        .bind(&action.actions)
         .execute(&mut *connection)
         .await
         .map_err(db_error)?;
@@ -246,7 +248,8 @@ impl RoomStore for SqlStore {
 
     async fn get_room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
         let row = sqlx::query(
-            "SELECT room_id, room_version, published, current_state_group FROM rooms WHERE room_id = $1",
+            "SELECT room_id, room_version, published, current_state_group, shut_down_ts FROM rooms \
+             WHERE room_id = $1",
         )
         .bind(room_id.as_str())
         .fetch_optional(&self.read)
@@ -257,7 +260,8 @@ impl RoomStore for SqlStore {
 
     async fn list_rooms(&self) -> Result<Vec<RoomRecord>> {
         let rows = sqlx::query(
-            "SELECT room_id, room_version, published, current_state_group FROM rooms ORDER BY created_ts",
+            "SELECT room_id, room_version, published, current_state_group, shut_down_ts FROM rooms \
+             ORDER BY created_ts, room_id",
         )
         .fetch_all(&self.read)
         .await
@@ -564,5 +568,17 @@ impl RoomStore for SqlStore {
 
     async fn published_rooms(&self) -> Result<Vec<PublishedRoom>> {
         rooms_query::published_rooms(self).await
+    }
+
+    async fn set_room_shut_down(&self, room_id: &RoomId, ts: i64) -> Result<bool> {
+        let result = sqlx::query(
+            "UPDATE rooms SET shut_down_ts = COALESCE(shut_down_ts, $1) WHERE room_id = $2",
+        )
+        .bind(ts)
+        .bind(room_id.as_str())
+        .execute(&self.write)
+        .await
+        .map_err(db_error)?;
+        Ok(result.rows_affected() > 0)
     }
 }

@@ -3,12 +3,13 @@
 use async_trait::async_trait;
 use rhizome_core::Result;
 use rhizome_storage::{
-    AccountDataRecord, PusherRecord, ReceiptRecord, StreamPos, UnreadCounts, UserDataStore,
+    AccountDataRecord, NotificationRecord, PusherRecord, ReceiptRecord, StreamPos, UnreadCounts,
+    UserDataStore,
 };
 use ruma::{EventId, RoomId, UserId};
 use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
-use crate::{SqlStore, db_error, parse_id, placeholders};
+use crate::{SqlStore, db_error, flag, parse_id, placeholders};
 
 fn account_data_from_row(row: &AnyRow) -> Result<AccountDataRecord> {
     let room_id: String = row.try_get("room_id").map_err(db_error)?;
@@ -206,6 +207,49 @@ impl UserDataStore for SqlStore {
             notifications: notifications.max(0).unsigned_abs(),
             highlights: highlights.max(0).unsigned_abs(),
         })
+    }
+
+    async fn notifications(
+        &self,
+        user_id: &UserId,
+        before: Option<StreamPos>,
+        highlights_only: bool,
+        limit: i64,
+    ) -> Result<Vec<NotificationRecord>> {
+        // Read as in `unread_counts`: covered by an unthreaded receipt or one of its thread.
+        let rows = sqlx::query(
+            "SELECT a.room_id, e.event_id, a.stream_pos, e.origin_server_ts, a.highlight, \
+                    a.actions, CAST(CASE WHEN a.stream_pos <= COALESCE(( \
+                        SELECT MAX(r.event_stream_pos) FROM receipts r \
+                        WHERE r.room_id = a.room_id AND r.user_id = a.user_id \
+                          AND r.receipt_type IN ('m.read', 'm.read.private') \
+                          AND (r.thread_id = '' OR r.thread_id = COALESCE(a.thread_id, 'main'))), \
+                        0) THEN 1 ELSE 0 END AS BIGINT) AS is_read \
+             FROM event_push_actions a JOIN events e ON e.stream_pos = a.stream_pos \
+             WHERE a.user_id = $1 AND a.stream_pos < $2 \
+               AND (a.highlight = 1 OR (a.notify = 1 AND $3 = 0)) \
+             ORDER BY a.stream_pos DESC LIMIT $4",
+        )
+        .bind(user_id.as_str())
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(flag(highlights_only))
+        .bind(limit.max(0))
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok(NotificationRecord {
+                    room_id: parse_id(row.try_get("room_id").map_err(db_error)?)?,
+                    event_id: parse_id(row.try_get("event_id").map_err(db_error)?)?,
+                    stream_pos: row.try_get("stream_pos").map_err(db_error)?,
+                    ts: row.try_get("origin_server_ts").map_err(db_error)?,
+                    highlight: row.try_get::<i64, _>("highlight").map_err(db_error)? != 0,
+                    actions: row.try_get("actions").map_err(db_error)?,
+                    read: row.try_get::<i64, _>("is_read").map_err(db_error)? != 0,
+                })
+            })
+            .collect()
     }
 
     async fn set_pusher(&self, pusher: &PusherRecord) -> Result<()> {

@@ -33,6 +33,12 @@ pub trait AccountStore {
     /// Counts the local accounts.
     async fn count_users(&self) -> Result<i64>;
 
+    /// Every local account, deactivated ones included, by user ID.
+    async fn list_users(&self) -> Result<Vec<UserRecord>>;
+
+    /// Grants or withdraws server administration; `false` if the account does not exist.
+    async fn set_admin(&self, user_id: &UserId, is_admin: bool) -> Result<bool>;
+
     /// Searches users whose ID or display name contains `term`, among those who share a room
     /// with `searcher` or are joined to a published room.
     async fn search_user_directory(

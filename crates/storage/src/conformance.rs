@@ -8,6 +8,7 @@
 mod accounts;
 mod e2ee;
 mod media;
+mod moderation;
 mod rooms;
 mod user_data;
 
@@ -18,6 +19,7 @@ use crate::DataStore;
 pub use accounts::*;
 pub use e2ee::*;
 pub use media::*;
+pub use moderation::*;
 pub use rooms::*;
 pub use user_data::*;
 
@@ -35,6 +37,7 @@ macro_rules! conformance_tests {
             devices_and_tokens,
             refresh_tokens_rotate_once,
             registration_tokens_are_used_up_exactly,
+            users_are_listed_and_made_admin,
             events_persist_with_state_extremities_and_positions,
             state_groups_stay_correct_across_snapshots,
             a_failed_persist_changes_nothing,
@@ -46,7 +49,10 @@ macro_rules! conformance_tests {
             aliases_directory_and_search,
             account_data_and_filters,
             receipts_and_unread_counts,
+            notifications_page_newest_first,
             pushers_are_stored_per_user,
+            reports_are_kept_and_resolved,
+            rooms_are_shut_down,
         );
         $crate::e2ee_conformance_tests!($make);
         $crate::media_conformance_tests!($make);

@@ -10,6 +10,7 @@ pub mod accounts;
 pub mod conformance;
 pub mod e2ee;
 pub mod media;
+pub mod moderation;
 pub mod records;
 pub mod rooms;
 pub mod user_data;
@@ -17,6 +18,7 @@ pub mod user_data;
 pub use accounts::AccountStore;
 pub use e2ee::E2eeStore;
 pub use media::MediaStore;
+pub use moderation::ModerationStore;
 pub use records::*;
 pub use rooms::RoomStore;
 pub use user_data::UserDataStore;
@@ -30,7 +32,15 @@ pub type StateGroupId = i64;
 
 /// Everything a backend stores, behind one object.
 pub trait DataStore:
-    AccountStore + RoomStore + UserDataStore + E2eeStore + MediaStore + Send + Sync + 'static
+    AccountStore
+    + RoomStore
+    + UserDataStore
+    + E2eeStore
+    + MediaStore
+    + ModerationStore
+    + Send
+    + Sync
+    + 'static
 {
     /// The greatest stream position whose change is committed and visible.
     fn current_stream_pos(&self) -> StreamPos;

@@ -101,6 +101,9 @@ pub struct RoomRecord {
     pub published: bool,
     /// The state group holding its current state.
     pub current_state_group: Option<StateGroupId>,
+    /// When the server's administrator shut it down (ms since the epoch); nobody of this
+    /// server may join it since.
+    pub shut_down_ts: Option<i64>,
 }
 
 /// A stored event with its place in the room.
@@ -191,6 +194,8 @@ pub struct PushAction {
     pub highlight: bool,
     /// The thread it belongs to, if any.
     pub thread_id: Option<OwnedEventId>,
+    /// The actions of the push rule that matched, as JSON (an array).
+    pub actions: String,
 }
 
 /// A relation from the new event to another.
@@ -369,4 +374,53 @@ pub struct UnreadCounts {
     pub notifications: u64,
     /// Highlights.
     pub highlights: u64,
+}
+
+/// A notification of a user, as `/notifications` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotificationRecord {
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// The event that notified.
+    pub event_id: OwnedEventId,
+    /// The event's stream position (the pagination key).
+    pub stream_pos: StreamPos,
+    /// When the event was sent (ms since the epoch).
+    pub ts: i64,
+    /// Whether it highlights.
+    pub highlight: bool,
+    /// The actions of the push rule that matched, as JSON; `None` for notifications stored
+    /// before the actions were kept.
+    pub actions: Option<String>,
+    /// Whether a read receipt of the user covers it.
+    pub read: bool,
+}
+
+/// A report of a room or an event, made by a user for the server's administrator. The
+/// reported content itself is not copied: the administrator looks at the room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewReport {
+    /// Who reported.
+    pub reporter: OwnedUserId,
+    /// The room reported, or the room of the event reported.
+    pub room_id: OwnedRoomId,
+    /// The event reported, for event reports.
+    pub event_id: Option<OwnedEventId>,
+    /// The reason the reporter gave.
+    pub reason: Option<String>,
+    /// The score the reporter gave (-100 most offensive, 0 inoffensive).
+    pub score: Option<i64>,
+    /// When it was received (ms since the epoch).
+    pub received_ts: i64,
+}
+
+/// A stored report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportRecord {
+    /// The report's number.
+    pub report_id: i64,
+    /// What was reported.
+    pub report: NewReport,
+    /// When the administrator resolved it.
+    pub resolved_ts: Option<i64>,
 }

@@ -181,4 +181,8 @@ pub trait RoomStore {
 
     /// Published rooms, largest first.
     async fn published_rooms(&self) -> Result<Vec<PublishedRoom>>;
+
+    /// Marks a room as shut down by the server's administrator (keeping the first time if it
+    /// already was); `false` if the room is unknown.
+    async fn set_room_shut_down(&self, room_id: &RoomId, ts: i64) -> Result<bool>;
 }

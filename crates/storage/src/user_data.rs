@@ -4,7 +4,9 @@ use async_trait::async_trait;
 use rhizome_core::Result;
 use ruma::{EventId, RoomId, UserId};
 
-use crate::{AccountDataRecord, PusherRecord, ReceiptRecord, StreamPos, UnreadCounts};
+use crate::{
+    AccountDataRecord, NotificationRecord, PusherRecord, ReceiptRecord, StreamPos, UnreadCounts,
+};
 
 /// Per-user data: account data, filters, receipts, pushers and notification counts.
 #[async_trait]
@@ -60,6 +62,17 @@ pub trait UserDataStore {
 
     /// Notification counts of the user in the room since their latest read receipt.
     async fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts>;
+
+    /// The user's notifications (those that notify, or only those that highlight), newest
+    /// first, before stream position `before` (exclusive), each with whether a read receipt
+    /// covers it.
+    async fn notifications(
+        &self,
+        user_id: &UserId,
+        before: Option<StreamPos>,
+        highlights_only: bool,
+        limit: i64,
+    ) -> Result<Vec<NotificationRecord>>;
 
     /// Adds or replaces a pusher.
     async fn set_pusher(&self, pusher: &PusherRecord) -> Result<()>;

@@ -164,3 +164,25 @@ pub async fn registration_tokens_are_used_up_exactly(store: Arc<dyn DataStore>) 
     assert!(store.delete_registration_token("expiring").await.unwrap());
     assert!(!store.delete_registration_token("expiring").await.unwrap());
 }
+
+/// The administrator lists every account and grants or withdraws administration.
+pub async fn users_are_listed_and_made_admin(store: Arc<dyn DataStore>) {
+    assert!(store.list_users().await.unwrap().is_empty());
+    for name in ["carol", "alice", "bob"] {
+        store.create_user(&user(name)).await.unwrap();
+    }
+    store.deactivate_user(user_id!("@bob:example.org")).await.unwrap();
+    let users = store.list_users().await.unwrap();
+    let ids: Vec<&str> = users.iter().map(|user| user.user_id.as_str()).collect();
+    assert_eq!(ids, ["@alice:example.org", "@bob:example.org", "@carol:example.org"]);
+    assert!(users[1].deactivated && !users[0].deactivated);
+    assert_eq!(users[0], user("alice"));
+
+    assert!(store.set_admin(user_id!("@alice:example.org"), true).await.unwrap());
+    assert!(store.get_user(user_id!("@alice:example.org")).await.unwrap().unwrap().is_admin);
+    assert!(!store.get_user(user_id!("@carol:example.org")).await.unwrap().unwrap().is_admin);
+    assert!(store.set_admin(user_id!("@alice:example.org"), false).await.unwrap());
+    assert!(!store.get_user(user_id!("@alice:example.org")).await.unwrap().unwrap().is_admin);
+    assert!(!store.set_admin(user_id!("@nobody:example.org"), true).await.unwrap());
+    assert!(store.get_user(user_id!("@nobody:example.org")).await.unwrap().is_none());
+}

@@ -50,6 +50,7 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
             notify: true,
             highlight: index == 3,
             thread_id: None,
+            actions: "[\"notify\"]".into(),
         }];
         ids.push(event.event_id.clone());
         room.persist(event).await;
@@ -78,6 +79,7 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
         notify: true,
         highlight: false,
         thread_id: Some(root.clone()),
+        actions: "[\"notify\"]".into(),
     }];
     let threaded_id = threaded.event_id.clone();
     room.persist(threaded).await;
@@ -88,6 +90,7 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
         notify: true,
         highlight: false,
         thread_id: None,
+        actions: "[\"notify\"]".into(),
     }];
     let main_id = main.event_id.clone();
     room.persist(main).await;
@@ -111,6 +114,60 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
     let all = store.receipts_since(&[&room.room_id], None).await.unwrap();
     assert_eq!(all.len(), 4);
     assert!(store.receipts_since(&[room_id!("!none:example.org")], None).await.unwrap().is_empty());
+}
+
+/// Notifications come newest first from a position, with their actions and read state.
+pub async fn notifications_page_newest_first(store: Arc<dyn DataStore>) {
+    let mut room = RoomBuilder::new(store.clone(), "nt").await;
+    let bob = user_id!("@bob:example.org");
+    let carol = user_id!("@carol:example.org");
+    let mut ids = Vec::new();
+    for index in 0..5 {
+        let mut event =
+            room.template("@alice:example.org", "m.room.message", None, json!({"body": index}));
+        let highlight = index % 2 == 1;
+        let actions = if highlight {
+            json!(["notify", {"set_tweak": "highlight"}])
+        } else {
+            json!(["notify"])
+        };
+        event.push_actions = vec![PushAction {
+            user_id: bob.to_owned(),
+            // The third message highlights without notifying.
+            notify: index != 3,
+            highlight,
+            thread_id: None,
+            actions: actions.to_string(),
+        }];
+        ids.push(event.event_id.clone());
+        room.persist(event).await;
+    }
+    // An event without push actions for bob is not a notification.
+    room.send("@alice:example.org", "m.room.message", None, json!({"body": "quiet"})).await;
+
+    let all = store.notifications(bob, None, false, 10).await.unwrap();
+    let listed: Vec<_> = all.iter().map(|n| n.event_id.clone()).collect();
+    assert_eq!(listed, ids.iter().rev().cloned().collect::<Vec<_>>());
+    assert!(all.windows(2).all(|pair| pair[0].stream_pos > pair[1].stream_pos));
+    assert!(all.iter().all(|n| n.room_id == room.room_id && !n.read));
+    assert_eq!(all[1].actions.as_deref(), Some("[\"notify\",{\"set_tweak\":\"highlight\"}]"));
+    assert!(all[1].highlight && !all[0].highlight);
+    assert!(all[0].ts > all[1].ts, "ts is the event's origin_server_ts");
+
+    let page = store.notifications(bob, None, false, 2).await.unwrap();
+    assert_eq!(page.len(), 2);
+    let next = store.notifications(bob, Some(page[1].stream_pos), false, 2).await.unwrap();
+    assert_eq!(next.iter().map(|n| &n.event_id).collect::<Vec<_>>(), vec![&ids[2], &ids[1]]);
+
+    let highlights = store.notifications(bob, None, true, 10).await.unwrap();
+    assert_eq!(highlights.iter().map(|n| &n.event_id).collect::<Vec<_>>(), vec![&ids[3], &ids[1]]);
+
+    store.set_receipt(&room.room_id, "m.read", bob, None, &ids[2], 5).await.unwrap();
+    let read: Vec<bool> =
+        store.notifications(bob, None, false, 10).await.unwrap().iter().map(|n| n.read).collect();
+    assert_eq!(read, vec![false, false, true, true, true]);
+    assert!(store.notifications(carol, None, false, 10).await.unwrap().is_empty());
+    assert!(store.notifications(bob, None, false, 0).await.unwrap().is_empty());
 }
 
 /// Pushers are keyed by app and pushkey, per user.
