@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod error;
+pub mod federation;
 mod routes;
 pub mod ruma_wrapper;
 

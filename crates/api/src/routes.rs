@@ -8,7 +8,7 @@ use axum::{
 };
 use ruma::api::{Metadata, path_builder::PathBuilder};
 
-use crate::{AppState, client};
+use crate::{AppState, client, federation};
 
 /// Registers a handler for every path of the endpoint `T`.
 pub(crate) fn add<T, H, X>(mut router: Router<AppState>, handler: H) -> Router<AppState>
@@ -60,5 +60,8 @@ pub(crate) fn all(router: Router<AppState>) -> Router<AppState> {
     let router = client::sync::routes(router);
     let router = client::keys::routes(router);
     let router = client::media::routes(router);
+    let router = client::reporting::routes(router);
+    let router = client::integrations::routes(router);
+    let router = federation::routes(router);
     client::search::routes(router)
 }

@@ -6,6 +6,7 @@
 
 mod example;
 mod media;
+mod voip;
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -14,6 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use media::{MediaConfig, ThumbnailMethod, ThumbnailSize, UrlPreviewConfig};
+pub use voip::VoipConfig;
 
 /// The prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "RHIZOME_";
@@ -50,6 +52,8 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// The media repository: uploads, downloads, thumbnails and URL previews.
     pub media: MediaConfig,
+    /// Voice and video calls.
+    pub voip: VoipConfig,
 }
 
 impl Default for Config {
@@ -68,6 +72,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             logging: LoggingConfig::default(),
             media: MediaConfig::default(),
+            voip: VoipConfig::default(),
         }
     }
 }
@@ -270,6 +275,18 @@ impl Config {
                  (supported: 10, 11, 12)"
             )));
         }
+        if !self.voip.turn_uris.is_empty() && self.voip.turn_shared_secret_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "voip.turn_uris needs voip.turn_shared_secret_file (the TURN server's shared \
+                 secret) so clients can be given credentials"
+                    .to_owned(),
+            ));
+        }
+        if self.voip.turn_user_lifetime_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "voip.turn_user_lifetime_secs must be greater than zero".to_owned(),
+            ));
+        }
         Ok(())
     }
 
@@ -343,7 +360,7 @@ impl Config {
     /// Dotted keys of options whose default is "unset" (they do not appear in the serialised
     /// defaults but may be set).
     fn optional_keys() -> &'static [&'static str] {
-        &["database.url_file", "media.legacy_freeze_ts"]
+        &["database.url_file", "media.legacy_freeze_ts", "voip.turn_shared_secret_file"]
     }
 }
 
@@ -415,6 +432,21 @@ mod tests {
             Config::from_toml_and_env("[rooms]\ndefault_room_version = \"1\"\n", Vec::new())
                 .unwrap_err();
         assert!(error.to_string().contains("default_room_version"), "{error}");
+    }
+
+    #[test]
+    fn turn_uris_need_a_shared_secret() {
+        let error =
+            Config::from_toml_and_env("[voip]\nturn_uris = [\"turn:t.example.org\"]\n", Vec::new())
+                .unwrap_err();
+        assert!(error.to_string().contains("turn_shared_secret_file"), "{error}");
+        let config = Config::from_toml_and_env(
+            "[voip]\nturn_uris = [\"turn:t.example.org\"]\n",
+            env(&[("RHIZOME_VOIP__TURN_SHARED_SECRET_FILE", "/run/turn")]),
+        )
+        .unwrap();
+        assert_eq!(config.voip.turn_shared_secret_file, Some(PathBuf::from("/run/turn")));
+        assert_eq!(config.voip.turn_user_lifetime_secs, 86_400);
     }
 
     #[test]

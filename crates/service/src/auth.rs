@@ -1,5 +1,6 @@
 //! Who is asking: access tokens (stored as SHA-256 hashes only) turned into a [`Requester`],
-//! with a small cache so the hot path does not hit the database.
+//! with a small cache so the hot path does not hit the database (entries are looked up again
+//! after a minute, so the administrator's changes from another process take effect).
 
 use std::num::NonZeroUsize;
 
@@ -39,6 +40,7 @@ struct CachedToken {
     requester: Requester,
     expires_ts: Option<i64>,
     last_touched: i64,
+    cached_at: i64,
 }
 
 /// Recently used tokens.
@@ -66,6 +68,10 @@ impl TokenCache {
 /// How often a device's "last seen" time is written.
 const TOUCH_INTERVAL_MS: i64 = 5 * 60 * 1000;
 
+/// How long a token is trusted from the cache before it is looked up again, so changes made
+/// by the administrator's commands (another process) reach a running server.
+const CACHE_TTL_MS: i64 = 60 * 1000;
+
 impl Services {
     /// Finds who an access token belongs to: `M_UNKNOWN_TOKEN` (soft logout for expired
     /// refreshable tokens) otherwise.
@@ -74,6 +80,9 @@ impl Services {
         let now = now_millis();
         let touch = {
             let mut cache = self.token_cache.entries.lock();
+            if cache.peek(&hash).is_some_and(|entry| now - entry.cached_at > CACHE_TTL_MS) {
+                cache.pop(&hash);
+            }
             if let Some(entry) = cache.get_mut(&hash) {
                 if entry.expires_ts.is_some_and(|expires| expires <= now) {
                     return Err(Error::unknown_token(true));
@@ -119,6 +128,7 @@ impl Services {
                 requester: requester.clone(),
                 expires_ts: record.expires_ts,
                 last_touched: now,
+                cached_at: now,
             },
         );
         Ok(requester)

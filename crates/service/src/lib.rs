@@ -9,6 +9,7 @@ pub mod auth;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod media;
+pub mod moderation;
 pub mod notifier;
 pub mod push;
 pub mod rate_limit;
@@ -16,6 +17,7 @@ pub mod rooms;
 pub mod search;
 pub mod sync;
 pub mod users;
+pub mod voip;
 
 use std::sync::Arc;
 
@@ -45,6 +47,7 @@ pub struct Services {
     /// Permits for password hashing, which is memory-hungry by design.
     pub(crate) password_permits: tokio::sync::Semaphore,
     pub(crate) media: media::MediaRuntime,
+    pub(crate) openid_tokens: users::openid::OpenIdTokens,
 }
 
 impl Services {
@@ -60,6 +63,7 @@ impl Services {
             token_cache: auth::TokenCache::default(),
             password_permits: tokio::sync::Semaphore::new(users::password::CONCURRENT_HASHES),
             media: media::MediaRuntime::new(&config),
+            openid_tokens: users::openid::OpenIdTokens::default(),
             config,
             store,
             signing_key: Arc::new(signing_key),

@@ -2,23 +2,57 @@
 //! sync), its evaluation with ruma for every new event (which gives the notification and
 //! highlight counts), rule editing, and pusher storage.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use rhizome_core::{Error, Result};
 use rhizome_room::{Pdu, StateMap};
-use rhizome_storage::{PushAction, PusherRecord};
+use rhizome_storage::{PushAction, PusherRecord, StreamPos};
 use ruma::{
-    OwnedEventId, UInt, UserId,
+    OwnedEventId, OwnedRoomId, UInt, UserId,
     events::StateEventType,
-    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset, Tweak},
+    push::{
+        Action, HighlightTweakValue, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset,
+        Tweak,
+    },
     serde::Raw,
 };
-use serde_json::Value;
+use serde_json::{Value, value::RawValue as RawJsonValue};
 
-use crate::{Requester, Services};
+use crate::{
+    Requester, Services,
+    rooms::{cache::LoadedEvent, format::Format},
+};
 
 /// The account data type holding push rules.
 pub const PUSH_RULES_TYPE: &str = "m.push_rules";
+
+/// The most notifications `/notifications` returns at once (and its default).
+pub const MAX_NOTIFICATIONS: usize = 100;
+const DEFAULT_NOTIFICATIONS: usize = 50;
+
+/// One notification of `/notifications`.
+#[derive(Debug)]
+pub struct Notification {
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// The event, in the client format without `room_id`.
+    pub event: Box<RawJsonValue>,
+    /// When it was sent (ms since the epoch).
+    pub ts: i64,
+    /// Whether a read receipt of the user covers it.
+    pub read: bool,
+    /// The actions of the push rule that matched.
+    pub actions: Vec<Action>,
+}
+
+/// A page of `/notifications`.
+#[derive(Debug)]
+pub struct NotificationsPage {
+    /// The notifications, newest first.
+    pub notifications: Vec<Notification>,
+    /// The token of the next (older) page, if there is one.
+    pub next_token: Option<String>,
+}
 
 impl Services {
     /// The user's push rules: stored ones, or the server defaults.
@@ -131,10 +165,7 @@ impl Services {
             let rule_actions = ruleset.get_actions(&raw, &context).await;
             let notify = rule_actions.iter().any(|action| matches!(action, Action::Notify));
             let highlight = rule_actions.iter().any(|action| {
-                matches!(
-                    action,
-                    Action::SetTweak(Tweak::Highlight(ruma::push::HighlightTweakValue::Yes))
-                )
+                matches!(action, Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes)))
             });
             if notify || highlight {
                 actions.push(PushAction {
@@ -147,6 +178,73 @@ impl Services {
             }
         }
         Ok(actions)
+    }
+
+    /// The requester's notifications, newest first, from a `next_token` of an earlier page;
+    /// only those that highlight with `highlights_only`.
+    pub async fn notifications(
+        &self,
+        requester: &Requester,
+        from: Option<&str>,
+        limit: Option<usize>,
+        highlights_only: bool,
+    ) -> Result<NotificationsPage> {
+        let before = match from {
+            Some(token) => Some(
+                token
+                    .parse::<StreamPos>()
+                    .map_err(|_| Error::invalid_param("Invalid notifications token"))?,
+            ),
+            None => None,
+        };
+        let limit = limit.unwrap_or(DEFAULT_NOTIFICATIONS).clamp(1, MAX_NOTIFICATIONS);
+        let mut records = self
+            .store
+            .notifications(
+                &requester.user_id,
+                before,
+                highlights_only,
+                i64::try_from(limit + 1).unwrap_or(i64::MAX),
+            )
+            .await?;
+        let next_token = if records.len() > limit {
+            records.truncate(limit);
+            records.last().map(|record| record.stream_pos.to_string())
+        } else {
+            None
+        };
+        let ids: Vec<OwnedEventId> = records.iter().map(|record| record.event_id.clone()).collect();
+        let events: HashMap<OwnedEventId, Arc<LoadedEvent>> = self
+            .load_events(&ids)
+            .await?
+            .into_iter()
+            .map(|event| (event.pdu.event_id.clone(), event))
+            .collect();
+        let format =
+            Format { viewer: Some(requester), with_room_id: false, bundle_relations: false };
+        let mut notifications = Vec::with_capacity(records.len());
+        for record in records {
+            let Some(event) = events.get(&record.event_id) else { continue };
+            let actions = match record.actions.as_deref().map(serde_json::from_str::<Vec<Action>>) {
+                Some(Ok(actions)) => actions,
+                // Notifications stored before their actions were kept.
+                _ => {
+                    let mut actions = vec![Action::Notify];
+                    if record.highlight {
+                        actions.push(Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes)));
+                    }
+                    actions
+                }
+            };
+            notifications.push(Notification {
+                room_id: record.room_id,
+                event: self.format_event(event, format).await?,
+                ts: record.ts,
+                read: record.read,
+                actions,
+            });
+        }
+        Ok(NotificationsPage { notifications, next_token })
     }
 
     /// Adds or replaces a pusher (`kind: null` deletes, as the spec says).

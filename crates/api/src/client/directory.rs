@@ -1,18 +1,21 @@
-//! Room aliases and the public room directory.
+//! Room aliases, the public room directory, room summaries and the space hierarchy.
 
 use axum::{Router, extract::State};
-use rhizome_service::rooms::directory::RoomSummary;
+use rhizome_service::rooms::{directory::RoomSummary, spaces::HierarchyQuery};
 use ruma::{
-    UInt,
+    EventEncryptionAlgorithm, RoomVersionId, UInt,
     api::client::{
         alias::{create_alias, delete_alias, get_alias},
         directory::{
             get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
         },
-        room::Visibility,
+        room::{Visibility, get_summary},
+        space::{SpaceHierarchyRoomsChunk, get_hierarchy},
     },
     directory::{PublicRoomsChunk, PublicRoomsChunkInit},
-    room::{JoinRuleKind, RoomType},
+    events::room::member::MembershipState,
+    room::{JoinRuleKind, JoinRuleSummary, RestrictedSummary, RoomType},
+    serde::Raw,
 };
 
 use crate::{ApiResult, AppState, Ruma, RumaResponse, routes::add};
@@ -24,7 +27,39 @@ pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = add::<get_public_rooms::v3::Request, _, _>(router, public_rooms);
     let router = add::<get_public_rooms_filtered::v3::Request, _, _>(router, public_rooms_filtered);
     let router = add::<get_room_visibility::v3::Request, _, _>(router, visibility);
-    add::<set_room_visibility::v3::Request, _, _>(router, set_visibility)
+    let router = add::<set_room_visibility::v3::Request, _, _>(router, set_visibility);
+    let router = add::<get_summary::v1::Request, _, _>(router, summary);
+    add::<get_hierarchy::v1::Request, _, _>(router, hierarchy)
+}
+
+/// A room summary as the spec's summary and hierarchy endpoints show it.
+fn summary_of(summary: RoomSummary) -> ruma::room::RoomSummary {
+    let join_rule = match summary.join_rule.as_deref() {
+        Some("restricted") => {
+            JoinRuleSummary::Restricted(RestrictedSummary::new(summary.allowed_room_ids))
+        }
+        Some("knock_restricted") => {
+            JoinRuleSummary::KnockRestricted(RestrictedSummary::new(summary.allowed_room_ids))
+        }
+        Some(rule) => JoinRuleKind::from(rule).into(),
+        None => JoinRuleSummary::Public,
+    };
+    let mut out = ruma::room::RoomSummary::new(
+        summary.room_id,
+        join_rule,
+        summary.guest_can_join,
+        UInt::new_saturating(summary.joined_members),
+        summary.world_readable,
+    );
+    out.canonical_alias = summary.canonical_alias;
+    out.name = summary.name;
+    out.topic = summary.topic;
+    out.avatar_url = summary.avatar_url.map(Into::into);
+    out.room_type = summary.room_type.as_deref().map(RoomType::from);
+    out.encryption = summary.encryption.as_deref().map(EventEncryptionAlgorithm::from);
+    out.room_version =
+        summary.room_version.and_then(|version| RoomVersionId::try_from(version).ok());
+    out
 }
 
 fn chunk(summary: RoomSummary) -> PublicRoomsChunk {
@@ -130,4 +165,44 @@ async fn set_visibility(
     let publish = request.body.visibility == Visibility::Public;
     services.set_room_published(request.requester()?, &request.body.room_id, publish).await?;
     Ok(RumaResponse(set_room_visibility::v3::Response::new()))
+}
+
+async fn summary(
+    State(services): State<AppState>,
+    request: Ruma<get_summary::v1::Request>,
+) -> ApiResult<get_summary::v1::Response> {
+    let user_id = request.requester.as_ref().map(|requester| requester.user_id.as_ref());
+    let (summary, membership) =
+        services.room_summary_for(user_id, &request.body.room_id_or_alias).await?;
+    let mut response = get_summary::v1::Response::new(summary_of(summary));
+    response.membership = membership.as_deref().map(MembershipState::from);
+    Ok(RumaResponse(response))
+}
+
+async fn hierarchy(
+    State(services): State<AppState>,
+    request: Ruma<get_hierarchy::v1::Request>,
+) -> ApiResult<get_hierarchy::v1::Response> {
+    let body = &request.body;
+    let query = HierarchyQuery {
+        from: body.from.as_deref(),
+        limit: body.limit.map(u64::from),
+        max_depth: body.max_depth.map(u64::from),
+        suggested_only: body.suggested_only,
+    };
+    let page =
+        services.space_hierarchy(&request.requester()?.user_id, &body.room_id, query).await?;
+    let mut response = get_hierarchy::v1::Response::new();
+    response.rooms = page
+        .rooms
+        .into_iter()
+        .map(|room| {
+            SpaceHierarchyRoomsChunk::new(
+                summary_of(room.summary),
+                room.children_state.into_iter().map(Raw::from_json).collect(),
+            )
+        })
+        .collect();
+    response.next_batch = page.next_batch;
+    Ok(RumaResponse(response))
 }

@@ -1,14 +1,15 @@
-//! Push rules (read and edit the ruleset) and pushers.
+//! Push rules (read and edit the ruleset), pushers and the list of notifications.
 
 use axum::{Router, extract::State};
-use rhizome_core::{Error, error::MatrixErrorKind};
+use rhizome_core::{Error, clock::ts_from_millis, error::MatrixErrorKind};
 use ruma::{
     api::client::push::{
-        PushRule, Pusher, delete_pushrule, get_pushers, get_pushrule, get_pushrule_actions,
-        get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope, set_pusher,
-        set_pushrule, set_pushrule_actions, set_pushrule_enabled,
+        PushRule, Pusher, delete_pushrule, get_notifications, get_pushers, get_pushrule,
+        get_pushrule_actions, get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope,
+        set_pusher, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
     },
     push::{InsertPushRuleError, RemovePushRuleError, RuleKind, Ruleset},
+    serde::Raw,
 };
 
 use crate::{ApiResult, AppState, Ruma, RumaResponse, routes::add};
@@ -24,7 +25,8 @@ pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = add::<get_pushrule_actions::v3::Request, _, _>(router, rule_actions);
     let router = add::<set_pushrule_actions::v3::Request, _, _>(router, set_rule_actions);
     let router = add::<get_pushers::v3::Request, _, _>(router, pushers);
-    add::<set_pusher::v3::Request, _, _>(router, set_pusher)
+    let router = add::<set_pusher::v3::Request, _, _>(router, set_pusher);
+    add::<get_notifications::v3::Request, _, _>(router, notifications)
 }
 
 fn not_found() -> Error {
@@ -170,4 +172,36 @@ async fn set_pusher(
         .map_err(|_| Error::bad_json("Invalid pusher"))?;
     services.set_pusher(request.requester()?, value).await?;
     Ok(RumaResponse(set_pusher::v3::Response::new()))
+}
+
+async fn notifications(
+    State(services): State<AppState>,
+    request: Ruma<get_notifications::v3::Request>,
+) -> ApiResult<get_notifications::v3::Response> {
+    let body = &request.body;
+    let limit = body.limit.map(|limit| usize::try_from(u64::from(limit)).unwrap_or(usize::MAX));
+    let highlights_only = match body.only.as_deref() {
+        None | Some("") => false,
+        Some("highlight") => true,
+        Some(_) => return Err(Error::invalid_param("`only` can only be `highlight`").into()),
+    };
+    let page = services
+        .notifications(request.requester()?, body.from.as_deref(), limit, highlights_only)
+        .await?;
+    let notifications = page
+        .notifications
+        .into_iter()
+        .map(|notification| {
+            get_notifications::v3::Notification::new(
+                notification.actions,
+                Raw::from_json(notification.event),
+                notification.read,
+                notification.room_id,
+                ts_from_millis(notification.ts),
+            )
+        })
+        .collect();
+    let mut response = get_notifications::v3::Response::new(notifications);
+    response.next_token = page.next_token;
+    Ok(RumaResponse(response))
 }

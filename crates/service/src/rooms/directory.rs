@@ -28,6 +28,8 @@ pub struct RoomSummary {
     pub guest_can_join: bool,
     /// The join rule.
     pub join_rule: Option<String>,
+    /// For restricted join rules: the rooms whose members may join.
+    pub allowed_room_ids: Vec<OwnedRoomId>,
     /// The room type (`m.space`, …).
     pub room_type: Option<String>,
     /// The room version.
@@ -160,6 +162,7 @@ impl Services {
             world_readable: false,
             guest_can_join: false,
             join_rule: None,
+            allowed_room_ids: Vec::new(),
             room_type: None,
             room_version: None,
             encryption: None,
@@ -185,7 +188,20 @@ impl Services {
                 "m.room.guest_access" => {
                     summary.guest_can_join = text("guest_access").as_deref() == Some("can_join")
                 }
-                "m.room.join_rules" => summary.join_rule = text("join_rule"),
+                "m.room.join_rules" => {
+                    summary.join_rule = text("join_rule");
+                    summary.allowed_room_ids = content
+                        .get("allow")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter(|rule| {
+                            rule.get("type").and_then(Value::as_str) == Some("m.room_membership")
+                        })
+                        .filter_map(|rule| rule.get("room_id").and_then(Value::as_str))
+                        .filter_map(|room_id| OwnedRoomId::try_from(room_id).ok())
+                        .collect();
+                }
                 "m.room.create" => {
                     summary.room_type = text("type");
                     summary.room_version =

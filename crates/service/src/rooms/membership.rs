@@ -57,6 +57,15 @@ impl Services {
         target: &UserId,
         content: Value,
     ) -> Result<()> {
+        let entering = matches!(
+            content.get("membership").and_then(Value::as_str),
+            Some("join" | "invite" | "knock")
+        );
+        if entering && self.room_is_shut_down(room_id).await? {
+            return Err(Error::forbidden(
+                "This room has been shut down by the server's administrator",
+            ));
+        }
         self.send_event(
             sender,
             room_id,

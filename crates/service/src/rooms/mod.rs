@@ -11,6 +11,8 @@ pub mod power;
 pub mod read;
 pub mod relations;
 pub mod send;
+pub mod shutdown;
+pub mod spaces;
 pub mod upgrade;
 pub mod visibility;
 

@@ -1,6 +1,8 @@
 //! Accounts: registration (invite tokens, open, or closed), login, sessions and refresh tokens,
 //! devices, password changes, deactivation and registration-token administration.
 
+pub mod admin;
+pub mod openid;
 pub mod password;
 pub mod profile;
 pub mod uia;
@@ -119,6 +121,9 @@ impl Services {
     /// Checks that a localpart is valid and free.
     pub async fn check_username_available(&self, localpart: &str) -> Result<OwnedUserId> {
         validate_localpart(localpart)?;
+        if localpart == admin::NOTICES_LOCALPART {
+            return Err(Error::matrix(MatrixErrorKind::UserInUse, "That user name is reserved"));
+        }
         let user_id = UserId::parse_with_server_name(localpart, self.server_name())
             .map_err(|_| Error::matrix(MatrixErrorKind::InvalidUsername, "Invalid user name"))?;
         if self.store.get_user(&user_id).await?.is_some() {
@@ -127,7 +132,7 @@ impl Services {
         Ok(user_id)
     }
 
-    fn check_password_strength(&self, password: &str) -> Result<()> {
+    pub(crate) fn check_password_strength(&self, password: &str) -> Result<()> {
         if password.chars().count() < self.config.registration.min_password_length {
             return Err(Error::matrix(
                 MatrixErrorKind::WeakPassword,
@@ -414,17 +419,20 @@ impl Services {
             UiaPurpose::Account(requester.user_id.clone()),
         )
         .await?;
-        for membership in
-            self.store.rooms_of_user(&requester.user_id, &["join", "invite", "knock"]).await?
-        {
-            if let Err(error) = self.leave_room(&requester.user_id, &membership.room_id, None).await
-            {
+        self.deactivate_user(&requester.user_id).await
+    }
+
+    /// Deactivates an account (without asking the user: the administrator's way): leaves
+    /// every room, ends every session, and keeps the ID reserved forever.
+    pub async fn deactivate_user(&self, user_id: &UserId) -> Result<()> {
+        for membership in self.store.rooms_of_user(user_id, &["join", "invite", "knock"]).await? {
+            if let Err(error) = self.leave_room(user_id, &membership.room_id, None).await {
                 tracing::warn!(%error, "could not leave a room while deactivating an account");
             }
         }
-        self.store.deactivate_user(&requester.user_id).await?;
+        self.store.deactivate_user(user_id).await?;
         self.token_cache.clear();
-        self.on_device_list_change(&requester.user_id).await
+        self.on_device_list_change(user_id).await
     }
 
     /// Creates a registration token; a random one when `token` is `None`.

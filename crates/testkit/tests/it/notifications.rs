@@ -1,0 +1,136 @@
+//! `/notifications` over HTTP: the events that notified a user, newest first, with their
+//! actions, read state and pagination, on SQLite and PostgreSQL.
+
+use rhizome_testkit::{Api, Backend, TestServer};
+use serde_json::{Value, json};
+
+fn bodies(page: &Value) -> Vec<&str> {
+    page["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|notification| notification["event"]["content"]["body"].as_str().unwrap())
+        .collect()
+}
+
+async fn notifications_list_what_notified(backend: Backend) {
+    let server = TestServer::start_with(backend, |_| {}).await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let carol = Api::new_user(&server.base_url, "carol").await;
+    // Three members: plain messages notify by `.m.rule.message`, mentions also highlight.
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    carol.join(&room_id).await;
+    let first = alice.send_text(&room_id, "first").await;
+    let mention = alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/mention1"),
+            json!({
+                "msgtype": "m.text", "body": "bob: look",
+                "m.mentions": { "user_ids": ["@bob:localhost"] },
+            }),
+        )
+        .await
+        .ok()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice.send_text(&room_id, "third").await;
+    // Bob's own messages never notify him.
+    bob.send_text(&room_id, "from bob").await;
+
+    let page = bob.get("/_matrix/client/v3/notifications").await.ok();
+    assert_eq!(bodies(&page), ["third", "bob: look", "first"]);
+    assert!(page.get("next_token").is_none(), "{page}");
+    let latest = &page["notifications"][0];
+    assert_eq!(latest["room_id"], room_id);
+    assert_eq!(latest["read"], false);
+    assert_eq!(latest["event"]["sender"], "@alice:localhost");
+    assert!(latest["event"].get("room_id").is_none(), "events come without room_id");
+    assert!(latest["ts"].as_u64().unwrap() > 0);
+    assert_eq!(latest["actions"], json!(["notify"]));
+    let highlighted = &page["notifications"][1];
+    assert_eq!(highlighted["event"]["event_id"], mention);
+    let actions = highlighted["actions"].as_array().unwrap();
+    assert!(actions.contains(&json!("notify")), "{actions:?}");
+    assert!(actions.contains(&json!({ "set_tweak": "highlight" })), "{actions:?}");
+
+    let highlights = bob.get("/_matrix/client/v3/notifications?only=highlight").await.ok();
+    assert_eq!(bodies(&highlights), ["bob: look"]);
+    let carols = carol.get("/_matrix/client/v3/notifications?only=highlight").await.ok();
+    assert!(carols["notifications"].as_array().unwrap().is_empty());
+    assert_eq!(bodies(&carol.get("/_matrix/client/v3/notifications").await.ok()).len(), 4);
+
+    // Pages of two, then one, and the token runs out.
+    let page = bob.get("/_matrix/client/v3/notifications?limit=2").await.ok();
+    assert_eq!(bodies(&page), ["third", "bob: look"]);
+    let token = page["next_token"].as_str().unwrap();
+    let rest =
+        bob.get(&format!("/_matrix/client/v3/notifications?limit=2&from={token}")).await.ok();
+    assert_eq!(bodies(&rest), ["first"]);
+    assert!(rest.get("next_token").is_none(), "{rest}");
+
+    // A read receipt on the mention marks it and everything before it read.
+    bob.post(&format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{mention}"), json!({}))
+        .await
+        .ok();
+    let page = bob.get("/_matrix/client/v3/notifications").await.ok();
+    let read: Vec<&Value> = page["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|notification| &notification["read"])
+        .collect();
+    assert_eq!(read, [&json!(false), &json!(true), &json!(true)]);
+    assert_eq!(first, page["notifications"][2]["event"]["event_id"].as_str().unwrap());
+
+    // Bad input.
+    bob.get("/_matrix/client/v3/notifications?from=yesterday")
+        .await
+        .expect_error(400, "M_INVALID_PARAM");
+    bob.get("/_matrix/client/v3/notifications?only=everything")
+        .await
+        .expect_error(400, "M_INVALID_PARAM");
+    Api::new(&server.base_url)
+        .get("/_matrix/client/v3/notifications")
+        .await
+        .expect_error(401, "M_MISSING_TOKEN");
+    // The r0 path is served too.
+    assert_eq!(bodies(&bob.get("/_matrix/client/r0/notifications?limit=1").await.ok()), ["third"]);
+}
+
+#[tokio::test]
+async fn notifications_list_what_notified_on_sqlite() {
+    notifications_list_what_notified(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn notifications_list_what_notified_on_postgres() {
+    notifications_list_what_notified(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn redacted_notifications_show_the_redacted_event() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    let event_id = alice.send_text(&room_id, "oops").await;
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room_id}/redact/{event_id}/r1"),
+            json!({ "reason": "typo" }),
+        )
+        .await
+        .ok();
+    let page = bob.get("/_matrix/client/v3/notifications").await.ok();
+    let notification = page["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|notification| notification["event"]["event_id"] == event_id.as_str())
+        .expect("the redacted message is still listed");
+    assert!(notification["event"]["content"].as_object().unwrap().is_empty(), "{notification}");
+}
