@@ -1,5 +1,10 @@
-//! Administration commands run against the database directly: registration tokens and
-//! stored media.
+//! Administration commands run against the database directly: registration tokens, stored
+//! media, accounts ([`users`]), rooms ([`rooms`]) and reports ([`reports`]). Each returns the
+//! text to print, so it can be tested without a terminal.
+
+pub mod reports;
+pub mod rooms;
+pub mod users;
 
 use std::time::Duration;
 
@@ -24,6 +29,28 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
         _ => bail!("invalid duration unit in `{text}`: use s, m, h, d or w"),
     };
     Ok(Duration::from_secs(number.saturating_mul(seconds)))
+}
+
+/// A time (ms since the epoch) as `YYYY-MM-DD HH:MM` in UTC.
+pub fn format_ts(millis: i64) -> String {
+    let secs = millis.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}", rest / 3600, rest % 3600 / 60)
+}
+
+/// Text from users (display names, reasons) on one line: control characters become spaces.
+pub fn one_line(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 /// Creates a registration token and prints it.
@@ -95,6 +122,14 @@ pub async fn purge_media(services: &Services, older_than: &str) -> Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_print_as_utc_dates() {
+        assert_eq!(format_ts(0), "1970-01-01 00:00");
+        assert_eq!(format_ts(951_782_400_000), "2000-02-29 00:00");
+        assert_eq!(format_ts(1_764_066_300_000), "2025-11-25 10:25");
+        assert_eq!(one_line("a\tb\nc"), "a b c");
+    }
 
     #[test]
     fn durations_parse() {

@@ -97,6 +97,43 @@ pub async fn build_services(config: Config, store: Arc<SqlStore>) -> Result<Arc<
     Ok(Services::new(config, store, key))
 }
 
+/// An exclusive lock on a data directory (`<data_dir>/rhizome.lock`), held by a running
+/// server for as long as it runs, and by the administrator's commands that change rooms or
+/// sessions: those must not run beside a server on the same data (the stream position and the
+/// server's caches live in its memory). Released when dropped, and by the system when the
+/// process ends.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    /// Takes the lock, or fails at once (with `purpose` in the message) if a server or
+    /// another command holds it.
+    pub fn acquire(data_dir: &Path, purpose: &str) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let path = data_dir.join("rhizome.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "{purpose}: Rhizome is already running on {} (or another administration \
+                 command is); stop it first",
+                data_dir.display()
+            ),
+            Err(std::fs::TryLockError::Error(error)) => {
+                Err(error).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+    }
+}
+
 /// A running server.
 pub struct RunningServer {
     /// The address it listens on.
@@ -106,6 +143,7 @@ pub struct RunningServer {
     shutdown: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
     store: Arc<SqlStore>,
+    _lock: DataDirLock,
 }
 
 impl RunningServer {
@@ -123,6 +161,7 @@ impl RunningServer {
 
 /// Starts serving on the configured address (port 0 picks a free port).
 pub async fn start(config: Config) -> Result<RunningServer> {
+    let lock = DataDirLock::acquire(&config.data_dir, "cannot start")?;
     let store = open_store(&config).await?;
     let listen = config.listen;
     let services = build_services(config, store.clone()).await?;
@@ -140,7 +179,7 @@ pub async fn start(config: Config) -> Result<RunningServer> {
         }
     });
     tracing::info!(%address, backend = services.store.backend_name(), "Rhizome is listening");
-    Ok(RunningServer { address, services, shutdown, task, store })
+    Ok(RunningServer { address, services, shutdown, task, store, _lock: lock })
 }
 
 /// The default configuration file location, if one exists there.

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use rhizome::{admin, build_services, default_config_path, load_config, open_store, start};
+use rhizome::{
+    DataDirLock, admin, build_services, default_config_path, load_config, open_store, start,
+};
 use tracing_subscriber::EnvFilter;
 
 /// Rhizome, a Matrix homeserver for communities that run their own.
@@ -45,6 +47,91 @@ enum AdminCommand {
     Media {
         #[command(subcommand)]
         command: MediaCommand,
+    },
+    /// Accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Rooms.
+    Room {
+        #[command(subcommand)]
+        command: RoomCommand,
+    },
+    /// Reports users made of rooms and messages.
+    Reports {
+        #[command(subcommand)]
+        command: ReportsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// List accounts: user ID, display name, admin, deactivated, created.
+    List,
+    /// Create an account and print its password (generated unless --password-stdin).
+    Create {
+        /// The user name (or full user ID of this server).
+        name: String,
+        /// Make it a server administrator.
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Deactivate an account: it leaves its rooms and its sessions end, for good. Needs the
+    /// server stopped.
+    Deactivate {
+        /// The user.
+        user: String,
+    },
+    /// Set a new password (printed, generated unless --password-stdin) and end the account's
+    /// sessions. Needs the server stopped.
+    ResetPassword {
+        /// The user.
+        user: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Grant or withdraw server administration.
+    SetAdmin {
+        /// The user.
+        user: String,
+        /// `true` or `false`.
+        #[arg(action = clap::ArgAction::Set)]
+        admin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoomCommand {
+    /// List rooms: room ID, name, members, version, published or shut down.
+    List,
+    /// Shut a room down: close it to this server's users, remove it from the directory and
+    /// its aliases, and make every local member leave. Needs the server stopped.
+    Shutdown {
+        /// The room ID or a local alias.
+        room: String,
+        /// Tell the members who were joined, in a new room from the server's notices account.
+        #[arg(long)]
+        message: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportsCommand {
+    /// List open reports (all with --all), oldest first.
+    List {
+        /// Include resolved reports.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Mark a report resolved.
+    Resolve {
+        /// The report number.
+        id: String,
     },
 }
 
@@ -154,12 +241,99 @@ async fn main() -> Result<()> {
             store.close().await;
             println!("{}", result?);
         }
+        Command::Admin { command: AdminCommand::User { command } } => {
+            init_logging("warn");
+            // Commands that change rooms or sessions must not run beside a server.
+            let exclusive = matches!(
+                command,
+                UserCommand::Deactivate { .. } | UserCommand::ResetPassword { .. }
+            );
+            let _lock = if exclusive {
+                Some(DataDirLock::acquire(&config.data_dir, "cannot change the account")?)
+            } else {
+                None
+            };
+            let store = open_store(&config).await?;
+            let services = build_services(config, store.clone()).await?;
+            let stdin_password = |wanted: bool| -> Result<Option<String>> {
+                if wanted {
+                    Ok(Some(admin::users::read_password(std::io::stdin().lock())?))
+                } else {
+                    Ok(None)
+                }
+            };
+            let result = match command {
+                UserCommand::List => admin::users::list(&services).await,
+                UserCommand::Create { name, admin: is_admin, password_stdin } => {
+                    match stdin_password(password_stdin) {
+                        Ok(password) => admin::users::create(&services, &name, password, is_admin)
+                            .await
+                            .map(|created| created.lines("created")),
+                        Err(error) => Err(error),
+                    }
+                }
+                UserCommand::Deactivate { user } => {
+                    admin::users::deactivate(&services, &user).await.map(|line| vec![line])
+                }
+                UserCommand::ResetPassword { user, password_stdin } => {
+                    match stdin_password(password_stdin) {
+                        Ok(password) => admin::users::reset_password(&services, &user, password)
+                            .await
+                            .map(|created| created.lines("new password set for")),
+                        Err(error) => Err(error),
+                    }
+                }
+                UserCommand::SetAdmin { user, admin: is_admin } => {
+                    admin::users::set_admin(&services, &user, is_admin).await.map(|line| vec![line])
+                }
+            };
+            store.close().await;
+            print_lines(result?);
+        }
+        Command::Admin { command: AdminCommand::Room { command } } => {
+            init_logging("warn");
+            let _lock = match &command {
+                RoomCommand::Shutdown { .. } => {
+                    Some(DataDirLock::acquire(&config.data_dir, "cannot shut the room down")?)
+                }
+                RoomCommand::List => None,
+            };
+            let store = open_store(&config).await?;
+            let services = build_services(config, store.clone()).await?;
+            let result = match command {
+                RoomCommand::List => admin::rooms::list(&services).await,
+                RoomCommand::Shutdown { room, message } => {
+                    admin::rooms::shutdown(&services, &room, message.as_deref()).await
+                }
+            };
+            store.close().await;
+            print_lines(result?);
+        }
+        Command::Admin { command: AdminCommand::Reports { command } } => {
+            init_logging("warn");
+            let store = open_store(&config).await?;
+            let services = build_services(config, store.clone()).await?;
+            let result = match command {
+                ReportsCommand::List { all } => admin::reports::list(&services, all).await,
+                ReportsCommand::Resolve { id } => {
+                    admin::reports::resolve(&services, &id).await.map(|line| vec![line])
+                }
+            };
+            store.close().await;
+            print_lines(result?);
+        }
         Command::Config { command: ConfigCommand::Check } => {
             print!("{}", toml_of(&config)?);
         }
         Command::Config { command: ConfigCommand::Example } => {}
     }
     Ok(())
+}
+
+fn print_lines(lines: Vec<String>) {
+    for line in lines {
+        println!("{line}");
+    }
 }
 
 fn toml_of(config: &rhizome_core::Config) -> Result<String> {
