@@ -72,6 +72,11 @@ const TOUCH_INTERVAL_MS: i64 = 5 * 60 * 1000;
 /// by the administrator's commands (another process) reach a running server.
 const CACHE_TTL_MS: i64 = 60 * 1000;
 
+/// Whether a token cached at `cached_at` must be looked up again at `now`.
+fn is_stale(cached_at: i64, now: i64) -> bool {
+    now - cached_at > CACHE_TTL_MS
+}
+
 impl Services {
     /// Finds who an access token belongs to: `M_UNKNOWN_TOKEN` (soft logout for expired
     /// refreshable tokens) otherwise.
@@ -80,7 +85,7 @@ impl Services {
         let now = now_millis();
         let touch = {
             let mut cache = self.token_cache.entries.lock();
-            if cache.peek(&hash).is_some_and(|entry| now - entry.cached_at > CACHE_TTL_MS) {
+            if cache.peek(&hash).is_some_and(|entry| is_stale(entry.cached_at, now)) {
                 cache.pop(&hash);
             }
             if let Some(entry) = cache.get_mut(&hash) {
@@ -147,5 +152,12 @@ mod tests {
         let two = generate_token("syt");
         assert_ne!(one, two);
         assert!(one.starts_with("syt_") && one.len() > 40);
+    }
+
+    #[test]
+    fn cached_tokens_are_looked_up_again_after_a_minute() {
+        assert!(!is_stale(1_000, 1_000));
+        assert!(!is_stale(1_000, 1_000 + CACHE_TTL_MS));
+        assert!(is_stale(1_000, 1_001 + CACHE_TTL_MS));
     }
 }

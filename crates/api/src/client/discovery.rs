@@ -54,6 +54,11 @@ async fn versions(
         ("org.matrix.msc2285.stable".to_owned(), true),
         // Dehydrated devices, served on the MSC's unstable paths.
         ("org.matrix.msc3814".to_owned(), true),
+        // Room reports (stable in v1.13, which is not advertised yet): clients offer
+        // "Report room" on this flag.
+        ("org.matrix.msc4151".to_owned(), true),
+        // Room summaries (stable in v1.15), on their unstable path too.
+        ("im.nheko.summary".to_owned(), true),
     ]);
     Ok(RumaResponse(response))
 }

@@ -142,7 +142,11 @@ impl Services {
         room: &RoomOrAliasId,
     ) -> Result<(RoomSummary, Option<String>)> {
         let not_found = || Error::not_found("Room not found or not accessible");
-        let room_id = self.resolve_room(room).await.map_err(|_| not_found())?;
+        let room_id = match self.resolve_room(room).await {
+            Ok(room_id) => room_id,
+            Err(error) if error.matrix_kind().is_some() => return Err(not_found()),
+            Err(error) => return Err(error),
+        };
         let summary = self.room_summary(&room_id).await?;
         if !self.may_preview_room(user_id, &summary).await? {
             return Err(not_found());

@@ -305,9 +305,14 @@ async fn commands_that_change_rooms_wait_for_the_server_to_stop() {
         text.contains("cannot shut the room down") && text.contains("already running"),
         "{text}"
     );
+    let mut second = server.config.clone();
+    second.listen = "127.0.0.1:0".parse().unwrap();
+    let refused = rhizome::start(second.clone()).await.err().expect("a second server is refused");
+    assert!(refused.to_string().contains("cannot start"), "{refused}");
     server.stop().await;
     let lock = DataDirLock::acquire(&data_dir, "test").unwrap();
     assert!(DataDirLock::acquire(&data_dir, "again").is_err(), "one holder at a time");
+    assert!(rhizome::start(second).await.is_err(), "nor while a command holds the lock");
     drop(lock);
     DataDirLock::acquire(&data_dir, "test").unwrap();
 }

@@ -123,6 +123,10 @@ async fn element_start_up_requests_are_answered() {
     {
         anonymous.get(path).await.ok();
     }
+    // Features clients look for before offering room reports and room previews.
+    let versions = anonymous.get("/_matrix/client/versions").await.ok();
+    assert_eq!(versions["unstable_features"]["org.matrix.msc4151"], true, "{versions}");
+    assert_eq!(versions["unstable_features"]["im.nheko.summary"], true, "{versions}");
     for path in [
         "/_matrix/client/v3/capabilities",
         "/_matrix/client/v3/account/whoami",
