@@ -407,6 +407,30 @@ impl RoomStore for SqlStore {
         row.as_ref().map(event_from_row).transpose()
     }
 
+    async fn last_event_of_types(
+        &self,
+        room_id: &RoomId,
+        event_types: &[&str],
+        pos: StreamPos,
+    ) -> Result<Option<StreamPos>> {
+        if event_types.is_empty() {
+            return Ok(None);
+        }
+        // Walks the room's events backwards on its index and stops at the first match.
+        let sql = format!(
+            "SELECT stream_pos FROM events WHERE room_id = $1 AND stream_pos <= $2 \
+             AND event_type IN ({}) ORDER BY stream_pos DESC LIMIT 1",
+            placeholders(3, event_types.len())
+        );
+        let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.as_str()))
+            .bind(room_id.as_str())
+            .bind(pos);
+        for event_type in event_types {
+            query = query.bind(*event_type);
+        }
+        query.fetch_optional(&self.read).await.map_err(db_error)
+    }
+
     async fn rooms_with_events_between(
         &self,
         room_ids: &[OwnedRoomId],

@@ -70,6 +70,15 @@ pub trait RoomStore {
     /// The latest event of the room at or before a stream position.
     async fn last_event_at(&self, room_id: &RoomId, pos: StreamPos) -> Result<Option<EventRecord>>;
 
+    /// The stream position of the room's latest event of one of `event_types` at or before
+    /// `pos`.
+    async fn last_event_of_types(
+        &self,
+        room_id: &RoomId,
+        event_types: &[&str],
+        pos: StreamPos,
+    ) -> Result<Option<StreamPos>>;
+
     /// Of the given rooms, those with events after `since` up to `until`.
     async fn rooms_with_events_between(
         &self,

@@ -16,5 +16,6 @@ pub mod push;
 pub mod rooms;
 pub mod search;
 pub mod session;
+pub mod sliding_sync;
 pub mod sync;
 pub mod to_device;

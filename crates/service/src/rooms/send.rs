@@ -331,6 +331,7 @@ impl Services {
             push_actions,
         };
         let persisted = self.store.persist_event(&persist).await?;
+        self.record_room_activity(room_id, &persist.event_type, persisted.stream_pos);
         if let Some((target, _)) = &redaction {
             self.forget_event(target);
         }

@@ -1,10 +1,11 @@
 //! `/sync` v3: long-polling that wakes as soon as something the user may see changes, with
 //! `since` tokens (`s<stream position>_<ephemeral serial>`), filters, `full_state`, lazy-loaded
 //! members, limited timelines, invites and leaves, account data, ephemeral events and unread
-//! counts.
+//! counts. Simplified sliding sync (MSC4186) lives in [`sliding`].
 
 pub mod filter;
 mod rooms;
+pub(crate) mod sliding;
 
 use std::{
     collections::BTreeMap,

@@ -37,10 +37,13 @@ const STRIPPED_STATE_TYPES: &[&str] = &[
 ];
 
 /// One room's timeline for a sync.
-struct TimelinePart {
-    events: Vec<Arc<LoadedEvent>>,
-    limited: bool,
-    prev_batch: String,
+pub(super) struct TimelinePart {
+    /// The events, oldest first.
+    pub(super) events: Vec<Arc<LoadedEvent>>,
+    /// Whether more events came before them (since the lower bound, if any).
+    pub(super) limited: bool,
+    /// The token to page back from the first event.
+    pub(super) prev_batch: String,
 }
 
 impl Services {
@@ -200,7 +203,10 @@ impl Services {
             == Some("join"))
     }
 
-    async fn membership_sender(&self, membership: &MembershipRecord) -> Result<OwnedUserId> {
+    pub(super) async fn membership_sender(
+        &self,
+        membership: &MembershipRecord,
+    ) -> Result<OwnedUserId> {
         Ok(self
             .load_event(&membership.event_id)
             .await?
@@ -209,7 +215,7 @@ impl Services {
     }
 
     /// The stripped state of a room for an invite or knock, with the membership event itself.
-    async fn stripped_state(
+    pub(super) async fn stripped_state(
         &self,
         membership: &MembershipRecord,
     ) -> Result<Vec<Box<serde_json::value::RawValue>>> {
@@ -257,7 +263,7 @@ impl Services {
 
     /// The newest `limit` events at or before `upper` (and after `lower`) that pass.
     #[allow(clippy::too_many_arguments)] // One timeline query, each part distinct.
-    async fn collect_timeline(
+    pub(super) async fn collect_timeline(
         &self,
         requester: &Requester,
         room_id: &RoomId,

@@ -10,4 +10,5 @@ mod e2ee;
 mod forks;
 mod media;
 mod rooms;
+mod sliding_sync;
 mod sync;

@@ -1,0 +1,409 @@
+//! Simplified sliding sync (MSC4186) over HTTP: lists sorted by activity and cut to ranges,
+//! incremental `pos`, unknown positions, long-polling, required state (wildcards, `$LAZY`,
+//! `$ME`, expansion), history visibility, invites and leaves, subscriptions, filters and the
+//! extensions.
+
+use std::time::{Duration, Instant};
+
+use rhizome_testkit::{Api, Response, TestServer};
+use serde_json::{Value, json};
+
+const PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+
+/// One sliding sync connection of a client, remembering its `pos`.
+struct Conn {
+    api: Api,
+    conn_id: &'static str,
+    pos: Option<String>,
+}
+
+impl Conn {
+    fn new(api: &Api, conn_id: &'static str) -> Self {
+        Self { api: api.clone(), conn_id, pos: None }
+    }
+
+    /// Sends a request from `pos` (none: a new connection) and returns the raw response.
+    fn request(
+        &self,
+        pos: Option<&str>,
+        timeout_ms: u64,
+        body: Value,
+    ) -> impl Future<Output = Response> + Send + 'static {
+        post_sync(self.api.clone(), self.conn_id, pos.map(str::to_owned), timeout_ms, body)
+    }
+
+    /// Syncs from the current `pos`, waiting up to `timeout_ms`, and moves `pos` on.
+    async fn sync_wait(&mut self, timeout_ms: u64, body: Value) -> Value {
+        let response = self.request(self.pos.as_deref(), timeout_ms, body).await.ok();
+        self.pos = Some(response["pos"].as_str().expect("a pos").to_owned());
+        response
+    }
+
+    /// Syncs from the current `pos` without waiting.
+    async fn sync(&mut self, body: Value) -> Value {
+        self.sync_wait(0, body).await
+    }
+}
+
+async fn post_sync(
+    api: Api,
+    conn_id: &'static str,
+    pos: Option<String>,
+    timeout_ms: u64,
+    mut body: Value,
+) -> Response {
+    body["conn_id"] = json!(conn_id);
+    let query = match pos {
+        Some(pos) => format!("?pos={pos}&timeout={timeout_ms}"),
+        None => format!("?timeout={timeout_ms}"),
+    };
+    api.post(&format!("{PATH}{query}"), body).await
+}
+
+/// A body with one list `all`.
+fn one_list(ranges: Value, timeline_limit: u64, required_state: Value) -> Value {
+    json!({ "lists": { "all": {
+        "ranges": ranges, "timeline_limit": timeline_limit, "required_state": required_state,
+    } } })
+}
+
+fn rooms(response: &Value) -> Vec<&str> {
+    let mut ids: Vec<&str> = response["rooms"]
+        .as_object()
+        .map(|rooms| rooms.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
+
+fn bodies(room: &Value) -> Vec<&str> {
+    room["timeline"]
+        .as_array()
+        .map(|events| events.iter().filter_map(|event| event["content"]["body"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// `(type, state_key)` of the room's required state.
+fn state_slots(room: &Value) -> Vec<(String, String)> {
+    let mut slots: Vec<(String, String)> = room["required_state"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .map(|event| {
+                    let kind = event["type"].as_str().unwrap_or_default().to_owned();
+                    (kind, event["state_key"].as_str().unwrap_or_default().to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    slots.sort();
+    slots
+}
+
+fn slot(kind: &str, key: &str) -> (String, String) {
+    (kind.to_owned(), key.to_owned())
+}
+
+#[tokio::test]
+async fn lists_sort_rooms_by_activity_and_send_only_what_ranges_add() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let first = alice.create_room(json!({ "name": "first" })).await;
+    let second = alice.create_room(json!({ "name": "second" })).await;
+    let third = alice.create_room(json!({ "name": "third" })).await;
+    alice.send_text(&first, "first is busy").await;
+    // Activity order: first, third, second.
+    let mut conn = Conn::new(&alice, "main");
+    let response = conn.sync(one_list(json!([[0, 1]]), 1, json!([["m.room.name", ""]]))).await;
+    assert_eq!(response["lists"]["all"]["count"], 3);
+    let mut expected = vec![first.as_str(), third.as_str()];
+    expected.sort_unstable();
+    assert_eq!(rooms(&response), expected);
+    let busy = &response["rooms"][&first];
+    assert_eq!(busy["initial"], true);
+    assert_eq!(busy["name"], "first");
+    assert_eq!(bodies(busy), vec!["first is busy"]);
+    assert_eq!(busy["limited"], true);
+    assert_eq!(busy["joined_count"], 1);
+    assert_eq!(state_slots(busy), vec![slot("m.room.name", "")]);
+    let quiet = &response["rooms"][&third];
+    assert!(busy["bump_stamp"].as_u64().unwrap() > quiet["bump_stamp"].as_u64().unwrap());
+    // Widening the range sends only the room it adds.
+    let wider = conn.sync(one_list(json!([[0, 2]]), 1, json!([["m.room.name", ""]]))).await;
+    assert_eq!(rooms(&wider), vec![second.as_str()]);
+    assert_eq!(wider["rooms"][&second]["initial"], true);
+    // A list without ranges covers every room; nothing is new to this connection.
+    let all = conn.sync(one_list(json!([]), 1, json!([["m.room.name", ""]]))).await;
+    assert!(rooms(&all).is_empty(), "{all}");
+    assert_eq!(all["lists"]["all"]["count"], 3);
+}
+
+#[tokio::test]
+async fn an_incremental_pos_long_polls_and_sends_only_new_events() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    alice.send_text(&room_id, "before").await;
+    let body = one_list(json!([[0, 9]]), 5, json!([]));
+    let mut conn = Conn::new(&bob, "main");
+    let initial = conn.sync(body.clone()).await;
+    assert_eq!(bodies(&initial["rooms"][&room_id]), vec!["before"]);
+    let from = conn.pos.clone().unwrap();
+
+    let waiting = {
+        let request = conn.request(Some(&from), 20_000, body.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            (request.await, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice.send_text(&room_id, "wake up").await;
+    let (response, waited) = waiting.await.unwrap();
+    assert!(waited < Duration::from_secs(10), "the request was not woken ({waited:?})");
+    let response = response.ok();
+    let room = &response["rooms"][&room_id];
+    assert_eq!(bodies(room), vec!["wake up"]);
+    assert!(room.get("initial").is_none(), "{room}");
+    assert_eq!(room["num_live"], 1);
+    assert!(room.get("limited").is_none_or(|limited| limited == false));
+    // The same pos again (a retry) gets the same events.
+    let retried = conn.request(Some(&from), 0, body.clone()).await.ok();
+    assert_eq!(bodies(&retried["rooms"][&room_id]), vec!["wake up"]);
+    // From the new pos nothing is new: the request waits out its timeout.
+    conn.pos = Some(retried["pos"].as_str().unwrap().to_owned());
+    let started = Instant::now();
+    let idle = conn.sync_wait(300, body).await;
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert!(rooms(&idle).is_empty(), "{idle}");
+}
+
+#[tokio::test]
+async fn unknown_positions_are_refused_with_m_unknown_pos() {
+    let mut server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    alice.create_room(json!({})).await;
+    let body = one_list(json!([[0, 9]]), 1, json!([]));
+    let mut conn = Conn::new(&alice, "main");
+    conn.sync(body.clone()).await;
+    let pos = conn.pos.clone().unwrap();
+    conn.request(Some(&pos), 0, body.clone()).await.ok();
+    for bad in ["garbage", "s1_1_1", "s999999_1_1"] {
+        conn.request(Some(bad), 0, body.clone()).await.expect_error(400, "M_UNKNOWN_POS");
+    }
+    // A pos belongs to its connection.
+    Conn::new(&alice, "other")
+        .request(Some(&pos), 0, body.clone())
+        .await
+        .expect_error(400, "M_UNKNOWN_POS");
+    // Connections live in memory: a restart forgets them, and the client starts again.
+    server.restart().await;
+    conn.request(Some(&pos), 0, body.clone()).await.expect_error(400, "M_UNKNOWN_POS");
+    conn.pos = None;
+    let fresh = conn.sync(body).await;
+    assert_eq!(fresh["lists"]["all"]["count"], 1);
+}
+
+#[tokio::test]
+async fn prev_batch_pages_back_with_messages() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    for index in 0..8 {
+        alice.send_text(&room_id, &format!("m{index}")).await;
+    }
+    let mut conn = Conn::new(&alice, "main");
+    let response = conn.sync(one_list(json!([[0, 0]]), 3, json!([]))).await;
+    let room = &response["rooms"][&room_id];
+    assert_eq!(bodies(room), vec!["m5", "m6", "m7"]);
+    assert_eq!(room["limited"], true);
+    let prev_batch = room["prev_batch"].as_str().unwrap();
+    let page = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=3&from={prev_batch}"
+        ))
+        .await
+        .ok();
+    let older: Vec<&str> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|event| event["content"]["body"].as_str())
+        .collect();
+    assert_eq!(older, vec!["m4", "m3", "m2"]);
+    // The pos works as a `/messages` token too.
+    let pos = conn.pos.as_deref().unwrap();
+    let from_pos = alice
+        .get(&format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=1&from={pos}"))
+        .await
+        .ok();
+    assert_eq!(from_pos["chunk"][0]["content"]["body"], "m7");
+    // Raising the timeline limit sends the room again with the longer timeline.
+    let expanded = conn.sync(one_list(json!([[0, 0]]), 5, json!([]))).await;
+    assert_eq!(bodies(&expanded["rooms"][&room_id]), vec!["m3", "m4", "m5", "m6", "m7"]);
+}
+
+#[tokio::test]
+async fn required_state_takes_wildcards_lazy_members_and_me() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let carol = Api::new_user(&server.base_url, "carol").await;
+    let room_id = alice
+        .create_room(json!({ "preset": "public_chat", "name": "club", "topic": "things" }))
+        .await;
+    bob.join(&room_id).await;
+    carol.join(&room_id).await;
+    bob.send_text(&room_id, "hi from bob").await;
+
+    let lazy = json!([["m.room.name", ""], ["m.room.member", "$LAZY"], ["m.room.member", "$ME"]]);
+    let mut conn = Conn::new(&alice, "lazy");
+    let response = conn.sync(one_list(json!([[0, 0]]), 1, lazy.clone())).await;
+    let room = &response["rooms"][&room_id];
+    assert_eq!(
+        state_slots(room),
+        vec![
+            slot("m.room.member", alice.user()),
+            slot("m.room.member", bob.user()),
+            slot("m.room.name", "")
+        ]
+    );
+    assert_eq!(room["joined_count"], 3);
+    assert!(room.get("heroes").is_none(), "a named room has no heroes");
+
+    // Carol speaks: her membership comes once, Bob's is not sent again.
+    carol.send_text(&room_id, "hi from carol").await;
+    bob.send_text(&room_id, "bob again").await;
+    let next = conn.sync(one_list(json!([[0, 0]]), 2, lazy.clone())).await;
+    let room = &next["rooms"][&room_id];
+    assert_eq!(bodies(room), vec!["hi from carol", "bob again"]);
+    assert_eq!(state_slots(room), vec![slot("m.room.member", carol.user())]);
+
+    // A state change the config asks for arrives as required state; others do not.
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.name"),
+            json!({ "name": "new" }),
+        )
+        .await
+        .ok();
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.topic"),
+            json!({ "topic": "t" }),
+        )
+        .await
+        .ok();
+    let changed = conn.sync(one_list(json!([[0, 0]]), 2, lazy.clone())).await;
+    let room = &changed["rooms"][&room_id];
+    assert_eq!(room["name"], "new");
+    assert_eq!(state_slots(room), vec![slot("m.room.name", "")]);
+
+    // Asking for more state sends what the new entries match, with no new events.
+    let mut wider = lazy.as_array().unwrap().clone();
+    wider.push(json!(["m.room.topic", ""]));
+    let expanded = conn.sync(one_list(json!([[0, 0]]), 2, json!(wider))).await;
+    let room = &expanded["rooms"][&room_id];
+    assert_eq!(state_slots(room), vec![slot("m.room.topic", "")]);
+    assert!(bodies(room).is_empty());
+
+    // `*` for everything.
+    let mut all = Conn::new(&alice, "all");
+    let response = all.sync(one_list(json!([[0, 0]]), 1, json!([["*", "*"]]))).await;
+    let slots = state_slots(&response["rooms"][&room_id]);
+    for expected in [
+        slot("m.room.create", ""),
+        slot("m.room.topic", ""),
+        slot("m.room.power_levels", ""),
+        slot("m.room.member", carol.user()),
+    ] {
+        assert!(slots.contains(&expected), "{expected:?} missing from {slots:?}");
+    }
+    // `[type, "*"]` for every key of a type.
+    let mut members = Conn::new(&alice, "members");
+    let response =
+        members.sync(one_list(json!([[0, 0]]), 0, json!([["m.room.member", "*"]]))).await;
+    let room = &response["rooms"][&room_id];
+    assert_eq!(state_slots(room).len(), 3);
+    assert!(room.get("timeline").is_none(), "a zero timeline limit sends no events");
+}
+
+#[tokio::test]
+async fn history_visibility_hides_what_came_before_a_join() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let room_id = alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "initial_state": [{ "type": "m.room.history_visibility", "state_key": "",
+                "content": { "history_visibility": "joined" } }],
+        }))
+        .await;
+    alice.send_text(&room_id, "before bob").await;
+    bob.join(&room_id).await;
+    alice.send_text(&room_id, "after bob").await;
+    let mut conn = Conn::new(&bob, "main");
+    let response = conn.sync(one_list(json!([[0, 0]]), 10, json!([]))).await;
+    let room = &response["rooms"][&room_id];
+    assert_eq!(bodies(room), vec!["after bob"]);
+    assert!(!response.to_string().contains("before bob"));
+}
+
+#[tokio::test]
+async fn invites_bring_stripped_state_then_the_joined_room() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let room_id = alice.create_room(json!({ "name": "party", "invite": [bob.user()] })).await;
+    alice.send_text(&room_id, "welcome").await;
+    let body = json!({ "lists": {
+        "invites": { "ranges": [[0, 9]], "timeline_limit": 5, "required_state": [],
+            "filters": { "is_invite": true } },
+        "joined": { "ranges": [[0, 9]], "timeline_limit": 5,
+            "required_state": [["m.room.member", "$ME"]], "filters": { "is_invite": false } },
+    } });
+    let mut conn = Conn::new(&bob, "main");
+    let response = conn.sync(body.clone()).await;
+    assert_eq!(response["lists"]["invites"]["count"], 1);
+    assert_eq!(response["lists"]["joined"]["count"], 0);
+    let invite = &response["rooms"][&room_id];
+    assert_eq!(invite["initial"], true);
+    assert!(invite.get("timeline").is_none(), "an invitee sees no timeline");
+    let stripped = invite["invite_state"].as_array().unwrap();
+    assert!(
+        stripped
+            .iter()
+            .any(|event| event["type"] == "m.room.name" && event["content"]["name"] == "party")
+    );
+    assert!(stripped.iter().any(|event| event["type"] == "m.room.member"
+        && event["state_key"] == bob.user()
+        && event["content"]["membership"] == "invite"));
+    assert!(!response.to_string().contains("welcome"));
+
+    bob.join(&room_id).await;
+    let joined = conn.sync(body.clone()).await;
+    assert_eq!(joined["lists"]["joined"]["count"], 1);
+    let room = &joined["rooms"][&room_id];
+    assert_eq!(room["initial"], true, "a newly joined room is sent in full");
+    assert!(room.get("invite_state").is_none());
+    assert!(bodies(room).contains(&"welcome"));
+    assert_eq!(state_slots(room), vec![slot("m.room.member", bob.user())]);
+
+    // A kick shows Bob his leave once; the room stays listed as a kick.
+    alice
+        .post(&format!("/_matrix/client/v3/rooms/{room_id}/kick"), json!({ "user_id": bob.user() }))
+        .await
+        .ok();
+    alice.send_text(&room_id, "after the kick").await;
+    let kicked = conn.sync(body.clone()).await;
+    let room = &kicked["rooms"][&room_id];
+    let own = room["required_state"].as_array().unwrap();
+    assert_eq!(own[0]["content"]["membership"], "leave");
+    assert!(!kicked.to_string().contains("after the kick"));
+    let quiet = conn.sync(body).await;
+    assert!(rooms(&quiet).is_empty(), "{quiet}");
+}
