@@ -407,3 +407,237 @@ async fn invites_bring_stripped_state_then_the_joined_room() {
     let quiet = conn.sync(body).await;
     assert!(rooms(&quiet).is_empty(), "{quiet}");
 }
+
+fn extensions_body() -> Value {
+    let mut body = one_list(json!([[0, 9]]), 5, json!([]));
+    body["extensions"] = json!({
+        "to_device": { "enabled": true },
+        "e2ee": { "enabled": true },
+        "account_data": { "enabled": true },
+        "receipts": { "enabled": true },
+        "typing": { "enabled": true },
+    });
+    body
+}
+
+fn global_types(response: &Value) -> Vec<&str> {
+    response["extensions"]["account_data"]["global"]
+        .as_array()
+        .map(|events| events.iter().filter_map(|event| event["type"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn extensions_carry_to_device_e2ee_account_data_receipts_and_typing() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    let message = alice.send_text(&room_id, "read me").await;
+    let mut conn = Conn::new(&bob, "main");
+    let mut body = extensions_body();
+    let first = conn.sync(body.clone()).await;
+    let extensions = &first["extensions"];
+    let next_batch = extensions["to_device"]["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(extensions["e2ee"]["device_one_time_keys_count"]["signed_curve25519"], 0);
+    assert_eq!(extensions["e2ee"]["device_unused_fallback_key_types"], json!([]));
+    assert!(global_types(&first).contains(&"m.push_rules"), "{first}");
+
+    let bob_path = format!("/_matrix/client/v3/user/{}", bob.user());
+    alice
+        .put(
+            "/_matrix/client/v3/sendToDevice/m.test/t1",
+            json!({ "messages": { bob.user(): { "*": { "secret": 1 } } } }),
+        )
+        .await
+        .ok();
+    alice
+        .post(&format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{message}"), json!({}))
+        .await
+        .ok();
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room_id}/typing/{}", alice.user()),
+            json!({ "typing": true, "timeout": 30000 }),
+        )
+        .await
+        .ok();
+    bob.put(&format!("{bob_path}/account_data/org.example.setting"), json!({ "on": true }))
+        .await
+        .ok();
+    bob.put(&format!("{bob_path}/rooms/{room_id}/tags/u.work"), json!({ "order": 0.5 })).await.ok();
+    // A new device of Alice's changes her device list, which Bob shares a room with.
+    alice
+        .post(
+            "/_matrix/client/v3/login",
+            json!({ "type": "m.login.password", "password": "a-long-password",
+                "identifier": { "type": "m.id.user", "user": alice.user() } }),
+        )
+        .await
+        .ok();
+
+    body["extensions"]["to_device"]["since"] = json!(next_batch);
+    let next = conn.sync(body.clone()).await;
+    let extensions = &next["extensions"];
+    let to_device = extensions["to_device"]["events"].as_array().unwrap();
+    assert_eq!(to_device.len(), 1, "{next}");
+    assert_eq!(to_device[0]["type"], "m.test");
+    assert_eq!(to_device[0]["sender"], alice.user());
+    assert_eq!(to_device[0]["content"]["secret"], 1);
+    assert_eq!(extensions["e2ee"]["device_lists"]["changed"], json!([alice.user()]));
+    let receipt = &extensions["receipts"]["rooms"][&room_id];
+    assert_eq!(receipt["type"], "m.receipt");
+    assert!(receipt["content"][&message]["m.read"][alice.user()]["ts"].is_u64(), "{receipt}");
+    assert_eq!(
+        extensions["typing"]["rooms"][&room_id]["content"]["user_ids"],
+        json!([alice.user()])
+    );
+    assert_eq!(global_types(&next), vec!["org.example.setting"]);
+    let room_data = extensions["account_data"]["rooms"][&room_id].as_array().unwrap();
+    assert_eq!(room_data[0]["type"], "m.tag");
+    assert_eq!(room_data[0]["content"]["tags"]["u.work"]["order"], 0.5);
+
+    // Received messages are gone once `since` moves past them; nothing else is new.
+    body["extensions"]["to_device"]["since"] = extensions["to_device"]["next_batch"].clone();
+    let quiet = conn.sync(body).await;
+    let extensions = &quiet["extensions"];
+    assert!(extensions["to_device"]["events"].as_array().is_none_or(Vec::is_empty), "{quiet}");
+    for part in ["receipts", "typing", "account_data"] {
+        assert!(extensions.get(part).is_none(), "{part} again: {quiet}");
+    }
+    assert!(extensions["e2ee"].get("device_lists").is_none(), "{quiet}");
+}
+
+#[tokio::test]
+async fn extension_scopes_follow_lists_and_subscriptions() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let listed = alice.create_room(json!({})).await;
+    let subscribed = alice.create_room(json!({})).await;
+    let listed_message = alice.send_text(&listed, "in the list").await;
+    let subscribed_message = alice.send_text(&subscribed, "subscribed").await;
+    for (room_id, event_id) in [(&listed, &listed_message), (&subscribed, &subscribed_message)] {
+        alice
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{event_id}"),
+                json!({}),
+            )
+            .await
+            .ok();
+    }
+    // `listed` is the most recent: the list's single slot holds it.
+    alice.send_text(&listed, "latest").await;
+    let mut body = one_list(json!([[0, 0]]), 1, json!([]));
+    body["room_subscriptions"] = json!({ subscribed.as_str(): { "timeline_limit": 1 } });
+    let receipt_rooms = |response: &Value| {
+        let mut ids: Vec<String> = response["extensions"]["receipts"]["rooms"]
+            .as_object()
+            .map(|rooms| rooms.keys().cloned().collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    };
+    for (scope, expected) in [
+        (json!({}), vec![listed.clone(), subscribed.clone()]),
+        (json!({ "lists": [] }), vec![subscribed.clone()]),
+        (json!({ "rooms": [] }), vec![listed.clone()]),
+        (json!({ "lists": ["all"], "rooms": [] }), vec![listed.clone()]),
+        (json!({ "lists": [], "rooms": [subscribed.as_str()] }), vec![subscribed.clone()]),
+        (json!({ "lists": [], "rooms": [] }), vec![]),
+    ] {
+        let mut request = body.clone();
+        request["extensions"]["receipts"] = scope.clone();
+        request["extensions"]["receipts"]["enabled"] = json!(true);
+        let response = Conn::new(&alice, "scoped").sync(request).await;
+        let mut expected = expected;
+        expected.sort();
+        assert_eq!(receipt_rooms(&response), expected, "scope {scope}");
+    }
+}
+
+#[tokio::test]
+async fn filters_subscriptions_and_heroes() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let dm = alice.create_room(json!({ "is_direct": true, "invite": [bob.user()] })).await;
+    let space = alice
+        .create_room(json!({ "name": "space", "creation_content": { "type": "m.space" } }))
+        .await;
+    let encrypted = alice
+        .create_room(json!({ "name": "secret", "initial_state": [{ "type": "m.room.encryption",
+            "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } }] }))
+        .await;
+    let plain = alice.create_room(json!({ "name": "plain" })).await;
+    let not_mine = bob.create_room(json!({ "name": "bob's" })).await;
+    alice
+        .put(
+            &format!("/_matrix/client/v3/user/{}/account_data/m.direct", alice.user()),
+            json!({ bob.user(): [dm.as_str()] }),
+        )
+        .await
+        .ok();
+    let list = |filters: Value| json!({ "ranges": [[0, 9]], "timeline_limit": 0, "required_state": [], "filters": filters });
+    let body = json!({
+        "lists": {
+            "dms": list(json!({ "is_dm": true })),
+            "not_dms": list(json!({ "is_dm": false })),
+            "spaces": list(json!({ "room_types": ["m.space"] })),
+            "no_spaces": list(json!({ "not_room_types": ["m.space"] })),
+            "default_type": list(json!({ "room_types": [null] })),
+            "encrypted": list(json!({ "is_encrypted": true })),
+        },
+        "room_subscriptions": {
+            plain.as_str(): { "timeline_limit": 1, "required_state": [["m.room.name", ""]] },
+            not_mine.as_str(): { "timeline_limit": 1 },
+        },
+    });
+    let response = Conn::new(&alice, "main").sync(body).await;
+    let counts: Vec<(&str, u64)> =
+        ["dms", "not_dms", "spaces", "no_spaces", "default_type", "encrypted"]
+            .into_iter()
+            .map(|name| (name, response["lists"][name]["count"].as_u64().unwrap()))
+            .collect();
+    assert_eq!(
+        counts,
+        vec![
+            ("dms", 1),
+            ("not_dms", 3),
+            ("spaces", 1),
+            ("no_spaces", 3),
+            ("default_type", 3),
+            ("encrypted", 1)
+        ]
+    );
+    let mut expected = vec![dm.as_str(), space.as_str(), encrypted.as_str(), plain.as_str()];
+    expected.sort_unstable();
+    assert_eq!(rooms(&response), expected, "a room the user is not in is never sent");
+    let direct = &response["rooms"][&dm];
+    assert_eq!(direct["is_dm"], true);
+    assert_eq!(direct["joined_count"], 1);
+    assert_eq!(direct["invited_count"], 1);
+    assert_eq!(direct["heroes"][0]["user_id"], bob.user());
+    assert!(direct.get("name").is_none());
+    assert!(response["rooms"][&plain].get("is_dm").is_none());
+    assert_eq!(bodies(&response["rooms"][&plain]).len(), 0);
+    assert_eq!(response["rooms"][&plain]["timeline"].as_array().unwrap().len(), 1);
+    assert_eq!(state_slots(&response["rooms"][&plain]), vec![slot("m.room.name", "")]);
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let conn = Conn::new(&alice, "main");
+    conn.request(None, 0, one_list(json!([[5, 1]]), 1, json!([])))
+        .await
+        .expect_error(400, "M_INVALID_PARAM");
+    let mut long = one_list(json!([[0, 1]]), 1, json!([]));
+    long["conn_id"] = json!("x".repeat(100));
+    alice.post(PATH, long).await.expect_error(400, "M_INVALID_PARAM");
+    let mut to_device = one_list(json!([[0, 1]]), 1, json!([]));
+    to_device["extensions"] = json!({ "to_device": { "enabled": true, "since": "nonsense" } });
+    conn.request(None, 0, to_device).await.expect_error(400, "M_INVALID_PARAM");
+    Api::new(&server.base_url).post(PATH, json!({})).await.expect_error(401, "M_MISSING_TOKEN");
+}
