@@ -641,3 +641,29 @@ async fn bad_requests_are_refused() {
     conn.request(None, 0, to_device).await.expect_error(400, "M_INVALID_PARAM");
     Api::new(&server.base_url).post(PATH, json!({})).await.expect_error(401, "M_MISSING_TOKEN");
 }
+
+#[tokio::test]
+async fn a_rejected_invite_shows_only_the_leave() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let room_id = alice
+        .create_room(json!({ "name": "private", "topic": "members only", "invite": [bob.user()] }))
+        .await;
+    let body = one_list(json!([[0, 9]]), 5, json!([["*", "*"]]));
+    let mut conn = Conn::new(&bob, "main");
+    let invited = conn.sync(body.clone()).await;
+    assert!(invited["rooms"][&room_id]["invite_state"].is_array());
+    bob.post(&format!("/_matrix/client/v3/rooms/{room_id}/leave"), json!({})).await.ok();
+    let rejected = conn.sync(body.clone()).await;
+    let room = &rejected["rooms"][&room_id];
+    assert_eq!(room["initial"], true, "{rejected}");
+    assert_eq!(state_slots(room), vec![slot("m.room.member", bob.user())]);
+    assert_eq!(room["required_state"][0]["content"]["membership"], "leave");
+    assert!(room.get("name").is_none());
+    assert!(!rejected.to_string().contains("members only"), "{rejected}");
+    // The room the user left themselves is not listed again.
+    let later = conn.sync(body).await;
+    assert_eq!(later["lists"]["all"]["count"], 0);
+    assert!(rooms(&later).is_empty());
+}

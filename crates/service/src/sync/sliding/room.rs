@@ -49,6 +49,9 @@ struct RoomJob<'a> {
     bound: StreamPos,
     is_dm: bool,
     own_receipt: bool,
+    /// A room the user left without having been joined right before (a rejected invite or
+    /// knock, a ban of an invitee): only their own membership is sent of its state.
+    restricted: bool,
 }
 
 /// The room's state at the end of the response and where the connection last had it.
@@ -178,7 +181,8 @@ impl Services {
         } else {
             membership.stream_pos.min(ctx.upper.pos)
         };
-        let job = RoomJob { room_id, relevant, sent, from, bound, is_dm, own_receipt };
+        let mut job =
+            RoomJob { room_id, relevant, sent, from, bound, is_dm, own_receipt, restricted: false };
         if let (Some(sent), Some(from)) = (sent, from) {
             let expanded = config.timeline_limit > sent.timeline_limit
                 || !sent.required_state.covers(&config.required_state);
@@ -191,7 +195,22 @@ impl Services {
                 return Ok(RoomOutcome { room: None, sent: next, full_timeline: None });
             }
         }
+        job.restricted = membership.membership != "join" && !self.joined_before(membership).await?;
         self.full_room(ctx, &job, next).await
+    }
+
+    /// Whether the user was joined right before their current membership event.
+    async fn joined_before(&self, membership: &MembershipRecord) -> Result<bool> {
+        let Some(event) = self.load_event(&membership.event_id).await? else { return Ok(false) };
+        let member = self
+            .state_event_in(
+                event.record.state_before,
+                &StateEventType::RoomMember,
+                membership.user_id.as_str(),
+            )
+            .await?;
+        Ok(member.and_then(|member| member.pdu.content_str("membership")).as_deref()
+            == Some("join"))
     }
 
     /// Whether anything about a room the connection has changed after `from`.
@@ -270,7 +289,13 @@ impl Services {
             None => Arc::new(StateMap::new()),
         };
         let diff = StateDiff { current, previous };
-        let (state_ids, lazy_members) = required_state_ids(job, &diff, timeline.as_ref());
+        let (state_ids, lazy_members) = if job.restricted {
+            let own = (StateEventType::RoomMember, ctx.requester.user_id.to_string());
+            let id = diff.current.get(&own).filter(|_| diff.changed(&own)).cloned();
+            (id.into_iter().collect(), BTreeSet::new())
+        } else {
+            required_state_ids(job, &diff, timeline.as_ref())
+        };
         next.lazy_members = lazy_members;
         let mut room = v5::response::Room::new();
         let meta_changed = self.fill_room_meta(ctx, job, &diff, &mut room).await?;
@@ -328,6 +353,10 @@ impl Services {
         } else if job.sent.is_some_and(|sent| sent.is_dm != job.is_dm) {
             room.is_dm = Some(job.is_dm);
             changed = true;
+        }
+        if job.restricted {
+            room.bump_stamp = Some(stream_uint(job.relevant.membership.stream_pos));
+            return Ok(changed);
         }
         let name_slot = (StateEventType::RoomName, String::new());
         let name = match diff.current.get(&name_slot) {
