@@ -119,6 +119,8 @@ impl Services {
             ),
             None => None,
         };
+        // A `since` past this response cannot show anything was received beyond it.
+        let since = since.map(|since| since.min(ctx.upper.pos));
         let events = self.sync_to_device(ctx.requester, since, ctx.upper.pos).await?;
         let has_data = !events.is_empty();
         let mut to_device = v5::response::ToDevice::default();
