@@ -578,7 +578,11 @@ async fn filters_subscriptions_and_heroes() {
         )
         .await
         .ok();
-    let list = |filters: Value| json!({ "ranges": [[0, 9]], "timeline_limit": 0, "required_state": [], "filters": filters });
+    let list = |filters: Value| {
+        let mut list = one_list(json!([[0, 9]]), 0, json!([]))["lists"]["all"].take();
+        list["filters"] = filters;
+        list
+    };
     let body = json!({
         "lists": {
             "dms": list(json!({ "is_dm": true })),
@@ -666,4 +670,54 @@ async fn a_rejected_invite_shows_only_the_leave() {
     let later = conn.sync(body).await;
     assert_eq!(later["lists"]["all"]["count"], 0);
     assert!(rooms(&later).is_empty());
+}
+
+#[tokio::test]
+async fn a_waiting_request_wakes_for_a_to_device_message_and_an_invite() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let mut body = one_list(json!([[0, 0]]), 1, json!([]));
+    body["extensions"] = json!({ "to_device": { "enabled": true } });
+    let mut conn = Conn::new(&bob, "main");
+    let first = conn.sync(body.clone()).await;
+    body["extensions"]["to_device"]["since"] =
+        first["extensions"]["to_device"]["next_batch"].clone();
+    let waiting = conn.request(conn.pos.as_deref(), 20_000, body.clone());
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        (waiting.await.ok(), started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice
+        .put(
+            "/_matrix/client/v3/sendToDevice/m.test/t1",
+            json!({ "messages": { bob.user(): { "*": { "ping": true } } } }),
+        )
+        .await
+        .ok();
+    let (response, waited) = waiting.await.unwrap();
+    assert!(waited < Duration::from_secs(10), "not woken ({waited:?})");
+    assert_eq!(response["extensions"]["to_device"]["events"][0]["content"]["ping"], true);
+    conn.pos = Some(response["pos"].as_str().unwrap().to_owned());
+    body["extensions"]["to_device"]["since"] =
+        response["extensions"]["to_device"]["next_batch"].clone();
+
+    // A one-room window: an invite, newer than Bob's room, takes its place.
+    let first_room = bob.create_room(json!({})).await;
+    let settled = conn.sync(body.clone()).await;
+    assert_eq!(rooms(&settled), vec![first_room.as_str()]);
+    body["extensions"]["to_device"]["since"] =
+        settled["extensions"]["to_device"]["next_batch"].clone();
+    let waiting = conn.request(conn.pos.as_deref(), 20_000, body);
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        (waiting.await.ok(), started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second_room = alice.create_room(json!({ "invite": [bob.user()] })).await;
+    let (response, waited) = waiting.await.unwrap();
+    assert!(waited < Duration::from_secs(10), "not woken ({waited:?})");
+    assert_eq!(response["lists"]["all"]["count"], 2);
+    assert_eq!(rooms(&response), vec![second_room.as_str()]);
 }

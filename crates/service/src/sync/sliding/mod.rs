@@ -1,7 +1,7 @@
-//! Simplified sliding sync (MSC4186), `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync`:
-//! room lists sorted by recent activity and cut to ranges, room subscriptions, per-room
-//! timelines and required state, and the to-device, e2ee, account data, receipts and typing
-//! extensions, long-polling like `/sync` v3.
+//! Simplified sliding sync (MSC4186, `org.matrix.simplified_msc3575`): room lists sorted by
+//! recent activity and cut to ranges, room subscriptions, per-room timelines and required state,
+//! and the to-device, e2ee, account data, receipts and typing extensions, long-polling like
+//! `/sync` v3.
 //!
 //! A *connection* (user, device, `conn_id`) remembers what it was sent of each room
 //! ([`connection`]), so each response carries only what changed for the rooms the lists and
