@@ -9,9 +9,12 @@
 //! `s<stream position>_<ephemeral serial>_<connection version>`; its first part is also a
 //! `/messages` token.
 //!
-//! Not supported: the `spaces`, `tags` and `not_tags` list filters (ruma's request type does not
-//! carry them), `StateStub`s for removed state (state is only ever removed by state resolution),
-//! and peeking into rooms the user has no membership in.
+//! Left out: the `spaces`, `tags` and `not_tags` list filters (ruma's request type does not carry
+//! them), `StateStub`s for removed state (state is only ever removed by state resolution),
+//! peeking into rooms the user has no membership in, and the thread subscription and sticky
+//! event extensions. Receipts, typing and room account data of a room outside an extension's
+//! `lists`/`rooms` scope are not kept back for later, and a ban of a user who never joined stays
+//! listed (showing only the ban).
 
 mod activity;
 mod connection;
