@@ -515,6 +515,13 @@ impl RoomStore for SqlStore {
             .await
     }
 
+    async fn events_with_relations(
+        &self,
+        event_ids: &[OwnedEventId],
+    ) -> Result<HashSet<OwnedEventId>> {
+        rooms_query::events_with_relations(self, event_ids).await
+    }
+
     async fn latest_edit(
         &self,
         event_id: &EventId,

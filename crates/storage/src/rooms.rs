@@ -133,6 +133,13 @@ pub trait RoomStore {
         limit: i64,
     ) -> Result<Vec<EventRecord>>;
 
+    /// Of the given events, those that some other event relates to (so only they need their
+    /// relations bundled).
+    async fn events_with_relations(
+        &self,
+        event_ids: &[OwnedEventId],
+    ) -> Result<HashSet<OwnedEventId>>;
+
     /// The latest `m.replace` of an event by its sender.
     async fn latest_edit(&self, event_id: &EventId, sender: &UserId)
     -> Result<Option<EventRecord>>;

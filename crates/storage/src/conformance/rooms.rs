@@ -405,6 +405,9 @@ pub async fn relations_edits_and_threads(store: Arc<dyn DataStore>) {
         store.thread_summary(&related[0], user_id!("@bob:example.org")).await.unwrap().is_none()
     );
 
+    let with_relations =
+        store.events_with_relations(&[root.clone(), related[0].clone()]).await.unwrap();
+    assert_eq!(with_relations, std::collections::HashSet::from([root.clone()]));
     let roots = store.thread_roots(&room.room_id, None, None, 10).await.unwrap();
     assert_eq!(roots.len(), 1);
     assert_eq!(roots[0].0.event_id, root);

@@ -19,7 +19,7 @@ use super::{Ctx, connection::SentRoom, lists::Relevant, room_from};
 use crate::{
     Services,
     rooms::format::{Format, raw},
-    sync::rooms::TimelinePart,
+    sync::rooms::{TimelinePart, TimelineQuery},
 };
 
 /// The member event type.
@@ -262,17 +262,15 @@ impl Services {
         let timeline = if config.timeline_limit > 0 {
             let lower = if expanded_timeline { None } else { job.from };
             let filter = RoomEventFilter::default();
-            let part = self
-                .collect_timeline(
-                    ctx.requester,
-                    job.room_id,
-                    job.bound,
-                    lower,
-                    config.timeline_limit,
-                    &filter,
-                    &ctx.ignored,
-                )
-                .await?;
+            let query = TimelineQuery {
+                upper: job.bound,
+                lower,
+                limit: config.timeline_limit,
+                filter: &filter,
+                ignored: &ctx.ignored,
+                joined_now: job.relevant.membership.membership == "join",
+            };
+            let part = self.collect_timeline(ctx.requester, job.room_id, query).await?;
             Some(part)
         } else {
             None
