@@ -58,6 +58,7 @@ pub(crate) fn all(router: Router<AppState>) -> Router<AppState> {
     let router = client::ephemeral::routes(router);
     let router = client::push::routes(router);
     let router = client::sync::routes(router);
+    let router = client::sliding_sync::routes(router);
     let router = client::keys::routes(router);
     let router = client::media::routes(router);
     let router = client::reporting::routes(router);

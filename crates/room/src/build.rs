@@ -5,7 +5,7 @@ use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
     OwnedUserId, RoomVersionId, ServerName, UInt,
     events::TimelineEventType,
-    signatures::{hash_and_sign_event, reference_hash},
+    signatures::{JsonError, hash_and_sign_event, reference_hash},
 };
 use serde_json::value::{RawValue as RawJsonValue, to_raw_value};
 
@@ -94,13 +94,19 @@ pub fn build_pdu(
     }
 
     hash_and_sign_event(origin.as_str(), key.pair(), &mut object, &rules.redaction)
-        .map_err(|error| PduError::Json(error.to_string()))?;
-    let hash =
-        reference_hash(&object, &rules).map_err(|error| PduError::Json(error.to_string()))?;
+        .map_err(json_error)?;
+    let hash = reference_hash(&object, &rules).map_err(json_error)?;
     let event_id = OwnedEventId::try_from(format!("${hash}"))
         .map_err(|error| PduError::Json(error.to_string()))?;
     let json = to_raw_value(&object).map_err(|error| PduError::Json(error.to_string()))?;
     Pdu::from_json(event_id, json, room_version)
+}
+
+fn json_error(error: JsonError) -> PduError {
+    match error {
+        JsonError::PduTooLarge => PduError::TooLarge,
+        other => PduError::Json(other.to_string()),
+    }
 }
 
 /// Computes the event ID of a received PDU (its reference hash).
@@ -110,6 +116,6 @@ pub fn event_id_of(
 ) -> Result<OwnedEventId, PduError> {
     let rules = versions::rules(room_version)
         .ok_or_else(|| PduError::UnsupportedRoomVersion(room_version.clone()))?;
-    let hash = reference_hash(object, &rules).map_err(|error| PduError::Json(error.to_string()))?;
+    let hash = reference_hash(object, &rules).map_err(json_error)?;
     OwnedEventId::try_from(format!("${hash}")).map_err(|error| PduError::Json(error.to_string()))
 }

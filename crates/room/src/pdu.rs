@@ -24,6 +24,9 @@ pub enum PduError {
     /// Hashing, signing or redaction failed.
     #[error("PDU JSON error: {0}")]
     Json(String),
+    /// The PDU is larger than the 65,535 bytes the spec allows.
+    #[error("the event is larger than 65535 bytes")]
+    TooLarge,
 }
 
 /// A room event in its federation form.

@@ -9,6 +9,12 @@ use rhizome::{
 };
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc returns freed memory to the system far better than the platform allocator under
+/// Rhizome's load (many threads, bursts of large short-lived buffers such as password hashes),
+/// which keeps the resident size of a small server small.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Rhizome, a Matrix homeserver for communities that run their own.
 #[derive(Parser)]
 #[command(version, about)]

@@ -47,6 +47,7 @@ pub struct Services {
     /// Permits for password hashing, which is memory-hungry by design.
     pub(crate) password_permits: tokio::sync::Semaphore,
     pub(crate) media: media::MediaRuntime,
+    pub(crate) sliding: sync::sliding::SlidingState,
     pub(crate) openid_tokens: users::openid::OpenIdTokens,
 }
 
@@ -63,6 +64,7 @@ impl Services {
             token_cache: auth::TokenCache::default(),
             password_permits: tokio::sync::Semaphore::new(users::password::CONCURRENT_HASHES),
             media: media::MediaRuntime::new(&config),
+            sliding: sync::sliding::SlidingState::new(),
             openid_tokens: users::openid::OpenIdTokens::default(),
             config,
             store,

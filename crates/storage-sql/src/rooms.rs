@@ -411,6 +411,30 @@ impl RoomStore for SqlStore {
         row.as_ref().map(event_from_row).transpose()
     }
 
+    async fn last_event_of_types(
+        &self,
+        room_id: &RoomId,
+        event_types: &[&str],
+        pos: StreamPos,
+    ) -> Result<Option<StreamPos>> {
+        if event_types.is_empty() {
+            return Ok(None);
+        }
+        // Walks the room's events backwards on its index and stops at the first match.
+        let sql = format!(
+            "SELECT stream_pos FROM events WHERE room_id = $1 AND stream_pos <= $2 \
+             AND event_type IN ({}) ORDER BY stream_pos DESC LIMIT 1",
+            placeholders(3, event_types.len())
+        );
+        let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.as_str()))
+            .bind(room_id.as_str())
+            .bind(pos);
+        for event_type in event_types {
+            query = query.bind(*event_type);
+        }
+        query.fetch_optional(&self.read).await.map_err(db_error)
+    }
+
     async fn rooms_with_events_between(
         &self,
         room_ids: &[OwnedRoomId],
@@ -493,6 +517,13 @@ impl RoomStore for SqlStore {
     ) -> Result<Vec<EventRecord>> {
         rooms_query::relations(self, event_id, rel_type, event_type, from, to, direction, limit)
             .await
+    }
+
+    async fn events_with_relations(
+        &self,
+        event_ids: &[OwnedEventId],
+    ) -> Result<HashSet<OwnedEventId>> {
+        rooms_query::events_with_relations(self, event_ids).await
     }
 
     async fn latest_edit(

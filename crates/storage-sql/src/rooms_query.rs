@@ -1,11 +1,13 @@
 //! Room queries in SQL beyond events themselves: memberships, relations and threads, event
 //! lookup by time, message search, aliases and the public directory.
 
+use std::collections::HashSet;
+
 use rhizome_core::Result;
 use rhizome_storage::{
     AliasRecord, Direction, EventRecord, MembershipRecord, PublishedRoom, StreamPos,
 };
-use ruma::{EventId, OwnedRoomId, RoomAliasId, RoomId, UserId};
+use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomAliasId, RoomId, UserId};
 use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{
@@ -138,6 +140,27 @@ pub(crate) async fn relations(
         .await
         .map_err(db_error)?;
     rows.iter().map(event_from_row).collect()
+}
+
+pub(crate) async fn events_with_relations(
+    store: &SqlStore,
+    event_ids: &[OwnedEventId],
+) -> Result<HashSet<OwnedEventId>> {
+    let mut found = HashSet::new();
+    for chunk in event_ids.chunks(500) {
+        let sql = format!(
+            "SELECT DISTINCT relates_to FROM event_relations WHERE relates_to IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql.as_str()));
+        for event_id in chunk {
+            query = query.bind(event_id.as_str());
+        }
+        for event_id in query.fetch_all(&store.read).await.map_err(db_error)? {
+            found.insert(parse_id(event_id)?);
+        }
+    }
+    Ok(found)
 }
 
 pub(crate) async fn latest_edit(

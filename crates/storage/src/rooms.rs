@@ -70,6 +70,15 @@ pub trait RoomStore {
     /// The latest event of the room at or before a stream position.
     async fn last_event_at(&self, room_id: &RoomId, pos: StreamPos) -> Result<Option<EventRecord>>;
 
+    /// The stream position of the room's latest event of one of `event_types` at or before
+    /// `pos`.
+    async fn last_event_of_types(
+        &self,
+        room_id: &RoomId,
+        event_types: &[&str],
+        pos: StreamPos,
+    ) -> Result<Option<StreamPos>>;
+
     /// Of the given rooms, those with events after `since` up to `until`.
     async fn rooms_with_events_between(
         &self,
@@ -123,6 +132,13 @@ pub trait RoomStore {
         direction: Direction,
         limit: i64,
     ) -> Result<Vec<EventRecord>>;
+
+    /// Of the given events, those that some other event relates to (so only they need their
+    /// relations bundled).
+    async fn events_with_relations(
+        &self,
+        event_ids: &[OwnedEventId],
+    ) -> Result<HashSet<OwnedEventId>>;
 
     /// The latest `m.replace` of an event by its sender.
     async fn latest_edit(&self, event_id: &EventId, sender: &UserId)

@@ -54,6 +54,8 @@ async fn versions(
         ("org.matrix.msc2285.stable".to_owned(), true),
         // Dehydrated devices, served on the MSC's unstable paths.
         ("org.matrix.msc3814".to_owned(), true),
+        // Simplified sliding sync.
+        ("org.matrix.simplified_msc3575".to_owned(), true),
         // Room reports (stable in v1.13, which is not advertised yet): clients offer
         // "Report room" on this flag.
         ("org.matrix.msc4151".to_owned(), true),

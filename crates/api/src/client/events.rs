@@ -3,7 +3,7 @@
 
 use axum::{Router, extract::State};
 use rhizome_core::{Error, clock::millis_from_ts};
-use rhizome_service::rooms::NewEvent;
+use rhizome_service::rooms::{NewEvent, relations::RelationsQuery};
 use rhizome_storage::{Direction, TxnRecord};
 use ruma::{
     api::{
@@ -254,19 +254,18 @@ async fn relations(
     request: Ruma<get_relating_events::v1::Request>,
 ) -> ApiResult<get_relating_events::v1::Response> {
     let body = &request.body;
-    let page = services
-        .relations(
-            request.requester()?,
-            &body.room_id,
-            &body.event_id,
-            None,
-            None,
-            body.from.as_deref(),
-            body.to.as_deref(),
-            direction(body.dir),
-            limit_of(body.limit),
-        )
-        .await?;
+    let rel_type = None::<String>;
+    let event_type = None::<String>;
+    let query = RelationsQuery {
+        rel_type: rel_type.as_deref(),
+        event_type: event_type.as_deref(),
+        from: body.from.as_deref(),
+        to: body.to.as_deref(),
+        direction: direction(body.dir),
+        limit: limit_of(body.limit),
+    };
+    let page =
+        services.relations(request.requester()?, &body.room_id, &body.event_id, query).await?;
     let mut response = get_relating_events::v1::Response::new(
         page.chunk.into_iter().map(Raw::from_json).collect(),
     );
@@ -279,20 +278,18 @@ async fn relations_of_type(
     request: Ruma<get_relating_events_with_rel_type::v1::Request>,
 ) -> ApiResult<get_relating_events_with_rel_type::v1::Response> {
     let body = &request.body;
-    let rel_type = body.rel_type.to_string();
-    let page = services
-        .relations(
-            request.requester()?,
-            &body.room_id,
-            &body.event_id,
-            Some(&rel_type),
-            None,
-            body.from.as_deref(),
-            body.to.as_deref(),
-            direction(body.dir),
-            limit_of(body.limit),
-        )
-        .await?;
+    let rel_type = Some(body.rel_type.to_string());
+    let event_type = None::<String>;
+    let query = RelationsQuery {
+        rel_type: rel_type.as_deref(),
+        event_type: event_type.as_deref(),
+        from: body.from.as_deref(),
+        to: body.to.as_deref(),
+        direction: direction(body.dir),
+        limit: limit_of(body.limit),
+    };
+    let page =
+        services.relations(request.requester()?, &body.room_id, &body.event_id, query).await?;
     let mut response = get_relating_events_with_rel_type::v1::Response::new(
         page.chunk.into_iter().map(Raw::from_json).collect(),
     );
@@ -305,21 +302,18 @@ async fn relations_of_types(
     request: Ruma<get_relating_events_with_rel_type_and_event_type::v1::Request>,
 ) -> ApiResult<get_relating_events_with_rel_type_and_event_type::v1::Response> {
     let body = &request.body;
-    let rel_type = body.rel_type.to_string();
-    let event_type = body.event_type.to_string();
-    let page = services
-        .relations(
-            request.requester()?,
-            &body.room_id,
-            &body.event_id,
-            Some(&rel_type),
-            Some(&event_type),
-            body.from.as_deref(),
-            body.to.as_deref(),
-            direction(body.dir),
-            limit_of(body.limit),
-        )
-        .await?;
+    let rel_type = Some(body.rel_type.to_string());
+    let event_type = Some(body.event_type.to_string());
+    let query = RelationsQuery {
+        rel_type: rel_type.as_deref(),
+        event_type: event_type.as_deref(),
+        from: body.from.as_deref(),
+        to: body.to.as_deref(),
+        direction: direction(body.dir),
+        limit: limit_of(body.limit),
+    };
+    let page =
+        services.relations(request.requester()?, &body.room_id, &body.event_id, query).await?;
     let mut response = get_relating_events_with_rel_type_and_event_type::v1::Response::new(
         page.chunk.into_iter().map(Raw::from_json).collect(),
     );

@@ -18,5 +18,6 @@ pub mod reporting;
 pub mod rooms;
 pub mod search;
 pub mod session;
+pub mod sliding_sync;
 pub mod sync;
 pub mod to_device;

@@ -8,4 +8,5 @@
 mod e2ee;
 mod media;
 mod rooms;
+mod sliding_sync;
 mod support;

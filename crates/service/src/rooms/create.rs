@@ -16,7 +16,10 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::{Services, rooms::NewEvent};
+use crate::{
+    Services,
+    rooms::{NewEvent, send::pdu_error},
+};
 
 /// The presets of `createRoom`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,7 +252,7 @@ impl Services {
                 origin_server_ts,
             };
             let pdu = build_pdu(&template, version, self.server_name(), &self.signing_key)
-                .map_err(|error| Error::bad_json(error.to_string()))?;
+                .map_err(pdu_error)?;
             rhizome_room::auth::check_event(version, &pdu, |_| None, |_, _| None)
                 .map_err(|error| Error::bad_json(format!("Invalid create event: {error}")))?;
             let room_id = pdu.room_id.clone();

@@ -76,9 +76,19 @@ impl Services {
         events: &[Arc<LoadedEvent>],
         format: Format<'_>,
     ) -> Result<Vec<Box<RawJsonValue>>> {
+        // One query finds the few events that have relations; only those get bundles.
+        let related = if format.bundle_relations {
+            let ids: Vec<_> = events.iter().map(|event| event.pdu.event_id.clone()).collect();
+            self.store.events_with_relations(&ids).await?
+        } else {
+            Default::default()
+        };
         let mut formatted = Vec::with_capacity(events.len());
         for event in events {
-            formatted.push(self.format_event(event, format).await?);
+            let bundle = format.bundle_relations && related.contains(&event.pdu.event_id);
+            formatted.push(
+                self.format_event(event, Format { bundle_relations: bundle, ..format }).await?,
+            );
         }
         Ok(formatted)
     }

@@ -22,6 +22,23 @@ pub struct RelationsPage {
     pub next_batch: Option<String>,
 }
 
+/// What `/relations` asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct RelationsQuery<'a> {
+    /// Only relations of this type.
+    pub rel_type: Option<&'a str>,
+    /// Only related events of this type.
+    pub event_type: Option<&'a str>,
+    /// Where to start.
+    pub from: Option<&'a str>,
+    /// Where to stop.
+    pub to: Option<&'a str>,
+    /// Which way to go.
+    pub direction: Direction,
+    /// The most events to return.
+    pub limit: usize,
+}
+
 /// Parses a relations or threads pagination token (a stream position).
 pub fn parse_position_token(token: &str) -> Result<StreamPos> {
     token
@@ -86,19 +103,14 @@ impl Services {
     }
 
     /// `/relations`: events relating to `event_id`, newest first by default.
-    #[allow(clippy::too_many_arguments)] // Mirrors the endpoint's parameters.
     pub async fn relations(
         &self,
         requester: &Requester,
         room_id: &RoomId,
         event_id: &EventId,
-        rel_type: Option<&str>,
-        event_type: Option<&str>,
-        from: Option<&str>,
-        to: Option<&str>,
-        direction: Direction,
-        limit: usize,
+        query: RelationsQuery<'_>,
     ) -> Result<RelationsPage> {
+        let RelationsQuery { rel_type, event_type, from, to, direction, limit } = query;
         let parent = self.visible_event(requester, room_id, event_id).await?;
         let from = match from {
             Some(token) => parse_position_token(token)?,

@@ -237,7 +237,7 @@ impl Services {
             origin_server_ts: now_ts(),
         };
         let pdu = build_pdu(&template, version, self.server_name(), &self.signing_key)
-            .map_err(|error| Error::bad_json(error.to_string()))?;
+            .map_err(pdu_error)?;
         // The auth rules read the auth events, the create event and the state they name.
         let mut needed: Vec<OwnedEventId> = auth_events;
         needed.extend(state_before.get(&(StateEventType::RoomCreate, String::new())).cloned());
@@ -331,6 +331,7 @@ impl Services {
             push_actions,
         };
         let persisted = self.store.persist_event(&persist).await?;
+        self.record_room_activity(room_id, &persist.event_type, persisted.stream_pos);
         if let Some((target, _)) = &redaction {
             self.forget_event(target);
         }
@@ -439,4 +440,15 @@ fn relation_of(pdu: &Pdu) -> Option<RelationRecord> {
     let target = OwnedEventId::try_from(relates_to.get("event_id")?.as_str()?).ok()?;
     let key = relates_to.get("key").and_then(|key| key.as_str()).map(str::to_owned);
     Some(RelationRecord { relates_to: target, rel_type, key })
+}
+
+/// The client-facing error for a PDU that cannot be built.
+pub(crate) fn pdu_error(error: rhizome_room::PduError) -> Error {
+    match error {
+        rhizome_room::PduError::TooLarge => Error::matrix(
+            rhizome_core::error::MatrixErrorKind::TooLarge,
+            "The event is larger than 65535 bytes",
+        ),
+        other => Error::bad_json(other.to_string()),
+    }
 }

@@ -46,6 +46,23 @@ impl Services {
         Ok(visible)
     }
 
+    /// The events the user may see, in their order, all from rooms where the user's current
+    /// membership is already known (`joined_now`).
+    pub(crate) async fn filter_visible_with(
+        &self,
+        user_id: &UserId,
+        events: Vec<Arc<LoadedEvent>>,
+        joined_now: bool,
+    ) -> Result<Vec<Arc<LoadedEvent>>> {
+        let mut visible = Vec::with_capacity(events.len());
+        for event in events {
+            if self.visible_with(user_id, &event, joined_now).await? {
+                visible.push(event);
+            }
+        }
+        Ok(visible)
+    }
+
     /// Whether the user's current membership in the room is `join`.
     pub async fn is_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
         Ok(self

@@ -1,10 +1,11 @@
 //! `/sync` v3: long-polling that wakes as soon as something the user may see changes, with
 //! `since` tokens (`s<stream position>_<ephemeral serial>`), filters, `full_state`, lazy-loaded
 //! members, limited timelines, invites and leaves, account data, ephemeral events and unread
-//! counts.
+//! counts. Simplified sliding sync (MSC4186) lives in [`sliding`].
 
 pub mod filter;
 mod rooms;
+pub(crate) mod sliding;
 
 use std::{
     collections::BTreeMap,
@@ -13,7 +14,7 @@ use std::{
 };
 
 use rhizome_core::{Error, Result};
-use rhizome_storage::StreamPos;
+use rhizome_storage::{MembershipRecord, StreamPos};
 use ruma::{
     OwnedUserId,
     api::client::{filter::FilterDefinition, sync::sync_events::v3},
@@ -132,9 +133,10 @@ impl Services {
         window: Window,
     ) -> Result<v3::Response> {
         let mut response = v3::Response::new(window.upper.to_string());
-        self.sync_rooms(requester, request, window, &mut response).await?;
+        let memberships = self.store.rooms_of_user(&requester.user_id, &[]).await?;
+        self.sync_rooms(requester, request, window, &memberships, &mut response).await?;
         self.sync_account_data(requester, request, window, &mut response).await?;
-        self.sync_presence(requester, request, window, &mut response).await?;
+        self.sync_presence(request, window, &memberships, &mut response).await?;
         self.sync_e2ee(
             requester,
             window.since.map(|since| since.pos),
@@ -196,16 +198,16 @@ impl Services {
 
     async fn sync_presence(
         &self,
-        requester: &Requester,
         request: &SyncRequest,
         window: Window,
+        memberships: &[MembershipRecord],
         response: &mut v3::Response,
     ) -> Result<()> {
         if request.filter.presence.types.as_ref().is_some_and(Vec::is_empty) {
             return Ok(());
         }
         let mut users: Vec<OwnedUserId> = Vec::new();
-        for room in self.store.rooms_of_user(&requester.user_id, &["join"]).await? {
+        for room in memberships.iter().filter(|member| member.membership == "join") {
             users.extend(self.room_members_cached(&room.room_id, false).await?);
         }
         users.sort();

@@ -36,11 +36,30 @@ const STRIPPED_STATE_TYPES: &[&str] = &[
     "m.room.topic",
 ];
 
+/// What one room's timeline for a sync takes.
+pub(super) struct TimelineQuery<'a> {
+    /// The newest stream position to include.
+    pub(super) upper: i64,
+    /// The stream position to stop at (exclusive), if any.
+    pub(super) lower: Option<i64>,
+    /// The most events to return.
+    pub(super) limit: usize,
+    /// The timeline filter.
+    pub(super) filter: &'a ruma::api::client::filter::RoomEventFilter,
+    /// Senders whose messages are hidden.
+    pub(super) ignored: &'a HashSet<OwnedUserId>,
+    /// Whether the user is joined to the room now.
+    pub(super) joined_now: bool,
+}
+
 /// One room's timeline for a sync.
-struct TimelinePart {
-    events: Vec<Arc<LoadedEvent>>,
-    limited: bool,
-    prev_batch: String,
+pub(super) struct TimelinePart {
+    /// The events, oldest first.
+    pub(super) events: Vec<Arc<LoadedEvent>>,
+    /// Whether more events came before them (since the lower bound, if any).
+    pub(super) limited: bool,
+    /// The token to page back from the first event.
+    pub(super) prev_batch: String,
 }
 
 impl Services {
@@ -49,14 +68,14 @@ impl Services {
         requester: &Requester,
         request: &SyncRequest,
         window: Window,
+        memberships: &[MembershipRecord],
         response: &mut v3::Response,
     ) -> Result<()> {
         let user_id = &requester.user_id;
-        let memberships = self.store.rooms_of_user(user_id, &[]).await?;
         let ignored = self.ignored_users(user_id).await?;
         let since_pos = window.since.map(|since| since.pos);
         let mut joined_ids: Vec<OwnedRoomId> = Vec::new();
-        for membership in &memberships {
+        for membership in memberships {
             if membership.stream_pos > window.upper.pos
                 || !filter::room_filter_passes(&request.filter.room, &membership.room_id)
             {
@@ -200,7 +219,10 @@ impl Services {
             == Some("join"))
     }
 
-    async fn membership_sender(&self, membership: &MembershipRecord) -> Result<OwnedUserId> {
+    pub(super) async fn membership_sender(
+        &self,
+        membership: &MembershipRecord,
+    ) -> Result<OwnedUserId> {
         Ok(self
             .load_event(&membership.event_id)
             .await?
@@ -209,7 +231,7 @@ impl Services {
     }
 
     /// The stripped state of a room for an invite or knock, with the membership event itself.
-    async fn stripped_state(
+    pub(super) async fn stripped_state(
         &self,
         membership: &MembershipRecord,
     ) -> Result<Vec<Box<serde_json::value::RawValue>>> {
@@ -243,30 +265,26 @@ impl Services {
             .unwrap_or(DEFAULT_TIMELINE_LIMIT)
             .clamp(1, 500);
         let lower = if full { None } else { window.since.map(|since| since.pos) };
-        self.collect_timeline(
-            requester,
-            room_id,
-            window.upper.pos,
+        let query = TimelineQuery {
+            upper: window.upper.pos,
             lower,
             limit,
-            timeline_filter,
+            filter: timeline_filter,
             ignored,
-        )
-        .await
+            joined_now: true,
+        };
+        self.collect_timeline(requester, room_id, query).await
     }
 
     /// The newest `limit` events at or before `upper` (and after `lower`) that pass.
-    #[allow(clippy::too_many_arguments)] // One timeline query, each part distinct.
-    async fn collect_timeline(
+    pub(super) async fn collect_timeline(
         &self,
         requester: &Requester,
         room_id: &RoomId,
-        upper: i64,
-        lower: Option<i64>,
-        limit: usize,
-        timeline_filter: &ruma::api::client::filter::RoomEventFilter,
-        ignored: &HashSet<OwnedUserId>,
+        query: TimelineQuery<'_>,
     ) -> Result<TimelinePart> {
+        let TimelineQuery { upper, lower, limit, filter: timeline_filter, ignored, joined_now } =
+            query;
         let mut collected: Vec<Arc<LoadedEvent>> = Vec::new();
         let mut from = upper.saturating_add(1);
         let mut exhausted = false;
@@ -285,7 +303,8 @@ impl Services {
                 .filter(|event| filter::room_event_passes(timeline_filter, &event.pdu))
                 .filter(|event| event.pdu.is_state() || !ignored.contains(&event.pdu.sender))
                 .collect();
-            collected.extend(self.filter_visible(&requester.user_id, events).await?);
+            collected
+                .extend(self.filter_visible_with(&requester.user_id, events, joined_now).await?);
             if exhausted {
                 break;
             }
@@ -419,11 +438,14 @@ impl Services {
             .collect_timeline(
                 requester,
                 &membership.room_id,
-                membership.stream_pos,
-                lower,
-                limit,
-                &request.filter.room.timeline,
-                &HashSet::new(),
+                TimelineQuery {
+                    upper: membership.stream_pos,
+                    lower,
+                    limit,
+                    filter: &request.filter.room.timeline,
+                    ignored: &HashSet::new(),
+                    joined_now: false,
+                },
             )
             .await?;
         let format =

@@ -239,7 +239,7 @@ pub async fn a_failed_persist_changes_nothing(store: Arc<dyn DataStore>) {
 pub async fn timeline_pagination_and_positions(store: Arc<dyn DataStore>) {
     let mut room = RoomBuilder::new(store.clone(), "r4").await;
     let mut other = RoomBuilder::new(store.clone(), "r5").await;
-    room.send("@alice:example.org", "m.room.create", Some(""), json!({})).await;
+    let (_, create) = room.send("@alice:example.org", "m.room.create", Some(""), json!({})).await;
     let mut positions = Vec::new();
     for index in 0..10 {
         let (_, persisted) =
@@ -270,6 +270,19 @@ pub async fn timeline_pagination_and_positions(store: Arc<dyn DataStore>) {
 
     let at = store.last_event_at(&room.room_id, positions[4] + 1).await.unwrap().unwrap();
     assert_eq!(at.stream_pos, positions[4]);
+    let latest_of = |types: &'static [&'static str], pos: i64| {
+        let store = store.clone();
+        let room_id = room.room_id.clone();
+        async move { store.last_event_of_types(&room_id, types, pos).await.unwrap() }
+    };
+    assert_eq!(latest_of(&["m.room.message"], positions[4]).await, Some(positions[4]));
+    assert_eq!(latest_of(&["m.room.message"], i64::MAX).await, Some(positions[9]));
+    assert_eq!(
+        latest_of(&["m.room.create", "m.room.name"], i64::MAX).await,
+        Some(create.stream_pos)
+    );
+    assert_eq!(latest_of(&["m.room.message"], create.stream_pos).await, None);
+    assert_eq!(latest_of(&[], i64::MAX).await, None);
     let rooms = store
         .rooms_with_events_between(
             &[room.room_id.clone(), other.room_id.clone()],
@@ -392,6 +405,9 @@ pub async fn relations_edits_and_threads(store: Arc<dyn DataStore>) {
         store.thread_summary(&related[0], user_id!("@bob:example.org")).await.unwrap().is_none()
     );
 
+    let with_relations =
+        store.events_with_relations(&[root.clone(), related[0].clone()]).await.unwrap();
+    assert_eq!(with_relations, std::collections::HashSet::from([root.clone()]));
     let roots = store.thread_roots(&room.room_id, None, None, 10).await.unwrap();
     assert_eq!(roots.len(), 1);
     assert_eq!(roots[0].0.event_id, root);

@@ -67,7 +67,7 @@ async fn events_over_the_pdu_size_limit_are_refused() {
     let response = alice
         .put(&format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/big"), body)
         .await;
-    assert_eq!(response.status.as_u16(), 400, "{}", response.body);
+    response.expect_error(413, "M_TOO_LARGE");
 }
 
 #[tokio::test]

@@ -166,9 +166,4 @@ async fn element_start_up_requests_are_answered() {
         anonymous.get(path).await.expect_error(404, "M_UNRECOGNIZED");
         alice.get(path).await.expect_error(404, "M_UNRECOGNIZED");
     }
-    // Sliding sync is not offered: Element X's probe gets the same answer.
-    alice
-        .post("/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", json!({}))
-        .await
-        .expect_error(404, "M_UNRECOGNIZED");
 }

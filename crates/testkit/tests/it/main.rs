@@ -14,5 +14,6 @@ mod media;
 mod notifications;
 mod reports;
 mod rooms;
+mod sliding_sync;
 mod spaces;
 mod sync;
