@@ -49,11 +49,13 @@ export RHIZOME_REGISTRATION__MODE=token
 export RHIZOME_RATE_LIMITS__ENABLED=false
 export RHIZOME_SERVER_NAME=localhost
 export NO_COLOR=1
-INTEROP_INVITE_TOKEN=$("$rhizome" admin token create 2>/dev/null)
-INTEROP_SINGLE_USE_TOKEN=$("$rhizome" admin token create --uses 1 2>/dev/null)
+# The token is the last line printed (log lines may come before it).
+INTEROP_INVITE_TOKEN=$("$rhizome" admin token create | tail -n 1)
+INTEROP_SINGLE_USE_TOKEN=$("$rhizome" admin token create --uses 1 | tail -n 1)
 
 log="$data_dir/server.log"
-"$rhizome" serve >"$log" 2>&1 &
+# The room rules' auth checks log every event at info; the log is shown only when tests fail.
+RHIZOME_LOG="${RHIZOME_LOG:-warn,rhizome=info}" "$rhizome" serve >"$log" 2>&1 &
 server_pid=$!
 address=""
 for _ in $(seq 1 300); do

@@ -10,6 +10,7 @@ import {
     inviteToken,
     passwordLogin,
     register,
+    registerInteractively,
     sdk,
     serverName,
     singleUseToken,
@@ -74,25 +75,11 @@ test("sign-up with an invite token through InteractiveAuth, then the account wor
 
 test("a mistyped token is refused at its stage and the right one then succeeds", async () => {
     const username = uniqueName("typo");
-    const client = anonymousClient();
-    const params = { username, password: PASSWORD, initial_device_display_name: "interop" };
-    const errors = [];
-    const auth = new sdk.InteractiveAuth({
-        matrixClient: client,
-        doRequest: (authDict) => client.registerRequest(authDict ? { ...params, auth: authDict } : params),
-        stateUpdated: (stage, status) => {
-            assert.equal(stage, "m.login.registration_token");
-            if (status.errcode) {
-                errors.push(status.errcode);
-            }
-            // The first attempt has a typo; after the error the user types the real token.
-            const token = errors.length === 0 ? "not-a-real-token" : inviteToken;
-            auth.submitAuthDict({ type: "m.login.registration_token", token });
-        },
-        requestEmailToken: () => Promise.reject(new Error("no e-mail")),
-    });
-    const response = await auth.attemptAuth();
-    assert.equal(errors.length, 1, "exactly one refused attempt");
+    const { response, stageErrors } = await registerInteractively(username, [
+        "not-a-real-token",
+        inviteToken,
+    ]);
+    assert.deepEqual(stageErrors, ["M_UNAUTHORIZED"], "exactly one refused attempt");
     assert.equal(response.user_id, `@${username}:${serverName}`);
 });
 

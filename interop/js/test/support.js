@@ -11,8 +11,17 @@ import { logger as sdkLogger } from "matrix-js-sdk/lib/logger.js";
 const LOG_LEVELS = ["trace", "debug", "info", "warn", "error"];
 const logLevel = Math.max(0, LOG_LEVELS.indexOf(process.env.INTEROP_LOG_LEVEL ?? "error"));
 
-// Parts of the SDK (InteractiveAuth among them) log through its global logger.
+// Parts of the SDK log through its global logger, whose named children are all set to "debug"
+// and look the console method up at each call: quieten below the level at the console itself.
 sdkLogger.setLevel(LOG_LEVELS[logLevel]);
+const consoleMethods = { trace: ["trace"], debug: ["debug", "log"], info: ["info"] };
+for (const [level, methods] of Object.entries(consoleMethods)) {
+    if (LOG_LEVELS.indexOf(level) < logLevel) {
+        for (const method of methods) {
+            console[method] = () => {};
+        }
+    }
+}
 
 /** A logger for the clients: only `INTEROP_LOG_LEVEL` (default "error") and above is printed. */
 function quietLogger(prefix = "") {
@@ -59,8 +68,20 @@ export function anonymousClient() {
  * InteractiveAuth. Returns the register response (user_id, access_token, device_id).
  */
 export async function register(username, { token = inviteToken, password = PASSWORD } = {}) {
+    const { response } = await registerInteractively(username, [token], password);
+    return response;
+}
+
+/**
+ * Registers through InteractiveAuth, typing `tokens` one after the other into the token stage
+ * as a person would after each refusal. Resolves with the register response and the stage
+ * errors seen on the way; rejects with the last stage error once the tokens run out.
+ */
+export async function registerInteractively(username, tokens, password = PASSWORD) {
     const client = anonymousClient();
     const params = { username, password, initial_device_display_name: "interop" };
+    const stageErrors = [];
+    const remaining = [...tokens];
     let fail;
     const failed = new Promise((_, reject) => {
         fail = reject;
@@ -69,17 +90,24 @@ export async function register(username, { token = inviteToken, password = PASSW
         matrixClient: client,
         doRequest: (authDict) => client.registerRequest(authDict ? { ...params, auth: authDict } : params),
         stateUpdated: (stage, status) => {
-            if (status.errcode) {
-                fail(new sdk.MatrixError({ errcode: status.errcode, error: `${stage}: ${status.error}` }, 401));
-            } else if (stage === "m.login.registration_token") {
-                auth.submitAuthDict({ type: "m.login.registration_token", token });
-            } else {
+            if (stage !== "m.login.registration_token") {
                 fail(new Error(`unexpected registration stage ${stage}`));
+                return;
             }
+            if (status.errcode) {
+                stageErrors.push(status.errcode);
+                if (remaining.length === 0) {
+                    const body = { errcode: status.errcode, error: `${stage}: ${status.error}` };
+                    fail(new sdk.MatrixError(body, 401));
+                    return;
+                }
+            }
+            auth.submitAuthDict({ type: "m.login.registration_token", token: remaining.shift() });
         },
         requestEmailToken: () => Promise.reject(new Error("no e-mail")),
     });
-    return Promise.race([auth.attemptAuth(), failed]);
+    const response = await Promise.race([auth.attemptAuth(), failed]);
+    return { response, stageErrors };
 }
 
 /** Logs in with a password and returns the login response. */
