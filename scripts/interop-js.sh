@@ -82,6 +82,9 @@ status=0
 "$node" --test --test-force-exit --test-reporter=spec --test-timeout=120000 \
   --test-concurrency="${INTEROP_CONCURRENCY:-2}" "$@" 'test/*.test.js' || status=$?
 if [ "$status" -ne 0 ]; then
+  if ! kill -0 "$server_pid" 2>/dev/null; then
+    echo "interop: the server exited during the run" >&2
+  fi
   echo "interop: failed; the server's log ends with:" >&2
   tail -n 40 "$log" >&2
 fi

@@ -260,8 +260,9 @@ async fn a_register_request_without_auth_or_password_gets_the_flows() {
     .await;
     let token = server.services().create_registration_token(None, Some(1), None).await.unwrap();
     let api = server.api();
-    let challenge =
-        api.post("/_matrix/client/v3/register", json!({ "initial_device_display_name": "Element" })).await;
+    let challenge = api
+        .post("/_matrix/client/v3/register", json!({ "initial_device_display_name": "Element" }))
+        .await;
     assert_eq!(challenge.status, 401, "body: {}", challenge.body);
     assert_eq!(challenge.body["flows"], json!([{ "stages": ["m.login.registration_token"] }]));
     let session = challenge.body["session"].clone();
