@@ -3,7 +3,7 @@
 # a throwaway Rhizome server (interop/js). Builds the debug `rhizome` binary, installs Node 22 and
 # the pinned packages from the npm registry (`npm ci`), starts the server on a free loopback port
 # with a temporary data directory in registration-token mode, runs `node --test`, and stops the
-# server on exit. Arguments go to `node --test` (e.g. `--test-name-pattern=backup`).
+# server on exit. Arguments: test files (e.g. `test/key-backup.test.js`) and `node --test` options.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -14,6 +14,10 @@ rhizome="${CARGO_TARGET_DIR:-$root/target}/debug/rhizome"
 case "$rhizome" in /*) ;; *) rhizome="$root/$rhizome" ;; esac
 
 cd interop/js
+if ! command -v npm >/dev/null; then
+  echo "interop: npm is needed (RHIZOME_SKIP_INTEROP=1 skips these tests in scripts/test.sh)" >&2
+  exit 1
+fi
 # `npm ci` installs exactly the lock file; skip it when node_modules already holds that install.
 if ! cmp -s package-lock.json node_modules/.interop-installed-lock 2>/dev/null; then
   echo "interop: installing packages (npm ci)"
@@ -78,9 +82,21 @@ export INTEROP_HOMESERVER_URL="http://$address" INTEROP_SERVER_NAME="$RHIZOME_SE
 export INTEROP_INVITE_TOKEN INTEROP_SINGLE_USE_TOKEN
 echo "interop: rhizome at $INTEROP_HOMESERVER_URL, node $("$node" --version)"
 
+# Options go to `node --test`; other arguments name test files (relative to interop/js), all of
+# them by default. The tests of one file are steps of one scenario, run in order.
+options=()
+files=()
+for arg in "$@"; do
+  case "$arg" in
+    -*) options+=("$arg") ;;
+    *) files+=("$arg") ;;
+  esac
+done
+if [ "${#files[@]}" -eq 0 ]; then files=('test/*.test.js'); fi
+
 status=0
 "$node" --test --test-force-exit --test-reporter=spec --test-timeout=120000 \
-  --test-concurrency="${INTEROP_CONCURRENCY:-2}" "$@" 'test/*.test.js' || status=$?
+  --test-concurrency="${INTEROP_CONCURRENCY:-2}" "${options[@]}" "${files[@]}" || status=$?
 if [ "$status" -ne 0 ]; then
   if ! kill -0 "$server_pid" 2>/dev/null; then
     echo "interop: the server exited during the run" >&2

@@ -103,10 +103,11 @@ test("an encrypted room: messages both ways are encrypted on the wire and decryp
     const atAlice = await waitForDecrypted(alice, roomId, "Secret from Bob");
     assert.equal(atAlice.getId(), fromBob);
 
-    // The sender's device is known and the message is attributed to it.
-    const info = await alice.getCrypto().getEncryptionInfoForEvent(atAlice);
-    assert.ok(info, "encryption info for Bob's message");
-    assert.equal(info.sender?.deviceId ?? bob.getDeviceId(), bob.getDeviceId());
+    // The message is attributed to the device that sent it, by the keys the server published.
+    const bobKeys = await bob.getCrypto().getOwnDeviceKeys();
+    assert.equal(atAlice.getSenderKey(), bobKeys.curve25519);
+    assert.equal(atAlice.getClaimedEd25519Key(), bobKeys.ed25519);
+    assert.ok(await alice.getCrypto().getEncryptionInfoForEvent(atAlice), "encryption info for Bob's message");
 });
 
 test("a second device of Bob appears and decrypts messages sent after it logged in", async () => {

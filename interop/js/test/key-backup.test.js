@@ -171,6 +171,12 @@ test("a new device restores the backup with the recovery key and decrypts histor
     );
 
     const crypto = alice2.getCrypto();
+    // The new device learns its user's cross-signing identity from /keys/query (Element waits
+    // for it too before offering "verify with recovery key").
+    await waitFor(
+        async () => (await crypto.getCrossSigningStatus()).publicKeysOnDevice,
+        "the new device to download its user's cross-signing keys",
+    );
     // "Verify with recovery key": cross-signing keys come out of secret storage and sign this device.
     await crypto.bootstrapCrossSigning({});
     const verification = await waitFor(async () => {
