@@ -166,13 +166,17 @@ impl Services {
                 }
             },
         };
-        let password = request.password.as_deref().ok_or_else(|| {
-            Error::matrix(MatrixErrorKind::MissingParam, "A password is required")
-        })?;
-        self.check_password_strength(password)?;
+        if let Some(password) = request.password.as_deref() {
+            self.check_password_strength(password)?;
+        }
+        // Authentication comes before the password is required: clients (Element among them)
+        // learn the flows from a first request that carries neither.
         let outcome = self
             .check_uia(request.auth.as_ref(), self.registration_flows(), UiaPurpose::Register)
             .await?;
+        let password = request.password.as_deref().ok_or_else(|| {
+            Error::matrix(MatrixErrorKind::MissingParam, "A password is required")
+        })?;
         if self.config.registration.mode == RegistrationMode::Token {
             let token = outcome
                 .registration_token

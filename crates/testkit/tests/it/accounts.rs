@@ -248,3 +248,55 @@ async fn profiles_and_the_user_directory() {
         .ok();
     assert!(stranger["results"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_register_request_without_auth_or_password_gets_the_flows() {
+    // Element's sign-up page first sends only `initial_device_display_name` to learn the flows;
+    // anything but the 401 challenge makes it show "Unable to query for supported registration
+    // methods" and offer no form.
+    let server = TestServer::start_with(rhizome_testkit::Backend::Sqlite, |config| {
+        config.registration.mode = rhizome_core::config::RegistrationMode::Token;
+    })
+    .await;
+    let token = server.services().create_registration_token(None, Some(1), None).await.unwrap();
+    let api = server.api();
+    let challenge = api
+        .post("/_matrix/client/v3/register", json!({ "initial_device_display_name": "Element" }))
+        .await;
+    assert_eq!(challenge.status, 401, "body: {}", challenge.body);
+    assert_eq!(challenge.body["flows"], json!([{ "stages": ["m.login.registration_token"] }]));
+    let session = challenge.body["session"].clone();
+    assert!(session.is_string());
+
+    // The same session then completes with the form's fields and the token.
+    let registered = api
+        .post(
+            "/_matrix/client/v3/register",
+            json!({
+                "username": "alice",
+                "password": "a-long-password",
+                "auth": { "type": "m.login.registration_token", "token": token.token, "session": session },
+            }),
+        )
+        .await
+        .ok();
+    assert_eq!(registered["user_id"], "@alice:localhost");
+
+    // A completed flow still needs a password; the token is not spent by such a request.
+    let other = server.services().create_registration_token(None, Some(1), None).await.unwrap();
+    let no_password = api
+        .post(
+            "/_matrix/client/v3/register",
+            json!({ "username": "bob", "auth": { "type": "m.login.registration_token", "token": other.token } }),
+        )
+        .await;
+    no_password.expect_error(400, "M_MISSING_PARAM");
+    let validity = api
+        .get(&format!(
+            "/_matrix/client/v1/register/m.login.registration_token/validity?token={}",
+            other.token
+        ))
+        .await
+        .ok();
+    assert_eq!(validity["valid"], true);
+}
