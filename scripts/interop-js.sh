@@ -15,7 +15,7 @@ case "$rhizome" in /*) ;; *) rhizome="$root/$rhizome" ;; esac
 
 cd interop/js
 if ! command -v npm >/dev/null; then
-  echo "interop: npm is needed (RHIZOME_SKIP_INTEROP=1 skips these tests in scripts/test.sh)" >&2
+  echo "interop: npm is needed (SKIP_INTEROP=1 skips these tests in scripts/test.sh)" >&2
   exit 1
 fi
 # `npm ci` installs exactly the lock file; skip it when node_modules already holds that install.

@@ -2,7 +2,7 @@
 # Runs every Rhizome test. The storage and server tests start their own throwaway PostgreSQL
 # server, so PostgreSQL's server binaries are installed from Debian's packages when missing.
 # Then the interoperability tests with matrix-js-sdk (scripts/interop-js.sh), which need npm;
-# RHIZOME_SKIP_INTEROP=1 skips them for a quick local run.
+# SKIP_INTEROP=1 skips them for a quick local run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,8 +17,8 @@ fi
 
 cargo test --workspace --locked "$@"
 
-if [ "${RHIZOME_SKIP_INTEROP:-0}" = "1" ]; then
-  echo "RHIZOME_SKIP_INTEROP=1: skipping the matrix-js-sdk interoperability tests"
+if [ "${SKIP_INTEROP:-0}" = "1" ]; then
+  echo "SKIP_INTEROP=1: skipping the matrix-js-sdk interoperability tests"
 else
   bash scripts/interop-js.sh
 fi
