@@ -260,7 +260,11 @@ impl Services {
                     "Leave the room before forgetting it",
                 ))
             }
-            Some(_) => self.store.forget_room(user_id, room_id).await,
+            Some(_) => {
+                self.store.forget_room(user_id, room_id).await?;
+                self.forget_user_memberships(user_id);
+                Ok(())
+            }
             None => Err(Error::not_found("You were never in this room")),
         }
     }

@@ -330,7 +330,15 @@ impl Services {
             redaction: redaction.clone(),
             push_actions,
         };
-        let persisted = self.store.persist_event(&persist).await?;
+        let membership_write = (!membership_changes.is_empty()).then(|| {
+            let users = membership_changes.iter().map(|change| change.user_id.clone()).collect();
+            self.begin_membership_write(room_id, users)
+        });
+        let persisted = self.store.persist_event(&persist).await;
+        if let Some(write) = membership_write {
+            self.end_membership_write(write);
+        }
+        let persisted = persisted?;
         self.record_room_activity(room_id, &persist.event_type, persisted.stream_pos);
         if let Some((target, _)) = &redaction {
             self.forget_event(target);
@@ -338,9 +346,6 @@ impl Services {
         let mut woken: HashSet<OwnedUserId> =
             self.room_members_cached(room_id, true).await?.into_iter().collect();
         woken.extend(membership_changes.iter().map(|change| change.user_id.clone()));
-        if !membership_changes.is_empty() {
-            self.forget_room_members(room_id);
-        }
         tracing::debug!(stream_pos = persisted.stream_pos, "persisted an event");
         self.notifier.notify(woken.iter().map(|user| user.as_ref()));
         Ok(event_id)

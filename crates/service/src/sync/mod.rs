@@ -133,7 +133,7 @@ impl Services {
         window: Window,
     ) -> Result<v3::Response> {
         let mut response = v3::Response::new(window.upper.to_string());
-        let memberships = self.store.rooms_of_user(&requester.user_id, &[]).await?;
+        let memberships = self.user_memberships_cached(&requester.user_id).await?;
         self.sync_rooms(requester, request, window, &memberships, &mut response).await?;
         self.sync_account_data(requester, request, window, &mut response).await?;
         self.sync_presence(request, window, &memberships, &mut response).await?;

@@ -232,7 +232,7 @@ impl Services {
             ignored: self.ignored_users(&requester.user_id).await?,
             direct: self.direct_rooms(&requester.user_id).await?,
         };
-        let mut memberships = self.store.rooms_of_user(&requester.user_id, &[]).await?;
+        let mut memberships = (*self.user_memberships_cached(&requester.user_id).await?).clone();
         // A membership newer than `upper` is seen by the next response.
         memberships.retain(|membership| membership.stream_pos <= upper.pos);
         let selection = self.select_rooms(&ctx, previous, &memberships).await?;
