@@ -114,14 +114,26 @@ impl Services {
         requester: &Requester,
         room_id: &RoomId,
     ) -> Result<StateGroupId> {
+        Ok(self.readable_state(requester, room_id).await?.0)
+    }
+
+    /// The state group a user may read the room's state at, and the last stream position they
+    /// may read state at: their leave (or ban) if they left, the room's present otherwise.
+    async fn readable_state(
+        &self,
+        requester: &Requester,
+        room_id: &RoomId,
+    ) -> Result<(StateGroupId, StreamPos)> {
         match self.store.get_membership(room_id, &requester.user_id).await? {
-            Some(member) if member.membership == "join" => self.current_state_group(room_id).await,
+            Some(member) if member.membership == "join" => {
+                Ok((self.current_state_group(room_id).await?, StreamPos::MAX))
+            }
             Some(member) if member.membership == "leave" || member.membership == "ban" => {
                 let event = self
                     .load_event(&member.event_id)
                     .await?
                     .ok_or_else(|| Error::bug("membership event missing"))?;
-                Ok(event.record.state_after)
+                Ok((event.record.state_after, member.stream_pos))
             }
             _ => {
                 self.ensure_can_read_room(requester, room_id).await?;
@@ -130,7 +142,7 @@ impl Services {
                     .await?
                     .and_then(|event| event.pdu.content_str("history_visibility"));
                 if visibility.as_deref() == Some("world_readable") {
-                    self.current_state_group(room_id).await
+                    Ok((self.current_state_group(room_id).await?, StreamPos::MAX))
                 } else {
                     Err(Error::forbidden("You are not in this room"))
                 }
@@ -339,18 +351,15 @@ impl Services {
         membership: Option<&str>,
         not_membership: Option<&str>,
     ) -> Result<Vec<Box<RawJsonValue>>> {
-        let readable = self.readable_state_group(requester, room_id).await?;
+        let (readable, readable_until) = self.readable_state(requester, room_id).await?;
         let group = match at {
+            // The state at `at`, but never later than the requester may read: someone who left
+            // sees the members as they were when they left, whatever token they pass.
             Some(token) => {
-                let pos = parse_pagination_token(token)?;
-                let readable_event_pos = self
-                    .store
-                    .last_event_at(room_id, i64::MAX)
-                    .await?
-                    .map(|event| event.stream_pos);
+                let pos = parse_pagination_token(token)?.min(readable_until);
                 match self.store.last_event_at(room_id, pos).await? {
-                    Some(event) if readable_event_pos.is_some() => event.state_after,
-                    _ => readable,
+                    Some(event) => event.state_after,
+                    None => readable,
                 }
             }
             None => readable,

@@ -59,6 +59,7 @@ impl Services {
         let plain = Format { bundle_relations: false, ..format };
         if let Some(edit) = self.store.latest_edit(&pdu.event_id, &pdu.sender).await?
             && let Some(edit) = self.loaded_from_records(vec![edit]).await?.pop()
+            && self.viewer_can_see(format, &edit).await?
         {
             let edit: Value = serde_json::from_str(self.format_event(&edit, plain).await?.get())?;
             relations.insert("m.replace".into(), edit);
@@ -68,6 +69,9 @@ impl Services {
         if let Some((count, latest, participated)) =
             self.store.thread_summary(&pdu.event_id, viewer).await?
             && let Some(latest) = self.loaded_from_records(vec![latest]).await?.pop()
+            // A thread whose latest reply the viewer may not see (it came after they left) is
+            // not summarised at all, rather than with a reply or count they should not know of.
+            && self.viewer_can_see(format, &latest).await?
         {
             let latest_event: Value =
                 serde_json::from_str(self.format_event(&latest, plain).await?.get())?;
@@ -100,6 +104,14 @@ impl Services {
             relations.insert("m.reference".into(), serde_json::json!({ "chunk": chunk }));
         }
         Ok((!relations.is_empty()).then_some(Value::Object(relations)))
+    }
+
+    /// Whether the viewer of a formatted event (if any) may see `event`.
+    async fn viewer_can_see(&self, format: Format<'_>, event: &LoadedEvent) -> Result<bool> {
+        match format.viewer {
+            Some(viewer) => self.can_see_event(&viewer.user_id, event).await,
+            None => Ok(true),
+        }
     }
 
     /// `/relations`: events relating to `event_id`, newest first by default.

@@ -12,6 +12,7 @@ mod forks;
 mod integrations;
 mod media;
 mod notifications;
+mod relations;
 mod reports;
 mod rooms;
 mod sliding_sync;
