@@ -91,6 +91,28 @@ impl Services {
             }
         }
 
+        // Bans follow the room, so an upgrade is no way back in.
+        for ((kind, state_key), event_id) in old_state.iter() {
+            if *kind != StateEventType::RoomMember || state_key.as_str() == user_id.as_str() {
+                continue;
+            }
+            let Some(event) = self.load_event(event_id).await? else { continue };
+            if event.pdu.content_str("membership").as_deref() != Some("ban") {
+                continue;
+            }
+            let mut content = json!({ "membership": "ban" });
+            if let Some(reason) = event.pdu.content_str("reason") {
+                content["reason"] = json!(reason);
+            }
+            self.send_event(
+                user_id,
+                &new_room,
+                NewEvent::state("m.room.member", state_key, content),
+                None,
+            )
+            .await?;
+        }
+
         // Aliases follow the room.
         let aliases = self.store.aliases_of_room(room_id).await?;
         for mut alias in aliases.clone() {

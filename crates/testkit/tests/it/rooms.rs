@@ -183,6 +183,15 @@ async fn upgrading_a_room_moves_people_to_its_successor() {
     let bob = Api::new_user(&server.base_url, "bob").await;
     let old = alice.create_room(json!({ "room_version": "11", "preset": "public_chat", "name": "assembly", "room_alias_name": "assembly" })).await;
     bob.join(&old).await;
+    let mallory = Api::new_user(&server.base_url, "mallory").await;
+    mallory.join(&old).await;
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{old}/ban"),
+            json!({ "user_id": mallory.user(), "reason": "spam" }),
+        )
+        .await
+        .ok();
     bob.post(&format!("/_matrix/client/v3/rooms/{old}/upgrade"), json!({ "new_version": "12" }))
         .await
         .expect_error(403, "M_FORBIDDEN");
@@ -217,6 +226,20 @@ async fn upgrading_a_room_moves_people_to_its_successor() {
         .await
         .expect_error(403, "M_FORBIDDEN");
     bob.join(&new).await;
+    // The ban came along: the upgrade is no way back in.
+    let ban = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{new}/state/m.room.member/{}",
+            encode(mallory.user())
+        ))
+        .await
+        .ok();
+    assert_eq!(ban["membership"], "ban");
+    assert_eq!(ban["reason"], "spam");
+    mallory
+        .post(&format!("/_matrix/client/v3/join/{}", encode(&new)), json!({}))
+        .await
+        .expect_error(403, "M_FORBIDDEN");
 }
 
 #[tokio::test]
@@ -262,6 +285,24 @@ async fn timestamps_search_and_members_in_the_past() {
         .await
         .ok();
     assert!(not_joined["chunk"].as_array().unwrap().is_empty());
+
+    // Someone who left sees the members as they were when they left, whatever `at` they pass.
+    bob.post(&format!("/_matrix/client/v3/rooms/{room_id}/leave"), json!({})).await.ok();
+    let dave = Api::new_user(&server.base_url, "dave").await;
+    dave.join(&room_id).await;
+    let latest = bob.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+    for query in [String::new(), format!("?at={latest}")] {
+        let seen = bob.get(&format!("/_matrix/client/v3/rooms/{room_id}/members{query}")).await;
+        let seen = seen.ok();
+        let members: Vec<&str> = seen["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|event| event["state_key"].as_str().unwrap())
+            .collect();
+        assert!(!members.contains(&dave.user()), "{query}: saw a member who came later");
+        assert_eq!(members.len(), 2, "{query}: {members:?}");
+    }
 }
 
 #[tokio::test]
