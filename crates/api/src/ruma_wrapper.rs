@@ -2,7 +2,10 @@
 //! authenticates the request as the endpoint's metadata requires, and parses it into ruma's
 //! request type; and `RumaResponse<T>`, which serialises ruma's response type.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use axum::{
     body::Body,
@@ -19,7 +22,7 @@ use ruma::api::{
         AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken,
         NoAuthentication,
     },
-    error::FromHttpRequestError,
+    error::{DeserializationError, FromHttpRequestError},
     path_builder::PathBuilder,
 };
 
@@ -122,11 +125,10 @@ where
 
     async fn from_request(request: Request, services: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = request.into_parts();
-        let client_key = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0.ip().to_string())
-            .unwrap_or_else(|| "unknown".to_owned());
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+        let client_key =
+            client_address(peer, &parts.headers, &services.config.rate_limits.trusted_proxies)
+                .map_or_else(|| "unknown".to_owned(), |address| address.to_string());
         let path_params =
             <RawPathParams as axum::extract::FromRequestParts<AppState>>::from_request_parts(
                 &mut parts, services,
@@ -173,6 +175,10 @@ where
         let arguments: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let body =
             T::try_from_http_request(http_request, &arguments).map_err(|error| match error {
+                // Query strings and path segments are parameters; the body is JSON.
+                FromHttpRequestError::Deserialization(
+                    error @ (DeserializationError::Query(_) | DeserializationError::Ident(_)),
+                ) => Error::invalid_param(format!("Invalid parameter: {error}")),
                 FromHttpRequestError::Deserialization(error) => {
                     Error::bad_json(format!("Invalid request: {error}"))
                 }
@@ -184,6 +190,36 @@ where
             })?;
         Ok(Self { body, requester, client_key, json_body: bytes })
     }
+}
+
+/// The client's address, for rate limiting only: the peer's, unless the peer is a trusted
+/// reverse proxy, in which case the last address in `X-Forwarded-For` that is not itself a
+/// trusted proxy (the one the outermost trusted proxy saw).
+fn client_address(
+    peer: Option<IpAddr>,
+    headers: &http::HeaderMap,
+    trusted_proxies: &[IpAddr],
+) -> Option<IpAddr> {
+    let peer = peer?;
+    if !trusted_proxies.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|address| address.trim().parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    for address in forwarded.into_iter().rev() {
+        match address {
+            Some(address) if trusted_proxies.contains(&address) => continue,
+            Some(address) => return Some(address),
+            // An unparsable hop: nothing before it can be trusted.
+            None => return Some(peer),
+        }
+    }
+    Some(peer)
 }
 
 /// A ruma response on its way to the client.
@@ -212,3 +248,33 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
 
 /// What handlers return.
 pub type ApiResult<T> = Result<RumaResponse<T>, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        for value in values {
+            headers.append("x-forwarded-for", http::HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn the_client_address_is_the_peer_unless_a_trusted_proxy_forwards() {
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let client: IpAddr = "203.0.113.9".parse().unwrap();
+        let forged = headers(&["198.51.100.1"]);
+        // Untrusted peers cannot choose their address.
+        assert_eq!(client_address(Some(client), &forged, &[proxy]), Some(client));
+        assert_eq!(client_address(Some(proxy), &forged, &[]), Some(proxy));
+        // A trusted proxy's header is read from the right, skipping trusted hops; what the
+        // client itself put in front cannot be trusted.
+        let chain = headers(&["198.51.100.1, 203.0.113.9", "127.0.0.1"]);
+        assert_eq!(client_address(Some(proxy), &chain, &[proxy]), Some(client));
+        assert_eq!(client_address(Some(proxy), &headers(&[]), &[proxy]), Some(proxy));
+        assert_eq!(client_address(Some(proxy), &headers(&["junk"]), &[proxy]), Some(proxy));
+        assert_eq!(client_address(None, &chain, &[proxy]), None);
+    }
+}

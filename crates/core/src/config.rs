@@ -8,7 +8,10 @@ mod example;
 mod media;
 mod voip;
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use ruma::{OwnedServerName, RoomVersionId};
 use schemars::JsonSchema;
@@ -192,10 +195,19 @@ pub struct RateLimitsConfig {
     pub enabled: bool,
     /// Login attempts, per client address and per account.
     pub login: RateLimit,
-    /// Registration attempts, per client address.
+    /// Completed sign-ups, per client address. Asking for the sign-up steps is not counted.
     pub registration: RateLimit,
-    /// Messages and state events sent, per user.
+    /// Checks of a registration token's validity (Element's sign-up page), per client address.
+    pub registration_token_validity: RateLimit,
+    /// Messages, state events and redactions sent, per user.
     pub message: RateLimit,
+    /// Messages, state events and redactions sent, per client address (everyone behind one
+    /// address together, so keep it well above `message`).
+    pub message_per_address: RateLimit,
+    /// Reverse proxies in front of Rhizome. For connections from these addresses, the client's
+    /// address is read from the `X-Forwarded-For` header they add (the last address in it that
+    /// is not itself a trusted proxy). Empty: every client is the address it connects from.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl Default for RateLimitsConfig {
@@ -204,7 +216,10 @@ impl Default for RateLimitsConfig {
             enabled: true,
             login: RateLimit { per_second: 0.2, burst: 5 },
             registration: RateLimit { per_second: 0.1, burst: 5 },
+            registration_token_validity: RateLimit { per_second: 0.1, burst: 5 },
             message: RateLimit { per_second: 5.0, burst: 30 },
+            message_per_address: RateLimit { per_second: 50.0, burst: 200 },
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -17,10 +17,14 @@ use rhizome_core::{
 pub enum Action {
     /// A login attempt.
     Login,
-    /// A registration attempt.
+    /// A completed registration.
     Registration,
-    /// Sending an event.
+    /// A check of a registration token's validity.
+    RegistrationTokenValidity,
+    /// Sending an event, per user.
     Message,
+    /// Sending an event, per client address.
+    MessagePerAddress,
 }
 
 struct Bucket {
@@ -44,12 +48,30 @@ impl RateLimiter {
         match action {
             Action::Login => self.config.login,
             Action::Registration => self.config.registration,
+            Action::RegistrationTokenValidity => self.config.registration_token_validity,
             Action::Message => self.config.message,
+            Action::MessagePerAddress => self.config.message_per_address,
         }
     }
 
     /// Takes one token for `key`, or fails with `M_LIMIT_EXCEEDED` and when to retry.
     pub fn check(&self, action: Action, key: &str) -> Result<()> {
+        self.take(action, key, true)
+    }
+
+    /// Fails with `M_LIMIT_EXCEEDED` if `key` has no token left, without taking one (for the
+    /// steps before an action that is only counted once it is done).
+    pub fn check_without_taking(&self, action: Action, key: &str) -> Result<()> {
+        self.take(action, key, false)
+    }
+
+    /// Sending an event: limited per user and per client address.
+    pub fn check_sending(&self, user_id: &str, client_key: &str) -> Result<()> {
+        self.check(Action::Message, user_id)?;
+        self.check(Action::MessagePerAddress, client_key)
+    }
+
+    fn take(&self, action: Action, key: &str, take: bool) -> Result<()> {
         if !self.config.enabled {
             return Ok(());
         }
@@ -72,7 +94,9 @@ impl RateLimiter {
         bucket.tokens = refilled.min(f64::from(limit.burst));
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+            if take {
+                bucket.tokens -= 1.0;
+            }
             Ok(())
         } else {
             let wait = if limit.per_second > 0.0 {
@@ -103,6 +127,30 @@ mod tests {
         assert_eq!(error.matrix_kind().unwrap().errcode().to_string(), "M_LIMIT_EXCEEDED");
         // Another key has its own bucket.
         limiter.check(Action::Login, "5.6.7.8").unwrap();
+    }
+
+    #[test]
+    fn looking_takes_nothing_and_sending_is_limited_per_address_too() {
+        let limiter = RateLimiter::new(RateLimitsConfig {
+            enabled: true,
+            registration: RateLimit { per_second: 0.001, burst: 1 },
+            message: RateLimit { per_second: 0.001, burst: 10 },
+            message_per_address: RateLimit { per_second: 0.001, burst: 3 },
+            ..RateLimitsConfig::default()
+        });
+        for _ in 0..5 {
+            limiter.check_without_taking(Action::Registration, "1.2.3.4").unwrap();
+        }
+        limiter.check(Action::Registration, "1.2.3.4").unwrap();
+        limiter.check_without_taking(Action::Registration, "1.2.3.4").unwrap_err();
+
+        // Three users behind one address share its bucket; each still has their own.
+        limiter.check_sending("@a:x", "10.0.0.1").unwrap();
+        limiter.check_sending("@b:x", "10.0.0.1").unwrap();
+        limiter.check_sending("@c:x", "10.0.0.1").unwrap();
+        let error = limiter.check_sending("@d:x", "10.0.0.1").unwrap_err();
+        assert_eq!(error.matrix_kind().unwrap().errcode().to_string(), "M_LIMIT_EXCEEDED");
+        limiter.check_sending("@d:x", "10.0.0.2").unwrap();
     }
 
     #[test]

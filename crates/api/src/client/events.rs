@@ -85,9 +85,7 @@ async fn send_message(
 ) -> ApiResult<send_message_event::v3::Response> {
     let requester = request.requester()?;
     let body = &request.body;
-    services
-        .rate_limiter
-        .check(rhizome_service::rate_limit::Action::Message, requester.user_id.as_str())?;
+    services.rate_limiter.check_sending(requester.user_id.as_str(), &request.client_key)?;
     let kind = TimelineEventType::from(body.event_type.to_string());
     if matches!(kind, TimelineEventType::RoomRedaction) {
         return Err(Error::bad_json("Redactions are sent through the redact endpoint").into());
@@ -108,9 +106,7 @@ async fn send_state(
 ) -> ApiResult<send_state_event::v3::Response> {
     let requester = request.requester()?;
     let body = &request.body;
-    services
-        .rate_limiter
-        .check(rhizome_service::rate_limit::Action::Message, requester.user_id.as_str())?;
+    services.rate_limiter.check_sending(requester.user_id.as_str(), &request.client_key)?;
     let event_type = body.event_type.to_string();
     if event_type == "m.room.member" {
         // Memberships go through their own endpoints' checks, but profile updates and the like
@@ -177,9 +173,7 @@ async fn redact(
 ) -> ApiResult<redact_event::v3::Response> {
     let requester = request.requester()?;
     let body = &request.body;
-    services
-        .rate_limiter
-        .check(rhizome_service::rate_limit::Action::Message, requester.user_id.as_str())?;
+    services.rate_limiter.check_sending(requester.user_id.as_str(), &request.client_key)?;
     let txn = TxnRecord {
         user_id: requester.user_id.clone(),
         device_id: requester.device_id.clone(),

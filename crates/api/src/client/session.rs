@@ -192,9 +192,10 @@ async fn registration_token_validity(
     State(services): State<AppState>,
     request: Ruma<check_registration_token_validity::v1::Request>,
 ) -> ApiResult<check_registration_token_validity::v1::Response> {
-    services
-        .rate_limiter
-        .check(rhizome_service::rate_limit::Action::Registration, &request.client_key)?;
+    services.rate_limiter.check(
+        rhizome_service::rate_limit::Action::RegistrationTokenValidity,
+        &request.client_key,
+    )?;
     let valid = services.registration_token_is_valid(&request.body.token).await?;
     Ok(RumaResponse(check_registration_token_validity::v1::Response::new(valid)))
 }

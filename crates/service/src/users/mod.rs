@@ -148,7 +148,12 @@ impl Services {
     /// Registers an account after user-interactive authentication. `client_key` identifies the
     /// client for rate limiting only.
     pub async fn register(&self, request: RegisterRequest, client_key: &str) -> Result<Registered> {
-        self.rate_limiter.check(Action::Registration, client_key)?;
+        // Asking for the flows is free; every attempt that carries authentication counts.
+        if request.auth.is_some() {
+            self.rate_limiter.check(Action::Registration, client_key)?;
+        } else {
+            self.rate_limiter.check_without_taking(Action::Registration, client_key)?;
+        }
         if self.config.registration.mode == RegistrationMode::Disabled {
             return Err(Error::forbidden("Registration is disabled on this server"));
         }
@@ -303,6 +308,7 @@ impl Services {
         let entry = self.login_tokens().tokens.lock().remove(&hash_token(token));
         match entry {
             Some((user_id, expires)) if expires > now_millis() => {
+                self.rate_limiter.check(Action::Login, user_id.as_str())?;
                 self.create_session(&user_id, device_id, display_name, refreshable).await
             }
             _ => Err(Error::forbidden("Invalid or expired login token")),

@@ -34,6 +34,19 @@ async fn malformed_bodies_are_not_json_or_bad_json() {
         .post("/_matrix/client/v3/login", json!({ "type": 7 }))
         .await
         .expect_error(400, "M_BAD_JSON");
+    // Bad query strings and path segments are bad parameters, not bad JSON.
+    alice
+        .get(&format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=many"))
+        .await
+        .expect_error(400, "M_INVALID_PARAM");
+    alice
+        .get(&format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=sideways"))
+        .await
+        .expect_error(400, "M_INVALID_PARAM");
+    alice
+        .get("/_matrix/client/v3/rooms/not-a-room-id/state")
+        .await
+        .expect_error(400, "M_INVALID_PARAM");
     // Nothing was sent.
     let page = alice
         .get(&format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=50"))
