@@ -34,7 +34,13 @@ pub struct PresenceEntry {
     pub last_active_ts: i64,
     /// The serial of the last change.
     pub serial: i64,
+    /// When the user last synced or set their presence (ms since the epoch).
+    last_seen_ts: i64,
 }
+
+/// How long a user stays online or unavailable after their last sync or presence update: a
+/// client that stops syncing (closed, crashed, offline) turns offline after this.
+pub const PRESENCE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Typing and presence, on one serial counter that starts at the wall clock so it keeps
 /// growing across restarts.
@@ -197,9 +203,10 @@ impl Services {
         Ok(())
     }
 
-    /// Sets the user's presence; wakes those who share a room with them if it changed.
+    /// Sets the user's presence; wakes those who share a room with them if it changed. A user
+    /// who is not offline turns offline [`PRESENCE_TIMEOUT`] after their last update.
     pub async fn set_presence(
-        &self,
+        self: &Arc<Self>,
         user_id: &UserId,
         state: &str,
         status_msg: Option<Option<String>>,
@@ -207,7 +214,7 @@ impl Services {
         if !matches!(state, "online" | "unavailable" | "offline") {
             return Err(Error::invalid_param("Presence must be online, unavailable or offline"));
         }
-        let changed = {
+        let (changed, watch) = {
             let mut presence = self.ephemeral.presence.lock();
             let now = now_millis();
             let entry = presence.entry(user_id.to_owned()).or_insert_with(|| PresenceEntry {
@@ -215,29 +222,90 @@ impl Services {
                 status_msg: None,
                 last_active_ts: now,
                 serial: 0,
+                last_seen_ts: now,
             });
+            let was_offline = entry.state == "offline";
             let new_status = status_msg.unwrap_or_else(|| entry.status_msg.clone());
             let changed = entry.state != state || entry.status_msg != new_status;
             entry.state = state.to_owned();
             entry.status_msg = new_status;
+            entry.last_seen_ts = now;
             if state == "online" {
                 entry.last_active_ts = now;
             }
             if changed {
                 entry.serial = self.ephemeral.next_serial();
             }
-            changed
+            (changed, was_offline && state != "offline")
         };
         if changed {
-            let mut woken = vec![user_id.to_owned()];
-            for room in self.store.rooms_of_user(user_id, &["join"]).await? {
-                woken.extend(self.room_members_cached(&room.room_id, false).await?);
-            }
-            woken.sort();
-            woken.dedup();
-            self.notifier.notify(woken.iter().map(|user| user.as_ref()));
+            self.announce_presence(user_id).await?;
+        }
+        if watch {
+            // One watcher per user who is not offline; it ends when they are.
+            let services = Arc::clone(self);
+            let user_id = user_id.to_owned();
+            tokio::spawn(async move { services.watch_presence(&user_id, PRESENCE_TIMEOUT).await });
         }
         Ok(())
+    }
+
+    /// Turns the user offline once nothing was heard of them for `timeout` (the server uses
+    /// [`PRESENCE_TIMEOUT`]; tests may call it with less).
+    pub async fn watch_presence(&self, user_id: &UserId, timeout: Duration) {
+        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        loop {
+            let wait = {
+                let mut presence = self.ephemeral.presence.lock();
+                let Some(entry) = presence.get_mut(user_id) else { return };
+                if entry.state == "offline" {
+                    return;
+                }
+                let silent = now_millis() - entry.last_seen_ts;
+                if silent >= timeout_ms {
+                    entry.state = "offline".into();
+                    entry.serial = self.ephemeral.next_serial();
+                    None
+                } else {
+                    Some(Duration::from_millis(u64::try_from(timeout_ms - silent).unwrap_or(0)))
+                }
+            };
+            match wait {
+                Some(wait) => tokio::time::sleep(wait + Duration::from_millis(10)).await,
+                None => {
+                    if let Err(error) = self.announce_presence(user_id).await {
+                        tracing::warn!(%error, "could not announce a presence timeout");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Wakes the user and everyone who shares a room with them.
+    async fn announce_presence(&self, user_id: &UserId) -> Result<()> {
+        let mut woken = vec![user_id.to_owned()];
+        for room in self.store.rooms_of_user(user_id, &["join"]).await? {
+            woken.extend(self.room_members_cached(&room.room_id, false).await?);
+        }
+        woken.sort();
+        woken.dedup();
+        self.notifier.notify(woken.iter().map(|user| user.as_ref()));
+        Ok(())
+    }
+
+    /// Whether `viewer` may see `user_id`'s presence: their own, or someone they share a
+    /// joined room with.
+    pub async fn may_see_presence(&self, viewer: &UserId, user_id: &UserId) -> Result<bool> {
+        if viewer == user_id {
+            return Ok(true);
+        }
+        for room in self.store.rooms_of_user(viewer, &["join"]).await? {
+            if self.is_joined(&room.room_id, user_id).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// A user's presence.

@@ -6,7 +6,7 @@ use rhizome_storage::{
     AccountDataRecord, NotificationRecord, PusherRecord, ReceiptRecord, StreamPos, UnreadCounts,
     UserDataStore,
 };
-use ruma::{EventId, RoomId, UserId};
+use ruma::{EventId, OwnedEventId, RoomId, UserId};
 use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{SqlStore, db_error, flag, parse_id, placeholders};
@@ -207,6 +207,49 @@ impl UserDataStore for SqlStore {
             notifications: notifications.max(0).unsigned_abs(),
             highlights: highlights.max(0).unsigned_abs(),
         })
+    }
+
+    async fn unread_counts_by_thread(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+    ) -> Result<Vec<(Option<OwnedEventId>, UnreadCounts)>> {
+        // Read as in `unread_counts`, grouped by thread.
+        let rows = sqlx::query(
+            "SELECT a.thread_id, \
+                    CAST(COALESCE(SUM(a.notify), 0) AS BIGINT) AS notifications, \
+                    CAST(COALESCE(SUM(a.highlight), 0) AS BIGINT) AS highlights \
+             FROM event_push_actions a \
+             WHERE a.user_id = $1 AND a.room_id = $2 AND a.stream_pos > COALESCE(( \
+                 SELECT MAX(r.event_stream_pos) FROM receipts r \
+                 WHERE r.room_id = a.room_id AND r.user_id = a.user_id \
+                   AND r.receipt_type IN ('m.read', 'm.read.private') \
+                   AND (r.thread_id = '' OR r.thread_id = COALESCE(a.thread_id, 'main'))), 0) \
+             GROUP BY a.thread_id \
+             ORDER BY COALESCE(a.thread_id, '')",
+        )
+        .bind(user_id.as_str())
+        .bind(room_id.as_str())
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_error)?;
+        let mut counts = Vec::with_capacity(rows.len());
+        for row in rows {
+            let thread: Option<String> = row.try_get("thread_id").map_err(db_error)?;
+            let thread = thread.map(parse_id::<OwnedEventId>).transpose()?;
+            let notifications: i64 = row.try_get("notifications").map_err(db_error)?;
+            let highlights: i64 = row.try_get("highlights").map_err(db_error)?;
+            if notifications > 0 || highlights > 0 {
+                counts.push((
+                    thread,
+                    UnreadCounts {
+                        notifications: notifications.max(0).unsigned_abs(),
+                        highlights: highlights.max(0).unsigned_abs(),
+                    },
+                ));
+            }
+        }
+        Ok(counts)
     }
 
     async fn notifications(

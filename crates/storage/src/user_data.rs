@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use rhizome_core::Result;
-use ruma::{EventId, RoomId, UserId};
+use ruma::{EventId, OwnedEventId, RoomId, UserId};
 
 use crate::{
     AccountDataRecord, NotificationRecord, PusherRecord, ReceiptRecord, StreamPos, UnreadCounts,
@@ -62,6 +62,14 @@ pub trait UserDataStore {
 
     /// Notification counts of the user in the room since their latest read receipt.
     async fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts>;
+
+    /// The same counts split by thread: `None` for the main timeline, the thread root's ID for
+    /// each thread with unread notifications. Threads and timeline with none are left out.
+    async fn unread_counts_by_thread(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+    ) -> Result<Vec<(Option<OwnedEventId>, UnreadCounts)>>;
 
     /// The user's notifications (those that notify, or only those that highlight), newest
     /// first, before stream position `before` (exclusive), each with whether a read receipt

@@ -84,8 +84,11 @@ async fn presence(
     State(services): State<AppState>,
     request: Ruma<get_presence::v3::Request>,
 ) -> ApiResult<get_presence::v3::Response> {
-    request.requester()?;
+    let requester = request.requester()?;
     services.profile(&request.body.user_id).await?;
+    if !services.may_see_presence(&requester.user_id, &request.body.user_id).await? {
+        return Err(Error::forbidden("You do not share a room with this user").into());
+    }
     let entry = services.presence(&request.body.user_id);
     let state = entry
         .as_ref()

@@ -5,9 +5,10 @@ use std::{collections::HashSet, sync::Arc};
 
 use rhizome_core::Result;
 use rhizome_room::StateMap;
-use rhizome_storage::{Direction, MembershipRecord, StateGroupId};
+use rhizome_storage::{Direction, MembershipRecord, StateGroupId, UnreadCounts};
 use ruma::{
-    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, api::client::sync::sync_events::v3,
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    api::client::sync::sync_events::{UnreadNotificationsCount, v3},
     events::StateEventType,
 };
 use serde_json::json;
@@ -193,12 +194,39 @@ impl Services {
             }
             has_data |= !room.ephemeral.events.is_empty();
             if has_data || full {
-                let counts = self.store.unread_counts(&requester.user_id, room_id).await?;
-                room.unread_notifications.notification_count =
-                    Some(UInt::new_saturating(counts.notifications));
-                room.unread_notifications.highlight_count =
-                    Some(UInt::new_saturating(counts.highlights));
+                self.set_unread_counts(&mut room, &requester.user_id, room_id, request).await?;
                 response.rooms.join.insert(room_id.clone(), room);
+            }
+        }
+        Ok(())
+    }
+
+    /// A joined room's unread counts: in all, or (when the filter asks for
+    /// `unread_thread_notifications`) of the main timeline and of each thread apart.
+    async fn set_unread_counts(
+        &self,
+        room: &mut v3::JoinedRoom,
+        user_id: &UserId,
+        room_id: &RoomId,
+        request: &SyncRequest,
+    ) -> Result<()> {
+        let count = |counts: UnreadCounts| {
+            let mut count = UnreadNotificationsCount::new();
+            count.notification_count = Some(UInt::new_saturating(counts.notifications));
+            count.highlight_count = Some(UInt::new_saturating(counts.highlights));
+            count
+        };
+        if !request.filter.room.timeline.unread_thread_notifications {
+            room.unread_notifications = count(self.store.unread_counts(user_id, room_id).await?);
+            return Ok(());
+        }
+        room.unread_notifications = count(UnreadCounts::default());
+        for (thread, counts) in self.store.unread_counts_by_thread(user_id, room_id).await? {
+            match thread {
+                None => room.unread_notifications = count(counts),
+                Some(root) => {
+                    room.unread_thread_notifications.insert(root, count(counts));
+                }
             }
         }
         Ok(())

@@ -95,11 +95,17 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
     let main_id = main.event_id.clone();
     room.persist(main).await;
     assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap().notifications, 2);
+    let one = UnreadCounts { notifications: 1, highlights: 0 };
+    assert_eq!(
+        store.unread_counts_by_thread(bob, &room.room_id).await.unwrap(),
+        vec![(None, one), (Some(root.clone()), one)]
+    );
     store
         .set_receipt(&room.room_id, "m.read", bob, Some(root.as_str()), &threaded_id, 7)
         .await
         .unwrap();
     assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap().notifications, 1);
+    assert_eq!(store.unread_counts_by_thread(bob, &room.room_id).await.unwrap(), vec![(None, one)]);
     store.set_receipt(&room.room_id, "m.read", bob, Some("main"), &main_id, 8).await.unwrap();
     assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap().notifications, 0);
 

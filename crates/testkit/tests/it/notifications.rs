@@ -134,3 +134,67 @@ async fn redacted_notifications_show_the_redacted_event() {
         .expect("the redacted message is still listed");
     assert!(notification["event"]["content"].as_object().unwrap().is_empty(), "{notification}");
 }
+
+#[tokio::test]
+async fn threads_have_their_own_unread_counts_and_receipts() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    let send = |txn: &'static str, content: Value| {
+        let alice = alice.clone();
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}");
+        async move { alice.put(&path, content).await.ok()["event_id"].as_str().unwrap().to_owned() }
+    };
+    let root = send("root", json!({ "msgtype": "m.text", "body": "root" })).await;
+    let reply = |body: &str| {
+        json!({ "msgtype": "m.text", "body": body,
+                "m.relates_to": { "rel_type": "m.thread", "event_id": root } })
+    };
+    send("reply1", reply("one")).await;
+    let last_reply = send("reply2", reply("two")).await;
+    let mention = send(
+        "mention",
+        json!({ "msgtype": "m.text", "body": "bob?", "m.mentions": { "user_ids": [bob.user()] } }),
+    )
+    .await;
+
+    let threaded = rhizome_testkit::encode(
+        &json!({ "room": { "timeline": { "unread_thread_notifications": true } } }).to_string(),
+    );
+    let counts = |sync: &Value| {
+        let room = &sync["rooms"]["join"][&room_id];
+        (room["unread_notifications"].clone(), room["unread_thread_notifications"].clone())
+    };
+    let (all, threads) = counts(&bob.sync("timeout=0").await);
+    assert_eq!(all, json!({ "notification_count": 4, "highlight_count": 1 }));
+    assert!(threads.is_null() || threads == json!({}), "{threads}");
+    let (main, threads) = counts(&bob.sync(&format!("filter={threaded}&timeout=0")).await);
+    assert_eq!(main, json!({ "notification_count": 2, "highlight_count": 1 }));
+    assert_eq!(threads, json!({ root.clone(): { "notification_count": 2, "highlight_count": 0 } }));
+
+    // A threaded receipt reads its thread only; one on `main` reads the main timeline.
+    let receipt =
+        |event_id: &str| format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{event_id}");
+    bob.post(&receipt(&last_reply), json!({ "thread_id": root })).await.ok();
+    let (main, threads) = counts(&bob.sync(&format!("filter={threaded}&timeout=0")).await);
+    assert_eq!(main["notification_count"], 2);
+    assert!(threads.is_null() || threads == json!({}), "{threads}");
+    bob.post(&receipt(&mention), json!({ "thread_id": "main" })).await.ok();
+    let (all, _) = counts(&bob.sync("timeout=0").await);
+    assert_eq!(all, json!({ "notification_count": 0, "highlight_count": 0 }));
+    // Others see the threaded receipt with its thread.
+    let receipts = alice.sync("timeout=0").await["rooms"]["join"][&room_id]["ephemeral"].clone();
+    let receipt_event = receipts["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["type"] == "m.receipt")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        receipt_event["content"][&last_reply]["m.read"][bob.user()]["thread_id"],
+        root.as_str()
+    );
+}

@@ -198,3 +198,41 @@ async fn full_state_and_filters_by_id() {
     assert_eq!(types, vec!["m.room.name"]);
     alice.get("/_matrix/client/v3/sync?since=garbage").await.expect_error(400, "M_INVALID_PARAM");
 }
+
+#[tokio::test]
+async fn presence_is_shared_with_room_members_and_times_out() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let stranger = Api::new_user(&server.base_url, "carol").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    let since = bob.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+
+    let status = format!("/_matrix/client/v3/presence/{}/status", alice.user());
+    alice.put(&status, json!({ "presence": "online", "status_msg": "at the meeting" })).await.ok();
+    let seen = bob.get(&status).await.ok();
+    assert_eq!(seen["presence"], "online");
+    assert_eq!(seen["status_msg"], "at the meeting");
+    assert_eq!(seen["currently_active"], true);
+    stranger.get(&status).await.expect_error(403, "M_FORBIDDEN");
+    let sync = bob.sync(&format!("since={since}&timeout=0")).await;
+    let presence = sync["presence"]["events"].as_array().unwrap();
+    let alice_presence = presence.iter().find(|event| event["sender"] == alice.user()).unwrap();
+    assert_eq!(alice_presence["content"]["presence"], "online");
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // Alice goes quiet: she turns offline and Bob's waiting sync hears of it.
+    let waiting = {
+        let bob = bob.clone();
+        tokio::spawn(async move { bob.sync(&format!("since={since}&timeout=10000")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let alice_id = ruma::UserId::parse(alice.user()).unwrap();
+    server.services().watch_presence(&alice_id, Duration::from_millis(50)).await;
+    let sync = waiting.await.unwrap();
+    let presence = sync["presence"]["events"].as_array().unwrap();
+    let alice_presence = presence.iter().find(|event| event["sender"] == alice.user()).unwrap();
+    assert_eq!(alice_presence["content"]["presence"], "offline");
+    assert_eq!(bob.get(&status).await.ok()["presence"], "offline");
+}
