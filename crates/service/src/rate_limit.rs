@@ -56,26 +56,26 @@ impl RateLimiter {
 
     /// Takes one token for `key`, or fails with `M_LIMIT_EXCEEDED` and when to retry.
     pub fn check(&self, action: Action, key: &str) -> Result<()> {
-        self.take(action, key, true)
+        self.take(&[(action, key)], true)
     }
 
     /// Fails with `M_LIMIT_EXCEEDED` if `key` has no token left, without taking one (for the
     /// steps before an action that is only counted once it is done).
     pub fn check_without_taking(&self, action: Action, key: &str) -> Result<()> {
-        self.take(action, key, false)
+        self.take(&[(action, key)], false)
     }
 
-    /// Sending an event: limited per user and per client address.
+    /// Sending an event: limited per user and per client address. A refusal by either takes
+    /// nothing from the other.
     pub fn check_sending(&self, user_id: &str, client_key: &str) -> Result<()> {
-        self.check(Action::Message, user_id)?;
-        self.check(Action::MessagePerAddress, client_key)
+        self.take(&[(Action::Message, user_id), (Action::MessagePerAddress, client_key)], true)
     }
 
-    fn take(&self, action: Action, key: &str, take: bool) -> Result<()> {
+    /// Checks every bucket; takes a token from each (if `take`) only when all have one.
+    fn take(&self, keys: &[(Action, &str)], take: bool) -> Result<()> {
         if !self.config.enabled {
             return Ok(());
         }
-        let limit = self.limit(action);
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
         if buckets.len() > 100_000 {
@@ -86,26 +86,32 @@ impl RateLimiter {
                     < f64::from(limit.burst)
             });
         }
-        let bucket = buckets
-            .entry((action, key.to_owned()))
-            .or_insert(Bucket { tokens: f64::from(limit.burst), updated: now });
-        let refilled =
-            bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * limit.per_second;
-        bucket.tokens = refilled.min(f64::from(limit.burst));
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            if take {
-                bucket.tokens -= 1.0;
+        for (action, key) in keys {
+            let limit = self.limit(*action);
+            let bucket = buckets
+                .entry((*action, (*key).to_owned()))
+                .or_insert(Bucket { tokens: f64::from(limit.burst), updated: now });
+            let refilled =
+                bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * limit.per_second;
+            bucket.tokens = refilled.min(f64::from(limit.burst));
+            bucket.updated = now;
+            if bucket.tokens < 1.0 {
+                let wait = if limit.per_second > 0.0 {
+                    (1.0 - bucket.tokens) / limit.per_second
+                } else {
+                    3600.0
+                };
+                return Err(Error::limit_exceeded(Duration::from_secs_f64(wait.max(0.001))));
             }
-            Ok(())
-        } else {
-            let wait = if limit.per_second > 0.0 {
-                (1.0 - bucket.tokens) / limit.per_second
-            } else {
-                3600.0
-            };
-            Err(Error::limit_exceeded(Duration::from_secs_f64(wait.max(0.001))))
         }
+        if take {
+            for (action, key) in keys {
+                if let Some(bucket) = buckets.get_mut(&(*action, (*key).to_owned())) {
+                    bucket.tokens -= 1.0;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -150,7 +156,12 @@ mod tests {
         limiter.check_sending("@c:x", "10.0.0.1").unwrap();
         let error = limiter.check_sending("@d:x", "10.0.0.1").unwrap_err();
         assert_eq!(error.matrix_kind().unwrap().errcode().to_string(), "M_LIMIT_EXCEEDED");
-        limiter.check_sending("@d:x", "10.0.0.2").unwrap();
+        // The refusal took nothing from @d's own bucket: all ten are still there, sent from
+        // fresh addresses (three each).
+        for index in 0..10 {
+            limiter.check_sending("@d:x", &format!("10.0.1.{}", index / 3)).unwrap();
+        }
+        limiter.check_sending("@d:x", "10.0.2.1").unwrap_err();
     }
 
     #[test]
