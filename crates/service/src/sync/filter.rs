@@ -2,8 +2,13 @@
 
 use ruma::{
     RoomId, UserId,
-    api::client::filter::{Filter, RoomEventFilter, RoomFilter, UrlFilter},
+    api::client::{
+        filter::{Filter, RoomEventFilter, RoomFilter, UrlFilter},
+        sync::sync_events::v3,
+    },
+    serde::Raw,
 };
+use serde_json::{Map, Value};
 
 use rhizome_room::Pdu;
 
@@ -79,8 +84,84 @@ pub fn room_filter_passes(filter: &RoomFilter, room_id: &RoomId) -> bool {
     room_passes(filter.rooms.as_ref(), &filter.not_rooms, room_id)
 }
 
+/// Splits an `event_fields` entry into its path: dots separate, `\.` is a literal dot and
+/// `\\` a literal backslash.
+fn field_path(field: &str) -> Vec<String> {
+    let mut path = Vec::new();
+    let mut current = String::new();
+    let mut chars = field.chars();
+    while let Some(char) = chars.next() {
+        match char {
+            '\\' => current.push(chars.next().unwrap_or('\\')),
+            '.' => path.push(std::mem::take(&mut current)),
+            other => current.push(other),
+        }
+    }
+    path.push(current);
+    path
+}
+
+/// Copies the value at `path` in `source` (if there is one) to the same place in `target`.
+fn copy_path(source: &Value, target: &mut Map<String, Value>, path: &[String]) {
+    let Some((first, rest)) = path.split_first() else { return };
+    let Some(value) = source.get(first) else { return };
+    if rest.is_empty() {
+        target.insert(first.clone(), value.clone());
+        return;
+    }
+    if !value.is_object() {
+        return;
+    }
+    let entry = target.entry(first.clone()).or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(inner) = entry {
+        copy_path(value, inner, rest);
+    }
+}
+
+/// Keeps only the named fields of one event.
+fn keep_fields(event: &Value, paths: &[Vec<String>]) -> Value {
+    let mut kept = Map::new();
+    for path in paths {
+        copy_path(event, &mut kept, path);
+    }
+    Value::Object(kept)
+}
+
+fn keep_fields_of_all<T>(events: &mut [Raw<T>], paths: &[Vec<String>]) {
+    for event in events {
+        let Ok(value) = serde_json::from_str::<Value>(event.json().get()) else { continue };
+        if let Ok(json) = serde_json::value::to_raw_value(&keep_fields(&value, paths)) {
+            *event = Raw::from_json(json);
+        }
+    }
+}
+
+fn keep_fields_of_state(state: &mut v3::State, paths: &[Vec<String>]) {
+    match state {
+        v3::State::Before(events) => keep_fields_of_all(&mut events.events, paths),
+        v3::State::After(events) => keep_fields_of_all(&mut events.events, paths),
+        _ => {}
+    }
+}
+
+/// Applies a filter's `event_fields` to the room events of a sync response: each timeline and
+/// state event keeps only the fields named (dot-separated paths into the event).
+pub fn apply_event_fields(response: &mut v3::Response, fields: &[String]) {
+    let paths: Vec<Vec<String>> = fields.iter().map(|field| field_path(field)).collect();
+    for room in response.rooms.join.values_mut() {
+        keep_fields_of_all(&mut room.timeline.events, &paths);
+        keep_fields_of_state(&mut room.state, &paths);
+    }
+    for room in response.rooms.leave.values_mut() {
+        keep_fields_of_all(&mut room.timeline.events, &paths);
+        keep_fields_of_state(&mut room.state, &paths);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -92,5 +173,31 @@ mod tests {
         assert!(type_matches("m.*.name", "m.room.name"));
         assert!(!type_matches("m.*.name", "m.room.topic"));
         assert!(!type_matches("m.room.*", "org.example"));
+    }
+
+    #[test]
+    fn event_fields_keep_the_paths_named() {
+        assert_eq!(field_path("content.body"), ["content", "body"]);
+        assert_eq!(field_path("content.m\\.relates_to"), ["content", "m.relates_to"]);
+        assert_eq!(field_path("a\\\\b"), ["a\\b"]);
+        let event = json!({
+            "type": "m.room.message", "sender": "@a:x", "event_id": "$e",
+            "content": { "body": "hi", "msgtype": "m.text", "m.relates_to": { "rel_type": "x" } },
+        });
+        let paths: Vec<_> = [
+            "type",
+            "content.body",
+            "content.m\\.relates_to.rel_type",
+            "content.nothing",
+            "sender.deeper",
+        ]
+        .iter()
+        .map(|field| field_path(field))
+        .collect();
+        assert_eq!(
+            keep_fields(&event, &paths),
+            json!({ "type": "m.room.message",
+                    "content": { "body": "hi", "m.relates_to": { "rel_type": "x" } } })
+        );
     }
 }

@@ -110,19 +110,20 @@ impl Services {
                 ephemeral: self.ephemeral_serial(),
             };
             let window = Window { since, upper };
-            let response = self.sync_once(requester, &request, window).await?;
-            if since.is_none() || request.full_state || response_has_data(&response) {
-                return Ok(response);
-            }
+            let mut response = self.sync_once(requester, &request, window).await?;
+            let done = since.is_none() || request.full_state || response_has_data(&response);
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Ok(response);
+            if !done
+                && !remaining.is_zero()
+                && let Ok(Ok(())) = tokio::time::timeout(remaining, wake.changed()).await
+            {
+                continue;
             }
-            match tokio::time::timeout(remaining, wake.changed()).await {
-                Ok(Ok(())) => continue,
-                // Timed out (or the notifier went away): answer with nothing new.
-                _ => return Ok(response),
+            // Something new, or timed out (or the notifier went away) with nothing new.
+            if let Some(fields) = &request.filter.event_fields {
+                filter::apply_event_fields(&mut response, fields);
             }
+            return Ok(response);
         }
     }
 
