@@ -160,13 +160,15 @@ impl RunningServer {
 }
 
 /// Starts serving on the configured address (port 0 picks a free port).
-pub async fn start(config: Config) -> Result<RunningServer> {
+pub async fn start(mut config: Config) -> Result<RunningServer> {
     let lock = DataDirLock::acquire(&config.data_dir, "cannot start")?;
     let store = open_store(&config).await?;
     let listen = config.listen;
-    let services = build_services(config, store.clone()).await?;
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let address = listener.local_addr()?;
+    // The address actually bound (port 0 picks one), for the URLs the server gives out.
+    config.listen = address;
+    let services = build_services(config, store.clone()).await?;
     let app = rhizome_api::app(services.clone());
     let (shutdown, shutdown_signal) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -123,6 +123,13 @@ async fn element_start_up_requests_are_answered() {
     {
         anonymous.get(path).await.ok();
     }
+    // Where federation is reached: this server's own name and port.
+    let server_well_known = anonymous.get("/.well-known/matrix/server").await.ok();
+    assert_eq!(
+        server_well_known["m.server"],
+        server.base_url.trim_start_matches("http://"),
+        "{server_well_known}"
+    );
     // Features clients look for before offering room reports and room previews.
     let versions = anonymous.get("/_matrix/client/versions").await.ok();
     assert_eq!(versions["unstable_features"]["org.matrix.msc4151"], true, "{versions}");
