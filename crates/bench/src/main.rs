@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the workloads against one server and write its results JSON.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Merge results files into one table (stdout) and a combined JSON.
     Report(report::ReportArgs),
 }
@@ -35,7 +35,7 @@ fn main() -> Result<()> {
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(run::run(args)),
+            .block_on(run::run(*args)),
         Command::Report(args) => report::report(args),
     }
 }

@@ -70,6 +70,10 @@ pub struct RunArgs {
     /// Initial sync: messages of history per room [default: 10, quick 5].
     #[arg(long)]
     sync_history: Option<usize>,
+    /// Initial sync: incremental syncs measured, each after 5 new messages [default: 5]
+    /// (more gives a profiler something to see).
+    #[arg(long)]
+    sync_rounds: Option<usize>,
     /// Fan-out: members of the room, all long-polling [default: 500, quick 100].
     #[arg(long)]
     fanout_members: Option<usize>,
@@ -111,7 +115,7 @@ impl Plan {
             initial_sync: initial_sync::Params {
                 rooms: pick(a.sync_rooms, 300, 30),
                 history: pick(a.sync_history, 10, 5),
-                incremental_rounds: 5,
+                incremental_rounds: a.sync_rounds.unwrap_or(5),
             },
             fanout: fanout::Params {
                 members: pick(a.fanout_members, 500, 100),
