@@ -300,3 +300,96 @@ async fn a_register_request_without_auth_or_password_gets_the_flows() {
         .ok();
     assert_eq!(validity["valid"], true);
 }
+
+#[tokio::test]
+async fn sessions_end_together_pushers_are_kept_and_ignored_users_go_quiet() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let mut session = server.api();
+        let body = login(&session, "alice", "a-long-password", json!({})).await.ok();
+        session.token = body["access_token"].as_str().map(str::to_owned);
+        sessions.push((session, body["device_id"].as_str().unwrap().to_owned()));
+    }
+
+    // A pusher: set, listed, removed by setting kind null.
+    let pusher = json!({
+        "pushkey": "device-push-key", "kind": "http", "app_id": "org.example.app",
+        "app_display_name": "Example", "device_display_name": "phone", "lang": "en",
+        "data": { "url": "https://push.example.org/_matrix/push/v1/notify", "format": "event_id_only" },
+    });
+    alice.post("/_matrix/client/v3/pushers/set", pusher.clone()).await.ok();
+    let listed = alice.get("/_matrix/client/v3/pushers").await.ok();
+    assert_eq!(listed["pushers"][0]["pushkey"], "device-push-key");
+    assert_eq!(listed["pushers"][0]["data"]["format"], "event_id_only");
+    assert!(
+        bob.get("/_matrix/client/v3/pushers").await.ok()["pushers"].as_array().unwrap().is_empty()
+    );
+    let mut removal = pusher;
+    removal["kind"] = Value::Null;
+    alice.post("/_matrix/client/v3/pushers/set", removal).await.ok();
+    assert!(
+        alice.get("/_matrix/client/v3/pushers").await.ok()["pushers"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // Ignoring Bob hides his messages from Alice.
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    alice
+        .put(
+            "/_matrix/client/v3/user/@alice:localhost/account_data/m.ignored_user_list",
+            json!({ "ignored_users": { bob.user(): {} } }),
+        )
+        .await
+        .ok();
+    bob.send_text(&room_id, "can you hear me").await;
+    alice.send_text(&room_id, "quiet in here").await;
+    let page = alice.get(&format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b")).await.ok();
+    let senders: Vec<&str> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["type"] == "m.room.message")
+        .map(|event| event["sender"].as_str().unwrap())
+        .collect();
+    assert_eq!(senders, ["@alice:localhost"]);
+    let sync = alice.sync("timeout=0").await;
+    let timeline = sync["rooms"]["join"][&room_id]["timeline"]["events"].as_array().unwrap();
+    assert!(
+        timeline
+            .iter()
+            .all(|event| event["sender"] != bob.user() || event["type"] == "m.room.member"),
+        "{timeline:?}"
+    );
+
+    // Deleting several devices at once, with the password.
+    let devices: Vec<&str> = sessions.iter().map(|(_, device)| device.as_str()).collect();
+    let challenge =
+        alice.post("/_matrix/client/v3/delete_devices", json!({ "devices": devices })).await;
+    assert_eq!(challenge.status.as_u16(), 401);
+    alice
+        .post(
+            "/_matrix/client/v3/delete_devices",
+            json!({ "devices": devices, "auth": password_auth("alice", &challenge.body["session"]) }),
+        )
+        .await
+        .ok();
+    for (session, _) in &sessions {
+        session.get("/_matrix/client/v3/account/whoami").await.expect_error(401, "M_UNKNOWN_TOKEN");
+    }
+    alice.get("/_matrix/client/v3/account/whoami").await.ok();
+
+    // Logging out everywhere ends every session, the one that asked included.
+    let mut other = server.api();
+    other.token = login(&other, "alice", "a-long-password", json!({})).await.ok()["access_token"]
+        .as_str()
+        .map(str::to_owned);
+    alice.post("/_matrix/client/v3/logout/all", json!({})).await.ok();
+    alice.get("/_matrix/client/v3/account/whoami").await.expect_error(401, "M_UNKNOWN_TOKEN");
+    other.get("/_matrix/client/v3/account/whoami").await.expect_error(401, "M_UNKNOWN_TOKEN");
+}

@@ -189,6 +189,84 @@ async fn rate_limits_answer_limit_exceeded_with_a_retry_time() {
     assert!(limited.body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{}", limited.body);
 }
 
+/// A request as a trusted reverse proxy would forward it for `client`.
+async fn forwarded(
+    server: &TestServer,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    client: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{}{path}", server.base_url))
+        .header("x-forwarded-for", client)
+        .json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn sign_ups_and_sending_are_limited_per_address_and_per_user() {
+    let server = TestServer::start_with(Backend::Sqlite, |config| {
+        use rhizome_core::config::RateLimit;
+        config.rate_limits.enabled = true;
+        config.rate_limits.registration = RateLimit { per_second: 0.001, burst: 2 };
+        config.rate_limits.message = RateLimit { per_second: 0.001, burst: 3 };
+        config.rate_limits.message_per_address = RateLimit { per_second: 0.001, burst: 5 };
+        config.rate_limits.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    // Two sign-ups from this address (each two requests: the flows, then the sign-up), then no
+    // more from it; another address behind the proxy still may.
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let register = json!({ "username": "carol", "password": "a-long-password" });
+    server
+        .api()
+        .post("/_matrix/client/v3/register", register.clone())
+        .await
+        .expect_error(429, "M_LIMIT_EXCEEDED");
+    let (status, flows) = forwarded(
+        &server,
+        Method::POST,
+        "/_matrix/client/v3/register",
+        None,
+        "10.0.0.2",
+        register.clone(),
+    )
+    .await;
+    assert_eq!(status, 401, "{flows}");
+    let mut register = register;
+    register["auth"] = json!({ "type": "m.login.dummy", "session": flows["session"] });
+    let (status, carol) =
+        forwarded(&server, Method::POST, "/_matrix/client/v3/register", None, "10.0.0.2", register)
+            .await;
+    assert_eq!(status, 200, "{carol}");
+
+    // Sending: three per user, five per address.
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    for index in 0..3 {
+        alice.send_text(&room_id, &format!("alice {index}")).await;
+    }
+    let path = |txn: &str| format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}");
+    let text = json!({ "msgtype": "m.text", "body": "more" });
+    let limited = alice.put(&path("a4"), text.clone()).await;
+    limited.expect_error(429, "M_LIMIT_EXCEEDED");
+    assert!(limited.body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0));
+    bob.send_text(&room_id, "bob 1").await;
+    bob.send_text(&room_id, "bob 2").await;
+    // Bob has a message left, but the address has none.
+    bob.put(&path("b3"), text.clone()).await.expect_error(429, "M_LIMIT_EXCEEDED");
+    let (status, sent) =
+        forwarded(&server, Method::PUT, &path("b3"), bob.token.as_deref(), "10.0.0.9", text).await;
+    assert_eq!(status, 200, "{sent}");
+}
+
 #[tokio::test]
 async fn the_same_checks_hold_on_postgresql() {
     let server = TestServer::start_with(Backend::Postgres, |_| {}).await;

@@ -224,6 +224,52 @@ async fn thumbnails_have_the_requested_dimensions_and_method() {
     assert_eq!(dimensions(&still.ok()), (100, 50));
 }
 
+#[tokio::test]
+async fn configured_sizes_are_made_at_upload_and_cap_the_others() {
+    use rhizome_core::config::{ThumbnailMethod, ThumbnailSize};
+    let server = TestServer::start_with(Backend::Sqlite, |config| {
+        config.media.thumbnail_sizes = vec![
+            ThumbnailSize { width: 32, height: 32, method: ThumbnailMethod::Crop },
+            ThumbnailSize { width: 96, height: 96, method: ThumbnailMethod::Crop },
+        ];
+        config.media.max_dynamic_thumbnails = 1;
+    })
+    .await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let png = alice.upload_ok("image/png", picture(640, 480, ImageFormat::Png)).await;
+    let (_, media_id) = mxc_parts(&png);
+    let stored = || async {
+        let mut sizes: Vec<(u32, u32, String)> = server
+            .services()
+            .store
+            .list_thumbnails(&server.config.server_name, &media_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|thumbnail| (thumbnail.width, thumbnail.height, thumbnail.method))
+            .collect();
+        sizes.sort();
+        sizes
+    };
+    // The configured sizes are made in the background right after the upload.
+    let configured = [(32, 32, "crop".to_owned()), (96, 96, "crop".to_owned())];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stored().await != configured {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "configured thumbnails: {:?}",
+            stored().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One size of the client's own choosing is made; past that, the nearest configured one.
+    let own = alice.thumbnail(&png, "width=50&height=50&method=crop").await.ok();
+    assert_eq!(dimensions(&own), (50, 50));
+    let capped = alice.thumbnail(&png, "width=60&height=60&method=crop").await.ok();
+    assert_eq!(dimensions(&capped), (96, 96));
+    assert_eq!(stored().await.len(), 3, "{:?}", stored().await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asynchronous_uploads_arrive_once() {
     let server = TestServer::start().await;

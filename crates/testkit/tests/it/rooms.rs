@@ -324,3 +324,56 @@ async fn one_user_creating_rooms_concurrently_gets_distinct_rooms() {
     rooms.dedup();
     assert_eq!(rooms.len(), 8, "two creations made the same room");
 }
+
+#[tokio::test]
+async fn rooms_of_each_version_by_alias_and_with_power_level_overrides() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let default = alice.create_room(json!({})).await;
+    let create =
+        alice.get(&format!("/_matrix/client/v3/rooms/{default}/state/m.room.create/")).await.ok();
+    assert_eq!(create["room_version"], "12", "the spec's recommended version is the default");
+    for version in ["10", "11", "12"] {
+        let alias = format!("v{version}");
+        let room_id = alice
+            .create_room(json!({
+                "room_version": version, "preset": "public_chat", "room_alias_name": alias,
+                "power_level_content_override": { "events": { "m.room.topic": 0 }, "invite": 0 },
+            }))
+            .await;
+        let create = alice
+            .get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.create/"))
+            .await
+            .ok();
+        assert_eq!(create["room_version"], version);
+        // Bob joins by alias, then may set the topic, as the override allows.
+        let joined = bob.join(&format!("#{alias}:localhost")).await;
+        assert_eq!(joined["room_id"], room_id.as_str());
+        bob.put(
+            &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.topic/"),
+            json!({ "topic": format!("version {version}") }),
+        )
+        .await
+        .ok();
+        bob.put(
+            &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.name/"),
+            json!({ "name": "not allowed" }),
+        )
+        .await
+        .expect_error(403, "M_FORBIDDEN");
+        let levels = alice
+            .get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.power_levels/"))
+            .await
+            .ok();
+        assert_eq!(levels["invite"], 0);
+        assert_eq!(levels["events"]["m.room.topic"], 0);
+    }
+    alice
+        .post("/_matrix/client/v3/createRoom", json!({ "room_version": "1" }))
+        .await
+        .expect_error(400, "M_UNSUPPORTED_ROOM_VERSION");
+    bob.post(&format!("/_matrix/client/v3/join/{}", encode("#nowhere:localhost")), json!({}))
+        .await
+        .expect_error(404, "M_NOT_FOUND");
+}

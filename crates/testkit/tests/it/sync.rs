@@ -236,3 +236,75 @@ async fn presence_is_shared_with_room_members_and_times_out() {
     assert_eq!(alice_presence["content"]["presence"], "offline");
     assert_eq!(bob.get(&status).await.ok()["presence"], "offline");
 }
+
+#[tokio::test]
+async fn messages_apply_filters_in_both_directions_and_sync_keeps_only_the_fields_asked_for() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let carol = Api::new_user(&server.base_url, "carol").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    carol.join(&room_id).await;
+    alice.send_text(&room_id, "one").await;
+    bob.send_text(&room_id, "two").await;
+    alice.send_text(&room_id, "three").await;
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/send/org.example.poll/p1");
+    alice.put(&path, json!({ "question": "when?" })).await.ok();
+
+    let messages = |query: String| {
+        let alice = alice.clone();
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/messages?{query}");
+        async move { alice.get(&path).await.ok() }
+    };
+    let bodies = |page: &Value| -> Vec<String> {
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|event| event["content"]["body"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let only = |filter: Value| rhizome_testkit::encode(&filter.to_string());
+
+    // Backwards, messages only, not Bob's: newest first.
+    let filter = only(json!({ "types": ["m.room.message"], "not_senders": [bob.user()] }));
+    let page = messages(format!("dir=b&filter={filter}")).await;
+    assert_eq!(bodies(&page), ["three", "one"]);
+    assert!(
+        page["chunk"].as_array().unwrap().iter().all(|event| event["type"] == "m.room.message")
+    );
+    // Forwards from the start, with a wildcard type: oldest first.
+    let filter = only(json!({ "types": ["org.example.*"] }));
+    let page = messages(format!("dir=f&filter={filter}")).await;
+    let chunk = page["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 1, "{page}");
+    assert_eq!(chunk[0]["content"]["question"], "when?");
+    // Lazy-loaded members: the senders of the page only, not Carol who said nothing.
+    let filter = only(json!({ "types": ["m.room.message"], "lazy_load_members": true }));
+    let page = messages(format!("dir=b&limit=2&filter={filter}")).await;
+    assert_eq!(bodies(&page), ["three", "two"]);
+    let mut members: Vec<&str> = page["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["state_key"].as_str().unwrap())
+        .collect();
+    members.sort();
+    assert_eq!(members, [alice.user(), bob.user()]);
+
+    // `event_fields` keeps the named paths only.
+    let filter = only(json!({
+        "event_fields": ["type", "content.body"],
+        "room": { "timeline": { "types": ["m.room.message"] } },
+    }));
+    let sync = bob.sync(&format!("filter={filter}&timeout=0")).await;
+    let timeline = sync["rooms"]["join"][&room_id]["timeline"]["events"].as_array().unwrap();
+    assert!(!timeline.is_empty());
+    for event in timeline {
+        let mut keys: Vec<&str> = event.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["content", "type"], "{event}");
+        assert_eq!(event["content"].as_object().unwrap().len(), 1, "{event}");
+    }
+}
