@@ -64,12 +64,13 @@ impl Services {
         let device_changes = self.store.device_list_changes(user_id, since, until).await?;
         let mut own_memberships = self.store.membership_changes_since(user_id, since).await?;
         own_memberships.retain(|membership| membership.stream_pos <= until);
+        // From the memberships cache: every sync comes here, and a user's rooms rarely change.
         let my_rooms: Vec<OwnedRoomId> = self
-            .store
-            .rooms_of_user(user_id, &["join"])
+            .user_memberships_cached(user_id)
             .await?
-            .into_iter()
-            .map(|membership| membership.room_id)
+            .iter()
+            .filter(|membership| membership.membership == "join")
+            .map(|membership| membership.room_id.clone())
             .collect();
         let others = self.store.memberships_changed_between(&my_rooms, since, until).await?;
         if device_changes.is_empty() && own_memberships.is_empty() && others.is_empty() {
