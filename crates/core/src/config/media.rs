@@ -1,5 +1,7 @@
 //! Configuration of the media repository.
 
+use std::net::IpAddr;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -109,10 +111,20 @@ pub struct UrlPreviewConfig {
     pub timeout_ms: u64,
     /// How long a fetched preview is reused, in seconds.
     pub cache_secs: u64,
+    /// Addresses previews may be fetched from although they are not public (a site on the
+    /// collective's own network, say). Every other loopback, private, link-local or reserved
+    /// address stays refused, at every redirect.
+    pub allowed_addresses: Vec<IpAddr>,
 }
 
 impl Default for UrlPreviewConfig {
     fn default() -> Self {
-        Self { enabled: false, max_page_bytes: 1024 * 1024, timeout_ms: 10_000, cache_secs: 3600 }
+        Self {
+            enabled: false,
+            max_page_bytes: 1024 * 1024,
+            timeout_ms: 10_000,
+            cache_secs: 3600,
+            allowed_addresses: Vec::new(),
+        }
     }
 }

@@ -78,6 +78,11 @@ pub(crate) fn is_public_ip(ip: IpAddr) -> bool {
     }
 }
 
+/// Whether an address may be fetched from: public, or allowed by the configuration.
+fn fetchable(ip: IpAddr, allowed: &[IpAddr]) -> bool {
+    is_public_ip(ip) || allowed.contains(&ip)
+}
+
 fn refused() -> Error {
     Error::forbidden("That URL cannot be previewed: it does not lead to a public address")
 }
@@ -86,8 +91,8 @@ fn unreachable() -> Error {
     Error::not_found("No preview could be fetched for that URL")
 }
 
-/// Checks a URL's form and finds the public address to connect to.
-async fn checked_address(url: &Url, deadline: Instant) -> Result<SocketAddr> {
+/// Checks a URL's form and finds the public (or allowed) address to connect to.
+async fn checked_address(url: &Url, deadline: Instant, allowed: &[IpAddr]) -> Result<SocketAddr> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(Error::invalid_param("Only http and https URLs can be previewed"));
     }
@@ -107,14 +112,14 @@ async fn checked_address(url: &Url, deadline: Instant) -> Result<SocketAddr> {
                 .collect();
             // Every address the name has must be public: a name that also points inside
             // could be answered differently on the next lookup.
-            if addresses.iter().any(|address| !is_public_ip(address.ip())) {
+            if addresses.iter().any(|address| !fetchable(address.ip(), allowed)) {
                 return Err(refused());
             }
             *addresses.first().ok_or_else(unreachable)?
         }
         None => return Err(Error::invalid_param("The URL has no host")),
     };
-    if !is_public_ip(address.ip()) {
+    if !fetchable(address.ip(), allowed) {
         return Err(refused());
     }
     Ok(address)
@@ -127,12 +132,17 @@ fn content_type_essence(response: &reqwest::Response) -> Option<String> {
     (!essence.is_empty()).then_some(essence)
 }
 
-/// Fetches a URL from a public address, following up to five redirects (each checked),
-/// reading at most `max_bytes` and finishing by `deadline`.
-pub(crate) async fn fetch_public(url: Url, max_bytes: u64, deadline: Instant) -> Result<Fetched> {
+/// Fetches a URL from a public address (or one of `allowed`), following up to five redirects
+/// (each checked), reading at most `max_bytes` and finishing by `deadline`.
+pub(crate) async fn fetch_public(
+    url: Url,
+    max_bytes: u64,
+    deadline: Instant,
+    allowed: &[IpAddr],
+) -> Result<Fetched> {
     let mut url = url;
     for _ in 0..=MAX_REDIRECTS {
-        let address = checked_address(&url, deadline).await?;
+        let address = checked_address(&url, deadline, allowed).await?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(unreachable());
@@ -155,7 +165,7 @@ pub(crate) async fn fetch_public(url: Url, max_bytes: u64, deadline: Instant) ->
             .map_err(|_| unreachable())?;
         // The connection went where the checked address says (no proxy, pinned DNS); refuse
         // anything else all the same.
-        if response.remote_addr().is_some_and(|remote| !is_public_ip(remote.ip())) {
+        if response.remote_addr().is_some_and(|remote| !fetchable(remote.ip(), allowed)) {
             return Err(refused());
         }
         if response.status().is_redirection() {
@@ -277,7 +287,8 @@ mod tests {
             "http://0x7f000001/",
             "http://2130706433/",
         ] {
-            let error = checked_address(&Url::parse(url).unwrap(), deadline).await.unwrap_err();
+            let error =
+                checked_address(&Url::parse(url).unwrap(), deadline, &[]).await.unwrap_err();
             assert_eq!(
                 error.matrix_kind().map(|kind| kind.errcode()),
                 Some("M_FORBIDDEN".into()),
@@ -285,7 +296,8 @@ mod tests {
             );
         }
         for url in ["ftp://example.org/", "file:///etc/passwd", "http://user:pw@example.org/"] {
-            let error = checked_address(&Url::parse(url).unwrap(), deadline).await.unwrap_err();
+            let error =
+                checked_address(&Url::parse(url).unwrap(), deadline, &[]).await.unwrap_err();
             assert_eq!(
                 error.matrix_kind().map(|kind| kind.errcode()),
                 Some("M_INVALID_PARAM".into()),

@@ -468,6 +468,107 @@ async fn url_previews_refuse_private_addresses() {
     assert_eq!(connections.load(Ordering::SeqCst), 0, "a private address was connected to");
 }
 
+/// A tiny web site on loopback: `/page` (OpenGraph tags and an image), `/image.png`,
+/// `/to-page` (a redirect to `/page`), `/to-private` (a redirect to a private address) and
+/// `/endless` (a body far over the size limit). Counts the requests it answers.
+async fn fixture_site() -> (u16, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    let image = picture(120, 60, ImageFormat::Png);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let image = image.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 4096];
+                let read = stream.read(&mut request).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&request[..read]).to_string();
+                let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let (head, body): (String, Vec<u8>) = match path.as_str() {
+                    "/page" => (
+                        "200 OK\r\nContent-Type: text/html; charset=utf-8".into(),
+                        br#"<html><head><title>Plain title</title>
+                            <meta property="og:title" content="Tenants' assembly">
+                            <meta property="og:description" content="Thursday, 7pm, the hall">
+                            <meta property="og:image" content="/image.png"></head></html>"#
+                            .to_vec(),
+                    ),
+                    "/image.png" => ("200 OK\r\nContent-Type: image/png".into(), image),
+                    "/to-page" => ("302 Found\r\nLocation: /page".into(), Vec::new()),
+                    "/to-private" => {
+                        ("302 Found\r\nLocation: http://10.11.12.13/".into(), Vec::new())
+                    }
+                    "/endless" => (
+                        "200 OK\r\nContent-Type: text/html".into(),
+                        [
+                            b"<html><head><title>Endless</title></head><body>".to_vec(),
+                            vec![b'x'; 300_000],
+                        ]
+                        .concat(),
+                    ),
+                    _ => ("404 Not Found".into(), Vec::new()),
+                };
+                let response = format!(
+                    "HTTP/1.1 {head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.write_all(&body).await;
+            });
+        }
+    });
+    (port, requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_previews_read_open_graph_follow_checked_redirects_and_cache() {
+    let (port, requests) = fixture_site().await;
+    let server = TestServer::start_with(Backend::Sqlite, |config| {
+        config.media.url_preview.enabled = true;
+        config.media.url_preview.max_page_bytes = 64 * 1024;
+        config.media.url_preview.allowed_addresses = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let preview = |path: &str| {
+        let url = encode(&format!("http://127.0.0.1:{port}{path}"));
+        format!("/_matrix/client/v1/media/preview_url?url={url}")
+    };
+
+    // A redirect to the page, then its image: three requests.
+    let page = alice.get(&preview("/to-page")).await.ok();
+    assert_eq!(page["og:title"], "Tenants' assembly");
+    assert_eq!(page["og:description"], "Thursday, 7pm, the hall");
+    assert_eq!(
+        (page["og:image:width"].as_u64(), page["og:image:height"].as_u64()),
+        (Some(120), Some(60))
+    );
+    // The image is served from this server, not from the site.
+    let image = page["og:image"].as_str().unwrap();
+    assert!(image.starts_with("mxc://localhost/"), "{image}");
+    assert_eq!(dimensions(&alice.download(image).await.ok()), (120, 60));
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+    // Cached: asking again fetches nothing.
+    assert_eq!(alice.get(&preview("/to-page")).await.ok(), page);
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+
+    // A redirect into a private network is refused at the hop, the allowed address or not.
+    alice.get(&preview("/to-private")).await.expect_error(403, "M_FORBIDDEN");
+    assert_eq!(requests.load(Ordering::SeqCst), 4);
+    // A body over the limit is cut, not read to the end.
+    let endless = alice.get(&preview("/endless")).await.ok();
+    assert_eq!(endless["og:title"], "Endless");
+    // Only the allowed address: loopback by another address is still refused.
+    let other = encode(&format!("http://127.0.0.2:{port}/page"));
+    alice
+        .get(&format!("/_matrix/client/v1/media/preview_url?url={other}"))
+        .await
+        .expect_error(403, "M_FORBIDDEN");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_commands_delete_and_purge_media() {
     let server = TestServer::start_with(Backend::Postgres, |_| {}).await;
