@@ -266,3 +266,66 @@ async fn a_crash_in_the_middle_of_writes_loses_nothing_acknowledged() {
     let sync = client.get(url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(sync.status().as_u16(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_is_deleted_and_purged_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = serve(dir.path(), port, &[("RHIZOME_REGISTRATION__MODE", "open")]).await;
+    let client = reqwest::Client::new();
+    let (_, alice) =
+        register(&client, &server.base, "alice", json!({ "type": "m.login.dummy" })).await;
+    let token = alice["access_token"].as_str().unwrap().to_owned();
+    let mut uris = Vec::new();
+    for body in ["first file", "second file"] {
+        let uploaded: Value = client
+            .post(format!("{}/_matrix/media/v3/upload", server.base))
+            .bearer_auth(&token)
+            .header("content-type", "text/plain")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        uris.push(uploaded["content_uri"].as_str().unwrap().to_owned());
+    }
+    let download = |mxc: &str| {
+        let url = format!(
+            "{}/_matrix/client/v1/media/download/{}",
+            server.base,
+            mxc.trim_start_matches("mxc://")
+        );
+        let request = client.get(url).bearer_auth(&token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(download(&uris[0]).await, 200);
+
+    let deleted = admin(dir.path(), &["media", "delete", &uris[0]]);
+    assert!(!deleted.is_empty());
+    assert_eq!(download(&uris[0]).await, 404);
+    assert_eq!(download(&uris[1]).await, 200);
+    // Nothing has gone unused for a day; everything has for no time at all.
+    let kept = admin(dir.path(), &["media", "purge", "--older-than", "1d"]);
+    assert!(kept.starts_with("deleted 0 media items"), "{kept}");
+    let purged = admin(dir.path(), &["media", "purge", "--older-than", "0s"]);
+    assert!(purged.starts_with("deleted 1 media items (1 files)"), "{purged}");
+    assert_eq!(download(&uris[1]).await, 404);
+    let files = walk(&dir.path().join("media"));
+    assert!(files.is_empty(), "files left behind: {files:?}");
+}
+
+fn walk(path: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(path) else { return Vec::new() };
+    let mut files = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
