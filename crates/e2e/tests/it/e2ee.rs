@@ -343,3 +343,76 @@ async fn two_sessions_verify_each_other_by_emoji() {
     let seen_by_laptop = laptop.encryption().get_device(&alice_id, &phone_id).await.unwrap();
     assert!(seen_by_laptop.expect("phone").is_verified());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_time_keys_a_real_device_uploaded_are_each_claimed_once() {
+    use std::collections::{BTreeMap, HashSet};
+
+    use matrix_sdk::ruma::{OneTimeKeyAlgorithm, api::client::keys::claim_keys};
+
+    let server = TestServer::start().await;
+    // Bob's crypto machine uploads his device keys and a batch of one-time keys (and a
+    // fallback key) on its first sync; he does not sync again, so no more are uploaded.
+    let bob = register(&server.base_url, "bob").await;
+    sync(&bob).await;
+    let bob_id = user_id(&bob);
+    let bob_device = bob.device_id().expect("logged in").to_owned();
+
+    // Four people's clients claim Bob's keys at once, many times over.
+    let mut claimers = Vec::new();
+    for name in ["carol", "dave", "erin", "frank"] {
+        claimers.push(register(&server.base_url, name).await);
+    }
+    let mut tasks = Vec::new();
+    for claimer in claimers {
+        for _ in 0..20 {
+            let claimer = claimer.clone();
+            let wanted = BTreeMap::from([(
+                bob_id.clone(),
+                BTreeMap::from([(bob_device.clone(), OneTimeKeyAlgorithm::SignedCurve25519)]),
+            )]);
+            tasks.push(tokio::spawn(async move {
+                claimer.send(claim_keys::v3::Request::new(wanted)).await.expect("claim answered")
+            }));
+        }
+    }
+    let mut one_time = Vec::new();
+    let mut fallback = HashSet::new();
+    for task in tasks {
+        let response = task.await.expect("the claim task ends");
+        assert!(response.failures.is_empty(), "{:?}", response.failures);
+        let keys = &response.one_time_keys[&bob_id][&bob_device];
+        assert_eq!(keys.len(), 1, "one key per claim");
+        for (key_id, key) in keys {
+            let key: Value = serde_json::from_str(key.json().get()).expect("key JSON");
+            if key["fallback"] == true {
+                fallback.insert(key_id.to_string());
+            } else {
+                one_time.push(key_id.to_string());
+            }
+        }
+    }
+    let distinct: HashSet<&String> = one_time.iter().collect();
+    assert_eq!(distinct.len(), one_time.len(), "a one-time key was handed out twice");
+    assert!(!one_time.is_empty(), "no one-time key was handed out");
+    // Once they ran out, every further claim got the one fallback key.
+    assert!(fallback.len() <= 1, "{fallback:?}");
+    if one_time.len() < 80 {
+        assert_eq!(fallback.len(), 1, "claims past the one-time keys got no fallback key");
+    }
+
+    // Bob's next sync learns how many are left, and his machine tops them up (it sends its
+    // uploads around its syncs, so two make sure).
+    sync(&bob).await;
+    sync(&bob).await;
+    let claimer = register(&server.base_url, "grace").await;
+    let wanted = BTreeMap::from([(
+        bob_id.clone(),
+        BTreeMap::from([(bob_device.clone(), OneTimeKeyAlgorithm::SignedCurve25519)]),
+    )]);
+    let response = claimer.send(claim_keys::v3::Request::new(wanted)).await.expect("claimed");
+    let (key_id, key) = response.one_time_keys[&bob_id][&bob_device].iter().next().expect("a key");
+    let key: Value = serde_json::from_str(key.json().get()).expect("key JSON");
+    assert_ne!(key["fallback"], true, "no fresh one-time key after Bob's sync");
+    assert!(!distinct.contains(&key_id.to_string()), "a claimed key came back");
+}
