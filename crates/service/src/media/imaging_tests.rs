@@ -215,3 +215,105 @@ fn animated_gifs_get_animated_thumbnails() {
             .unwrap();
     assert_eq!(decoded(&first[0]).dimensions(), (30, 20));
 }
+
+fn riff_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(kind);
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(data);
+    if data.len() % 2 == 1 {
+        out.push(0);
+    }
+}
+
+fn u24(value: u32) -> [u8; 3] {
+    let [a, b, c, _] = value.to_le_bytes();
+    [a, b, c]
+}
+
+/// An animated WebP of `frames` lossless frames, each `width` × `height`, assembled by hand
+/// (the `image` crate only writes still WebP): a VP8X header with the animation flag, an ANIM
+/// chunk and one ANMF chunk per frame around the VP8L chunk of a still encoding.
+fn animated_webp(frames: u32, width: u32, height: u32) -> Vec<u8> {
+    let mut body = b"WEBP".to_vec();
+    let mut vp8x = vec![0x02, 0, 0, 0];
+    vp8x.extend_from_slice(&u24(width - 1));
+    vp8x.extend_from_slice(&u24(height - 1));
+    riff_chunk(&mut body, b"VP8X", &vp8x);
+    riff_chunk(&mut body, b"ANIM", &[0, 0, 0, 0, 0, 0]);
+    for index in 0..frames {
+        let image = RgbaImage::from_pixel(width, height, Rgba([(index * 70) as u8, 90, 20, 255]));
+        let mut still = Vec::new();
+        DynamicImage::ImageRgba8(image)
+            .write_to(&mut Cursor::new(&mut still), ImageFormat::WebP)
+            .unwrap();
+        // A still lossless WebP is RIFF, size, WEBP, then one VP8L chunk.
+        assert_eq!(&still[12..16], b"VP8L");
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&u24(0));
+        frame.extend_from_slice(&u24(0));
+        frame.extend_from_slice(&u24(width - 1));
+        frame.extend_from_slice(&u24(height - 1));
+        frame.extend_from_slice(&u24(100));
+        frame.push(0);
+        frame.extend_from_slice(&still[12..]);
+        riff_chunk(&mut body, b"ANMF", &frame);
+    }
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+#[test]
+fn animated_webp_gets_animated_gif_thumbnails() {
+    let source = animated_webp(3, 120, 80);
+    let thumbnail =
+        make_animated_thumbnail(Cursor::new(&source), spec(60, 40, ThumbnailMethod::Scale), LIMITS)
+            .unwrap()
+            .expect("an animated thumbnail of an animated WebP");
+    assert!(thumbnail.animated);
+    assert_eq!(thumbnail.content_type, "image/gif");
+    let frames = GifDecoder::new(Cursor::new(&thumbnail.bytes))
+        .unwrap()
+        .into_frames()
+        .collect_frames()
+        .unwrap();
+    assert_eq!(frames.len(), 3);
+    assert_eq!(frames[0].buffer().dimensions(), (60, 40));
+    // Frames differ, as the source's do.
+    assert_ne!(frames[0].buffer().get_pixel(5, 5), frames[2].buffer().get_pixel(5, 5));
+    // A still thumbnail of it is its first frame, as a PNG.
+    let still =
+        make_thumbnails(Cursor::new(&source), &[spec(30, 20, ThumbnailMethod::Scale)], LIMITS)
+            .unwrap();
+    assert_eq!(decoded(&still[0]).dimensions(), (30, 20));
+}
+
+#[test]
+fn jpeg_and_webp_bombs_are_refused_before_decoding() {
+    let specs = [spec(32, 32, ThumbnailMethod::Crop)];
+    // A baseline JPEG whose frame header claims 65500 × 65500 pixels (4.3 gigapixels).
+    let mut jpeg = encoded(16, 16, ImageFormat::Jpeg);
+    let sof = jpeg.windows(2).position(|pair| pair == [0xff, 0xc0]).expect("a SOF0 marker");
+    jpeg[sof + 5..sof + 7].copy_from_slice(&65500u16.to_be_bytes());
+    jpeg[sof + 7..sof + 9].copy_from_slice(&65500u16.to_be_bytes());
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        make_thumbnails(Cursor::new(&jpeg), &specs, LIMITS),
+        Err(ThumbnailError::TooLarge)
+    ));
+    assert!(matches!(dimensions(&jpeg, LIMITS), Err(ThumbnailError::TooLarge)));
+    // An animated WebP whose canvas claims 16384 × 16384 pixels, frames of 8 × 8.
+    let mut webp = animated_webp(2, 8, 8);
+    webp[24..27].copy_from_slice(&u24(16383));
+    webp[27..30].copy_from_slice(&u24(16383));
+    assert!(matches!(
+        make_thumbnails(Cursor::new(&webp), &specs, LIMITS),
+        Err(ThumbnailError::TooLarge)
+    ));
+    assert!(
+        make_animated_thumbnail(Cursor::new(&webp), spec(32, 32, ThumbnailMethod::Scale), LIMITS)
+            .is_err()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+}
