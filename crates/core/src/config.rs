@@ -6,6 +6,7 @@
 
 mod example;
 mod media;
+mod push;
 mod voip;
 
 use std::{
@@ -18,6 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use media::{MediaConfig, ThumbnailMethod, ThumbnailSize, UrlPreviewConfig};
+pub use push::PushConfig;
 pub use voip::VoipConfig;
 
 /// The prefix of environment variables that override configuration keys.
@@ -57,6 +59,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// Voice and video calls.
     pub voip: VoipConfig,
+    /// Push notifications to users' phones.
+    pub push: PushConfig,
 }
 
 impl Default for Config {
@@ -76,6 +80,7 @@ impl Default for Config {
             logging: LoggingConfig::default(),
             media: MediaConfig::default(),
             voip: VoipConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }

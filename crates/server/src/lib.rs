@@ -169,6 +169,7 @@ pub async fn start(mut config: Config) -> Result<RunningServer> {
     // The address actually bound (port 0 picks one), for the URLs the server gives out.
     config.listen = address;
     let services = build_services(config, store.clone()).await?;
+    services.start_push_worker();
     let app = rhizome_api::app(services.clone());
     let (shutdown, shutdown_signal) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {

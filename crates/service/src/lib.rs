@@ -11,6 +11,7 @@ pub mod ephemeral;
 pub mod media;
 pub mod moderation;
 pub mod notifier;
+pub(crate) mod outbound;
 pub mod push;
 pub mod rate_limit;
 pub mod rooms;
@@ -49,6 +50,7 @@ pub struct Services {
     pub(crate) media: media::MediaRuntime,
     pub(crate) sliding: sync::sliding::SlidingState,
     pub(crate) openid_tokens: users::openid::OpenIdTokens,
+    pub(crate) push_queue: push::gateway::PushQueue,
 }
 
 impl Services {
@@ -66,6 +68,7 @@ impl Services {
             media: media::MediaRuntime::new(&config),
             sliding: sync::sliding::SlidingState::new(),
             openid_tokens: users::openid::OpenIdTokens::default(),
+            push_queue: push::gateway::PushQueue::new(&config.push),
             config,
             store,
             signing_key: Arc::new(signing_key),

@@ -273,7 +273,8 @@ impl AccountStore for SqlStore {
 
     async fn delete_device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
         let mut transaction = self.write.begin().await.map_err(db_error)?;
-        for table in ["access_tokens", "devices"] {
+        // The device's pushers end with it: no notification reaches a device signed out.
+        for table in ["access_tokens", "pushers", "devices"] {
             sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"
             )))

@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_e2ee.sql")),
     (3, include_str!("../migrations/0003_media.sql")),
     (4, include_str!("../migrations/0004_moderation.sql")),
+    (5, include_str!("../migrations/0005_pushers.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

@@ -6,7 +6,7 @@ use rhizome_storage::{
     AccountDataRecord, NotificationRecord, PusherRecord, ReceiptRecord, StreamPos, UnreadCounts,
     UserDataStore,
 };
-use ruma::{EventId, OwnedEventId, RoomId, UserId};
+use ruma::{EventId, OwnedDeviceId, OwnedEventId, RoomId, UserId};
 use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{SqlStore, db_error, flag, parse_id, placeholders};
@@ -295,19 +295,50 @@ impl UserDataStore for SqlStore {
             .collect()
     }
 
-    async fn set_pusher(&self, pusher: &PusherRecord) -> Result<()> {
+    async fn set_pusher(&self, pusher: &PusherRecord, append: bool) -> Result<()> {
+        let mut transaction = self.write.begin().await.map_err(db_error)?;
+        if !append {
+            sqlx::query("DELETE FROM pushers WHERE app_id = $1 AND pushkey = $2 AND user_id <> $3")
+                .bind(&pusher.app_id)
+                .bind(&pusher.pushkey)
+                .bind(pusher.user_id.as_str())
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+        }
         sqlx::query(
-            "INSERT INTO pushers (user_id, app_id, pushkey, json) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET json = excluded.json",
+            "INSERT INTO pushers (user_id, app_id, pushkey, json, device_id, created_ts) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET json = excluded.json, \
+               device_id = excluded.device_id, created_ts = excluded.created_ts",
         )
         .bind(pusher.user_id.as_str())
         .bind(&pusher.app_id)
         .bind(&pusher.pushkey)
         .bind(&pusher.json)
-        .execute(&self.write)
+        .bind(pusher.device_id.as_ref().map(|device| device.as_str()))
+        .bind(pusher.created_ts)
+        .execute(&mut *transaction)
         .await
         .map_err(db_error)?;
-        Ok(())
+        transaction.commit().await.map_err(db_error)
+    }
+
+    async fn rooms_with_unread_notifications(&self, user_id: &UserId) -> Result<u64> {
+        // Read as in `unread_counts`, over every room.
+        let count: i64 = sqlx::query_scalar(
+            "SELECT CAST(COUNT(DISTINCT a.room_id) AS BIGINT) FROM event_push_actions a \
+             WHERE a.user_id = $1 AND a.notify = 1 AND a.stream_pos > COALESCE(( \
+                 SELECT MAX(r.event_stream_pos) FROM receipts r \
+                 WHERE r.room_id = a.room_id AND r.user_id = a.user_id \
+                   AND r.receipt_type IN ('m.read', 'm.read.private') \
+                   AND (r.thread_id = '' OR r.thread_id = COALESCE(a.thread_id, 'main'))), 0)",
+        )
+        .bind(user_id.as_str())
+        .fetch_one(&self.read)
+        .await
+        .map_err(db_error)?;
+        Ok(count.max(0).unsigned_abs())
     }
 
     async fn delete_pusher(&self, user_id: &UserId, app_id: &str, pushkey: &str) -> Result<()> {
@@ -323,7 +354,8 @@ impl UserDataStore for SqlStore {
 
     async fn list_pushers(&self, user_id: &UserId) -> Result<Vec<PusherRecord>> {
         let rows = sqlx::query(
-            "SELECT user_id, app_id, pushkey, json FROM pushers WHERE user_id = $1 ORDER BY app_id, pushkey",
+            "SELECT user_id, app_id, pushkey, json, device_id, created_ts FROM pushers \
+             WHERE user_id = $1 ORDER BY app_id, pushkey",
         )
         .bind(user_id.as_str())
         .fetch_all(&self.read)
@@ -336,6 +368,14 @@ impl UserDataStore for SqlStore {
                     app_id: row.try_get("app_id").map_err(db_error)?,
                     pushkey: row.try_get("pushkey").map_err(db_error)?,
                     json: row.try_get("json").map_err(db_error)?,
+                    device_id: row
+                        .try_get::<Option<String>, _>("device_id")
+                        .map_err(db_error)?
+                        .map(OwnedDeviceId::from),
+                    created_ts: row
+                        .try_get::<Option<i64>, _>("created_ts")
+                        .map_err(db_error)?
+                        .unwrap_or(0),
                 })
             })
             .collect()

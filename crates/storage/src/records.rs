@@ -365,6 +365,11 @@ pub struct PusherRecord {
     pub app_id: String,
     /// The pusher JSON as the client gave it.
     pub json: String,
+    /// The device whose session set it (it ends with that session); `None` for pushers set
+    /// before devices were recorded.
+    pub device_id: Option<OwnedDeviceId>,
+    /// When it was set (ms since the epoch); 0 when unknown.
+    pub created_ts: i64,
 }
 
 /// Unread counts of one room for one user.

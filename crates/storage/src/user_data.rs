@@ -82,8 +82,12 @@ pub trait UserDataStore {
         limit: i64,
     ) -> Result<Vec<NotificationRecord>>;
 
-    /// Adds or replaces a pusher.
-    async fn set_pusher(&self, pusher: &PusherRecord) -> Result<()>;
+    /// Adds or replaces a pusher. Unless `append`, other users' pushers with the same app ID
+    /// and pushkey are removed (a pushkey names one app on one device).
+    async fn set_pusher(&self, pusher: &PusherRecord, append: bool) -> Result<()>;
+
+    /// How many rooms have notifications the user has not read (the badge on their phone).
+    async fn rooms_with_unread_notifications(&self, user_id: &UserId) -> Result<u64>;
 
     /// Removes a pusher.
     async fn delete_pusher(&self, user_id: &UserId, app_id: &str, pushkey: &str) -> Result<()>;

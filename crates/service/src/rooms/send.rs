@@ -340,6 +340,7 @@ impl Services {
         }
         let persisted = persisted?;
         self.record_room_activity(room_id, &persist.event_type, persisted.stream_pos);
+        self.queue_pushes(room_id, &event_id, &persist.push_actions);
         if let Some((target, _)) = &redaction {
             self.forget_event(target);
         }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ruma::{owned_room_id, room_id, user_id};
+use ruma::{device_id, owned_room_id, room_id, user_id};
 use serde_json::json;
 
 use super::rooms::RoomBuilder;
@@ -57,6 +57,7 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
     }
     let counts = store.unread_counts(bob, &room.room_id).await.unwrap();
     assert_eq!(counts, UnreadCounts { notifications: 4, highlights: 1 });
+    assert_eq!(store.rooms_with_unread_notifications(bob).await.unwrap(), 1);
     let before = store.current_stream_pos();
     store.set_receipt(&room.room_id, "m.read", bob, None, &ids[1], 5).await.unwrap();
     assert_eq!(
@@ -65,6 +66,7 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
     );
     store.set_receipt(&room.room_id, "m.read.private", bob, None, &ids[3], 6).await.unwrap();
     assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap(), UnreadCounts::default());
+    assert_eq!(store.rooms_with_unread_notifications(bob).await.unwrap(), 0);
     assert_eq!(
         store.unread_counts(user_id!("@alice:example.org"), &room.room_id).await.unwrap(),
         UnreadCounts::default()
@@ -176,21 +178,47 @@ pub async fn notifications_page_newest_first(store: Arc<dyn DataStore>) {
     assert!(store.notifications(bob, None, false, 0).await.unwrap().is_empty());
 }
 
-/// Pushers are keyed by app and pushkey, per user.
+/// Pushers are keyed by app and pushkey, per user; a pushkey moves to whoever sets it last
+/// (unless appended); pushers end with their device.
 pub async fn pushers_are_stored_per_user(store: Arc<dyn DataStore>) {
     let alice = user_id!("@alice:example.org");
+    let bob = user_id!("@bob:example.org");
+    let phone = device_id!("PHONE");
+    store.upsert_device(alice, phone, Some("phone"), 1).await.unwrap();
     let pusher = PusherRecord {
         user_id: alice.to_owned(),
         pushkey: "k".into(),
         app_id: "app".into(),
         json: "{}".into(),
+        device_id: Some(phone.to_owned()),
+        created_ts: 7,
     };
-    store.set_pusher(&pusher).await.unwrap();
-    store.set_pusher(&PusherRecord { json: "{\"v\":2}".into(), ..pusher.clone() }).await.unwrap();
+    store.set_pusher(&pusher, false).await.unwrap();
+    store
+        .set_pusher(&PusherRecord { json: "{\"v\":2}".into(), ..pusher.clone() }, false)
+        .await
+        .unwrap();
     let pushers = store.list_pushers(alice).await.unwrap();
     assert_eq!(pushers.len(), 1);
     assert_eq!(pushers[0].json, "{\"v\":2}");
-    assert!(store.list_pushers(user_id!("@bob:example.org")).await.unwrap().is_empty());
+    assert_eq!(pushers[0].device_id.as_deref(), Some(phone));
+    assert_eq!(pushers[0].created_ts, 7);
+    assert!(store.list_pushers(bob).await.unwrap().is_empty());
     store.delete_pusher(alice, "app", "k").await.unwrap();
     assert!(store.list_pushers(alice).await.unwrap().is_empty());
+
+    // The same pushkey set by Bob takes it from Alice, unless appended.
+    store.set_pusher(&pusher, false).await.unwrap();
+    let bobs = PusherRecord { user_id: bob.to_owned(), device_id: None, ..pusher.clone() };
+    store.set_pusher(&bobs, true).await.unwrap();
+    assert_eq!(store.list_pushers(alice).await.unwrap().len(), 1);
+    store.set_pusher(&bobs, false).await.unwrap();
+    assert!(store.list_pushers(alice).await.unwrap().is_empty());
+    assert_eq!(store.list_pushers(bob).await.unwrap().len(), 1);
+
+    // Deleting the device deletes its pushers.
+    store.set_pusher(&pusher, true).await.unwrap();
+    store.delete_device(alice, phone).await.unwrap();
+    assert!(store.list_pushers(alice).await.unwrap().is_empty());
+    assert_eq!(store.list_pushers(bob).await.unwrap().len(), 1);
 }

@@ -1,6 +1,8 @@
 //! Push rules: each user's ruleset (stored as the `m.push_rules` account data clients also
 //! sync), its evaluation with ruma for every new event (which gives the notification and
-//! highlight counts), rule editing, and pusher storage.
+//! highlight counts), rule editing, and pushers; [`gateway`] sends the notifications to them.
+
+pub(crate) mod gateway;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -247,7 +249,8 @@ impl Services {
         Ok(NotificationsPage { notifications, next_token })
     }
 
-    /// Adds or replaces a pusher (`kind: null` deletes, as the spec says).
+    /// Adds or replaces a pusher of the requester's device (`kind: null` deletes, as the spec
+    /// says). Only `http` pushers are taken: there is no e-mail here.
     pub async fn set_pusher(&self, requester: &Requester, pusher: Value) -> Result<()> {
         let text = |field: &str| pusher.get(field).and_then(Value::as_str).map(str::to_owned);
         let (Some(app_id), Some(pushkey)) = (text("app_id"), text("pushkey")) else {
@@ -256,13 +259,35 @@ impl Services {
         if pusher.get("kind").is_none_or(Value::is_null) {
             return self.store.delete_pusher(&requester.user_id, &app_id, &pushkey).await;
         }
+        if app_id.len() > 64 || pushkey.len() > 512 {
+            return Err(Error::invalid_param("app_id or pushkey is too long"));
+        }
+        match text("kind").as_deref() {
+            Some("http") => {
+                let url = pusher
+                    .pointer("/data/url")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| Error::invalid_param("An http pusher needs data.url"))?;
+                gateway::check_gateway_url(url)?;
+            }
+            Some("email") => {
+                return Err(Error::invalid_param("This server does not send e-mail"));
+            }
+            _ => return Err(Error::invalid_param("Unknown pusher kind")),
+        }
+        let append = pusher.get("append").and_then(Value::as_bool).unwrap_or(false);
         self.store
-            .set_pusher(&PusherRecord {
-                user_id: requester.user_id.clone(),
-                pushkey,
-                app_id,
-                json: pusher.to_string(),
-            })
+            .set_pusher(
+                &PusherRecord {
+                    user_id: requester.user_id.clone(),
+                    pushkey,
+                    app_id,
+                    json: pusher.to_string(),
+                    device_id: Some(requester.device_id.clone()),
+                    created_ts: rhizome_core::clock::now_millis(),
+                },
+                append,
+            )
             .await
     }
 
