@@ -2,6 +2,7 @@
 //! media, accounts ([`users`]), rooms ([`rooms`]) and reports ([`reports`]). Each returns the
 //! text to print, so it can be tested without a terminal.
 
+pub mod backup;
 pub mod reports;
 pub mod rooms;
 pub mod users;

@@ -44,6 +44,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AdminCommand {
+    /// Copy the database (SQLite), signing key and media into a directory, while the server
+    /// runs. The copy is a data directory: to restore, start Rhizome with it as `data_dir`.
+    /// Backing up into the same directory again copies only new media.
+    Backup {
+        /// Where the copy goes (outside the data directory).
+        destination: PathBuf,
+    },
     /// Registration (invite) tokens.
     Token {
         #[command(subcommand)]
@@ -210,6 +217,13 @@ async fn main() -> Result<()> {
             shutdown_signal().await;
             tracing::info!("shutting down");
             server.stop().await;
+        }
+        Command::Admin { command: AdminCommand::Backup { destination } } => {
+            init_logging("warn");
+            let store = open_store(&config).await?;
+            let result = admin::backup::backup(&store, &config.data_dir, &destination).await;
+            store.close().await;
+            print_lines(result?.lines(&destination));
         }
         Command::Admin { command: AdminCommand::Token { command } } => {
             init_logging("warn");

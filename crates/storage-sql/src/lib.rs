@@ -132,6 +132,18 @@ impl SqlStore {
         self.backend
     }
 
+    /// Writes a consistent, compacted copy of the whole SQLite database to `path`, which must
+    /// not exist (SQLite's `VACUUM INTO`: a snapshot, safe while a server writes). PostgreSQL
+    /// databases are backed up with PostgreSQL's own tools instead.
+    pub async fn backup_into(&self, path: &std::path::Path) -> Result<()> {
+        if self.backend != Backend::Sqlite {
+            return Err(Error::bug("only SQLite databases are copied by Rhizome; use pg_dump"));
+        }
+        let path = path.to_str().ok_or_else(|| Error::bug("the backup path is not UTF-8"))?;
+        sqlx::query("VACUUM INTO $1").bind(path).execute(&self.write).await.map_err(db_error)?;
+        Ok(())
+    }
+
     /// Closes the pools, waiting for connections to finish.
     pub async fn close(&self) {
         self.write.close().await;

@@ -329,3 +329,98 @@ fn walk(path: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_made_while_serving_starts_a_server_with_everything_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let backup_dir = tempfile::tempdir().unwrap();
+    let open = [("RHIZOME_REGISTRATION__MODE", "open")];
+    let server = serve(dir.path(), free_port(), &open).await;
+    let client = reqwest::Client::new();
+    let (_, alice) =
+        register(&client, &server.base, "alice", json!({ "type": "m.login.dummy" })).await;
+    let token = alice["access_token"].as_str().unwrap().to_owned();
+    let (_, room) = post(
+        &client,
+        format!("{}/_matrix/client/v3/createRoom", server.base),
+        Some(&token),
+        json!({ "name": "archive" }),
+    )
+    .await;
+    let room_id = room["room_id"].as_str().unwrap().to_owned();
+    let send = format!("{}/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t1", server.base);
+    let sent = client
+        .put(send)
+        .bearer_auth(&token)
+        .json(&json!({ "msgtype": "m.text", "body": "minutes of the meeting" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    let uploaded: Value = client
+        .post(format!("{}/_matrix/media/v3/upload", server.base))
+        .bearer_auth(&token)
+        .header("content-type", "text/plain")
+        .body("the agenda")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mxc = uploaded["content_uri"].as_str().unwrap().to_owned();
+
+    // Backed up while the server runs, twice: the second copies no media again.
+    let target = backup_dir.path().join("copy");
+    let first = admin(dir.path(), &["backup", target.to_str().unwrap()]);
+    assert!(first.contains("1 new media files") && first.contains("database"), "{first}");
+    let second = admin(dir.path(), &["backup", target.to_str().unwrap()]);
+    assert!(second.contains("0 new media files"), "{second}");
+    let inside = dir.path().join("backups");
+    let refused = command(dir.path(), 0)
+        .args(["admin", "backup", inside.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "a backup inside the data directory was made");
+    drop(server);
+
+    // A server on the copy has the account, the room, the message and the file.
+    let restored = serve(&target, free_port(), &open).await;
+    let (status, login) = post(
+        &client,
+        format!("{}/_matrix/client/v3/login", restored.base),
+        None,
+        json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" },
+                "password": "a-long-password" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{login}");
+    let token = login["access_token"].as_str().unwrap();
+    let page: Value = client
+        .get(format!("{}/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=5", restored.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["chunk"][0]["content"]["body"], "minutes of the meeting", "{page}");
+    let file = client
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/{}",
+            restored.base,
+            mxc.trim_start_matches("mxc://")
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(file.status(), 200);
+    assert_eq!(file.text().await.unwrap(), "the agenda");
+    // The same signing key: the server is still itself to others.
+    assert_eq!(
+        std::fs::read(dir.path().join("signing.key")).unwrap(),
+        std::fs::read(target.join("signing.key")).unwrap()
+    );
+}
