@@ -11,6 +11,19 @@ use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{SqlStore, db_error, flag, parse_id, placeholders};
 
+/// The stream position up to which the user has read the notification `a` (a row of
+/// `event_push_actions`): their latest read receipt, private or public, that covers it (an
+/// unthreaded receipt covers everything, a threaded one its own thread, `main` for events
+/// outside threads); 0 without one.
+macro_rules! last_read {
+    () => {
+        "COALESCE((SELECT MAX(r.event_stream_pos) FROM receipts r \
+           WHERE r.room_id = a.room_id AND r.user_id = a.user_id \
+             AND r.receipt_type IN ('m.read', 'm.read.private') \
+             AND (r.thread_id = '' OR r.thread_id = COALESCE(a.thread_id, 'main'))), 0)"
+    };
+}
+
 fn account_data_from_row(row: &AnyRow) -> Result<AccountDataRecord> {
     let room_id: String = row.try_get("room_id").map_err(db_error)?;
     Ok(AccountDataRecord {
@@ -184,29 +197,11 @@ impl UserDataStore for SqlStore {
     }
 
     async fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts> {
-        // An action is read once a receipt covers it: an unthreaded receipt covers everything,
-        // a threaded one its own thread (`main` for events outside threads).
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(a.notify), 0) AS BIGINT) AS notifications, \
-                    CAST(COALESCE(SUM(a.highlight), 0) AS BIGINT) AS highlights \
-             FROM event_push_actions a \
-             WHERE a.user_id = $1 AND a.room_id = $2 AND a.stream_pos > COALESCE(( \
-                 SELECT MAX(r.event_stream_pos) FROM receipts r \
-                 WHERE r.room_id = a.room_id AND r.user_id = a.user_id \
-                   AND r.receipt_type IN ('m.read', 'm.read.private') \
-                   AND (r.thread_id = '' OR r.thread_id = COALESCE(a.thread_id, 'main'))), 0)",
-        )
-        .bind(user_id.as_str())
-        .bind(room_id.as_str())
-        .fetch_one(&self.read)
-        .await
-        .map_err(db_error)?;
-        let notifications: i64 = row.try_get("notifications").map_err(db_error)?;
-        let highlights: i64 = row.try_get("highlights").map_err(db_error)?;
-        Ok(UnreadCounts {
-            notifications: notifications.max(0).unsigned_abs(),
-            highlights: highlights.max(0).unsigned_abs(),
-        })
+        let threads = self.unread_counts_by_thread(user_id, room_id).await?;
+        Ok(threads.iter().fold(UnreadCounts::default(), |total, (_, counts)| UnreadCounts {
+            notifications: total.notifications + counts.notifications,
+            highlights: total.highlights + counts.highlights,
+        }))
     }
 
     async fn unread_counts_by_thread(
@@ -214,20 +209,15 @@ impl UserDataStore for SqlStore {
         user_id: &UserId,
         room_id: &RoomId,
     ) -> Result<Vec<(Option<OwnedEventId>, UnreadCounts)>> {
-        // Read as in `unread_counts`, grouped by thread.
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT a.thread_id, \
                     CAST(COALESCE(SUM(a.notify), 0) AS BIGINT) AS notifications, \
                     CAST(COALESCE(SUM(a.highlight), 0) AS BIGINT) AS highlights \
              FROM event_push_actions a \
-             WHERE a.user_id = $1 AND a.room_id = $2 AND a.stream_pos > COALESCE(( \
-                 SELECT MAX(r.event_stream_pos) FROM receipts r \
-                 WHERE r.room_id = a.room_id AND r.user_id = a.user_id \
-                   AND r.receipt_type IN ('m.read', 'm.read.private') \
-                   AND (r.thread_id = '' OR r.thread_id = COALESCE(a.thread_id, 'main'))), 0) \
-             GROUP BY a.thread_id \
-             ORDER BY COALESCE(a.thread_id, '')",
-        )
+             WHERE a.user_id = $1 AND a.room_id = $2 AND a.stream_pos > ",
+            last_read!(),
+            " GROUP BY a.thread_id ORDER BY COALESCE(a.thread_id, '')",
+        ))
         .bind(user_id.as_str())
         .bind(room_id.as_str())
         .fetch_all(&self.read)
@@ -259,20 +249,16 @@ impl UserDataStore for SqlStore {
         highlights_only: bool,
         limit: i64,
     ) -> Result<Vec<NotificationRecord>> {
-        // Read as in `unread_counts`: covered by an unthreaded receipt or one of its thread.
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT a.room_id, e.event_id, a.stream_pos, e.origin_server_ts, a.highlight, \
-                    a.actions, CAST(CASE WHEN a.stream_pos <= COALESCE(( \
-                        SELECT MAX(r.event_stream_pos) FROM receipts r \
-                        WHERE r.room_id = a.room_id AND r.user_id = a.user_id \
-                          AND r.receipt_type IN ('m.read', 'm.read.private') \
-                          AND (r.thread_id = '' OR r.thread_id = COALESCE(a.thread_id, 'main'))), \
-                        0) THEN 1 ELSE 0 END AS BIGINT) AS is_read \
+                    a.actions, CAST(CASE WHEN a.stream_pos <= ",
+            last_read!(),
+            " THEN 1 ELSE 0 END AS BIGINT) AS is_read \
              FROM event_push_actions a JOIN events e ON e.stream_pos = a.stream_pos \
              WHERE a.user_id = $1 AND a.stream_pos < $2 \
                AND (a.highlight = 1 OR (a.notify = 1 AND $3 = 0)) \
              ORDER BY a.stream_pos DESC LIMIT $4",
-        )
+        ))
         .bind(user_id.as_str())
         .bind(before.unwrap_or(i64::MAX))
         .bind(flag(highlights_only))
@@ -325,15 +311,11 @@ impl UserDataStore for SqlStore {
     }
 
     async fn rooms_with_unread_notifications(&self, user_id: &UserId) -> Result<u64> {
-        // Read as in `unread_counts`, over every room.
-        let count: i64 = sqlx::query_scalar(
+        let count: i64 = sqlx::query_scalar(concat!(
             "SELECT CAST(COUNT(DISTINCT a.room_id) AS BIGINT) FROM event_push_actions a \
-             WHERE a.user_id = $1 AND a.notify = 1 AND a.stream_pos > COALESCE(( \
-                 SELECT MAX(r.event_stream_pos) FROM receipts r \
-                 WHERE r.room_id = a.room_id AND r.user_id = a.user_id \
-                   AND r.receipt_type IN ('m.read', 'm.read.private') \
-                   AND (r.thread_id = '' OR r.thread_id = COALESCE(a.thread_id, 'main'))), 0)",
-        )
+             WHERE a.user_id = $1 AND a.notify = 1 AND a.stream_pos > ",
+            last_read!(),
+        ))
         .bind(user_id.as_str())
         .fetch_one(&self.read)
         .await
