@@ -104,6 +104,22 @@ async fn register(client: &reqwest::Client, base: &str, name: &str, stage: Value
     .await
 }
 
+/// Uploads a text file and returns its `mxc://` URI.
+async fn upload_text(client: &reqwest::Client, base: &str, token: &str, text: &str) -> String {
+    let uploaded: Value = client
+        .post(format!("{base}/_matrix/media/v3/upload"))
+        .bearer_auth(token)
+        .header("content-type", "text/plain")
+        .body(text.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    uploaded["content_uri"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn starts_with_no_configuration_and_signs_up_with_admin_tokens() {
     let dir = tempfile::tempdir().unwrap();
@@ -278,18 +294,7 @@ async fn media_is_deleted_and_purged_from_the_command_line() {
     let token = alice["access_token"].as_str().unwrap().to_owned();
     let mut uris = Vec::new();
     for body in ["first file", "second file"] {
-        let uploaded: Value = client
-            .post(format!("{}/_matrix/media/v3/upload", server.base))
-            .bearer_auth(&token)
-            .header("content-type", "text/plain")
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        uris.push(uploaded["content_uri"].as_str().unwrap().to_owned());
+        uris.push(upload_text(&client, &server.base, &token, body).await);
     }
     let download = |mxc: &str| {
         let url = format!(
@@ -357,18 +362,7 @@ async fn a_backup_made_while_serving_starts_a_server_with_everything_in_it() {
         .await
         .unwrap();
     assert_eq!(sent.status(), 200);
-    let uploaded: Value = client
-        .post(format!("{}/_matrix/media/v3/upload", server.base))
-        .bearer_auth(&token)
-        .header("content-type", "text/plain")
-        .body("the agenda")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mxc = uploaded["content_uri"].as_str().unwrap().to_owned();
+    let mxc = upload_text(&client, &server.base, &token, "the agenda").await;
 
     // Backed up while the server runs, twice: the second copies no media again.
     let target = backup_dir.path().join("copy");
