@@ -242,10 +242,22 @@ impl Services {
             self.announce_presence(user_id).await?;
         }
         if watch {
-            // One watcher per user who is not offline; it ends when they are.
-            let services = Arc::clone(self);
+            // One watcher per user who is not offline; it ends when they are, or when the
+            // server goes (it holds the services weakly).
+            let services = Arc::downgrade(self);
             let user_id = user_id.to_owned();
-            tokio::spawn(async move { services.watch_presence(&user_id, PRESENCE_TIMEOUT).await });
+            tokio::spawn(async move {
+                loop {
+                    let Some(step) = services.upgrade() else { return };
+                    match step.presence_step(&user_id, PRESENCE_TIMEOUT).await {
+                        Some(wait) => {
+                            drop(step);
+                            tokio::time::sleep(wait).await;
+                        }
+                        None => return,
+                    }
+                }
+            });
         }
         Ok(())
     }
@@ -253,40 +265,43 @@ impl Services {
     /// Turns the user offline once nothing was heard of them for `timeout` (the server uses
     /// [`PRESENCE_TIMEOUT`]; tests may call it with less).
     pub async fn watch_presence(&self, user_id: &UserId, timeout: Duration) {
-        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-        loop {
-            let wait = {
-                let mut presence = self.ephemeral.presence.lock();
-                let Some(entry) = presence.get_mut(user_id) else { return };
-                if entry.state == "offline" {
-                    return;
-                }
-                let silent = now_millis() - entry.last_seen_ts;
-                if silent >= timeout_ms {
-                    entry.state = "offline".into();
-                    entry.serial = self.ephemeral.next_serial();
-                    None
-                } else {
-                    Some(Duration::from_millis(u64::try_from(timeout_ms - silent).unwrap_or(0)))
-                }
-            };
-            match wait {
-                Some(wait) => tokio::time::sleep(wait + Duration::from_millis(10)).await,
-                None => {
-                    if let Err(error) = self.announce_presence(user_id).await {
-                        tracing::warn!(%error, "could not announce a presence timeout");
-                    }
-                    return;
-                }
-            }
+        while let Some(wait) = self.presence_step(user_id, timeout).await {
+            tokio::time::sleep(wait).await;
         }
+    }
+
+    /// One look at a user's presence: turns them offline (and says so) if nothing was heard
+    /// of them for `timeout`; otherwise how long until it is worth looking again. `None` once
+    /// they are offline.
+    async fn presence_step(&self, user_id: &UserId, timeout: Duration) -> Option<Duration> {
+        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        {
+            let mut presence = self.ephemeral.presence.lock();
+            let entry = presence.get_mut(user_id)?;
+            if entry.state == "offline" {
+                return None;
+            }
+            let silent = now_millis() - entry.last_seen_ts;
+            if silent < timeout_ms {
+                let wait = u64::try_from(timeout_ms - silent).unwrap_or(0) + 10;
+                return Some(Duration::from_millis(wait));
+            }
+            entry.state = "offline".into();
+            entry.serial = self.ephemeral.next_serial();
+        }
+        if let Err(error) = self.announce_presence(user_id).await {
+            tracing::warn!(%error, "could not announce a presence timeout");
+        }
+        None
     }
 
     /// Wakes the user and everyone who shares a room with them.
     async fn announce_presence(&self, user_id: &UserId) -> Result<()> {
         let mut woken = vec![user_id.to_owned()];
-        for room in self.store.rooms_of_user(user_id, &["join"]).await? {
-            woken.extend(self.room_members_cached(&room.room_id, false).await?);
+        for room in self.user_memberships_cached(user_id).await?.iter() {
+            if room.membership == "join" {
+                woken.extend(self.room_members_cached(&room.room_id, false).await?);
+            }
         }
         woken.sort();
         woken.dedup();
@@ -300,8 +315,8 @@ impl Services {
         if viewer == user_id {
             return Ok(true);
         }
-        for room in self.store.rooms_of_user(viewer, &["join"]).await? {
-            if self.is_joined(&room.room_id, user_id).await? {
+        for room in self.user_memberships_cached(viewer).await?.iter() {
+            if room.membership == "join" && self.is_joined(&room.room_id, user_id).await? {
                 return Ok(true);
             }
         }

@@ -197,7 +197,7 @@ impl Services {
             else {
                 continue;
             };
-            let body = self.notification(event, room_id, user_id, &pusher, data, actions, unread);
+            let body = self.push_body(event, room_id, user_id, &pusher, data, actions, unread);
             let body = body.await?;
             let Ok(permit) = self.push_queue.permits.clone().acquire_owned().await else {
                 return Ok(());
@@ -213,7 +213,7 @@ impl Services {
 
     /// The request body for one pusher.
     #[allow(clippy::too_many_arguments)] // One notification, each part distinct.
-    async fn notification(
+    async fn push_body(
         &self,
         event: &LoadedEvent,
         room_id: &ruma::RoomId,

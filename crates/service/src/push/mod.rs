@@ -104,14 +104,22 @@ impl Services {
         self.set_push_rules(&requester.user_id, &ruleset).await
     }
 
-    /// The notifications a new event gives each local joined member other than its sender.
+    /// The notifications a new event gives each local joined member other than its sender,
+    /// and a local user it invites (for "you were invited" on their phone).
     pub(crate) async fn push_actions_for(
         &self,
         pdu: &Pdu,
         state: &StateMap,
     ) -> Result<Vec<PushAction>> {
-        let members = self.room_members_cached(&pdu.room_id, false).await?;
+        let mut members = self.room_members_cached(&pdu.room_id, false).await?;
         let member_count = UInt::new_saturating(u64::try_from(members.len()).unwrap_or(u64::MAX));
+        if pdu.kind.to_string() == "m.room.member"
+            && pdu.content_str("membership").as_deref() == Some("invite")
+            && let Some(Ok(invitee)) = pdu.state_key.as_deref().map(ruma::UserId::parse)
+            && !members.contains(&invitee)
+        {
+            members.push(invitee);
+        }
         let power_levels: Option<PushConditionPowerLevelsCtx> =
             match self.store.get_room(&pdu.room_id).await? {
                 Some(_) => {

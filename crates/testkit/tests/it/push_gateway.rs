@@ -139,17 +139,33 @@ async fn notifications_reach_the_gateway_in_the_format_asked_for() {
         .map(str::to_owned);
     phone.post(set, pusher("id-only-key", &gateway.url(), Some("event_id_only"))).await.ok();
 
+    // Bob invites Alice: both her apps hear of it.
     let room_id = bob
         .create_room(json!({ "preset": "trusted_private_chat", "name": "Garden",
                              "invite": [alice.user()], "is_direct": true }))
         .await;
+    let received = gateway.wait_for(2).await;
+    for invite in &received {
+        assert_eq!(invite["notification"]["room_id"], room_id.as_str(), "{invite}");
+    }
+    let invite = received
+        .iter()
+        .find(|body| body["notification"]["devices"][0]["pushkey"] == "full-key")
+        .unwrap();
+    assert_eq!(invite["notification"]["type"], "m.room.member");
+    assert_eq!(invite["notification"]["user_is_target"], true);
+    assert_eq!(invite["notification"]["content"]["membership"], "invite");
+
     alice.join(&room_id).await;
     let event_id = bob.send_text(&room_id, "the seedlings are up").await;
-    let received = gateway.wait_for(2).await;
+    let received = gateway.wait_for(4).await;
     let by_key = |key: &str| {
         received
             .iter()
-            .find(|body| body["notification"]["devices"][0]["pushkey"] == key)
+            .find(|body| {
+                body["notification"]["devices"][0]["pushkey"] == key
+                    && body["notification"]["event_id"] == event_id.as_str()
+            })
             .unwrap_or_else(|| panic!("nothing for {key}: {received:?}"))["notification"]
             .clone()
     };
@@ -161,6 +177,7 @@ async fn notifications_reach_the_gateway_in_the_format_asked_for() {
     assert_eq!(full["sender_display_name"], "bob");
     assert_eq!(full["room_name"], "Garden");
     assert_eq!(full["content"]["body"], "the seedlings are up");
+    // The badge: rooms with unread notifications (the invite and the message are in one).
     assert_eq!(full["counts"]["unread"], 1);
     assert_eq!(full["prio"], "high");
     let device = &full["devices"][0];
@@ -180,7 +197,7 @@ async fn notifications_reach_the_gateway_in_the_format_asked_for() {
     // The gateway rejects one pushkey: its pusher goes.
     gateway.rejecting.lock().await.push("full-key".to_owned());
     bob.send_text(&room_id, "and the beans").await;
-    gateway.wait_for(4).await;
+    gateway.wait_for(6).await;
     let pushers = || async {
         let listed = alice.get("/_matrix/client/v3/pushers").await.ok();
         let mut keys: Vec<String> = listed["pushers"]
@@ -205,7 +222,7 @@ async fn notifications_reach_the_gateway_in_the_format_asked_for() {
     assert!(pushers().await.is_empty());
     bob.send_text(&room_id, "anyone?").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(gateway.received.lock().await.len(), 4, "a signed-out phone was notified");
+    assert_eq!(gateway.received.lock().await.len(), 6, "a signed-out phone was notified");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,7 +239,7 @@ async fn gateways_on_private_addresses_are_not_reached_unless_allowed() {
     bob.send_text(&room_id, "hello").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(gateway.received.lock().await.is_empty(), "a loopback gateway was reached");
-    // The notification itself still counts.
+    // The notifications themselves still count: the invite and the message.
     let sync = alice.sync("timeout=0").await;
-    assert_eq!(sync["rooms"]["join"][&room_id]["unread_notifications"]["notification_count"], 1);
+    assert_eq!(sync["rooms"]["join"][&room_id]["unread_notifications"]["notification_count"], 2);
 }
