@@ -104,6 +104,21 @@ async fn register(client: &reqwest::Client, base: &str, name: &str, stage: Value
     .await
 }
 
+/// Registers alice (open registration) and creates a room named `name`: her token and the
+/// room's ID.
+async fn alice_with_room(client: &reqwest::Client, base: &str, name: &str) -> (String, String) {
+    let (_, alice) = register(client, base, "alice", json!({ "type": "m.login.dummy" })).await;
+    let token = alice["access_token"].as_str().unwrap().to_owned();
+    let (_, room) = post(
+        client,
+        format!("{base}/_matrix/client/v3/createRoom"),
+        Some(&token),
+        json!({ "name": name }),
+    )
+    .await;
+    (token, room["room_id"].as_str().unwrap().to_owned())
+}
+
 /// Uploads a text file and returns its `mxc://` URI.
 async fn upload_text(client: &reqwest::Client, base: &str, token: &str, text: &str) -> String {
     let uploaded: Value = client
@@ -197,17 +212,7 @@ async fn a_crash_in_the_middle_of_writes_loses_nothing_acknowledged() {
     let open = [("RHIZOME_REGISTRATION__MODE", "open")];
     let mut server = serve(dir.path(), port, &open).await;
     let client = reqwest::Client::new();
-    let (_, alice) =
-        register(&client, &server.base, "alice", json!({ "type": "m.login.dummy" })).await;
-    let token = alice["access_token"].as_str().unwrap().to_owned();
-    let (_, room) = post(
-        &client,
-        format!("{}/_matrix/client/v3/createRoom", server.base),
-        Some(&token),
-        json!({ "name": "crash" }),
-    )
-    .await;
-    let room_id = room["room_id"].as_str().unwrap().to_owned();
+    let (token, room_id) = alice_with_room(&client, &server.base, "crash").await;
 
     // Four senders write as fast as they can; the server is killed under them.
     let mut senders = Vec::new();
@@ -342,17 +347,7 @@ async fn a_backup_made_while_serving_starts_a_server_with_everything_in_it() {
     let open = [("RHIZOME_REGISTRATION__MODE", "open")];
     let server = serve(dir.path(), free_port(), &open).await;
     let client = reqwest::Client::new();
-    let (_, alice) =
-        register(&client, &server.base, "alice", json!({ "type": "m.login.dummy" })).await;
-    let token = alice["access_token"].as_str().unwrap().to_owned();
-    let (_, room) = post(
-        &client,
-        format!("{}/_matrix/client/v3/createRoom", server.base),
-        Some(&token),
-        json!({ "name": "archive" }),
-    )
-    .await;
-    let room_id = room["room_id"].as_str().unwrap().to_owned();
+    let (token, room_id) = alice_with_room(&client, &server.base, "archive").await;
     let send = format!("{}/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t1", server.base);
     let sent = client
         .put(send)

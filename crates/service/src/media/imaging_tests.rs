@@ -180,6 +180,13 @@ fn animated_gif(frames: u32) -> Vec<u8> {
     bytes
 }
 
+/// The frames of an animated thumbnail, which must be a GIF.
+fn gif_frames(thumbnail: &Thumbnail) -> Vec<Frame> {
+    assert!(thumbnail.animated);
+    assert_eq!(thumbnail.content_type, "image/gif");
+    GifDecoder::new(Cursor::new(&thumbnail.bytes)).unwrap().into_frames().collect_frames().unwrap()
+}
+
 #[test]
 fn animated_gifs_get_animated_thumbnails() {
     let source = animated_gif(3);
@@ -187,13 +194,7 @@ fn animated_gifs_get_animated_thumbnails() {
         make_animated_thumbnail(Cursor::new(&source), spec(60, 60, ThumbnailMethod::Crop), LIMITS)
             .unwrap()
             .unwrap();
-    assert!(thumbnail.animated);
-    assert_eq!(thumbnail.content_type, "image/gif");
-    let frames = GifDecoder::new(Cursor::new(&thumbnail.bytes))
-        .unwrap()
-        .into_frames()
-        .collect_frames()
-        .unwrap();
+    let frames = gif_frames(&thumbnail);
     assert_eq!(frames.len(), 3);
     assert_eq!(frames[0].buffer().dimensions(), (60, 60));
     // A still image has no animated thumbnail; a one-frame GIF neither.
@@ -271,13 +272,7 @@ fn animated_webp_gets_animated_gif_thumbnails() {
         make_animated_thumbnail(Cursor::new(&source), spec(60, 40, ThumbnailMethod::Scale), LIMITS)
             .unwrap()
             .expect("an animated thumbnail of an animated WebP");
-    assert!(thumbnail.animated);
-    assert_eq!(thumbnail.content_type, "image/gif");
-    let frames = GifDecoder::new(Cursor::new(&thumbnail.bytes))
-        .unwrap()
-        .into_frames()
-        .collect_frames()
-        .unwrap();
+    let frames = gif_frames(&thumbnail);
     assert_eq!(frames.len(), 3);
     assert_eq!(frames[0].buffer().dimensions(), (60, 40));
     // Frames differ, as the source's do.
