@@ -5,8 +5,10 @@
 //! by [`Config::example_toml`], and a test fails when the committed copy is stale.
 
 mod example;
+mod federation;
 mod media;
 mod push;
+mod tls;
 mod voip;
 
 use std::{
@@ -18,8 +20,10 @@ use ruma::{OwnedServerName, RoomVersionId};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use federation::{FederationConfig, TrustedKeyServer, glob_match};
 pub use media::{MediaConfig, ThumbnailMethod, ThumbnailSize, UrlPreviewConfig};
 pub use push::PushConfig;
+pub use tls::{AcmeConfig, TlsConfig};
 pub use voip::VoipConfig;
 
 /// The prefix of environment variables that override configuration keys.
@@ -61,6 +65,10 @@ pub struct Config {
     pub voip: VoipConfig,
     /// Push notifications to users' phones.
     pub push: PushConfig,
+    /// Federation with other homeservers.
+    pub federation: FederationConfig,
+    /// Rhizome's own HTTPS listener.
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -81,6 +89,8 @@ impl Default for Config {
             media: MediaConfig::default(),
             voip: VoipConfig::default(),
             push: PushConfig::default(),
+            federation: FederationConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -302,6 +312,25 @@ impl Config {
                     .to_owned(),
             ));
         }
+        if self.tls.listen.is_some()
+            && !self.tls.acme.enabled
+            && (self.tls.certificate_file.is_none() || self.tls.private_key_file.is_none())
+        {
+            return Err(ConfigError::Invalid(
+                "tls.listen needs tls.certificate_file and tls.private_key_file (PEM files), \
+                 or tls.acme.enabled"
+                    .to_owned(),
+            ));
+        }
+        if self.federation.min_retry_interval_secs == 0
+            || self.federation.max_retry_interval_secs < self.federation.min_retry_interval_secs
+        {
+            return Err(ConfigError::Invalid(
+                "federation.min_retry_interval_secs must be greater than zero and at most \
+                 federation.max_retry_interval_secs"
+                    .to_owned(),
+            ));
+        }
         if self.voip.turn_user_lifetime_secs == 0 {
             return Err(ConfigError::Invalid(
                 "voip.turn_user_lifetime_secs must be greater than zero".to_owned(),
@@ -380,7 +409,15 @@ impl Config {
     /// Dotted keys of options whose default is "unset" (they do not appear in the serialised
     /// defaults but may be set).
     fn optional_keys() -> &'static [&'static str] {
-        &["database.url_file", "media.legacy_freeze_ts", "voip.turn_shared_secret_file"]
+        &[
+            "database.url_file",
+            "media.legacy_freeze_ts",
+            "voip.turn_shared_secret_file",
+            "tls.listen",
+            "tls.certificate_file",
+            "tls.private_key_file",
+            "tls.acme.directory_ca_file",
+        ]
     }
 }
 
