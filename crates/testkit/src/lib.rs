@@ -2,6 +2,7 @@
 //! port, over SQLite (a temporary data directory) or PostgreSQL (a throwaway server), and a
 //! small HTTP client speaking JSON to it.
 
+pub mod certs;
 mod client;
 mod media;
 
