@@ -7,6 +7,7 @@
 
 mod accounts;
 mod e2ee;
+mod federation;
 mod media;
 mod migrations;
 mod moderation;

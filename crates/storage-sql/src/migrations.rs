@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_media.sql")),
     (4, include_str!("../migrations/0004_moderation.sql")),
     (5, include_str!("../migrations/0005_pushers.sql")),
+    (6, include_str!("../migrations/0006_federation.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

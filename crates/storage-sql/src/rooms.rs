@@ -202,6 +202,19 @@ async fn persist_in_transaction(
         .await
         .map_err(db_error)?;
     }
+    if !event.federation_destinations.is_empty() {
+        let queued = rhizome_storage::QueuedPdu {
+            stream_pos: pos,
+            room_id: event.room_id.clone(),
+            event_id: event.event_id.clone(),
+        };
+        crate::federation::queue_event_in_transaction(
+            connection,
+            &event.federation_destinations,
+            &queued,
+        )
+        .await?;
+    }
     for action in &event.push_actions {
         sqlx::query(
             "INSERT INTO event_push_actions (user_id, room_id, stream_pos, notify, highlight, \

@@ -7,6 +7,7 @@
 
 mod accounts;
 mod e2ee;
+mod federation;
 mod media;
 mod moderation;
 mod rooms;
@@ -18,6 +19,7 @@ use crate::DataStore;
 
 pub use accounts::*;
 pub use e2ee::*;
+pub use federation::*;
 pub use media::*;
 pub use moderation::*;
 pub use rooms::*;
@@ -53,6 +55,11 @@ macro_rules! conformance_tests {
             pushers_are_stored_per_user,
             reports_are_kept_and_resolved,
             rooms_are_shut_down,
+            server_keys_are_kept_with_their_validity,
+            the_outbound_queue_sends_transactions_whole,
+            catch_up_keeps_the_latest_event_per_room,
+            destination_leases_have_one_owner,
+            inbound_transactions_are_remembered,
         );
         $crate::e2ee_conformance_tests!($make);
         $crate::media_conformance_tests!($make);

@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod conformance;
 pub mod e2ee;
+pub mod federation;
 pub mod media;
 pub mod moderation;
 pub mod records;
@@ -17,6 +18,10 @@ pub mod user_data;
 
 pub use accounts::AccountStore;
 pub use e2ee::E2eeStore;
+pub use federation::{
+    DestinationRecord, FederationStore, PendingTxnRecord, QueuedEdu, QueuedPdu, ServerKeyRecord,
+    ServerKeyResponse,
+};
 pub use media::MediaStore;
 pub use moderation::ModerationStore;
 pub use records::*;
@@ -36,6 +41,7 @@ pub trait DataStore:
     + RoomStore
     + UserDataStore
     + E2eeStore
+    + FederationStore
     + MediaStore
     + ModerationStore
     + Send

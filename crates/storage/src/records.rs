@@ -250,6 +250,8 @@ pub struct PersistEvent {
     pub redaction: Option<(OwnedEventId, String)>,
     /// Notifications for local users.
     pub push_actions: Vec<PushAction>,
+    /// Other servers to send the event to (queued in the same transaction).
+    pub federation_destinations: Vec<ruma::OwnedServerName>,
 }
 
 /// What persisting an event assigned.

@@ -329,6 +329,7 @@ impl Services {
             relation,
             redaction: redaction.clone(),
             push_actions,
+            federation_destinations,
         };
         let membership_write = (!membership_changes.is_empty()).then(|| {
             let users = membership_changes.iter().map(|change| change.user_id.clone()).collect();

@@ -95,6 +95,7 @@ impl RoomBuilder {
             relation: None,
             redaction: None,
             push_actions: Vec::new(),
+            federation_destinations: Vec::new(),
         }
     }
 
