@@ -164,7 +164,7 @@ impl Default for SessionsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoomsConfig {
-    /// The room version of new rooms when the client does not choose one (10, 11 or 12).
+    /// The room version of new rooms when the client does not choose one (1 to 12).
     #[schemars(with = "String")]
     pub default_room_version: RoomVersionId,
 }
@@ -302,7 +302,7 @@ impl Config {
         if !crate::SUPPORTED_ROOM_VERSIONS.contains(version) {
             return Err(ConfigError::Invalid(format!(
                 "rooms.default_room_version: room version {version} is not supported \
-                 (supported: 10, 11, 12)"
+                 (supported: 1 to 12)"
             )));
         }
         if !self.voip.turn_uris.is_empty() && self.voip.turn_shared_secret_file.is_none() {
@@ -486,7 +486,7 @@ mod tests {
     #[test]
     fn unsupported_default_room_version_is_refused() {
         let error =
-            Config::from_toml_and_env("[rooms]\ndefault_room_version = \"1\"\n", Vec::new())
+            Config::from_toml_and_env("[rooms]\ndefault_room_version = \"13\"\n", Vec::new())
                 .unwrap_err();
         assert!(error.to_string().contains("default_room_version"), "{error}");
     }

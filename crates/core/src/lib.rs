@@ -13,5 +13,17 @@ pub use error::{Error, ErrorKind, Result};
 use ruma::RoomVersionId;
 
 /// The room versions Rhizome can create and join.
-pub const SUPPORTED_ROOM_VERSIONS: &[RoomVersionId] =
-    &[RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
+pub const SUPPORTED_ROOM_VERSIONS: &[RoomVersionId] = &[
+    RoomVersionId::V1,
+    RoomVersionId::V2,
+    RoomVersionId::V3,
+    RoomVersionId::V4,
+    RoomVersionId::V5,
+    RoomVersionId::V6,
+    RoomVersionId::V7,
+    RoomVersionId::V8,
+    RoomVersionId::V9,
+    RoomVersionId::V10,
+    RoomVersionId::V11,
+    RoomVersionId::V12,
+];

@@ -1,6 +1,8 @@
 //! Building a new PDU: fill the fields for the room version, add the content hash, sign it with
 //! the server's key and derive the event ID (and, for a v12 create event, the room ID).
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use ruma::room_version_rules::EventsReferenceFormatVersion;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
     OwnedUserId, RoomVersionId, ServerName, UInt,
@@ -8,6 +10,7 @@ use ruma::{
     signatures::{JsonError, hash_and_sign_event, reference_hash},
 };
 use serde_json::value::{RawValue as RawJsonValue, to_raw_value};
+use sha2::{Digest, Sha256};
 
 use crate::{Pdu, PduError, SigningKey, versions};
 
@@ -50,8 +53,24 @@ pub fn build_pdu(
         .ok_or_else(|| PduError::UnsupportedRoomVersion(room_version.clone()))?;
     let mut object = CanonicalJsonObject::new();
     let string = |value: &str| CanonicalJsonValue::String(value.to_owned());
+    // Room versions 1 and 2 reference events as `[id, hashes]` pairs; the hashes are not
+    // checked by anyone, so they are left empty.
+    let pairs = rules.events_reference_format == EventsReferenceFormatVersion::V1;
     let ids = |ids: &[OwnedEventId]| {
-        CanonicalJsonValue::Array(ids.iter().map(|id| string(id.as_str())).collect())
+        CanonicalJsonValue::Array(
+            ids.iter()
+                .map(|id| {
+                    if pairs {
+                        CanonicalJsonValue::Array(vec![
+                            string(id.as_str()),
+                            CanonicalJsonValue::Object(CanonicalJsonObject::new()),
+                        ])
+                    } else {
+                        string(id.as_str())
+                    }
+                })
+                .collect(),
+        )
     };
 
     object.insert("auth_events".to_owned(), ids(&template.auth_events));
@@ -93,11 +112,24 @@ pub fn build_pdu(
         }
     }
 
+    // Room versions 1 and 2 name events `$<local part>:<origin>`, signed with the event.
+    let legacy_event_id = if rules.event_format.require_event_id {
+        let event_id = legacy_event_id(&object, origin)?;
+        object.insert("event_id".to_owned(), string(event_id.as_str()));
+        Some(event_id)
+    } else {
+        None
+    };
     hash_and_sign_event(origin.as_str(), key.pair(), &mut object, &rules.redaction)
         .map_err(json_error)?;
-    let hash = reference_hash(&object, &rules).map_err(json_error)?;
-    let event_id = OwnedEventId::try_from(format!("${hash}"))
-        .map_err(|error| PduError::Json(error.to_string()))?;
+    let event_id = match legacy_event_id {
+        Some(event_id) => event_id,
+        None => {
+            let hash = reference_hash(&object, &rules).map_err(json_error)?;
+            OwnedEventId::try_from(format!("${hash}"))
+                .map_err(|error| PduError::Json(error.to_string()))?
+        }
+    };
     let json = to_raw_value(&object).map_err(|error| PduError::Json(error.to_string()))?;
     Pdu::from_json(event_id, json, room_version)
 }
@@ -109,13 +141,35 @@ fn json_error(error: JsonError) -> PduError {
     }
 }
 
-/// Computes the event ID of a received PDU (its reference hash).
+/// A room version 1 or 2 event ID for a new event: `$`, 18 URL-safe characters of a hash of the
+/// unsigned event (unique, as the event carries its time and place in the room), `:origin`.
+fn legacy_event_id(
+    object: &CanonicalJsonObject,
+    origin: &ServerName,
+) -> Result<OwnedEventId, PduError> {
+    let canonical =
+        serde_json::to_vec(object).map_err(|error| PduError::Json(error.to_string()))?;
+    let digest = Sha256::digest(&canonical);
+    let local: String = URL_SAFE_NO_PAD.encode(digest).chars().take(18).collect();
+    OwnedEventId::try_from(format!("${local}:{origin}"))
+        .map_err(|error| PduError::Json(error.to_string()))
+}
+
+/// Computes the event ID of a received PDU: its reference hash, or for room versions 1 and 2
+/// the `event_id` it carries.
 pub fn event_id_of(
     object: &CanonicalJsonObject,
     room_version: &RoomVersionId,
 ) -> Result<OwnedEventId, PduError> {
     let rules = versions::rules(room_version)
         .ok_or_else(|| PduError::UnsupportedRoomVersion(room_version.clone()))?;
+    if rules.event_format.require_event_id {
+        let Some(CanonicalJsonValue::String(event_id)) = object.get("event_id") else {
+            return Err(PduError::Malformed("missing `event_id`".to_owned()));
+        };
+        return OwnedEventId::try_from(event_id.as_str())
+            .map_err(|error| PduError::Malformed(format!("event_id: {error}")));
+    }
     let hash = reference_hash(object, &rules).map_err(json_error)?;
     OwnedEventId::try_from(format!("${hash}")).map_err(|error| PduError::Json(error.to_string()))
 }

@@ -12,6 +12,7 @@ pub mod fixture;
 pub mod keys;
 pub mod pdu;
 pub mod resolve;
+pub mod resolve_v1;
 pub mod versions;
 pub mod visibility;
 

@@ -71,10 +71,32 @@ struct PduFields {
     kind: TimelineEventType,
     state_key: Option<String>,
     content: Box<RawJsonValue>,
+    #[serde(deserialize_with = "event_references")]
     prev_events: Vec<OwnedEventId>,
+    #[serde(deserialize_with = "event_references")]
     auth_events: Vec<OwnedEventId>,
     redacts: Option<OwnedEventId>,
     depth: UInt,
+}
+
+/// `prev_events` and `auth_events`: event IDs (room version 3 and later), or pairs of an event
+/// ID and its hashes (versions 1 and 2), of which only the ID matters.
+fn event_references<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<OwnedEventId>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Reference {
+        Id(OwnedEventId),
+        Pair(OwnedEventId, serde::de::IgnoredAny),
+    }
+    let references: Vec<Reference> = Vec::deserialize(deserializer)?;
+    Ok(references
+        .into_iter()
+        .map(|reference| match reference {
+            Reference::Id(id) | Reference::Pair(id, _) => id,
+        })
+        .collect())
 }
 
 #[derive(Deserialize)]

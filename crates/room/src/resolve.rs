@@ -30,9 +30,9 @@ pub fn resolve(
 ) -> Result<StateMap, ResolveError> {
     let rules = versions::rules(room_version)
         .ok_or_else(|| ResolveError::UnsupportedRoomVersion(room_version.clone()))?;
-    let state_res_rules = rules.state_res.v2_rules().ok_or_else(|| {
-        ResolveError::Failed("room version does not use state resolution v2".into())
-    })?;
+    let Some(state_res_rules) = rules.state_res.v2_rules() else {
+        return crate::resolve_v1::resolve_v1(room_version, state_maps, fetch_event);
+    };
     let auth_chains = auth_chains.into_iter().map(|chain| chain.into_iter().collect()).collect();
     let fetch_auth_events =
         |event_id: &EventId| fetch_event(event_id).map(|event| event.auth_events.clone());

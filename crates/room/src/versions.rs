@@ -19,12 +19,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn supports_exactly_10_11_and_12() {
-        assert!(rules(&RoomVersionId::V10).is_some());
-        assert!(rules(&RoomVersionId::V11).is_some());
-        assert!(rules(&RoomVersionId::V12).is_some());
-        assert!(rules(&RoomVersionId::V9).is_none());
-        assert!(rules(&RoomVersionId::V1).is_none());
+    fn supports_every_stable_version() {
+        for version in 1..=12 {
+            let id = RoomVersionId::try_from(version.to_string()).unwrap();
+            assert!(rules(&id).is_some(), "{version}");
+        }
+        assert!(rules(&RoomVersionId::try_from("13").unwrap()).is_none());
+        assert!(rules(&RoomVersionId::try_from("org.example.custom").unwrap()).is_none());
         assert!(room_id_is_create_event_hash(&RoomVersionId::V12));
         assert!(!room_id_is_create_event_hash(&RoomVersionId::V11));
     }

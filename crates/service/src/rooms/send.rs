@@ -306,6 +306,8 @@ impl Services {
         let redaction = self.prepare_redaction(version, &pdu).await?;
         let push_actions = self.push_actions_for(&pdu, &new_current).await?;
         let relation = relation_of(&pdu);
+        let federation_destinations =
+            self.federation_destinations_for(room_id, &pdu, &membership_changes).await?;
         let persist = PersistEvent {
             event_id: event_id.clone(),
             room_id: room_id.to_owned(),
@@ -351,6 +353,46 @@ impl Services {
         tracing::debug!(stream_pos = persisted.stream_pos, "persisted an event");
         self.notifier.notify(woken.iter().map(|user| user.as_ref()));
         Ok(event_id)
+    }
+
+    /// The other servers a locally sent event goes to: those of the room's joined members
+    /// (after the event), and the server of a member event's target (an invite, a kick or a
+    /// ban reaches the server of the user concerned).
+    pub(crate) async fn federation_destinations_for(
+        &self,
+        room_id: &RoomId,
+        pdu: &Pdu,
+        membership_changes: &[MembershipChange],
+    ) -> Result<Vec<ruma::OwnedServerName>> {
+        if !self.config.federation.enabled {
+            return Ok(Vec::new());
+        }
+        let mut servers: std::collections::BTreeSet<ruma::OwnedServerName> =
+            std::collections::BTreeSet::new();
+        let members = self.room_memberships_cached(room_id).await?;
+        for member in members.iter() {
+            let changed = membership_changes.iter().find(|change| change.user_id == member.user_id);
+            let membership = changed.map_or(member.membership.as_str(), |c| c.membership.as_str());
+            if membership == "join" {
+                servers.insert(member.user_id.server_name().to_owned());
+            }
+        }
+        for change in membership_changes {
+            if change.membership == "join" {
+                servers.insert(change.user_id.server_name().to_owned());
+            }
+        }
+        if pdu.kind == TimelineEventType::RoomMember
+            && let Some(target) = pdu.state_key.as_deref()
+            && let Ok(target) = UserId::parse(target)
+        {
+            servers.insert(target.server_name().to_owned());
+        }
+        servers.remove(self.server_name());
+        Ok(servers
+            .into_iter()
+            .filter(|server| self.config.federation.server_allowed(server.as_str()))
+            .collect())
     }
 
     /// Membership rows that change between two current states.
