@@ -82,7 +82,7 @@ pub fn resolve_v1(
         .collect();
     for slot in others {
         let mut events = load(&conflicted[*slot])?;
-        events.sort_by(|a, b| order(b).cmp(&order(a)));
+        events.sort_by_key(|event| std::cmp::Reverse(order(event)));
         let winner = events
             .iter()
             .find(|event| allowed(event, &resolved))
@@ -110,7 +110,7 @@ fn replay_auth_events(
 ) -> Option<OwnedEventId> {
     events.sort_by_key(order);
     let mut state = resolved.clone();
-    let Some(first) = events.first() else { return None };
+    let first = events.first()?;
     let mut winner = first.event_id.clone();
     for event in events.iter().skip(1) {
         let Some(slot) = event.state_slot() else { continue };

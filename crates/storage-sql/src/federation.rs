@@ -4,10 +4,10 @@
 use async_trait::async_trait;
 use rhizome_core::Result;
 use rhizome_storage::{
-    DestinationRecord, FederationStore, PendingTxnRecord, QueuedEdu, QueuedPdu, ServerKeyRecord,
-    ServerKeyResponse,
+    DestinationRecord, FederationStore, MembershipChange, OutlierEvent, PendingTxnRecord,
+    QueuedEdu, QueuedPdu, ServerKeyRecord, ServerKeyResponse, StreamPos,
 };
-use ruma::{OwnedServerName, ServerName};
+use ruma::{EventId, OwnedServerName, RoomId, RoomVersionId, ServerName};
 use sqlx::{AnyConnection, Row, any::AnyRow};
 
 use crate::{SqlStore, db_error, parse_id};
@@ -513,6 +513,73 @@ impl FederationStore for SqlStore {
         Ok(())
     }
 
+    async fn ensure_room(
+        &self,
+        room_id: &RoomId,
+        room_version: &RoomVersionId,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO rooms (room_id, room_version, published, created_ts) \
+             VALUES ($1, $2, 0, $3) ON CONFLICT (room_id) DO NOTHING",
+        )
+        .bind(room_id.as_str())
+        .bind(room_version.as_str())
+        .bind(now)
+        .execute(&self.write)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn store_outliers(&self, events: &[OutlierEvent]) -> Result<()> {
+        let mut transaction = self.write.begin().await.map_err(db_error)?;
+        for event in events {
+            insert_outlier(&mut transaction, event, None).await?;
+        }
+        transaction.commit().await.map_err(db_error)
+    }
+
+    async fn store_outlier_membership(
+        &self,
+        event: &OutlierEvent,
+        change: &MembershipChange,
+        invite_state: Option<&str>,
+    ) -> Result<StreamPos> {
+        let mut write = self.begin_stream_write().await?;
+        let pos = write.pos();
+        let connection = write.connection();
+        insert_outlier(connection, event, invite_state).await?;
+        sqlx::query(
+            "INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_pos, \
+             displayname, avatar_url, forgotten) VALUES ($1, $2, $3, $4, $5, $6, $7, 0) \
+             ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
+             event_id = excluded.event_id, stream_pos = excluded.stream_pos, \
+             displayname = excluded.displayname, avatar_url = excluded.avatar_url, forgotten = 0",
+        )
+        .bind(event.room_id.as_str())
+        .bind(change.user_id.as_str())
+        .bind(&change.membership)
+        .bind(change.event_id.as_str())
+        .bind(pos)
+        .bind(change.displayname.as_deref())
+        .bind(change.avatar_url.as_deref())
+        .execute(&mut *connection)
+        .await
+        .map_err(db_error)?;
+        write.commit().await
+    }
+
+    async fn invite_state(&self, event_id: &EventId) -> Result<Option<String>> {
+        let state: Option<Option<String>> =
+            sqlx::query_scalar("SELECT invite_state FROM event_outliers WHERE event_id = $1")
+                .bind(event_id.as_str())
+                .fetch_optional(&self.read)
+                .await
+                .map_err(db_error)?;
+        Ok(state.flatten())
+    }
+
     async fn prune_inbound_txns(&self, before: i64) -> Result<u64> {
         let result = sqlx::query("DELETE FROM federation_inbound_txns WHERE received_ts < $1")
             .bind(before)
@@ -521,4 +588,45 @@ impl FederationStore for SqlStore {
             .map_err(db_error)?;
         Ok(result.rows_affected())
     }
+}
+
+/// Stores an outlier unless the event is already known (in the timeline or as an outlier).
+async fn insert_outlier(
+    connection: &mut AnyConnection,
+    event: &OutlierEvent,
+    invite_state: Option<&str>,
+) -> Result<()> {
+    let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM events WHERE event_id = $1")
+        .bind(event.event_id.as_str())
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(db_error)?;
+    if known.is_some() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO event_outliers (event_id, room_id, json, rejected, invite_state) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO UPDATE SET \
+         invite_state = COALESCE(excluded.invite_state, event_outliers.invite_state)",
+    )
+    .bind(event.event_id.as_str())
+    .bind(event.room_id.as_str())
+    .bind(&event.json)
+    .bind(i64::from(event.rejected))
+    .bind(invite_state)
+    .execute(&mut *connection)
+    .await
+    .map_err(db_error)?;
+    for auth_event_id in &event.auth_events {
+        sqlx::query(
+            "INSERT INTO event_auth_edges (event_id, auth_event_id) VALUES ($1, $2) \
+             ON CONFLICT (event_id, auth_event_id) DO NOTHING",
+        )
+        .bind(event.event_id.as_str())
+        .bind(auth_event_id.as_str())
+        .execute(&mut *connection)
+        .await
+        .map_err(db_error)?;
+    }
+    Ok(())
 }

@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/0004_moderation.sql")),
     (5, include_str!("../migrations/0005_pushers.sql")),
     (6, include_str!("../migrations/0006_federation.sql")),
+    (7, include_str!("../migrations/0007_remote_events.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

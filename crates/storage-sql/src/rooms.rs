@@ -34,7 +34,7 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<EventRecord> {
         room_id: parse_id(row.try_get("room_id").map_err(db_error)?)?,
         stream_pos: row.try_get("stream_pos").map_err(db_error)?,
         json: row.try_get("json").map_err(db_error)?,
-        rejected: row.try_get::<i64, _>("rejected").map_err(db_error)? != 0,
+        rejected: row.try_get::<i64, _>("rejected").map_err(db_error)? == REJECTED,
         state_before: row.try_get("state_before").map_err(db_error)?,
         state_after: row.try_get("state_after").map_err(db_error)?,
         txn,
@@ -43,6 +43,29 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<EventRecord> {
             .map_err(db_error)?
             .map(parse_id)
             .transpose()?,
+        soft_failed: row.try_get::<i64, _>("rejected").map_err(db_error)? == SOFT_FAILED,
+        outlier: false,
+    })
+}
+
+/// `events.rejected`: rejected by the auth rules.
+const REJECTED: i64 = 1;
+/// `events.rejected`: soft-failed.
+const SOFT_FAILED: i64 = 2;
+
+fn outlier_from_row(row: &AnyRow) -> Result<EventRecord> {
+    Ok(EventRecord {
+        event_id: parse_id(row.try_get("event_id").map_err(db_error)?)?,
+        room_id: parse_id(row.try_get("room_id").map_err(db_error)?)?,
+        stream_pos: 0,
+        json: row.try_get("json").map_err(db_error)?,
+        rejected: row.try_get::<i64, _>("rejected").map_err(db_error)? != 0,
+        state_before: 0,
+        state_after: 0,
+        txn: None,
+        redacted_by: None,
+        soft_failed: false,
+        outlier: true,
     })
 }
 
@@ -98,7 +121,13 @@ async fn persist_in_transaction(
     .bind(event.depth)
     .bind(event.origin_server_ts)
     .bind(&event.json)
-    .bind(flag(event.rejected))
+    .bind(if event.rejected {
+        REJECTED
+    } else if event.soft_failed {
+        SOFT_FAILED
+    } else {
+        0
+    })
     .bind(state_before)
     .bind(state_after)
     .bind(event.txn.as_ref().map(|txn| txn.user_id.as_str()))
@@ -142,6 +171,15 @@ async fn persist_in_transaction(
         .execute(&mut *connection)
         .await
         .map_err(db_error)?;
+    }
+    // An outlier that joins the timeline is an outlier no more.
+    sqlx::query("DELETE FROM event_outliers WHERE event_id = $1")
+        .bind(event.event_id.as_str())
+        .execute(&mut *connection)
+        .await
+        .map_err(db_error)?;
+    if event.historical {
+        return Ok(PersistedEvent { stream_pos: pos, state_before, state_after });
     }
     sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1")
         .bind(event.room_id.as_str())
@@ -283,6 +321,20 @@ impl RoomStore for SqlStore {
     }
 
     async fn persist_event(&self, event: &PersistEvent) -> Result<PersistedEvent> {
+        if event.historical {
+            // History takes the next position below every earlier one, outside the stream
+            // syncs follow.
+            let mut transaction = self.write.begin().await.map_err(db_error)?;
+            let pos: i64 = sqlx::query_scalar(
+                "UPDATE stream_counter SET pos = pos - 1 WHERE id = 2 RETURNING pos",
+            )
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(db_error)?;
+            let persisted = persist_in_transaction(&mut transaction, event, pos).await?;
+            transaction.commit().await.map_err(db_error)?;
+            return Ok(persisted);
+        }
         let mut write = self.begin_stream_write().await?;
         let pos = write.pos();
         let persisted = persist_in_transaction(write.connection(), event, pos).await?;
@@ -298,7 +350,17 @@ impl RoomStore for SqlStore {
         .fetch_optional(&self.read)
         .await
         .map_err(db_error)?;
-        row.as_ref().map(event_from_row).transpose()
+        if let Some(row) = row {
+            return event_from_row(&row).map(Some);
+        }
+        let row = sqlx::query(
+            "SELECT event_id, room_id, json, rejected FROM event_outliers WHERE event_id = $1",
+        )
+        .bind(event_id.as_str())
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_error)?;
+        row.as_ref().map(outlier_from_row).transpose()
     }
 
     async fn get_events(&self, event_ids: &[OwnedEventId]) -> Result<Vec<EventRecord>> {
@@ -313,8 +375,28 @@ impl RoomStore for SqlStore {
                 query = query.bind(event_id.as_str());
             }
             let rows = query.fetch_all(&self.read).await.map_err(db_error)?;
+            let found_before = events.len();
             for row in &rows {
                 events.push(event_from_row(row)?);
+            }
+            if events.len() - found_before == chunk.len() {
+                continue;
+            }
+            let sql = format!(
+                "SELECT event_id, room_id, json, rejected FROM event_outliers \
+                 WHERE event_id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
+            for event_id in chunk {
+                query = query.bind(event_id.as_str());
+            }
+            for row in &query.fetch_all(&self.read).await.map_err(db_error)? {
+                let outlier = outlier_from_row(row)?;
+                // An event persisted since the first query is already in the list.
+                if !events[found_before..].iter().any(|event| event.event_id == outlier.event_id) {
+                    events.push(outlier);
+                }
             }
         }
         Ok(events)
@@ -414,7 +496,7 @@ impl RoomStore for SqlStore {
     async fn last_event_at(&self, room_id: &RoomId, pos: StreamPos) -> Result<Option<EventRecord>> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.stream_pos <= $2 \
-             ORDER BY e.stream_pos DESC LIMIT 1"
+             AND e.rejected = 0 ORDER BY e.stream_pos DESC LIMIT 1"
         )))
         .bind(room_id.as_str())
         .bind(pos)
@@ -436,7 +518,7 @@ impl RoomStore for SqlStore {
         // Walks the room's events backwards on its index and stops at the first match.
         let sql = format!(
             "SELECT stream_pos FROM events WHERE room_id = $1 AND stream_pos <= $2 \
-             AND event_type IN ({}) ORDER BY stream_pos DESC LIMIT 1",
+             AND rejected = 0 AND event_type IN ({}) ORDER BY stream_pos DESC LIMIT 1",
             placeholders(3, event_types.len())
         );
         let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.as_str()))
@@ -458,7 +540,7 @@ impl RoomStore for SqlStore {
         for chunk in room_ids.chunks(500) {
             let sql = format!(
                 "SELECT DISTINCT room_id FROM events WHERE stream_pos > $1 AND stream_pos <= $2 \
-                 AND room_id IN ({})",
+                 AND rejected = 0 AND room_id IN ({})",
                 placeholders(3, chunk.len())
             );
             let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql.as_str()))

@@ -60,6 +60,9 @@ macro_rules! conformance_tests {
             catch_up_keeps_the_latest_event_per_room,
             destination_leases_have_one_owner,
             inbound_transactions_are_remembered,
+            outliers_are_found_and_can_join_the_timeline,
+            soft_failed_and_historical_events,
+            memberships_in_rooms_not_joined,
         );
         $crate::e2ee_conformance_tests!($make);
         $crate::media_conformance_tests!($make);

@@ -4,9 +4,11 @@
 
 use async_trait::async_trait;
 use rhizome_core::Result;
-use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, ServerName};
+use ruma::{
+    EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, ServerName,
+};
 
-use crate::StreamPos;
+use crate::{MembershipChange, OutlierEvent, StreamPos};
 
 /// A signing key of another server, as fetched and verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -217,4 +219,30 @@ pub trait FederationStore {
 
     /// Forgets inbound transactions received before `before`.
     async fn prune_inbound_txns(&self, before: i64) -> Result<u64>;
+
+    /// Records a room this server knows of without being in it (an invite), unless known.
+    async fn ensure_room(
+        &self,
+        room_id: &RoomId,
+        room_version: &RoomVersionId,
+        now: i64,
+    ) -> Result<()>;
+
+    /// Stores events as outliers (those already known, in the timeline or not, are left as
+    /// they are).
+    async fn store_outliers(&self, events: &[OutlierEvent]) -> Result<()>;
+
+    /// Records a membership in a room this server is not in (an invite from another server,
+    /// its rejection, a knock): the membership event as an outlier, the member's membership
+    /// row, and for invites the room's stripped state. Takes a stream position so syncs see
+    /// it; returns it.
+    async fn store_outlier_membership(
+        &self,
+        event: &OutlierEvent,
+        change: &MembershipChange,
+        invite_state: Option<&str>,
+    ) -> Result<StreamPos>;
+
+    /// The stripped room state stored with an invite from another server.
+    async fn invite_state(&self, event_id: &EventId) -> Result<Option<String>>;
 }

@@ -127,6 +127,12 @@ pub struct EventRecord {
     pub txn: Option<TxnRecord>,
     /// The redaction that redacted it.
     pub redacted_by: Option<OwnedEventId>,
+    /// Whether it was accepted but soft-failed (it broke the auth rules against the room's
+    /// current state): kept in the room graph, never shown to clients.
+    pub soft_failed: bool,
+    /// Whether it is known outside the room's timeline only (an auth event or a piece of
+    /// state fetched from another server): no stream position, no state groups.
+    pub outlier: bool,
 }
 
 /// A client transaction ID and the device that used it.
@@ -252,6 +258,28 @@ pub struct PersistEvent {
     pub push_actions: Vec<PushAction>,
     /// Other servers to send the event to (queued in the same transaction).
     pub federation_destinations: Vec<ruma::OwnedServerName>,
+    /// Whether it soft-failed (see [`EventRecord::soft_failed`]).
+    pub soft_failed: bool,
+    /// Whether it is history fetched from another server (backfill): it takes a position
+    /// before every earlier one and changes neither the forward extremities, the current
+    /// state nor the memberships.
+    pub historical: bool,
+}
+
+/// An event known outside the room's timeline: an auth event or state fetched from another
+/// server, or an invite to a room this server is not in.
+#[derive(Clone, Debug)]
+pub struct OutlierEvent {
+    /// The event ID.
+    pub event_id: OwnedEventId,
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// The PDU JSON.
+    pub json: String,
+    /// Whether the auth rules rejected it.
+    pub rejected: bool,
+    /// Its auth events (stored as edges for auth-chain queries).
+    pub auth_events: Vec<OwnedEventId>,
 }
 
 /// What persisting an event assigned.

@@ -332,6 +332,8 @@ impl Services {
             redaction: redaction.clone(),
             push_actions,
             federation_destinations,
+            soft_failed: false,
+            historical: false,
         };
         let membership_write = (!membership_changes.is_empty()).then(|| {
             let users = membership_changes.iter().map(|change| change.user_id.clone()).collect();

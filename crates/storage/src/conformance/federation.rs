@@ -87,7 +87,7 @@ pub async fn the_outbound_queue_sends_transactions_whole(store: Arc<dyn DataStor
         positions.push(room.persist(event).await.stream_pos);
     }
     assert_eq!(store.destinations_with_queue().await.unwrap(), vec![one.clone(), two.clone()]);
-    store.queue_edu(&[one.clone()], "m.direct_to_device", "{\"a\":1}").await.unwrap();
+    store.queue_edu(std::slice::from_ref(&one), "m.direct_to_device", "{\"a\":1}").await.unwrap();
 
     let (pdus, edus) = store.next_transaction(&one, None, 2, 100).await.unwrap();
     assert_eq!(pdus.iter().map(|pdu| pdu.stream_pos).collect::<Vec<_>>(), positions[..2]);
@@ -103,7 +103,7 @@ pub async fn the_outbound_queue_sends_transactions_whole(store: Arc<dyn DataStor
         max_edu_id: edus[0].id,
     };
     store.set_pending_txn(&one, Some(&pending)).await.unwrap();
-    store.queue_edu(&[one.clone()], "m.direct_to_device", "{\"a\":2}").await.unwrap();
+    store.queue_edu(std::slice::from_ref(&one), "m.direct_to_device", "{\"a\":2}").await.unwrap();
     let destination = store.get_destination(&one).await.unwrap().unwrap();
     assert_eq!(destination.pending_txn.as_ref(), Some(&pending));
     assert_eq!((destination.queued_pdus, destination.queued_edus), (3, 2));
@@ -188,4 +188,138 @@ pub async fn inbound_transactions_are_remembered(store: Arc<dyn DataStore>) {
     assert_eq!(store.prune_inbound_txns(50).await.unwrap(), 1);
     assert_eq!(store.inbound_txn_response(origin, "t1").await.unwrap(), None);
     assert!(store.inbound_txn_response(server_name!("b.example"), "t1").await.unwrap().is_some());
+}
+
+fn outlier(name: &str, room: &ruma::RoomId, auth: &[&str]) -> crate::OutlierEvent {
+    crate::OutlierEvent {
+        event_id: super::rooms::event_id(name),
+        room_id: room.to_owned(),
+        json: json!({ "type": "m.room.member", "room_id": room, "n": name }).to_string(),
+        rejected: false,
+        auth_events: auth.iter().map(|id| super::rooms::event_id(id)).collect(),
+    }
+}
+
+/// Outliers are found like timeline events (marked as outliers, with their auth edges) and
+/// stop being outliers when they join the timeline.
+pub async fn outliers_are_found_and_can_join_the_timeline(store: Arc<dyn DataStore>) {
+    let mut room = RoomBuilder::new(store.clone(), "outliers").await;
+    let room_id = room.room_id.clone();
+    store
+        .store_outliers(&[outlier("o1", &room_id, &[]), outlier("o2", &room_id, &["o1"])])
+        .await
+        .unwrap();
+    let found = store.get_event(&super::rooms::event_id("o2")).await.unwrap().unwrap();
+    assert!(found.outlier && !found.soft_failed && !found.rejected);
+    assert_eq!(found.room_id, room_id);
+    let chain = store.auth_chain(&[super::rooms::event_id("o2")]).await.unwrap();
+    assert!(chain.contains(&super::rooms::event_id("o1")));
+    let both = store
+        .get_events(&[super::rooms::event_id("o1"), super::rooms::event_id("o2")])
+        .await
+        .unwrap();
+    assert_eq!(both.len(), 2);
+    assert!(room.store.forward_extremities(&room_id).await.unwrap().is_empty());
+
+    // A timeline event that was an outlier: found once, in the timeline.
+    let mut event = room.template("@a:example.org", "m.room.message", None, json!({}));
+    event.event_id = super::rooms::event_id("o1");
+    let persisted = room.persist(event).await;
+    let found = store.get_event(&super::rooms::event_id("o1")).await.unwrap().unwrap();
+    assert!(!found.outlier);
+    assert_eq!(found.stream_pos, persisted.stream_pos);
+    let both = store
+        .get_events(&[super::rooms::event_id("o1"), super::rooms::event_id("o2")])
+        .await
+        .unwrap();
+    assert_eq!(both.len(), 2);
+    // Storing it as an outlier again changes nothing.
+    store.store_outliers(&[outlier("o1", &room_id, &[])]).await.unwrap();
+    assert!(!store.get_event(&super::rooms::event_id("o1")).await.unwrap().unwrap().outlier);
+}
+
+/// Soft-failed events are stored but never in the timeline; history fetched from other
+/// servers sits before everything, outside the synced stream.
+pub async fn soft_failed_and_historical_events(store: Arc<dyn DataStore>) {
+    let mut room = RoomBuilder::new(store.clone(), "remote").await;
+    let first = room.template("@a:example.org", "m.room.message", None, json!({ "n": 1 }));
+    let first_id = first.event_id.clone();
+    let first_pos = room.persist(first).await.stream_pos;
+    let before = store.current_stream_pos();
+    let extremities = store.forward_extremities(&room.room_id).await.unwrap();
+
+    let mut soft = room.template("@a:example.org", "m.room.message", None, json!({ "n": 2 }));
+    soft.soft_failed = true;
+    soft.new_extremities = extremities.clone();
+    soft.current_state = crate::CurrentState::Unchanged;
+    let soft_id = soft.event_id.clone();
+    store.persist_event(&soft).await.unwrap();
+    let found = store.get_event(&soft_id).await.unwrap().unwrap();
+    assert!(found.soft_failed && !found.rejected);
+    assert_eq!(store.forward_extremities(&room.room_id).await.unwrap(), extremities);
+
+    let mut old = room.template("@a:example.org", "m.room.message", None, json!({ "n": 0 }));
+    old.historical = true;
+    let older = store.persist_event(&old).await.unwrap().stream_pos;
+    let mut oldest = room.template("@a:example.org", "m.room.message", None, json!({ "n": -1 }));
+    oldest.historical = true;
+    let oldest_pos = store.persist_event(&oldest).await.unwrap().stream_pos;
+    assert!(oldest_pos < older && older < 0, "history counts down below zero");
+    assert_eq!(store.current_stream_pos(), before + 1, "history is not in the synced stream");
+    assert_eq!(store.forward_extremities(&room.room_id).await.unwrap(), extremities);
+
+    let timeline = store
+        .room_events(&room.room_id, i64::MAX, None, crate::Direction::Backward, 10)
+        .await
+        .unwrap();
+    let ids: Vec<_> = timeline.iter().map(|event| event.event_id.clone()).collect();
+    assert_eq!(ids, vec![first_id, old.event_id, oldest.event_id], "no soft-failed events");
+    assert_eq!(timeline[0].stream_pos, first_pos);
+    let changed = store
+        .rooms_with_events_between(std::slice::from_ref(&room.room_id), first_pos, i64::MAX)
+        .await
+        .unwrap();
+    assert!(changed.is_empty(), "a soft-failed event is no change for clients");
+}
+
+/// A membership in a room this server is not in: the room is known, the member's row and
+/// the invite's stripped state are kept, and the change is in the synced stream.
+pub async fn memberships_in_rooms_not_joined(store: Arc<dyn DataStore>) {
+    let room_id = ruma::owned_room_id!("!elsewhere:remote.example");
+    store.ensure_room(&room_id, &ruma::RoomVersionId::V10, 1).await.unwrap();
+    store.ensure_room(&room_id, &ruma::RoomVersionId::V11, 2).await.unwrap();
+    let room = store.get_room(&room_id).await.unwrap().unwrap();
+    assert_eq!((room.room_version, room.current_state_group), (ruma::RoomVersionId::V10, None));
+    let invite = outlier("invite", &room_id, &[]);
+    let user = ruma::owned_user_id!("@me:example.org");
+    let change = crate::MembershipChange {
+        user_id: user.clone(),
+        membership: "invite".into(),
+        event_id: invite.event_id.clone(),
+        displayname: None,
+        avatar_url: None,
+    };
+    let before = store.current_stream_pos();
+    let pos = store
+        .store_outlier_membership(&invite, &change, Some("[{\"type\":\"m.room.name\"}]"))
+        .await
+        .unwrap();
+    assert_eq!((pos, store.current_stream_pos()), (before + 1, before + 1));
+    let membership = store.get_membership(&room_id, &user).await.unwrap().unwrap();
+    assert_eq!((membership.membership.as_str(), membership.stream_pos), ("invite", pos));
+    assert!(store.get_event(&invite.event_id).await.unwrap().unwrap().outlier);
+    assert_eq!(
+        store.invite_state(&invite.event_id).await.unwrap().as_deref(),
+        Some("[{\"type\":\"m.room.name\"}]")
+    );
+    let leave = outlier("leave", &room_id, &[]);
+    let change = crate::MembershipChange {
+        membership: "leave".into(),
+        event_id: leave.event_id.clone(),
+        ..change
+    };
+    store.store_outlier_membership(&leave, &change, None).await.unwrap();
+    let rooms = store.rooms_of_user(&user, &["invite"]).await.unwrap();
+    assert!(rooms.is_empty());
+    assert_eq!(store.invite_state(&leave.event_id).await.unwrap(), None);
 }

@@ -96,6 +96,8 @@ impl RoomBuilder {
             redaction: None,
             push_actions: Vec::new(),
             federation_destinations: Vec::new(),
+            soft_failed: false,
+            historical: false,
         }
     }
 
