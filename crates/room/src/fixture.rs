@@ -100,6 +100,11 @@ impl FixtureRoom {
         room
     }
 
+    /// The key the fixture's server signs with.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
     /// The single latest event when the room has not forked.
     pub fn head(&self) -> OwnedEventId {
         let referenced: HashSet<&OwnedEventId> =

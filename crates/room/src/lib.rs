@@ -11,6 +11,7 @@ pub mod build;
 pub mod fixture;
 pub mod keys;
 pub mod pdu;
+pub mod received;
 pub mod resolve;
 pub mod resolve_v1;
 pub mod versions;
