@@ -258,7 +258,9 @@ impl Services {
             .unwrap_or_else(|| membership.user_id.clone()))
     }
 
-    /// The stripped state of a room for an invite or knock, with the membership event itself.
+    /// The stripped state of a room for an invite or knock, with the membership event itself
+    /// and, for an invite, the inviter's own member event (clients show who invited whom from
+    /// it, and accept keys shared on invite only from the inviter).
     pub(super) async fn stripped_state(
         &self,
         membership: &MembershipRecord,
@@ -271,6 +273,12 @@ impl Services {
             .iter()
             .filter_map(|kind| state.get(&(StateEventType::from(*kind), String::new())).cloned())
             .collect();
+        if member_event.pdu.sender != membership.user_id
+            && let Some(inviter) = state
+                .get(&(StateEventType::RoomMember, member_event.pdu.sender.as_str().to_owned()))
+        {
+            ids.push(inviter.clone());
+        }
         ids.push(member_event.pdu.event_id.clone());
         let events = self.load_events(&ids).await?;
         Ok(events.iter().map(|event| event.pdu.stripped_state_event()).collect())

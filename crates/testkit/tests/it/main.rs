@@ -10,6 +10,7 @@ mod bad_input;
 mod e2ee;
 mod forks;
 mod integrations;
+mod invites;
 mod joins;
 mod media;
 mod notifications;
