@@ -21,3 +21,4 @@ mod rooms;
 mod sliding_sync;
 mod spaces;
 mod sync;
+mod sync_details;
