@@ -252,6 +252,9 @@ impl Services {
         filter: &RoomEventFilter,
     ) -> Result<MessagesPage> {
         self.ensure_can_read_room(requester, room_id).await?;
+        // An empty token (and the old `END`) is no token, as clients long sent them.
+        let from = from.filter(|token| !token.is_empty() && *token != "END");
+        let to = to.filter(|token| !token.is_empty());
         let from_pos = match from {
             Some(token) => parse_pagination_token(token)?,
             None => match direction {
@@ -269,10 +272,14 @@ impl Services {
         let (events, more, last_pos) = self
             .page_events(requester, room_id, query_from, query_to, direction, limit, filter)
             .await?;
-        let end = more.then(|| match direction {
-            Direction::Backward => pagination_token(last_pos - 1),
-            Direction::Forward => pagination_token(last_pos),
-        });
+        // Backwards, no `end` means the start of the room. Forwards there is no end to the
+        // room: a page that moved on gives its `end`, to continue from when newer events come.
+        let end = match direction {
+            Direction::Backward => more.then(|| pagination_token(last_pos - 1)),
+            Direction::Forward => {
+                (more || last_pos > query_from).then(|| pagination_token(last_pos))
+            }
+        };
         let state = if filter.lazy_load_options.is_disabled() {
             Vec::new()
         } else {

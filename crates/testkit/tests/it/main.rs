@@ -13,6 +13,7 @@ mod integrations;
 mod invites;
 mod joins;
 mod media;
+mod messages;
 mod notifications;
 mod push_gateway;
 mod relations;
