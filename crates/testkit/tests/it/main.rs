@@ -19,6 +19,7 @@ mod push_gateway;
 mod relations;
 mod reports;
 mod rooms;
+mod sliding_bump;
 mod sliding_sync;
 mod spaces;
 mod sync;
