@@ -1,5 +1,6 @@
-//! Joining over HTTP as real clients do it: bodiless joins, the keys a join body carries into
-//! the member event, and repeated joins.
+//! Joining and previewing rooms over HTTP as real clients do it: bodiless joins, the keys a
+//! join body carries into the member event, repeated joins, and the member list of a
+//! world-readable room seen from outside.
 
 use reqwest::Method;
 use rhizome_testkit::{Api, TestServer, encode};
@@ -78,4 +79,40 @@ async fn joins_take_an_empty_body_and_keep_the_keys_of_a_given_one() {
     let changed = member_event(&alice, &room_id, bob.user()).await;
     assert_eq!(changed["content"]["org.example.mood"], "hungry");
     assert!(changed["content"].get("reason").is_none(), "{changed}");
+}
+
+#[tokio::test]
+async fn world_readable_rooms_show_their_joined_members_to_non_members() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let carol = Api::new_user(&server.base_url, "carol").await;
+    let open = alice
+        .create_room(json!({ "preset": "public_chat", "initial_state": [{
+            "type": "m.room.history_visibility", "state_key": "",
+            "content": { "history_visibility": "world_readable" },
+        }] }))
+        .await;
+    bob.join(&open).await;
+    let members = carol.get(&format!("/_matrix/client/v3/rooms/{open}/joined_members")).await.ok();
+    let joined = members["joined"].as_object().unwrap();
+    let mut ids: Vec<&str> = joined.keys().map(String::as_str).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![alice.user(), bob.user()]);
+    assert_eq!(joined[alice.user()]["display_name"], "alice");
+    // The preview's other half, the room's state, is readable too.
+    carol.get(&format!("/_matrix/client/v3/rooms/{open}/state")).await.ok();
+
+    // A room whose history is only for members keeps its member list to them.
+    let closed = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&closed).await;
+    let path = format!("/_matrix/client/v3/rooms/{closed}/joined_members");
+    carol.get(&path).await.expect_error(403, "M_FORBIDDEN");
+    bob.post(&format!("/_matrix/client/v3/rooms/{closed}/leave"), json!({})).await.ok();
+    bob.get(&path).await.expect_error(403, "M_FORBIDDEN");
+    alice.get(&path).await.ok();
+    carol
+        .get("/_matrix/client/v3/rooms/!nowhere:localhost/joined_members")
+        .await
+        .expect_error(403, "M_FORBIDDEN");
 }
