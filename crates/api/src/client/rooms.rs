@@ -16,6 +16,7 @@ use ruma::{
         },
         room::{Visibility, create_room, upgrade_room},
     },
+    api::{IncomingRequest, Metadata, error::DeserializationError},
     room::RoomType,
     serde::Raw,
 };
@@ -27,7 +28,7 @@ pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = add::<create_room::v3::Request, _, _>(router, create);
     let router = add::<upgrade_room::v3::Request, _, _>(router, upgrade);
     let router = add::<join_room_by_id::v3::Request, _, _>(router, join_by_id);
-    let router = add::<join_room_by_id_or_alias::v3::Request, _, _>(router, join);
+    let router = add::<JoinByIdOrAlias, _, _>(router, join);
     let router = add::<invite_user::v3::Request, _, _>(router, invite);
     let router = add::<leave_room::v3::Request, _, _>(router, leave);
     let router = add::<forget_room::v3::Request, _, _>(router, forget);
@@ -130,24 +131,59 @@ async fn join_by_id(
 ) -> ApiResult<join_room_by_id::v3::Response> {
     let requester = request.requester()?;
     let room = <&ruma::RoomOrAliasId>::from(&*request.body.room_id);
-    let room_id =
-        services.join_room(&requester.user_id, room, request.body.reason.as_deref()).await?;
+    let content = join_content(&request.json_body)?;
+    let room_id = services.join_room_with_content(&requester.user_id, room, content).await?;
     Ok(RumaResponse(join_room_by_id::v3::Response::new(room_id)))
 }
 
 async fn join(
     State(services): State<AppState>,
-    request: Ruma<join_room_by_id_or_alias::v3::Request>,
+    request: Ruma<JoinByIdOrAlias>,
 ) -> ApiResult<join_room_by_id_or_alias::v3::Response> {
     let requester = request.requester()?;
+    let content = join_content(&request.json_body)?;
     let room_id = services
-        .join_room(
-            &requester.user_id,
-            &request.body.room_id_or_alias,
-            request.body.reason.as_deref(),
-        )
+        .join_room_with_content(&requester.user_id, &request.body.0.room_id_or_alias, content)
         .await?;
     Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(room_id)))
+}
+
+/// The keys of a join request's body, which go into the member event's content (ruma has
+/// already checked the ones the spec names). An empty body is an empty object.
+fn join_content(body: &[u8]) -> Result<Map<String, Value>, Error> {
+    if body.is_empty() {
+        return Ok(Map::new());
+    }
+    serde_json::from_slice(body).map_err(|_| Error::bad_json("The body must be a JSON object"))
+}
+
+/// `POST /join/{roomIdOrAlias}` as ruma defines it, except that an empty body counts as an
+/// empty object, as it does for every endpoint whose body fields are all optional (ruma's
+/// hand-written parser for this one insists on JSON).
+struct JoinByIdOrAlias(join_room_by_id_or_alias::v3::Request);
+
+impl Metadata for JoinByIdOrAlias {
+    const METHOD: http::Method = <join_room_by_id_or_alias::v3::Request as Metadata>::METHOD;
+    const RATE_LIMITED: bool = <join_room_by_id_or_alias::v3::Request as Metadata>::RATE_LIMITED;
+    type Authentication = <join_room_by_id_or_alias::v3::Request as Metadata>::Authentication;
+    type PathBuilder = <join_room_by_id_or_alias::v3::Request as Metadata>::PathBuilder;
+    const PATH_BUILDER: Self::PathBuilder =
+        <join_room_by_id_or_alias::v3::Request as Metadata>::PATH_BUILDER;
+}
+
+impl IncomingRequest for JoinByIdOrAlias {
+    type EndpointError = <join_room_by_id_or_alias::v3::Request as IncomingRequest>::EndpointError;
+    type OutgoingResponse = join_room_by_id_or_alias::v3::Response;
+
+    fn try_from_http_request_inner(
+        request: http::Request<&[u8]>,
+        path_args: &[&str],
+    ) -> Result<Self, DeserializationError> {
+        let request =
+            if request.body().is_empty() { request.map(|_| b"{}".as_slice()) } else { request };
+        join_room_by_id_or_alias::v3::Request::try_from_http_request_inner(request, path_args)
+            .map(Self)
+    }
 }
 
 async fn invite(

@@ -3,7 +3,7 @@
 
 use rhizome_core::{Error, Result};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomOrAliasId, UserId, events::StateEventType};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::{Services, rooms::NewEvent};
 
@@ -83,9 +83,43 @@ impl Services {
         room: &RoomOrAliasId,
         reason: Option<&str>,
     ) -> Result<OwnedRoomId> {
+        let mut extra = Map::new();
+        if let Some(reason) = reason {
+            extra.insert("reason".to_owned(), json!(reason));
+        }
+        self.join_room_with_content(user_id, room, extra).await
+    }
+
+    /// Joins a room by ID or local alias, with the keys the client gave for the member event's
+    /// content (a reason, a display name for this room, keys of its own). The membership and
+    /// the restricted-join authoriser are the server's to set. Joining again with the same
+    /// content changes nothing and sends no event.
+    pub async fn join_room_with_content(
+        &self,
+        user_id: &UserId,
+        room: &RoomOrAliasId,
+        extra: Map<String, Value>,
+    ) -> Result<OwnedRoomId> {
         let room_id = self.resolve_room(room).await?;
-        let mut content = self.member_content(user_id, "join", reason).await?;
+        let mut content = self.member_content(user_id, "join", None).await?;
+        for (key, value) in extra {
+            if !matches!(
+                key.as_str(),
+                "membership" | "join_authorised_via_users_server" | "third_party_signed"
+            ) {
+                content[key] = value;
+            }
+        }
         let current = self.store.get_membership(&room_id, user_id).await?;
+        if current.as_ref().is_some_and(|member| member.membership == "join")
+            && let Some(event) = self
+                .current_state_event(&room_id, &StateEventType::RoomMember, user_id.as_str())
+                .await?
+            && serde_json::from_str::<Value>(event.pdu.content.get()).ok().as_ref()
+                == Some(&content)
+        {
+            return Ok(room_id);
+        }
         let invited_or_joined = current
             .as_ref()
             .is_some_and(|member| matches!(member.membership.as_str(), "invite" | "join"));

@@ -92,19 +92,24 @@ impl Services {
         requester: &Requester,
         room_id: &RoomId,
     ) -> Result<()> {
-        if self.store.get_membership(room_id, &requester.user_id).await?.is_some() {
+        if self.store.get_membership(room_id, &requester.user_id).await?.is_some()
+            || self.is_world_readable(room_id).await?
+        {
             return Ok(());
         }
-        if self.room_exists(room_id).await? {
-            let visibility = self
-                .current_state_event(room_id, &StateEventType::RoomHistoryVisibility, "")
-                .await?
-                .and_then(|event| event.pdu.content_str("history_visibility"));
-            if visibility.as_deref() == Some(HistoryVisibility::WorldReadable.as_str()) {
-                return Ok(());
-            }
-        }
         Err(Error::forbidden("You are not in this room"))
+    }
+
+    /// Whether a known room's history is world-readable now (anyone may preview it).
+    async fn is_world_readable(&self, room_id: &RoomId) -> Result<bool> {
+        if !self.room_exists(room_id).await? {
+            return Ok(false);
+        }
+        let visibility = self
+            .current_state_event(room_id, &StateEventType::RoomHistoryVisibility, "")
+            .await?
+            .and_then(|event| event.pdu.content_str("history_visibility"));
+        Ok(visibility.as_deref() == Some(HistoryVisibility::WorldReadable.as_str()))
     }
 
     /// The state group a user may read the room's state at: the current one if joined (or the
@@ -252,6 +257,9 @@ impl Services {
         filter: &RoomEventFilter,
     ) -> Result<MessagesPage> {
         self.ensure_can_read_room(requester, room_id).await?;
+        // An empty token (and the old `END`) is no token, as clients long sent them.
+        let from = from.filter(|token| !token.is_empty() && *token != "END");
+        let to = to.filter(|token| !token.is_empty());
         let from_pos = match from {
             Some(token) => parse_pagination_token(token)?,
             None => match direction {
@@ -269,10 +277,14 @@ impl Services {
         let (events, more, last_pos) = self
             .page_events(requester, room_id, query_from, query_to, direction, limit, filter)
             .await?;
-        let end = more.then(|| match direction {
-            Direction::Backward => pagination_token(last_pos - 1),
-            Direction::Forward => pagination_token(last_pos),
-        });
+        // Backwards, no `end` means the start of the room. Forwards there is no end to the
+        // room: a page that moved on gives its `end`, to continue from when newer events come.
+        let end = match direction {
+            Direction::Backward => more.then(|| pagination_token(last_pos - 1)),
+            Direction::Forward => {
+                (more || last_pos > query_from).then(|| pagination_token(last_pos))
+            }
+        };
         let state = if filter.lazy_load_options.is_disabled() {
             Vec::new()
         } else {
@@ -388,7 +400,11 @@ impl Services {
         requester: &Requester,
         room_id: &RoomId,
     ) -> Result<Vec<(OwnedUserId, Option<String>, Option<String>)>> {
-        if !self.is_joined(room_id, &requester.user_id).await? {
+        // Members, and anyone previewing a world-readable room (whose member list `/state`
+        // shows them anyway), as clients' room previews ask.
+        if !self.is_joined(room_id, &requester.user_id).await?
+            && !self.is_world_readable(room_id).await?
+        {
             return Err(Error::forbidden("You are not joined to this room"));
         }
         Ok(self

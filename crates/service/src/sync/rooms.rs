@@ -137,12 +137,16 @@ impl Services {
                 }
                 _ => false,
             };
-            let full = since_pos.is_none() || request.full_state || newly_joined;
+            // Full state never resets the timeline, which starts at `since` unless the room is
+            // new to this client.
+            let from_start = since_pos.is_none() || newly_joined;
+            let full = from_start || request.full_state;
             let mut room = v3::JoinedRoom::new();
             let mut has_data = false;
             if full || changed_rooms.contains(room_id) {
-                let timeline =
-                    self.timeline_part(requester, request, window, room_id, full, &ignored).await?;
+                let timeline = self
+                    .timeline_part(requester, request, window, room_id, from_start, &ignored)
+                    .await?;
                 let state =
                     self.state_part(requester, request, window, room_id, &timeline, full).await?;
                 has_data = true;
@@ -258,7 +262,9 @@ impl Services {
             .unwrap_or_else(|| membership.user_id.clone()))
     }
 
-    /// The stripped state of a room for an invite or knock, with the membership event itself.
+    /// The stripped state of a room for an invite or knock, with the membership event itself
+    /// and, for an invite, the inviter's own member event (clients show who invited whom from
+    /// it, and accept keys shared on invite only from the inviter).
     pub(super) async fn stripped_state(
         &self,
         membership: &MembershipRecord,
@@ -271,6 +277,12 @@ impl Services {
             .iter()
             .filter_map(|kind| state.get(&(StateEventType::from(*kind), String::new())).cloned())
             .collect();
+        if member_event.pdu.sender != membership.user_id
+            && let Some(inviter) = state
+                .get(&(StateEventType::RoomMember, member_event.pdu.sender.as_str().to_owned()))
+        {
+            ids.push(inviter.clone());
+        }
         ids.push(member_event.pdu.event_id.clone());
         let events = self.load_events(&ids).await?;
         Ok(events.iter().map(|event| event.pdu.stripped_state_event()).collect())
@@ -283,7 +295,7 @@ impl Services {
         request: &SyncRequest,
         window: Window,
         room_id: &RoomId,
-        full: bool,
+        from_start: bool,
         ignored: &HashSet<OwnedUserId>,
     ) -> Result<TimelinePart> {
         let timeline_filter = &request.filter.room.timeline;
@@ -292,7 +304,7 @@ impl Services {
             .map(|limit| usize::try_from(u64::from(limit)).unwrap_or(usize::MAX))
             .unwrap_or(DEFAULT_TIMELINE_LIMIT)
             .clamp(1, 500);
-        let lower = if full { None } else { window.since.map(|since| since.pos) };
+        let lower = if from_start { None } else { window.since.map(|since| since.pos) };
         let query = TimelineQuery {
             upper: window.upper.pos,
             lower,

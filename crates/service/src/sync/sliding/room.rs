@@ -8,17 +8,21 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use rhizome_core::Result;
 use rhizome_room::StateMap;
-use rhizome_storage::{MembershipRecord, StreamPos};
+use rhizome_storage::{Direction, MembershipRecord, StreamPos};
 use ruma::{
     JsOption, OwnedEventId, OwnedUserId, RoomId, UInt, UserId,
     api::client::{filter::RoomEventFilter, sync::sync_events::v5},
     events::StateEventType,
 };
 
-use super::{Ctx, connection::SentRoom, lists::Relevant, room_from};
+use super::{Ctx, activity::BUMP_TYPES, connection::SentRoom, lists::Relevant, room_from};
 use crate::{
     Services,
-    rooms::format::{Format, raw},
+    rooms::{
+        cache::LoadedEvent,
+        format::{Format, raw},
+        read::pagination_token,
+    },
     sync::rooms::{TimelinePart, TimelineQuery},
 };
 
@@ -27,6 +31,15 @@ const MEMBER: &str = "m.room.member";
 
 /// How many heroes a room without a name gets.
 const MAX_HEROES: usize = 5;
+
+/// How many events beyond `timeline_limit` a timeline may reach back to hold the room's latest
+/// bump event.
+const BUMP_REACH: usize = 10;
+
+/// Whether an event moves the room's `bump_stamp`.
+fn is_bump(event: &LoadedEvent) -> bool {
+    BUMP_TYPES.contains(&event.pdu.kind.to_string().as_str())
+}
 
 /// What was decided for one room.
 pub(super) struct RoomOutcome {
@@ -271,7 +284,7 @@ impl Services {
                 joined_now: job.relevant.membership.membership == "join",
             };
             let part = self.collect_timeline(ctx.requester, job.room_id, query).await?;
-            Some(part)
+            Some(self.reach_back_to_bump(ctx, job, lower, part).await?)
         } else {
             None
         };
@@ -331,6 +344,66 @@ impl Services {
             || !room.timeline.is_empty()
             || !room.required_state.is_empty();
         Ok(RoomOutcome { room: send.then_some(room), sent: next, full_timeline })
+    }
+
+    /// A limited timeline without a bump event (a message, …), cut off before one the
+    /// connection has not had, reaches back to it: a message and reactions to it arriving
+    /// together with a `timeline_limit` of 1 would otherwise leave the client with the
+    /// reactions only and the room's latest message unknown to it. Only for a bump event new
+    /// since the connection's position, and at most [`BUMP_REACH`] events more than the limit.
+    async fn reach_back_to_bump(
+        &self,
+        ctx: &Ctx<'_>,
+        job: &RoomJob<'_>,
+        lower: Option<StreamPos>,
+        part: TimelinePart,
+    ) -> Result<TimelinePart> {
+        let Some(first) = part.events.first() else { return Ok(part) };
+        if !part.limited || part.events.iter().any(|event| is_bump(event)) {
+            return Ok(part);
+        }
+        let Some(bump) = self.bump_stamp_at(job.room_id, job.bound).await? else {
+            return Ok(part);
+        };
+        // Only a bump event that arrived since the connection's position: a room sent in full
+        // starts from its latest events, as the client asked.
+        let Some(lower) = lower else { return Ok(part) };
+        if bump >= first.record.stream_pos || bump <= lower {
+            return Ok(part);
+        }
+        let filter = RoomEventFilter::default();
+        let query = TimelineQuery {
+            upper: job.bound,
+            lower: Some(bump - 1),
+            limit: job.relevant.config.timeline_limit.saturating_add(BUMP_REACH),
+            filter: &filter,
+            ignored: &ctx.ignored,
+            joined_now: job.relevant.membership.membership == "join",
+        };
+        let wide = self.collect_timeline(ctx.requester, job.room_id, query).await?;
+        match wide.events.first() {
+            Some(oldest) if oldest.record.stream_pos == bump && !wide.limited => {
+                let prev_batch = pagination_token(bump - 1);
+                // Whether anything between the connection's position and the bump event
+                // is left out.
+                let limited = !self
+                    .store
+                    .room_events(job.room_id, bump, Some(lower), Direction::Backward, 1)
+                    .await?
+                    .is_empty();
+                Ok(TimelinePart { events: wide.events, limited, prev_batch })
+            }
+            _ => Ok(part),
+        }
+    }
+
+    /// The position of the room's latest bump event at or before `bound`.
+    async fn bump_stamp_at(&self, room_id: &RoomId, bound: StreamPos) -> Result<Option<StreamPos>> {
+        match self.room_activity(room_id).await?.bump {
+            Some(bump) if bump <= bound => Ok(Some(bump)),
+            Some(_) => Ok(self.store.last_event_of_types(room_id, BUMP_TYPES, bound).await?),
+            None => Ok(None),
+        }
     }
 
     /// Name, avatar, heroes, counts, `is_dm`, `initial` and `bump_stamp`; whether any of them is
@@ -395,7 +468,7 @@ impl Services {
             room.unread_notifications.highlight_count =
                 Some(UInt::new_saturating(counts.highlights));
             changed |= job.own_receipt;
-            let bump = self.room_activity(job.room_id).await?.bump;
+            let bump = self.bump_stamp_at(job.room_id, job.bound).await?;
             room.bump_stamp = Some(stream_uint(bump.unwrap_or(job.relevant.membership.stream_pos)));
         } else {
             room.bump_stamp = Some(stream_uint(job.relevant.membership.stream_pos));
