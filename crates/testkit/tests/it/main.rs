@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod accounts;
+mod acme;
 mod admin;
 mod bad_input;
 mod e2ee;
@@ -19,3 +20,4 @@ mod rooms;
 mod sliding_sync;
 mod spaces;
 mod sync;
+mod tls;
