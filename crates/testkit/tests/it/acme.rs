@@ -34,9 +34,10 @@ impl Drop for Pebble {
 impl Pebble {
     /// Starts pebble on loopback, validating TLS-ALPN-01 challenges on `tls_port`.
     async fn start(dir: &Path, tls_port: u16) -> Self {
-        let binary = ["/usr/bin/pebble", "/usr/local/bin/pebble"]
-            .into_iter()
-            .find(|path| Path::new(path).exists())
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let binary = std::env::split_paths(&path)
+            .map(|dir| dir.join("pebble"))
+            .find(|candidate| candidate.is_file())
             .expect("pebble is not installed: `apt-get install pebble` (scripts/test.sh does)");
         // Pebble's own HTTPS certificate, which Rhizome trusts through directory_ca_file.
         let certificate = TestCertificate::self_signed(&["127.0.0.1", "localhost"]);
