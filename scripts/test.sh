@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
 # Runs every Rhizome test. The storage and server tests start their own throwaway PostgreSQL
-# server, so PostgreSQL's server binaries are installed from Debian's packages when missing.
+# server, and the ACME test its own pebble, so both are installed from Debian's packages when
+# missing.
 # Then the interoperability tests with matrix-js-sdk (scripts/interop-js.sh), which need npm;
 # SKIP_INTEROP=1 skips them for a quick local run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages the tests need: PostgreSQL's server for the storage and server tests, and
+# pebble (Let's Encrypt's test ACME server) for the ACME test.
+missing=()
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
-  echo "installing PostgreSQL (Debian package) for the storage tests"
+  missing+=(postgresql)
+fi
+if ! command -v pebble >/dev/null 2>&1; then
+  missing+=(pebble)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing ${missing[*]} (Debian packages) for the tests"
   sudo_cmd=""
   if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
   $sudo_cmd apt-get update -qq
-  $sudo_cmd apt-get install -y -qq postgresql >/dev/null
+  $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 cargo test --workspace --locked "$@"

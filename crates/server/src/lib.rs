@@ -2,7 +2,9 @@
 //! key, database), building the services and serving HTTP until shutdown. The `rhizome`
 //! binary and the test kit both start the server through here.
 
+pub mod acme;
 pub mod admin;
+pub mod tls;
 
 use std::{
     net::SocketAddr,
@@ -11,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use axum::serve::ListenerExt;
 use rhizome_core::Config;
 use rhizome_room::SigningKey;
 use rhizome_service::Services;
@@ -136,31 +139,68 @@ impl DataDirLock {
 
 /// A running server.
 pub struct RunningServer {
-    /// The address it listens on.
+    /// The address the HTTP listener listens on.
     pub address: SocketAddr,
+    /// The address the TLS listener listens on, if there is one.
+    pub tls_address: Option<SocketAddr>,
     /// The services.
     pub services: Arc<Services>,
-    shutdown: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tls: Option<Arc<tls::TlsCertificates>>,
     store: Arc<SqlStore>,
     _lock: DataDirLock,
 }
 
 impl RunningServer {
-    /// Stops serving, waits for requests in flight and closes the database.
+    /// Reads the TLS certificate again (what SIGHUP does): new connections get the new one,
+    /// open connections keep theirs. If it cannot be read, the old certificate stays in
+    /// service and the error (logged too) is returned. Does nothing without a TLS listener.
+    pub fn reload_tls_certificate(&self) -> Result<()> {
+        match &self.tls {
+            Some(certificates) => certificates.reload(),
+            None => Ok(()),
+        }
+    }
+
+    /// The certificate chain the TLS listener serves now (end entity first), if any.
+    pub fn tls_certificate_chain(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        self.tls.as_ref().and_then(|certificates| certificates.resolver.certificate_chain())
+    }
+
+    /// Stops serving on both listeners, waits for requests in flight and closes the database.
     pub async fn stop(self) {
-        let _ = self.shutdown.send(());
-        let mut task = self.task;
+        let _ = self.shutdown.send(true);
         // Long-polling syncs may hold the graceful shutdown; give them a moment, then stop.
-        if tokio::time::timeout(std::time::Duration::from_secs(3), &mut task).await.is_err() {
-            task.abort();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        for mut task in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+            }
         }
         self.store.close().await;
     }
 }
 
-/// Starts serving on the configured address (port 0 picks a free port).
-pub async fn start(mut config: Config) -> Result<RunningServer> {
+/// How to start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// Name the server after its TLS listener's bound address (`127.0.0.11:8448`), once bound:
+    /// for tests whose servers federate under IP literals on ports picked at start.
+    pub server_name_from_tls_listener: bool,
+}
+
+/// Starts serving on the configured address (port 0 picks a free port), and over TLS on
+/// `tls.listen` if set.
+pub async fn start(config: Config) -> Result<RunningServer> {
+    start_with_options(config, StartOptions::default()).await
+}
+
+/// Starts serving, as [`start`], with options.
+pub async fn start_with_options(
+    mut config: Config,
+    options: StartOptions,
+) -> Result<RunningServer> {
     let lock = DataDirLock::acquire(&config.data_dir, "cannot start")?;
     let store = open_store(&config).await?;
     let listen = config.listen;
@@ -168,21 +208,110 @@ pub async fn start(mut config: Config) -> Result<RunningServer> {
     let address = listener.local_addr()?;
     // The address actually bound (port 0 picks one), for the URLs the server gives out.
     config.listen = address;
+    let tls_listener = bind_tls(&mut config, options).await?;
+    let tls_certificates = match &tls_listener {
+        Some(_) => Some(Arc::new(load_tls_certificates(&config)?)),
+        None => None,
+    };
+    let acme = match &tls_certificates {
+        Some(certificates) if config.tls.acme.enabled => Some(acme::AcmeManager::new(
+            &config,
+            config.data_dir.join("acme"),
+            certificates.resolver.clone(),
+        )?),
+        _ => None,
+    };
     let services = build_services(config, store.clone()).await?;
     services.start_push_worker();
     let app = rhizome_api::app(services.clone());
-    let (shutdown, shutdown_signal) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = shutdown_signal.await;
-            });
-        if let Err(error) = serve.await {
+    let (shutdown, shutdown_signal) = tokio::sync::watch::channel(false);
+    let stopped = |mut signal: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = signal.wait_for(|stopped| *stopped).await;
+    };
+    let mut tasks = Vec::new();
+    let plain =
+        axum::serve(listener, app.clone().into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(stopped(shutdown_signal.clone()));
+    tasks.push(tokio::spawn(async move {
+        if let Err(error) = plain.await {
             tracing::error!(%error, "the HTTP server stopped with an error");
         }
-    });
-    tracing::info!(%address, backend = services.store.backend_name(), "Rhizome is listening");
-    Ok(RunningServer { address, services, shutdown, task, store, _lock: lock })
+    }));
+    let mut tls_address = None;
+    if let (Some(tcp), Some(certificates)) = (tls_listener, &tls_certificates) {
+        tls_address = Some(tcp.local_addr()?);
+        let config = tls::server_config(certificates.resolver.clone(), acme.is_some())?;
+        let listener =
+            tls::TlsListener::new(tcp, tokio_rustls::TlsAcceptor::from(config))?.tap_io(|_| {});
+        let secure = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(stopped(shutdown_signal.clone()));
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) = secure.await {
+                tracing::error!(%error, "the HTTPS server stopped with an error");
+            }
+        }));
+    }
+    if let Some(acme) = acme {
+        tasks.push(tokio::spawn(acme.run(shutdown_signal)));
+    }
+    tracing::info!(%address, tls_address = ?tls_address, backend = services.store.backend_name(), "Rhizome is listening");
+    Ok(RunningServer {
+        address,
+        tls_address,
+        services,
+        shutdown,
+        tasks,
+        tls: tls_certificates,
+        store,
+        _lock: lock,
+    })
+}
+
+/// Binds the TLS listener if one is configured, writing the bound address back into the
+/// configuration (and the server name, if asked).
+async fn bind_tls(config: &mut Config, options: StartOptions) -> Result<Option<TcpListener>> {
+    let Some(listen) = config.tls.listen else {
+        if options.server_name_from_tls_listener {
+            anyhow::bail!("naming the server after its TLS listener needs tls.listen");
+        }
+        if config.tls.acme.enabled {
+            anyhow::bail!(
+                "tls.acme.enabled needs tls.listen (the TLS-ALPN-01 challenge is answered there)"
+            );
+        }
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen} (tls.listen)"))?;
+    let bound = listener.local_addr()?;
+    config.tls.listen = Some(bound);
+    if options.server_name_from_tls_listener {
+        config.server_name = ruma::OwnedServerName::try_from(bound.to_string())
+            .with_context(|| format!("{bound} as a server name"))?;
+    }
+    Ok(Some(listener))
+}
+
+/// The TLS listener's certificate: from the ACME directory, or from the configured files.
+fn load_tls_certificates(config: &Config) -> Result<tls::TlsCertificates> {
+    let source = if config.tls.acme.enabled {
+        if config.tls.certificate_file.is_some() {
+            tracing::warn!(
+                "tls.acme.enabled: tls.certificate_file and tls.private_key_file are not used"
+            );
+        }
+        tls::CertificateSource::Acme { directory: config.data_dir.join("acme") }
+    } else {
+        match (&config.tls.certificate_file, &config.tls.private_key_file) {
+            (Some(certificate_file), Some(private_key_file)) => tls::CertificateSource::Files {
+                certificate_file: certificate_file.clone(),
+                private_key_file: private_key_file.clone(),
+            },
+            _ => anyhow::bail!("tls.listen needs tls.certificate_file and tls.private_key_file"),
+        }
+    };
+    tls::TlsCertificates::load(source).context("loading the TLS certificate")
 }
 
 /// The default configuration file location, if one exists there.

@@ -214,7 +214,7 @@ async fn main() -> Result<()> {
         Command::Serve => {
             init_logging(&config.logging.level);
             let server = start(config).await?;
-            shutdown_signal().await;
+            serve_until_shutdown(&server).await;
             tracing::info!("shutting down");
             server.stop().await;
         }
@@ -358,6 +358,32 @@ fn print_lines(lines: Vec<String>) {
 
 fn toml_of(config: &rhizome_core::Config) -> Result<String> {
     Ok(rhizome_core::config::to_toml(config)?)
+}
+
+/// Waits for SIGINT or SIGTERM, reloading the TLS certificate on every SIGHUP meanwhile.
+async fn serve_until_shutdown(server: &rhizome::RunningServer) {
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangup) => loop {
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    _ = hangup.recv() => {
+                        tracing::info!("SIGHUP: reloading the TLS certificate");
+                        // A failure is logged, and the old certificate stays in service.
+                        let _ = server.reload_tls_certificate();
+                    }
+                }
+            },
+            Err(error) => tracing::warn!(%error, "cannot listen for SIGHUP"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = server;
+    shutdown.await;
 }
 
 async fn shutdown_signal() {

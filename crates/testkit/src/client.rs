@@ -50,12 +50,13 @@ pub struct Api {
 impl Api {
     /// A client for the server at `base_url`.
     pub fn new(base_url: &str) -> Self {
-        Self {
-            base_url: base_url.to_owned(),
-            http: reqwest::Client::new(),
-            token: None,
-            user_id: None,
-        }
+        Self::with_client(base_url, reqwest::Client::new())
+    }
+
+    /// A client for the server at `base_url` sending through `http` (e.g. an HTTPS client
+    /// trusting a test certificate).
+    pub fn with_client(base_url: &str, http: reqwest::Client) -> Self {
+        Self { base_url: base_url.to_owned(), http, token: None, user_id: None }
     }
 
     /// Sends a request with a raw body.

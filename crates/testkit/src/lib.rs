@@ -28,10 +28,40 @@ pub enum Backend {
 pub struct TestServer {
     /// `http://127.0.0.1:<port>`.
     pub base_url: String,
-    /// The configuration it runs with.
+    /// `https://<tls.listen>` when the server has a TLS listener (see [`TestServer::start_tls`]
+    /// and [`use_tls`]).
+    pub tls_base_url: Option<String>,
+    /// The TLS listener's certificate (PEM) as it was at start, for clients to trust.
+    pub tls_certificate_pem: Option<String>,
+    /// The configuration it runs with (bound addresses and server name filled in).
     pub config: Config,
     running: Option<RunningServer>,
     _data_dir: tempfile::TempDir,
+}
+
+/// Gives a test server a TLS listener on `ip` (a free port) with a fresh self-signed
+/// certificate for `names` (DNS names or IP addresses), written into the data directory as
+/// `tls.crt` and `tls.key`. Call it from the `adjust` closure of [`TestServer::start_with`].
+pub fn use_tls(config: &mut Config, ip: &str, names: &[&str]) -> certs::TestCertificate {
+    let certificate = certs::TestCertificate::self_signed(names);
+    let (certificate_file, private_key_file) = certificate.write_to(&config.data_dir, "tls");
+    let ip: std::net::IpAddr = ip.parse().expect("an IP address to listen on");
+    config.tls.listen = Some(std::net::SocketAddr::new(ip, 0));
+    config.tls.certificate_file = Some(certificate_file);
+    config.tls.private_key_file = Some(private_key_file);
+    certificate
+}
+
+/// A reqwest client (HTTP/1.1 and HTTP/2) that trusts only the given PEM certificates.
+pub fn https_client_trusting(certificates_pem: &[&str]) -> reqwest::Client {
+    let roots = certificates_pem
+        .iter()
+        .map(|pem| reqwest::Certificate::from_pem(pem.as_bytes()).expect("a PEM certificate"));
+    reqwest::Client::builder()
+        .tls_certs_only(roots)
+        .tls_info(true)
+        .build()
+        .expect("an HTTPS client")
 }
 
 fn init_logging() {
@@ -51,6 +81,32 @@ impl TestServer {
 
     /// A server on the given backend, with the configuration adjusted by `adjust`.
     pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with_options(backend, adjust, rhizome::StartOptions::default()).await
+    }
+
+    /// A server with a TLS listener on `ip` (a free port) and a self-signed certificate for
+    /// `ip`, named after its TLS address (`127.0.0.11:<port>`), as federation tests need; the
+    /// configuration is adjusted by `adjust` first (which may change the certificate).
+    pub async fn start_tls(backend: Backend, ip: &str, adjust: impl FnOnce(&mut Config)) -> Self {
+        let options = rhizome::StartOptions { server_name_from_tls_listener: true };
+        let ip = ip.to_owned();
+        Self::start_with_options(
+            backend,
+            move |config| {
+                use_tls(config, &ip, &[&ip]);
+                adjust(config);
+            },
+            options,
+        )
+        .await
+    }
+
+    /// A server started with `options`.
+    pub async fn start_with_options(
+        backend: Backend,
+        adjust: impl FnOnce(&mut Config),
+        options: rhizome::StartOptions,
+    ) -> Self {
         init_logging();
         let data_dir = tempfile::Builder::new()
             .prefix("rhizome-test-")
@@ -69,15 +125,47 @@ impl TestServer {
                 server.create_database().await.expect("a fresh PostgreSQL database");
         }
         adjust(&mut config);
-        let running = rhizome::start(config.clone()).await.expect("the server starts");
+        let running =
+            rhizome::start_with_options(config.clone(), options).await.expect("the server starts");
         let base_url = format!("http://{}", running.address);
         config.listen = running.address;
-        Self { base_url, config, running: Some(running), _data_dir: data_dir }
+        config.tls.listen = running.tls_address;
+        config.server_name = running.services.config.server_name.clone();
+        let tls_base_url = running.tls_address.map(|address| format!("https://{address}"));
+        let tls_certificate_pem = match (&running.tls_address, &config.tls.certificate_file) {
+            (Some(_), Some(file)) => std::fs::read_to_string(file).ok(),
+            _ => None,
+        };
+        Self {
+            base_url,
+            tls_base_url,
+            tls_certificate_pem,
+            config,
+            running: Some(running),
+            _data_dir: data_dir,
+        }
+    }
+
+    /// The running server (its addresses, TLS certificate reloads).
+    pub fn running(&self) -> &RunningServer {
+        self.running.as_ref().expect("invariant: the server is running")
+    }
+
+    /// An HTTPS client trusting this server's certificate (as it was at start).
+    pub fn https_client(&self) -> reqwest::Client {
+        let pem = self.tls_certificate_pem.as_deref().expect("a server started with TLS");
+        https_client_trusting(&[pem])
+    }
+
+    /// A JSON client for this server over its TLS listener.
+    pub fn tls_api(&self) -> Api {
+        let base_url = self.tls_base_url.as_deref().expect("a server started with TLS");
+        Api::with_client(base_url, self.https_client())
     }
 
     /// The server's services, for looking behind the API.
     pub fn services(&self) -> &Arc<Services> {
-        &self.running.as_ref().expect("invariant: the server is running").services
+        &self.running().services
     }
 
     /// Stops the server and starts it again on the same data and port.

@@ -21,22 +21,25 @@ pub struct TlsConfig {
     pub acme: AcmeConfig,
 }
 
-/// Automatic certificates over ACME. The certificate and key are kept in the data directory
-/// (`acme/`) and renewed when a third of their lifetime is left.
+/// Automatic certificates over ACME. The account, certificate and key are kept in the data
+/// directory (`acme/`); the certificate is renewed when a third of its lifetime is left.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AcmeConfig {
-    /// Whether Rhizome obtains its certificate itself. Needs `tls.listen` on port 443 (the
-    /// TLS-ALPN-01 challenge) or an HTTP listener reachable on port 80 (HTTP-01).
+    /// Whether Rhizome obtains its certificate itself. The ACME server checks control of each
+    /// name with the TLS-ALPN-01 challenge on port 443, so `tls.listen` must be reachable there
+    /// (`0.0.0.0:443`, or a port forwarded from 443). `tls.certificate_file` and
+    /// `tls.private_key_file` are then not used.
     pub enabled: bool,
     /// The ACME directory. Let's Encrypt's production directory by default.
     pub directory_url: String,
-    /// The names the certificate covers. Empty: the server name (without a port).
+    /// The names the certificate covers (DNS names, or IP addresses where the ACME server
+    /// issues for them). Empty: the server name's host (without a port).
     pub domains: Vec<String>,
     /// Contact addresses given to the ACME server (`mailto:admin@example.org`).
     pub contact: Vec<String>,
-    /// A PEM file of extra root certificates to trust when talking to the ACME server (for a
-    /// private or test ACME server).
+    /// A PEM file of the root certificates to trust, instead of the system's, when talking to
+    /// the ACME server (for a private or test ACME server).
     pub directory_ca_file: Option<PathBuf>,
 }
 

@@ -1,5 +1,6 @@
 //! The `rhizome` binary itself: starting with no configuration, the admin commands, refusing
-//! unknown configuration keys, and surviving a crash in the middle of writes.
+//! unknown configuration keys, surviving a crash in the middle of writes, and reloading its
+//! TLS certificate on SIGHUP.
 
 // Test code: a failed step fails the test at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,6 +13,8 @@ use std::{
 };
 
 use serde_json::{Value, json};
+
+mod tls;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_rhizome");
 

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod accounts;
+mod acme;
 mod admin;
 mod bad_input;
 mod e2ee;
@@ -24,3 +25,4 @@ mod sliding_sync;
 mod spaces;
 mod sync;
 mod sync_details;
+mod tls;
