@@ -18,4 +18,5 @@ mod reports;
 mod rooms;
 mod sliding_sync;
 mod spaces;
+mod synapse;
 mod sync;
