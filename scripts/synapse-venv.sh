@@ -21,8 +21,9 @@ venv="${1:-${RHIZOME_SYNAPSE_VENV:-$target_dir/synapse-venv}}"
 case "$venv" in /*) ;; *) venv="$PWD/$venv" ;; esac
 constraints="$root/scripts/synapse-constraints.txt"
 
-# What the environment must hold; it is written to the marker once the install succeeded.
-wanted="matrix-synapse==$SYNAPSE_VERSION $(sha256sum "$constraints" | cut -d' ' -f1)"
+# What the environment must hold, and where (a virtual environment cannot move: a copied one is
+# reinstalled); it is written to the marker once the install succeeded.
+wanted="matrix-synapse==$SYNAPSE_VERSION $(sha256sum "$constraints" | cut -d' ' -f1) $venv"
 marker="$venv/.rhizome-installed"
 
 log() { echo "synapse-venv: $*" >&2; }

@@ -6,6 +6,7 @@
 pub mod certs;
 mod client;
 mod media;
+pub mod peer;
 pub mod synapse;
 
 use std::{sync::Arc, sync::Once};

@@ -12,6 +12,7 @@ mod forks;
 mod integrations;
 mod media;
 mod notifications;
+mod peer;
 mod push_gateway;
 mod relations;
 mod reports;
