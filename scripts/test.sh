@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every Rhizome test. The storage and server tests start their own throwaway PostgreSQL
 # server, and the ACME test its own pebble, so both are installed from Debian's packages when
-# missing.
+# missing; the federation tests run Synapse, installed from PyPI by scripts/synapse-venv.sh.
 # Then the interoperability tests with matrix-js-sdk (scripts/interop-js.sh), which need npm;
 # SKIP_INTEROP=1 skips them for a quick local run.
 set -euo pipefail
@@ -24,6 +24,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $sudo_cmd apt-get update -qq
   $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# Synapse, the real peer of the federation tests, from PyPI (a pinned version in a virtual
+# environment under the target directory; reused when already installed). The test kit reads
+# its path from RHIZOME_SYNAPSE_VENV (and runs the same script itself when that is unset).
+RHIZOME_SYNAPSE_VENV="$(bash scripts/synapse-venv.sh)"
+export RHIZOME_SYNAPSE_VENV
 
 cargo test --workspace --locked "$@"
 

@@ -1,10 +1,13 @@
 //! Test support (dev only): a real Rhizome server started in this process on a free loopback
 //! port, over SQLite (a temporary data directory) or PostgreSQL (a throwaway server), and a
-//! small HTTP client speaking JSON to it.
+//! small HTTP client speaking JSON to it. For federation: Synapse as a real peer ([`synapse`])
+//! and a scriptable federation peer of our own ([`peer`]).
 
 pub mod certs;
 mod client;
 mod media;
+pub mod peer;
+pub mod synapse;
 
 use std::{sync::Arc, sync::Once};
 
