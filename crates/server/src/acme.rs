@@ -119,7 +119,7 @@ impl AcmeManager {
 
     /// The names the certificate must cover, as a certificate states them.
     fn names(&self) -> Vec<String> {
-        self.identifiers.iter().map(|identifier| identifier_name(identifier)).collect()
+        self.identifiers.iter().map(identifier_name).collect()
     }
 
     /// Obtains a certificate if none is stored, if the stored one misses a name, or if it is

@@ -213,6 +213,12 @@ pub async fn start_with_options(
         Some(_) => Some(Arc::new(load_tls_certificates(&config)?)),
         None => None,
     };
+    let tls_server_config = match &tls_certificates {
+        Some(certificates) => {
+            Some(tls::server_config(certificates.resolver.clone(), config.tls.acme.enabled)?)
+        }
+        None => None,
+    };
     let acme = match &tls_certificates {
         Some(certificates) if config.tls.acme.enabled => Some(acme::AcmeManager::new(
             &config,
@@ -238,11 +244,12 @@ pub async fn start_with_options(
         }
     }));
     let mut tls_address = None;
-    if let (Some(tcp), Some(certificates)) = (tls_listener, &tls_certificates) {
+    if let (Some(tcp), Some(server_config)) = (tls_listener, tls_server_config) {
         tls_address = Some(tcp.local_addr()?);
-        let config = tls::server_config(certificates.resolver.clone(), acme.is_some())?;
-        let listener =
-            tls::TlsListener::new(tcp, tokio_rustls::TlsAcceptor::from(config))?.tap_io(|_| {});
+        // `tap_io` makes axum give handlers the connection's `ConnectInfo<SocketAddr>` (the
+        // client's address, for rate limits), as on the plain listener.
+        let listener = tls::TlsListener::new(tcp, tokio_rustls::TlsAcceptor::from(server_config))?
+            .tap_io(|_| {});
         let secure = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(stopped(shutdown_signal.clone()));
         tasks.push(tokio::spawn(async move {
@@ -254,7 +261,12 @@ pub async fn start_with_options(
     if let Some(acme) = acme {
         tasks.push(tokio::spawn(acme.run(shutdown_signal)));
     }
-    tracing::info!(%address, tls_address = ?tls_address, backend = services.store.backend_name(), "Rhizome is listening");
+    tracing::info!(
+        %address,
+        tls_address = ?tls_address,
+        backend = services.store.backend_name(),
+        "Rhizome is listening"
+    );
     Ok(RunningServer {
         address,
         tls_address,

@@ -102,10 +102,10 @@ async fn wait_for_certificate(server: &TestServer, previous: Option<&[u8]>) -> V
     let started = Instant::now();
     loop {
         let chain = server.running().tls_certificate_chain();
-        if let Some(first) = chain.as_ref().and_then(|chain| chain.first()) {
-            if Some(first.as_ref()) != previous {
-                return first.to_vec();
-            }
+        if let Some(first) = chain.as_ref().and_then(|chain| chain.first())
+            && Some(first.as_ref()) != previous
+        {
+            return first.to_vec();
         }
         assert!(started.elapsed() < Duration::from_secs(60), "no certificate over ACME");
         tokio::time::sleep(Duration::from_millis(100)).await;

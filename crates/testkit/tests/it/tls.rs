@@ -210,3 +210,38 @@ async fn clients_that_never_finish_a_handshake_do_not_stop_others() {
     assert_eq!(response.status(), StatusCode::OK);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_tls_configuration_that_cannot_work_stops_the_start() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let base = rhizome_core::Config {
+        data_dir: data_dir.path().to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..rhizome_core::Config::default()
+    };
+    let error_of = |config: rhizome_core::Config| async move {
+        match rhizome::start(config).await {
+            Ok(_) => panic!("the server started"),
+            Err(error) => format!("{error:#}"),
+        }
+    };
+
+    let mut acme_without_listener = base.clone();
+    acme_without_listener.tls.acme.enabled = true;
+    let error = error_of(acme_without_listener).await;
+    assert!(error.contains("tls.acme.enabled needs tls.listen"), "{error}");
+
+    let mut missing_files = base.clone();
+    missing_files.tls.listen = Some("127.0.0.1:0".parse().unwrap());
+    missing_files.tls.certificate_file = Some(data_dir.path().join("missing.crt"));
+    missing_files.tls.private_key_file = Some(data_dir.path().join("missing.key"));
+    let error = error_of(missing_files).await;
+    assert!(error.contains("missing.crt"), "{error}");
+
+    let options = rhizome::StartOptions { server_name_from_tls_listener: true };
+    let error = match rhizome::start_with_options(base, options).await {
+        Ok(_) => panic!("the server started"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("needs tls.listen"), "{error}");
+}
