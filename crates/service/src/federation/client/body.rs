@@ -8,6 +8,9 @@ use http_body_util::BodyExt;
 
 use super::FederationError;
 
+/// The most reserved before the bytes arrive.
+const PREALLOCATE_AT_MOST: u64 = 1024 * 1024;
+
 /// Reads at most `limit` bytes of a body.
 pub(crate) async fn read_limited<B>(
     headers: &HeaderMap,
@@ -25,7 +28,9 @@ where
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(FederationError::ResponseTooLarge { limit });
     }
-    let capacity = declared.map_or(0, |length| length as usize).min(limit);
+    // Reserve what was declared, but no more than a little: a declared length costs the
+    // remote nothing until it sends the bytes.
+    let capacity = declared.map_or(0, |length| length.min(PREALLOCATE_AT_MOST) as usize).min(limit);
     let mut buffer = BytesMut::with_capacity(capacity);
     while let Some(frame) = body.frame().await {
         let frame =

@@ -48,7 +48,8 @@ impl SystemDns {
         let srv = match TokioResolver::builder_tokio().and_then(|builder| builder.build()) {
             Ok(resolver) => Some(resolver),
             Err(error) => {
-                tracing::warn!(%error, "no usable resolv.conf: SRV records will not be looked up");
+                tracing::warn!("no usable resolv.conf: SRV records will not be looked up");
+                tracing::debug!(%error, "reading resolv.conf failed");
                 None
             }
         };
