@@ -8,6 +8,7 @@ pub mod account_data;
 pub mod auth;
 pub mod e2ee;
 pub mod ephemeral;
+pub mod federation;
 pub mod media;
 pub mod moderation;
 pub mod notifier;

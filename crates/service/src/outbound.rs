@@ -1,10 +1,12 @@
-//! Outbound HTTP to addresses users choose (URL previews, push gateways) without reaching into
-//! private networks: only http(s), names resolved here and every address checked to be public
-//! (or one the organiser allowed) before connecting; the caller pins the connection to the
-//! checked address, so a second DNS answer cannot differ.
+//! Outbound HTTP to addresses users or remote servers choose (URL previews, push gateways,
+//! federation) without reaching into private networks: only http(s), names resolved here and
+//! every address checked to be public (or one the organiser allowed, by address or CIDR range)
+//! before connecting; the caller pins the connection to the checked address, so a second DNS
+//! answer cannot differ.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use ipnet::IpNet;
 use reqwest::Url;
 use tokio::time::Instant;
 
@@ -73,6 +75,17 @@ pub(crate) fn is_public_ip(ip: IpAddr) -> bool {
 /// Whether an address may be fetched from: public, or allowed by the configuration.
 pub(crate) fn fetchable(ip: IpAddr, allowed: &[IpAddr]) -> bool {
     is_public_ip(ip) || allowed.contains(&ip)
+}
+
+/// Whether an address may be fetched from: public, or inside one of the allowed addresses or
+/// CIDR ranges (`federation.allowed_addresses`). An IPv4-mapped IPv6 address counts as the
+/// IPv4 address it reaches.
+pub(crate) fn fetchable_within(ip: IpAddr, allowed: &[IpNet]) -> bool {
+    let reached = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    };
+    is_public_ip(ip) || allowed.iter().any(|net| net.contains(&ip) || net.contains(&reached))
 }
 
 /// Checks a URL's form and finds the public (or allowed) address to connect to.
@@ -213,5 +226,21 @@ mod tests {
             let refusal = checked_address(&Url::parse(url).unwrap(), deadline, &[]).await;
             assert!(matches!(refusal, Err(Refusal::Invalid(_))), "{url}");
         }
+    }
+
+    #[test]
+    fn cidr_ranges_allow_every_address_inside_and_nothing_outside() {
+        let nets: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap(), "10.1.2.3/32".parse().unwrap()];
+        for inside in ["127.0.0.1", "127.9.8.7", "10.1.2.3", "::ffff:127.0.0.5"] {
+            assert!(fetchable_within(inside.parse().unwrap(), &nets), "{inside}");
+        }
+        for outside in ["10.1.2.4", "192.168.1.1", "::1", "169.254.169.254", "fd00::1"] {
+            assert!(!fetchable_within(outside.parse().unwrap(), &nets), "{outside}");
+        }
+        let v6: Vec<IpNet> = vec!["fd00::/8".parse().unwrap()];
+        assert!(fetchable_within("fd12::1".parse().unwrap(), &v6));
+        assert!(!fetchable_within("fe80::1".parse().unwrap(), &v6));
+        // Public addresses need no allowance.
+        assert!(fetchable_within("8.8.8.8".parse().unwrap(), &[]));
     }
 }
