@@ -40,6 +40,8 @@ pub enum AuthRequirement {
     Optional,
     /// An access token is required.
     Required,
+    /// Another server's `X-Matrix` signature is required.
+    Server,
 }
 
 /// Maps ruma's authentication schemes to what Rhizome checks.
@@ -67,7 +69,7 @@ impl AuthKind for AppserviceTokenOptional {
     const REQUIREMENT: AuthRequirement = AuthRequirement::Optional;
 }
 impl AuthKind for ruma::api::federation::authentication::ServerSignatures {
-    const REQUIREMENT: AuthRequirement = AuthRequirement::None;
+    const REQUIREMENT: AuthRequirement = AuthRequirement::Server;
 }
 
 /// A parsed, authenticated Matrix request.
@@ -76,6 +78,8 @@ pub struct Ruma<T> {
     pub body: T,
     /// Who sent it, when authenticated.
     pub requester: Option<Requester>,
+    /// The server that sent it, for federation requests (verified).
+    pub origin: Option<ruma::OwnedServerName>,
     /// The client's address, for rate limiting only (never stored or logged).
     pub client_key: String,
     /// The raw JSON body, for endpoints that keep fields ruma's types drop.
@@ -83,6 +87,13 @@ pub struct Ruma<T> {
 }
 
 impl<T> Ruma<T> {
+    /// The verified origin of a federation request.
+    pub fn origin(&self) -> Result<&ruma::OwnedServerName, ApiError> {
+        self.origin.as_ref().ok_or_else(|| {
+            ApiError(Error::matrix(MatrixErrorKind::Unauthorized, "Missing X-Matrix authorization"))
+        })
+    }
+
     /// The requester of an endpoint that requires authentication.
     pub fn requester(&self) -> Result<&Requester, ApiError> {
         self.requester.as_ref().ok_or_else(|| {
@@ -105,9 +116,15 @@ fn access_token(request: &http::request::Parts) -> Option<String> {
     })
 }
 
+/// The smallest limit on federation request bodies.
+const FEDERATION_BODY_LIMIT: usize = 8 * 1024 * 1024;
+
 /// The largest body accepted on this path.
 fn body_limit(services: &Services, path: &str) -> usize {
-    if path.starts_with("/_matrix/media/") {
+    if path.starts_with("/_matrix/federation/") {
+        // A transaction carries up to 50 PDUs of 64 KiB each, and 100 EDUs.
+        services.config.limits.max_request_bytes.max(FEDERATION_BODY_LIMIT)
+    } else if path.starts_with("/_matrix/media/") {
         usize::try_from(services.config.media.max_upload_bytes)
             .unwrap_or(usize::MAX)
             .saturating_add(64 * 1024)
@@ -159,8 +176,17 @@ where
             .into());
         }
 
+        let origin = if T::Authentication::REQUIREMENT == AuthRequirement::Server {
+            let origin =
+                crate::federation::auth::authenticate_server(services, &parts, &bytes).await?;
+            services.destination_contacted(&origin).await;
+            Some(origin)
+        } else {
+            None
+        };
         let requester = match (T::Authentication::REQUIREMENT, access_token(&parts)) {
-            (AuthRequirement::None, _) | (AuthRequirement::Optional, None) => None,
+            (AuthRequirement::None | AuthRequirement::Server, _)
+            | (AuthRequirement::Optional, None) => None,
             (AuthRequirement::Required | AuthRequirement::Optional, Some(token)) => {
                 Some(services.authenticate(&token).await?)
             }
@@ -188,7 +214,7 @@ where
                 ),
                 _ => Error::bad_json("Invalid request"),
             })?;
-        Ok(Self { body, requester, client_key, json_body: bytes })
+        Ok(Self { body, requester, origin, client_key, json_body: bytes })
     }
 }
 

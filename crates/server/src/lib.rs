@@ -178,6 +178,7 @@ impl RunningServer {
                 task.abort();
             }
         }
+        self.services.stop_federation_sender().await;
         self.store.close().await;
     }
 }
@@ -229,6 +230,7 @@ pub async fn start_with_options(
     };
     let services = build_services(config, store.clone()).await?;
     services.start_push_worker();
+    services.start_federation_sender();
     let app = rhizome_api::app(services.clone());
     let (shutdown, shutdown_signal) = tokio::sync::watch::channel(false);
     let stopped = |mut signal: tokio::sync::watch::Receiver<bool>| async move {

@@ -85,13 +85,34 @@ impl Services {
             return Err(Error::forbidden("You are not in this room"));
         }
         let timeout = timeout.min(MAX_TYPING_TIMEOUT);
+        self.apply_typing(room_id, &requester.user_id, typing, timeout).await?;
+        // The room's other servers hear of it (ephemeral: lost if they are unreachable).
+        let servers = self.room_servers(room_id).await?;
+        if !servers.is_empty() {
+            let content = serde_json::json!({
+                "room_id": room_id, "user_id": requester.user_id, "typing": typing,
+            });
+            self.queue_ephemeral_edu(&servers, "m.typing", &content);
+        }
+        Ok(())
+    }
+
+    /// Records that a member (local or remote) starts or stops typing, for `timeout`.
+    pub(crate) async fn apply_typing(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        typing: bool,
+        timeout: Duration,
+    ) -> Result<()> {
+        let timeout = timeout.min(MAX_TYPING_TIMEOUT);
         let changed = {
             let mut rooms = self.ephemeral.typing.lock();
             let room = rooms.entry(room_id.to_owned()).or_default();
             let changed = if typing {
-                room.users.insert(requester.user_id.clone(), Instant::now() + timeout).is_none()
+                room.users.insert(user_id.to_owned(), Instant::now() + timeout).is_none()
             } else {
-                room.users.remove(&requester.user_id).is_some()
+                room.users.remove(user_id).is_some()
             };
             if changed {
                 room.serial = self.ephemeral.next_serial();
@@ -101,8 +122,7 @@ impl Services {
         if changed {
             self.notify_room(room_id).await?;
         }
-        if typing {
-            let services = Arc::clone(self);
+        if typing && let Some(services) = self.arc() {
             let room_id = room_id.to_owned();
             tokio::spawn(async move {
                 tokio::time::sleep(timeout + Duration::from_millis(50)).await;
@@ -199,6 +219,20 @@ impl Services {
             self.notifier.notify([requester.user_id.as_ref()]);
         } else {
             self.notify_room(room_id).await?;
+            // Public receipts reach the room's other servers; private ones never leave.
+            let servers = self.room_servers(room_id).await?;
+            if !servers.is_empty() {
+                let mut data = serde_json::json!({ "ts": now_millis() });
+                if let Some(thread) = thread_id {
+                    data["thread_id"] = serde_json::json!(thread);
+                }
+                let content = serde_json::json!({
+                    room_id.as_str(): { "m.read": { requester.user_id.as_str(): {
+                        "event_ids": [event_id], "data": data,
+                    } } }
+                });
+                self.queue_ephemeral_edu(&servers, "m.receipt", &content);
+            }
         }
         Ok(())
     }

@@ -52,13 +52,19 @@ pub struct Services {
     pub(crate) sliding: sync::sliding::SlidingState,
     pub(crate) openid_tokens: users::openid::OpenIdTokens,
     pub(crate) push_queue: push::gateway::PushQueue,
+    pub(crate) federation: federation::FederationRuntime,
+    /// The services themselves, for work that outlives a call (wake-ups of senders).
+    pub(crate) me: std::sync::Weak<Services>,
 }
 
 impl Services {
     /// Builds the services over a store and signing key.
     pub fn new(config: Config, store: Arc<dyn DataStore>, signing_key: SigningKey) -> Arc<Self> {
         let config = Arc::new(config);
-        Arc::new(Self {
+        let signing_key = Arc::new(signing_key);
+        Arc::new_cyclic(|me| Self {
+            federation: federation::FederationRuntime::new(&config, signing_key.clone()),
+            me: me.clone(),
             rate_limiter: rate_limit::RateLimiter::new(config.rate_limits.clone()),
             notifier: notifier::Notifier::default(),
             caches: rooms::cache::RoomCaches::new(),
@@ -72,8 +78,13 @@ impl Services {
             push_queue: push::gateway::PushQueue::new(&config.push),
             config,
             store,
-            signing_key: Arc::new(signing_key),
+            signing_key,
         })
+    }
+
+    /// The services as a shared handle (they always live in an `Arc`).
+    pub(crate) fn arc(&self) -> Option<Arc<Self>> {
+        self.me.upgrade()
     }
 
     /// This server's name.

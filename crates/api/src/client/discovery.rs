@@ -1,32 +1,26 @@
-//! Discovery: `/versions`, `/.well-known/matrix/{client,server}`, `/capabilities` and the
-//! server's signing keys at `/_matrix/key/v2/server`.
+//! Discovery: `/versions`, `/.well-known/matrix/{client,server}` and `/capabilities`.
 
 #![allow(deprecated)] // SetDisplayNameCapability and SetAvatarUrlCapability, read by clients of v1.11.
 
 use std::collections::BTreeMap;
 
 use axum::{Router, extract::State};
-use rhizome_core::{Error, clock::now_millis};
+use rhizome_core::Error;
 use rhizome_room::versions::SUPPORTED_ROOM_VERSIONS;
-use ruma::{
-    api::{
-        client::discovery::{
-            discover_homeserver::{self, HomeserverInfo},
-            get_capabilities::{
-                self,
-                v3::{
-                    Capabilities, ChangePasswordCapability, RoomVersionStability,
-                    RoomVersionsCapability, SetAvatarUrlCapability, SetDisplayNameCapability,
-                },
+use ruma::api::{
+    client::discovery::{
+        discover_homeserver::{self, HomeserverInfo},
+        get_capabilities::{
+            self,
+            v3::{
+                Capabilities, ChangePasswordCapability, RoomVersionStability,
+                RoomVersionsCapability, SetAvatarUrlCapability, SetDisplayNameCapability,
             },
-            get_supported_versions,
         },
-        federation::discovery::{discover_homeserver as discover_server, get_server_keys},
+        get_supported_versions,
     },
-    serde::Raw,
-    signatures::sign_json,
+    federation::discovery::discover_homeserver as discover_server,
 };
-use serde_json::json;
 
 use crate::{ApiResult, AppState, Ruma, RumaResponse, routes::add};
 
@@ -40,8 +34,7 @@ pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = add::<get_supported_versions::Request, _, _>(router, versions);
     let router = add::<discover_homeserver::Request, _, _>(router, well_known_client);
     let router = add::<discover_server::Request, _, _>(router, well_known_server);
-    let router = add::<get_capabilities::v3::Request, _, _>(router, capabilities);
-    add::<get_server_keys::v2::Request, _, _>(router, server_keys)
+    add::<get_capabilities::v3::Request, _, _>(router, capabilities)
 }
 
 async fn versions(
@@ -100,21 +93,4 @@ async fn capabilities(
     capabilities.room_versions =
         RoomVersionsCapability::new(services.config.rooms.default_room_version.clone(), available);
     Ok(RumaResponse(get_capabilities::v3::Response::new(capabilities)))
-}
-
-async fn server_keys(
-    State(services): State<AppState>,
-    _: Ruma<get_server_keys::v2::Request>,
-) -> ApiResult<get_server_keys::v2::Response> {
-    let key = &services.signing_key;
-    let mut object: ruma::CanonicalJsonObject = serde_json::from_value(json!({
-        "server_name": services.server_name(),
-        "valid_until_ts": now_millis() + 7 * 24 * 3600 * 1000,
-        "verify_keys": { key.key_id(): { "key": key.public_key_base64() } },
-        "old_verify_keys": {},
-    }))
-    .map_err(Error::internal)?;
-    sign_json(services.server_name().as_str(), key.pair(), &mut object).map_err(Error::internal)?;
-    let raw = Raw::from_json(serde_json::value::to_raw_value(&object).map_err(Error::internal)?);
-    Ok(RumaResponse(get_server_keys::v2::Response::new(raw)))
 }

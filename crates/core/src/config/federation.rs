@@ -34,6 +34,7 @@ pub struct FederationConfig {
     /// although they are not public. Every other loopback, private, link-local or reserved
     /// address is refused, after name resolution.
     #[schemars(with = "Vec<String>")]
+    #[serde(deserialize_with = "addresses_or_ranges")]
     pub allowed_addresses: Vec<IpNet>,
     /// Whether presence (online, idle, offline) is shared with other servers. Off by default:
     /// it tells strangers when members are active.
@@ -78,14 +79,41 @@ pub struct TrustedKeyServer {
 
 impl FederationConfig {
     /// Whether a server may federate with this one: allowed (or no allow-list) and not denied.
+    /// A pattern matches the server name with or without its port (`*.example.org` matches
+    /// `chat.example.org:8448`).
     pub fn server_allowed(&self, server_name: &str) -> bool {
-        let host = server_name.to_ascii_lowercase();
+        let name = server_name.to_ascii_lowercase();
+        let host = ruma::ServerName::parse(&name)
+            .map(|parsed| parsed.host().to_owned())
+            .unwrap_or_else(|_| name.clone());
         let matches = |patterns: &[String]| {
-            patterns.iter().any(|pattern| glob_match(&pattern.to_ascii_lowercase(), &host))
+            patterns.iter().any(|pattern| {
+                let pattern = pattern.to_ascii_lowercase();
+                glob_match(&pattern, &name) || glob_match(&pattern, &host)
+            })
         };
         (self.allowed_servers.is_empty() || matches(&self.allowed_servers))
             && !matches(&self.denied_servers)
     }
+}
+
+/// Addresses (`10.1.2.3`, `::1`) or CIDR ranges (`127.0.0.0/8`).
+fn addresses_or_ranges<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<IpNet>, D::Error> {
+    let texts: Vec<String> = Vec::deserialize(deserializer)?;
+    texts
+        .iter()
+        .map(|text| {
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{text}` is neither an IP address nor a CIDR range"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// Matches `text` against a pattern where `*` is any run of characters and `?` one character.
@@ -130,15 +158,37 @@ mod tests {
     }
 
     #[test]
+    fn allowed_addresses_take_addresses_and_ranges() {
+        let config = crate::Config::from_toml_and_env(
+            "[federation]\nallowed_addresses = [\"10.1.2.3\", \"127.0.0.0/8\", \"::1\"]\n",
+            Vec::new(),
+        )
+        .unwrap();
+        let nets = &config.federation.allowed_addresses;
+        assert!(nets[0].contains(&"10.1.2.3".parse::<std::net::IpAddr>().unwrap()));
+        assert!(!nets[0].contains(&"10.1.2.4".parse::<std::net::IpAddr>().unwrap()));
+        assert!(nets[1].contains(&"127.9.9.9".parse::<std::net::IpAddr>().unwrap()));
+        assert!(nets[2].contains(&"::1".parse::<std::net::IpAddr>().unwrap()));
+        let error = crate::Config::from_toml_and_env(
+            "[federation]\nallowed_addresses = [\"nowhere\"]\n",
+            Vec::new(),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("nowhere"), "{error}");
+    }
+
+    #[test]
     fn denial_wins_and_an_allow_list_closes_federation() {
         let mut config = FederationConfig::default();
         assert!(config.server_allowed("anyone.org"));
         config.denied_servers = vec!["*.bad.example".to_owned()];
         assert!(!config.server_allowed("evil.bad.example"));
+        assert!(!config.server_allowed("evil.bad.example:443"));
         assert!(config.server_allowed("good.example"));
         config.allowed_servers = vec!["ally.org".to_owned(), "*.ally.org".to_owned()];
         assert!(config.server_allowed("ALLY.org"));
         assert!(config.server_allowed("chat.ally.org"));
+        assert!(config.server_allowed("chat.ally.org:8448"));
         assert!(!config.server_allowed("good.example"));
     }
 }

@@ -286,7 +286,16 @@ impl Services {
             map: Arc::new(StateMap::new()),
             spec: StateSpec::New { base: None, changes: Vec::new() },
         };
-        self.persist_prepared(room_id, version, pdu, state_before, &[], Vec::new(), None).await?;
+        self.persist_prepared(
+            room_id,
+            version,
+            pdu,
+            state_before,
+            &[],
+            Vec::new(),
+            super::send::Provenance::Local { txn: None },
+        )
+        .await?;
         Ok(())
     }
 

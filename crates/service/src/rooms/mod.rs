@@ -6,6 +6,7 @@ pub mod cache;
 pub mod create;
 pub mod directory;
 pub mod format;
+pub mod incoming;
 pub mod membership;
 pub mod power;
 pub mod read;
@@ -80,6 +81,20 @@ impl Services {
             })
             .map(|member| member.user_id.clone())
             .collect())
+    }
+
+    /// The other servers with members joined to the room (federation's audience for it).
+    pub async fn room_servers(&self, room_id: &RoomId) -> Result<Vec<ruma::OwnedServerName>> {
+        let mut servers: Vec<ruma::OwnedServerName> = self
+            .room_members_cached(room_id, false)
+            .await?
+            .iter()
+            .map(|member| member.server_name().to_owned())
+            .filter(|server| server != self.server_name())
+            .collect();
+        servers.sort();
+        servers.dedup();
+        Ok(servers)
     }
 
     /// Every membership row of the room, from the cache.

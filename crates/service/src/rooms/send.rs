@@ -62,6 +62,25 @@ impl NewEvent {
     }
 }
 
+/// Where an event being persisted comes from.
+#[derive(Clone, Debug)]
+pub(crate) enum Provenance {
+    /// A local user sent it (with the client's transaction): it goes to the room's other
+    /// servers.
+    Local {
+        /// The client transaction.
+        txn: Option<TxnRecord>,
+    },
+    /// Another server sent it; a soft-failed event is kept out of the room's current state.
+    Remote {
+        /// Whether it failed the auth rules against the current state.
+        soft_failed: bool,
+    },
+    /// History fetched from another server (backfill).
+    #[allow(dead_code)] // Backfill, which fetches history, lands next.
+    Historical,
+}
+
 /// The largest number of `prev_events` a new event cites.
 const MAX_PREV_EVENTS: usize = 20;
 
@@ -132,12 +151,20 @@ impl Services {
                 &state_before.map,
             )
             .await?;
-        self.persist_prepared(room_id, &version, pdu, state_before, &prev_events, extremities, txn)
-            .await
+        self.persist_prepared(
+            room_id,
+            &version,
+            pdu,
+            state_before,
+            &prev_events,
+            extremities,
+            Provenance::Local { txn },
+        )
+        .await
     }
 
     /// The state before an event following `prevs`: theirs, resolved when they differ.
-    async fn state_before(
+    pub(crate) async fn state_before(
         &self,
         room_id: &RoomId,
         version: &RoomVersionId,
@@ -263,6 +290,10 @@ impl Services {
         Ok(pdu)
     }
 
+    /// Persists an authorised event in one store call: the event, its state, the new forward
+    /// extremities and current state, memberships, relations, redaction, notifications and,
+    /// for local events, the other servers to send it to; then wakes whoever it concerns.
+    /// Local events and those of other servers take this same step.
     #[allow(clippy::too_many_arguments)] // The parts of one persistence step, each distinct.
     pub(crate) async fn persist_prepared(
         &self,
@@ -272,7 +303,7 @@ impl Services {
         state_before: StateBeforeParts,
         prev_events: &[OwnedEventId],
         extremities: Vec<OwnedEventId>,
-        txn: Option<TxnRecord>,
+        provenance: Provenance,
     ) -> Result<OwnedEventId> {
         let event_id = pdu.event_id.clone();
         let slot = pdu.state_slot();
@@ -280,16 +311,30 @@ impl Services {
         if let Some(slot) = &slot {
             state_after.insert(slot.clone(), event_id.clone());
         }
-        let mut new_extremities: Vec<OwnedEventId> =
-            extremities.into_iter().filter(|extremity| !prev_events.contains(extremity)).collect();
-        new_extremities.push(event_id.clone());
+        let (txn, soft_failed, historical, local) = match provenance {
+            Provenance::Local { txn } => (txn, false, false, true),
+            Provenance::Remote { soft_failed } => (None, soft_failed, false, false),
+            Provenance::Historical => (None, false, true, false),
+        };
+        // A soft-failed or historical event joins the graph without moving the room on.
+        let moves_room = !soft_failed && !historical;
+        let mut new_extremities: Vec<OwnedEventId> = if moves_room {
+            extremities.into_iter().filter(|extremity| !prev_events.contains(extremity)).collect()
+        } else {
+            extremities
+        };
+        if moves_room {
+            new_extremities.push(event_id.clone());
+        }
         let old_current_group =
             self.store.get_room(room_id).await?.and_then(|room| room.current_state_group);
         let old_current = match old_current_group {
             Some(group) => self.state_map(group).await?,
             None => Arc::new(StateMap::new()),
         };
-        let (current_state, new_current) = if new_extremities.len() == 1 {
+        let (current_state, new_current) = if !moves_room {
+            (CurrentState::Unchanged, (*old_current).clone())
+        } else if new_extremities.len() == 1 {
             (CurrentState::StateAfter, state_after.clone())
         } else {
             let mut maps = vec![state_after.clone()];
@@ -303,11 +348,19 @@ impl Services {
             (CurrentState::New(StateSpec::New { base: old_current_group, changes }), resolved)
         };
         let membership_changes = self.membership_changes(&old_current, &new_current, &pdu).await?;
-        let redaction = self.prepare_redaction(version, &pdu).await?;
-        let push_actions = self.push_actions_for(&pdu, &new_current).await?;
-        let relation = relation_of(&pdu);
-        let federation_destinations =
-            self.federation_destinations_for(room_id, &pdu, &membership_changes).await?;
+        let redaction = if moves_room || historical {
+            self.prepare_redaction(version, &pdu).await?
+        } else {
+            None
+        };
+        let push_actions =
+            if moves_room { self.push_actions_for(&pdu, &new_current).await? } else { Vec::new() };
+        let relation = if soft_failed { None } else { relation_of(&pdu) };
+        let federation_destinations = if local {
+            self.federation_destinations_for(room_id, &pdu, &membership_changes).await?
+        } else {
+            Vec::new()
+        };
         let persist = PersistEvent {
             event_id: event_id.clone(),
             room_id: room_id.to_owned(),
@@ -332,8 +385,8 @@ impl Services {
             redaction: redaction.clone(),
             push_actions,
             federation_destinations,
-            soft_failed: false,
-            historical: false,
+            soft_failed,
+            historical,
         };
         let membership_write = (!membership_changes.is_empty()).then(|| {
             let users = membership_changes.iter().map(|change| change.user_id.clone()).collect();
@@ -344,6 +397,10 @@ impl Services {
             self.end_membership_write(write);
         }
         let persisted = persisted?;
+        self.wake_destinations(&persist.federation_destinations);
+        if !moves_room {
+            return Ok(event_id);
+        }
         self.record_room_activity(room_id, &persist.event_type, persisted.stream_pos);
         self.queue_pushes(room_id, &event_id, &persist.push_actions);
         if let Some((target, _)) = &redaction {

@@ -1,6 +1,5 @@
-//! The parts of the Server-Server API served so far: `/openid/userinfo`, with which a third
-//! party (a widget) checks an OpenID token a client gave it. (The server's signing keys are
-//! served with discovery.)
+//! `/openid/userinfo`, with which a third party (a widget) checks an OpenID token a client
+//! gave it.
 
 use axum::{Router, extract::State};
 use ruma::api::federation::openid::get_openid_userinfo;

@@ -1,0 +1,18 @@
+//! The Server-Server API: what other homeservers ask of this one. Every handler behind
+//! `ServerSignatures` runs only after the request's `X-Matrix` signature is verified
+//! ([`auth`]); the origin is then `Ruma::origin`.
+
+pub(crate) mod auth;
+mod keys;
+mod openid;
+mod transactions;
+
+use axum::Router;
+
+use crate::AppState;
+
+pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
+    let router = keys::routes(router);
+    let router = transactions::routes(router);
+    openid::routes(router)
+}
