@@ -47,6 +47,46 @@ async fn full_state_does_not_reset_the_timeline() {
     let full = alice.sync(&format!("since={since}&full_state=true&timeout=0")).await;
     let room = joined(&full, &room_id);
     assert_eq!(bodies(room), vec!["new"]);
-    assert_ne!(room["timeline"]["limited"], true);
+    assert_eq!(room["timeline"]["limited"], false);
     assert!(types(room, "state").iter().any(|kind| kind == "m.room.create"), "{room}");
+}
+
+#[tokio::test]
+async fn joined_and_left_rooms_always_carry_every_section() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let left = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    bob.join(&left).await;
+    let first = bob.sync("timeout=0").await;
+    for key in ["join", "invite", "leave", "knock"] {
+        assert!(first["rooms"][key].is_object(), "rooms.{key} missing: {}", first["rooms"]);
+    }
+    let room = joined(&first, &room_id);
+    assert_eq!(room["timeline"]["limited"], false, "{room}");
+    for section in ["state", "ephemeral", "account_data"] {
+        assert!(room[section]["events"].is_array(), "{section} missing: {room}");
+    }
+
+    // Only a typing notice: the room still has every section, all empty but ephemeral.
+    let since = first["next_batch"].as_str().unwrap();
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room_id}/typing/{}", alice.user()),
+            json!({ "typing": true, "timeout": 10_000 }),
+        )
+        .await
+        .ok();
+    bob.post(&format!("/_matrix/client/v3/rooms/{left}/leave"), json!({})).await.ok();
+    let next = bob.sync(&format!("since={since}&timeout=0")).await;
+    let room = joined(&next, &room_id);
+    assert_eq!(room["timeline"], json!({ "events": [], "limited": false }), "{room}");
+    assert_eq!(room["state"], json!({ "events": [] }));
+    assert_eq!(room["account_data"], json!({ "events": [] }));
+    assert_eq!(types(room, "ephemeral"), vec!["m.typing"]);
+    let gone = &next["rooms"]["leave"][&left];
+    assert_eq!(gone["timeline"]["limited"], false, "{gone}");
+    assert!(gone["state"]["events"].is_array() && gone["account_data"]["events"].is_array());
 }
