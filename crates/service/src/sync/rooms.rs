@@ -37,6 +37,19 @@ const STRIPPED_STATE_TYPES: &[&str] = &[
     "m.room.topic",
 ];
 
+/// How many timeline events a room gets: the filter's limit (0 is none at all, the state
+/// alone), at most 500.
+fn timeline_limit(request: &SyncRequest) -> usize {
+    request
+        .filter
+        .room
+        .timeline
+        .limit
+        .map(|limit| usize::try_from(u64::from(limit)).unwrap_or(usize::MAX))
+        .unwrap_or(DEFAULT_TIMELINE_LIMIT)
+        .min(500)
+}
+
 /// What one room's timeline for a sync takes.
 pub(super) struct TimelineQuery<'a> {
     /// The newest stream position to include.
@@ -299,11 +312,7 @@ impl Services {
         ignored: &HashSet<OwnedUserId>,
     ) -> Result<TimelinePart> {
         let timeline_filter = &request.filter.room.timeline;
-        let limit = timeline_filter
-            .limit
-            .map(|limit| usize::try_from(u64::from(limit)).unwrap_or(usize::MAX))
-            .unwrap_or(DEFAULT_TIMELINE_LIMIT)
-            .clamp(1, 500);
+        let limit = timeline_limit(request);
         let lower = if from_start { None } else { window.since.map(|since| since.pos) };
         let query = TimelineQuery {
             upper: window.upper.pos,
@@ -465,14 +474,7 @@ impl Services {
         window: Window,
         membership: &MembershipRecord,
     ) -> Result<Option<v3::LeftRoom>> {
-        let limit = request
-            .filter
-            .room
-            .timeline
-            .limit
-            .map(|limit| usize::try_from(u64::from(limit)).unwrap_or(usize::MAX))
-            .unwrap_or(DEFAULT_TIMELINE_LIMIT)
-            .clamp(1, 500);
+        let limit = timeline_limit(request);
         let lower = window.since.map(|since| since.pos);
         let timeline = self
             .collect_timeline(

@@ -90,3 +90,41 @@ async fn joined_and_left_rooms_always_carry_every_section() {
     assert_eq!(gone["timeline"]["limited"], false, "{gone}");
     assert!(gone["state"]["events"].is_array() && gone["account_data"]["events"].is_array());
 }
+
+#[tokio::test]
+async fn a_timeline_limit_of_zero_gives_state_and_no_events() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let room_id = alice.create_room(json!({ "name": "before" })).await;
+    alice.send_text(&room_id, "hello").await;
+    let filter =
+        rhizome_testkit::encode(&json!({ "room": { "timeline": { "limit": 0 } } }).to_string());
+    let first = alice.sync(&format!("filter={filter}&timeout=0")).await;
+    let room = joined(&first, &room_id);
+    assert_eq!(room["timeline"]["events"], json!([]), "{room}");
+    assert_eq!(room["timeline"]["limited"], true);
+    assert!(types(room, "state").iter().any(|kind| kind == "m.room.create"), "{room}");
+
+    // Incrementally: no events, and the state that changed.
+    let since = first["next_batch"].as_str().unwrap();
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.name/"),
+            json!({ "name": "after" }),
+        )
+        .await
+        .ok();
+    alice.send_text(&room_id, "again").await;
+    let next = alice.sync(&format!("since={since}&filter={filter}&timeout=0")).await;
+    let room = joined(&next, &room_id);
+    assert_eq!(room["timeline"]["events"], json!([]), "{room}");
+    assert_eq!(room["timeline"]["limited"], true);
+    let names: Vec<&Value> = room["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["type"] == "m.room.name")
+        .collect();
+    assert_eq!(names.len(), 1, "{room}");
+    assert_eq!(names[0]["content"]["name"], "after");
+}
