@@ -408,9 +408,8 @@ impl Services {
             .map(|event| event.pdu.sender.to_string())
             .chain(std::iter::once(requester.user_id.to_string()))
             .collect();
-        // Without a gap the timeline holds every change since the last sync; only the lazily
-        // loaded members of its senders may be missing.
-        let delta_needed = full || timeline.limited || request.use_state_after;
+        // Every change since the last sync that the timeline does not show: those of a gap,
+        // those a timeline filter hides, and those state resolution made.
         let ids: Vec<OwnedEventId> = target
             .iter()
             .filter(|(_, id)| !in_timeline.contains(id))
@@ -422,7 +421,7 @@ impl Services {
                     // not track which a device already has, which the spec allows.
                     wanted_members.contains(key)
                 } else {
-                    delta_needed && changed
+                    changed
                 }
             })
             .map(|(_, id)| id.clone())

@@ -128,3 +128,102 @@ async fn a_timeline_limit_of_zero_gives_state_and_no_events() {
     assert_eq!(names.len(), 1, "{room}");
     assert_eq!(names[0]["content"]["name"], "after");
 }
+
+/// `(type, state_key)` of a section's events, sorted.
+fn slots(room: &Value, section: &str) -> Vec<(String, String)> {
+    let mut slots: Vec<(String, String)> = room[section]["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .map(|event| {
+                    let kind = event["type"].as_str().unwrap_or_default().to_owned();
+                    (kind, event["state_key"].as_str().unwrap_or_default().to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    slots.sort();
+    slots
+}
+
+fn slot(kind: &str, key: &str) -> (String, String) {
+    (kind.to_owned(), key.to_owned())
+}
+
+#[tokio::test]
+async fn a_gapped_sync_brings_every_state_change_of_the_gap_and_the_speakers() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let carol = Api::new_user(&server.base_url, "carol").await;
+    let dave = Api::new_user(&server.base_url, "dave").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    let since = bob.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+
+    // The gap: a new name and topic, Carol joins, Dave comes and goes; then Carol talks.
+    let state = format!("/_matrix/client/v3/rooms/{room_id}/state");
+    alice.put(&format!("{state}/m.room.name/"), json!({ "name": "renamed" })).await.ok();
+    alice.put(&format!("{state}/m.room.topic/"), json!({ "topic": "news" })).await.ok();
+    carol.join(&room_id).await;
+    dave.join(&room_id).await;
+    dave.post(&format!("/_matrix/client/v3/rooms/{room_id}/leave"), json!({})).await.ok();
+    for index in 0..5 {
+        carol.send_text(&room_id, &format!("c{index}")).await;
+    }
+    alice.send_text(&room_id, "last").await;
+
+    let filter = |lazy: bool| {
+        let filter = json!({ "room": {
+            "timeline": { "limit": 2 }, "state": { "lazy_load_members": lazy },
+        } });
+        rhizome_testkit::encode(&filter.to_string())
+    };
+    let gapped = bob.sync(&format!("since={since}&filter={}&timeout=0", filter(false))).await;
+    let room = joined(&gapped, &room_id);
+    assert_eq!(bodies(room), vec!["c4", "last"]);
+    assert_eq!(room["timeline"]["limited"], true);
+    assert_eq!(
+        slots(room, "state"),
+        vec![
+            slot("m.room.member", carol.user()),
+            slot("m.room.member", dave.user()),
+            slot("m.room.name", ""),
+            slot("m.room.topic", ""),
+        ]
+    );
+
+    // Lazily loaded: the non-member changes, and the members of those who speak.
+    let lazy = bob.sync(&format!("since={since}&filter={}&timeout=0", filter(true))).await;
+    let room = joined(&lazy, &room_id);
+    let got = slots(room, "state");
+    for wanted in [
+        slot("m.room.member", carol.user()),
+        slot("m.room.member", alice.user()),
+        slot("m.room.name", ""),
+        slot("m.room.topic", ""),
+    ] {
+        assert!(got.contains(&wanted), "{wanted:?} missing from {got:?}");
+    }
+    assert!(!got.contains(&slot("m.room.member", dave.user())), "{got:?}");
+
+    // A timeline filtered to messages hides state events: they come in the state instead.
+    let since = lazy["next_batch"].as_str().unwrap().to_owned();
+    alice.put(&format!("{state}/m.room.topic/"), json!({ "topic": "olds" })).await.ok();
+    alice.send_text(&room_id, "after the topic").await;
+    let messages_only = rhizome_testkit::encode(
+        &json!({ "room": { "timeline": { "types": ["m.room.message"] } } }).to_string(),
+    );
+    let filtered = bob.sync(&format!("since={since}&filter={messages_only}&timeout=0")).await;
+    let room = joined(&filtered, &room_id);
+    assert_eq!(bodies(room), vec!["after the topic"]);
+    let topics: Vec<&Value> = room["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["type"] == "m.room.topic")
+        .collect();
+    assert_eq!(topics.len(), 1, "{room}");
+    assert_eq!(topics[0]["content"]["topic"], "olds");
+}
