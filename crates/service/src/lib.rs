@@ -49,6 +49,7 @@ pub struct Services {
     pub(crate) password_permits: tokio::sync::Semaphore,
     pub(crate) media: media::MediaRuntime,
     pub(crate) sliding: sync::sliding::SlidingState,
+    pub(crate) lazy_members: sync::lazy::LazyMembersSent,
     pub(crate) openid_tokens: users::openid::OpenIdTokens,
     pub(crate) push_queue: push::gateway::PushQueue,
 }
@@ -67,6 +68,7 @@ impl Services {
             password_permits: tokio::sync::Semaphore::new(users::password::CONCURRENT_HASHES),
             media: media::MediaRuntime::new(&config),
             sliding: sync::sliding::SlidingState::new(),
+            lazy_members: sync::lazy::LazyMembersSent::new(),
             openid_tokens: users::openid::OpenIdTokens::default(),
             push_queue: push::gateway::PushQueue::new(&config.push),
             config,

@@ -8,7 +8,10 @@ use rhizome_room::StateMap;
 use rhizome_storage::{Direction, MembershipRecord, StateGroupId, UnreadCounts};
 use ruma::{
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
-    api::client::sync::sync_events::{UnreadNotificationsCount, v3},
+    api::client::{
+        filter::LazyLoadOptions,
+        sync::sync_events::{UnreadNotificationsCount, v3},
+    },
     events::StateEventType,
 };
 use serde_json::json;
@@ -397,6 +400,13 @@ impl Services {
             _ => Arc::new(StateMap::new()),
         };
         let lazy = !request.filter.room.state.lazy_load_options.is_disabled();
+        // Members the device already has are left out of incremental syncs, unless asked for.
+        let dedupe = match (full, window.since, &request.filter.room.state.lazy_load_options) {
+            (false, Some(since), LazyLoadOptions::Enabled { include_redundant_members: false }) => {
+                Some(since)
+            }
+            _ => None,
+        };
         let in_timeline: HashSet<&OwnedEventId> = if request.use_state_after {
             HashSet::new()
         } else {
@@ -417,15 +427,32 @@ impl Services {
                 let is_member = *kind == StateEventType::RoomMember;
                 let changed = since_state.get(&(kind.clone(), key.clone())) != Some(*id);
                 if lazy && is_member {
-                    // Members of the timeline's senders are sent again each time: Rhizome does
-                    // not track which a device already has, which the spec allows.
                     wanted_members.contains(key)
+                        && dedupe.is_none_or(|since| {
+                            !self.lazy_members.has(requester, room_id, key, id, since)
+                        })
                 } else {
                     changed
                 }
             })
             .map(|(_, id)| id.clone())
             .collect();
+        if lazy {
+            // What this response gives the device: the members in its state and timeline.
+            let sending: HashSet<&OwnedEventId> = ids.iter().collect();
+            let sent = target
+                .iter()
+                .filter(|((kind, _), id)| {
+                    *kind == StateEventType::RoomMember && sending.contains(id)
+                })
+                .map(|((_, key), id)| (key.clone(), id.clone()))
+                .chain(timeline.events.iter().filter_map(|event| {
+                    let key = event.pdu.state_key.as_ref()?;
+                    (event.pdu.kind.to_string() == "m.room.member")
+                        .then(|| (key.clone(), event.pdu.event_id.clone()))
+                }));
+            self.lazy_members.record(requester, room_id, sent, window.upper);
+        }
         let events = self.load_events(&ids).await?;
         let state_filter = &request.filter.room.state;
         Ok(events

@@ -227,3 +227,77 @@ async fn a_gapped_sync_brings_every_state_change_of_the_gap_and_the_speakers() {
     assert_eq!(topics.len(), 1, "{room}");
     assert_eq!(topics[0]["content"]["topic"], "olds");
 }
+
+/// The state keys of the member events in a room's state section.
+fn members_in_state(room: &Value) -> Vec<String> {
+    slots(room, "state")
+        .into_iter()
+        .filter(|(kind, _)| kind == "m.room.member")
+        .map(|(_, key)| key)
+        .collect()
+}
+
+#[tokio::test]
+async fn lazy_loaded_members_are_not_sent_again_unless_asked_for() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let carol = Api::new_user(&server.base_url, "carol").await;
+    let dave = Api::new_user(&server.base_url, "dave").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    carol.join(&room_id).await;
+    bob.join(&room_id).await;
+    alice.send_text(&room_id, "a1").await;
+    alice.send_text(&room_id, "a2").await;
+    let filter = |redundant: bool| {
+        let filter = json!({ "room": {
+            "timeline": { "limit": 2 },
+            "state": { "lazy_load_members": true, "include_redundant_members": redundant },
+        } });
+        rhizome_testkit::encode(&filter.to_string())
+    };
+    let lazy = filter(false);
+    let first = bob.sync(&format!("filter={lazy}&timeout=0")).await;
+    let mut expected = vec![alice.user().to_owned(), bob.user().to_owned()];
+    expected.sort();
+    assert_eq!(members_in_state(joined(&first, &room_id)), expected);
+
+    // Carol speaks: her member event comes, Alice's and Bob's own do not come again.
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    carol.send_text(&room_id, "c1").await;
+    let next = bob.sync(&format!("since={since}&filter={lazy}&timeout=0")).await;
+    assert_eq!(members_in_state(joined(&next, &room_id)), vec![carol.user().to_owned()]);
+    // And once the client has it, not again; Alice speaking again brings nothing either.
+    let since = next["next_batch"].as_str().unwrap().to_owned();
+    carol.send_text(&room_id, "c2").await;
+    alice.send_text(&room_id, "a3").await;
+    let again = bob.sync(&format!("since={since}&filter={lazy}&timeout=0")).await;
+    let room = joined(&again, &room_id);
+    assert_eq!(bodies(room), vec!["c2", "a3"]);
+    assert!(members_in_state(room).is_empty(), "{room}");
+    // Unless the filter asks for redundant members.
+    let redundant = bob.sync(&format!("since={since}&filter={}&timeout=0", filter(true))).await;
+    let mut expected =
+        vec![alice.user().to_owned(), bob.user().to_owned(), carol.user().to_owned()];
+    expected.sort();
+    assert_eq!(members_in_state(joined(&redundant, &room_id)), expected);
+
+    // A response the client never acknowledged does not count: retrying from the same
+    // position brings Dave's member event again.
+    let since = again["next_batch"].as_str().unwrap().to_owned();
+    dave.join(&room_id).await;
+    alice.send_text(&room_id, "filler 1").await;
+    alice.send_text(&room_id, "filler 2").await;
+    dave.send_text(&room_id, "d1").await;
+    for _ in 0..2 {
+        let retried = bob.sync(&format!("since={since}&filter={lazy}&timeout=0")).await;
+        let room = joined(&retried, &room_id);
+        assert!(members_in_state(room).contains(&dave.user().to_owned()), "{room}");
+    }
+    // An initial sync starts over: everyone who speaks comes again.
+    let fresh = bob.sync(&format!("filter={lazy}&timeout=0")).await;
+    let members = members_in_state(joined(&fresh, &room_id));
+    assert!(
+        members.contains(&dave.user().to_owned()) && members.contains(&alice.user().to_owned())
+    );
+}
