@@ -166,7 +166,27 @@ impl Default for SessionsConfig {
 pub struct RoomsConfig {
     /// The room version of new rooms when the client does not choose one (1 to 12).
     #[schemars(with = "String")]
+    #[serde(deserialize_with = "room_version_text_or_number")]
     pub default_room_version: RoomVersionId,
+}
+
+/// A room version written as text (`"10"`) or as a number (`10`, as an environment variable
+/// gives it).
+fn room_version_text_or_number<'de, D>(deserializer: D) -> Result<RoomVersionId, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Text(String),
+        Number(u64),
+    }
+    let text = match Written::deserialize(deserializer)? {
+        Written::Text(text) => text,
+        Written::Number(number) => number.to_string(),
+    };
+    RoomVersionId::try_from(text.as_str()).map_err(serde::de::Error::custom)
 }
 
 impl Default for RoomsConfig {
@@ -427,6 +447,25 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn the_default_room_version_is_text_or_a_number() {
+        for value in ["10", "\"10\""] {
+            let config = Config::from_toml_and_env(
+                "",
+                env(&[("RHIZOME_ROOMS__DEFAULT_ROOM_VERSION", value)]),
+            )
+            .unwrap();
+            assert_eq!(config.rooms.default_room_version, RoomVersionId::V10, "{value}");
+        }
+        let config =
+            Config::from_toml_and_env("[rooms]\ndefault_room_version = 11\n", Vec::new()).unwrap();
+        assert_eq!(config.rooms.default_room_version, RoomVersionId::V11);
+        assert!(
+            Config::from_toml_and_env("", env(&[("RHIZOME_ROOMS__DEFAULT_ROOM_VERSION", "3")]))
+                .is_err()
+        );
     }
 
     #[test]

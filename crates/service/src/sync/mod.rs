@@ -4,6 +4,7 @@
 //! counts. Simplified sliding sync (MSC4186) lives in [`sliding`].
 
 pub mod filter;
+pub(crate) mod lazy;
 mod rooms;
 pub(crate) mod sliding;
 
@@ -134,6 +135,9 @@ impl Services {
         window: Window,
     ) -> Result<v3::Response> {
         let mut response = v3::Response::new(window.upper.to_string());
+        if window.since.is_none() || request.full_state {
+            self.lazy_members.forget_device(requester);
+        }
         let memberships = self.user_memberships_cached(&requester.user_id).await?;
         self.sync_rooms(requester, request, window, &memberships, &mut response).await?;
         self.sync_account_data(requester, request, window, &mut response).await?;

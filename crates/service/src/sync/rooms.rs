@@ -8,7 +8,10 @@ use rhizome_room::StateMap;
 use rhizome_storage::{Direction, MembershipRecord, StateGroupId, UnreadCounts};
 use ruma::{
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
-    api::client::sync::sync_events::{UnreadNotificationsCount, v3},
+    api::client::{
+        filter::LazyLoadOptions,
+        sync::sync_events::{UnreadNotificationsCount, v3},
+    },
     events::StateEventType,
 };
 use serde_json::json;
@@ -36,6 +39,19 @@ const STRIPPED_STATE_TYPES: &[&str] = &[
     "m.room.encryption",
     "m.room.topic",
 ];
+
+/// How many timeline events a room gets: the filter's limit (0 is none at all, the state
+/// alone), at most 500.
+fn timeline_limit(request: &SyncRequest) -> usize {
+    request
+        .filter
+        .room
+        .timeline
+        .limit
+        .map(|limit| usize::try_from(u64::from(limit)).unwrap_or(usize::MAX))
+        .unwrap_or(DEFAULT_TIMELINE_LIMIT)
+        .min(500)
+}
 
 /// What one room's timeline for a sync takes.
 pub(super) struct TimelineQuery<'a> {
@@ -299,11 +315,7 @@ impl Services {
         ignored: &HashSet<OwnedUserId>,
     ) -> Result<TimelinePart> {
         let timeline_filter = &request.filter.room.timeline;
-        let limit = timeline_filter
-            .limit
-            .map(|limit| usize::try_from(u64::from(limit)).unwrap_or(usize::MAX))
-            .unwrap_or(DEFAULT_TIMELINE_LIMIT)
-            .clamp(1, 500);
+        let limit = timeline_limit(request);
         let lower = if from_start { None } else { window.since.map(|since| since.pos) };
         let query = TimelineQuery {
             upper: window.upper.pos,
@@ -388,6 +400,13 @@ impl Services {
             _ => Arc::new(StateMap::new()),
         };
         let lazy = !request.filter.room.state.lazy_load_options.is_disabled();
+        // Members the device already has are left out of incremental syncs, unless asked for.
+        let dedupe = match (full, window.since, &request.filter.room.state.lazy_load_options) {
+            (false, Some(since), LazyLoadOptions::Enabled { include_redundant_members: false }) => {
+                Some(since)
+            }
+            _ => None,
+        };
         let in_timeline: HashSet<&OwnedEventId> = if request.use_state_after {
             HashSet::new()
         } else {
@@ -399,9 +418,8 @@ impl Services {
             .map(|event| event.pdu.sender.to_string())
             .chain(std::iter::once(requester.user_id.to_string()))
             .collect();
-        // Without a gap the timeline holds every change since the last sync; only the lazily
-        // loaded members of its senders may be missing.
-        let delta_needed = full || timeline.limited || request.use_state_after;
+        // Every change since the last sync that the timeline does not show: those of a gap,
+        // those a timeline filter hides, and those state resolution made.
         let ids: Vec<OwnedEventId> = target
             .iter()
             .filter(|(_, id)| !in_timeline.contains(id))
@@ -409,15 +427,32 @@ impl Services {
                 let is_member = *kind == StateEventType::RoomMember;
                 let changed = since_state.get(&(kind.clone(), key.clone())) != Some(*id);
                 if lazy && is_member {
-                    // Members of the timeline's senders are sent again each time: Rhizome does
-                    // not track which a device already has, which the spec allows.
                     wanted_members.contains(key)
+                        && dedupe.is_none_or(|since| {
+                            !self.lazy_members.has(requester, room_id, key, id, since)
+                        })
                 } else {
-                    delta_needed && changed
+                    changed
                 }
             })
             .map(|(_, id)| id.clone())
             .collect();
+        if lazy {
+            // What this response gives the device: the members in its state and timeline.
+            let sending: HashSet<&OwnedEventId> = ids.iter().collect();
+            let sent = target
+                .iter()
+                .filter(|((kind, _), id)| {
+                    *kind == StateEventType::RoomMember && sending.contains(id)
+                })
+                .map(|((_, key), id)| (key.clone(), id.clone()))
+                .chain(timeline.events.iter().filter_map(|event| {
+                    let key = event.pdu.state_key.as_ref()?;
+                    (event.pdu.kind.to_string() == "m.room.member")
+                        .then(|| (key.clone(), event.pdu.event_id.clone()))
+                }));
+            self.lazy_members.record(requester, room_id, sent, window.upper);
+        }
         let events = self.load_events(&ids).await?;
         let state_filter = &request.filter.room.state;
         Ok(events
@@ -465,14 +500,7 @@ impl Services {
         window: Window,
         membership: &MembershipRecord,
     ) -> Result<Option<v3::LeftRoom>> {
-        let limit = request
-            .filter
-            .room
-            .timeline
-            .limit
-            .map(|limit| usize::try_from(u64::from(limit)).unwrap_or(usize::MAX))
-            .unwrap_or(DEFAULT_TIMELINE_LIMIT)
-            .clamp(1, 500);
+        let limit = timeline_limit(request);
         let lower = window.since.map(|since| since.pos);
         let timeline = self
             .collect_timeline(

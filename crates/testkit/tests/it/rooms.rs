@@ -400,3 +400,20 @@ async fn rooms_of_each_version_by_alias_and_with_power_level_overrides() {
         .await
         .expect_error(404, "M_NOT_FOUND");
 }
+
+#[tokio::test]
+async fn the_default_room_version_can_come_from_the_environment_as_a_number() {
+    let variables = [("RHIZOME_ROOMS__DEFAULT_ROOM_VERSION".to_owned(), "10".to_owned())];
+    let parsed = rhizome_core::Config::from_toml_and_env("", variables).unwrap();
+    let server = TestServer::start_with(rhizome_testkit::Backend::Sqlite, |config| {
+        config.rooms = parsed.rooms.clone();
+    })
+    .await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    let create =
+        alice.get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.create/")).await.ok();
+    assert_eq!(create["room_version"], "10");
+    let capabilities = alice.get("/_matrix/client/v3/capabilities").await.ok();
+    assert_eq!(capabilities["capabilities"]["m.room_versions"]["default"], "10");
+}

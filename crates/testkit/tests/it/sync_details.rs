@@ -47,6 +47,257 @@ async fn full_state_does_not_reset_the_timeline() {
     let full = alice.sync(&format!("since={since}&full_state=true&timeout=0")).await;
     let room = joined(&full, &room_id);
     assert_eq!(bodies(room), vec!["new"]);
-    assert_ne!(room["timeline"]["limited"], true);
+    assert_eq!(room["timeline"]["limited"], false);
     assert!(types(room, "state").iter().any(|kind| kind == "m.room.create"), "{room}");
+}
+
+#[tokio::test]
+async fn joined_and_left_rooms_always_carry_every_section() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let left = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    bob.join(&left).await;
+    let first = bob.sync("timeout=0").await;
+    for key in ["join", "invite", "leave", "knock"] {
+        assert!(first["rooms"][key].is_object(), "rooms.{key} missing: {}", first["rooms"]);
+    }
+    let room = joined(&first, &room_id);
+    assert_eq!(room["timeline"]["limited"], false, "{room}");
+    for section in ["state", "ephemeral", "account_data"] {
+        assert!(room[section]["events"].is_array(), "{section} missing: {room}");
+    }
+
+    // Only a typing notice: the room still has every section, all empty but ephemeral.
+    let since = first["next_batch"].as_str().unwrap();
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room_id}/typing/{}", alice.user()),
+            json!({ "typing": true, "timeout": 10_000 }),
+        )
+        .await
+        .ok();
+    bob.post(&format!("/_matrix/client/v3/rooms/{left}/leave"), json!({})).await.ok();
+    let next = bob.sync(&format!("since={since}&timeout=0")).await;
+    let room = joined(&next, &room_id);
+    assert_eq!(room["timeline"], json!({ "events": [], "limited": false }), "{room}");
+    assert_eq!(room["state"], json!({ "events": [] }));
+    assert_eq!(room["account_data"], json!({ "events": [] }));
+    assert_eq!(types(room, "ephemeral"), vec!["m.typing"]);
+    let gone = &next["rooms"]["leave"][&left];
+    assert_eq!(gone["timeline"]["limited"], false, "{gone}");
+    assert!(gone["state"]["events"].is_array() && gone["account_data"]["events"].is_array());
+}
+
+#[tokio::test]
+async fn a_timeline_limit_of_zero_gives_state_and_no_events() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let room_id = alice.create_room(json!({ "name": "before" })).await;
+    alice.send_text(&room_id, "hello").await;
+    let filter =
+        rhizome_testkit::encode(&json!({ "room": { "timeline": { "limit": 0 } } }).to_string());
+    let first = alice.sync(&format!("filter={filter}&timeout=0")).await;
+    let room = joined(&first, &room_id);
+    assert_eq!(room["timeline"]["events"], json!([]), "{room}");
+    assert_eq!(room["timeline"]["limited"], true);
+    assert!(types(room, "state").iter().any(|kind| kind == "m.room.create"), "{room}");
+
+    // Incrementally: no events, and the state that changed.
+    let since = first["next_batch"].as_str().unwrap();
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.name/"),
+            json!({ "name": "after" }),
+        )
+        .await
+        .ok();
+    alice.send_text(&room_id, "again").await;
+    let next = alice.sync(&format!("since={since}&filter={filter}&timeout=0")).await;
+    let room = joined(&next, &room_id);
+    assert_eq!(room["timeline"]["events"], json!([]), "{room}");
+    assert_eq!(room["timeline"]["limited"], true);
+    let names: Vec<&Value> = room["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["type"] == "m.room.name")
+        .collect();
+    assert_eq!(names.len(), 1, "{room}");
+    assert_eq!(names[0]["content"]["name"], "after");
+}
+
+/// `(type, state_key)` of a section's events, sorted.
+fn slots(room: &Value, section: &str) -> Vec<(String, String)> {
+    let mut slots: Vec<(String, String)> = room[section]["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .map(|event| {
+                    let kind = event["type"].as_str().unwrap_or_default().to_owned();
+                    (kind, event["state_key"].as_str().unwrap_or_default().to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    slots.sort();
+    slots
+}
+
+fn slot(kind: &str, key: &str) -> (String, String) {
+    (kind.to_owned(), key.to_owned())
+}
+
+#[tokio::test]
+async fn a_gapped_sync_brings_every_state_change_of_the_gap_and_the_speakers() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let carol = Api::new_user(&server.base_url, "carol").await;
+    let dave = Api::new_user(&server.base_url, "dave").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    let since = bob.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+
+    // The gap: a new name and topic, Carol joins, Dave comes and goes; then Carol talks.
+    let state = format!("/_matrix/client/v3/rooms/{room_id}/state");
+    alice.put(&format!("{state}/m.room.name/"), json!({ "name": "renamed" })).await.ok();
+    alice.put(&format!("{state}/m.room.topic/"), json!({ "topic": "news" })).await.ok();
+    carol.join(&room_id).await;
+    dave.join(&room_id).await;
+    dave.post(&format!("/_matrix/client/v3/rooms/{room_id}/leave"), json!({})).await.ok();
+    for index in 0..5 {
+        carol.send_text(&room_id, &format!("c{index}")).await;
+    }
+    alice.send_text(&room_id, "last").await;
+
+    let filter = |lazy: bool| {
+        let filter = json!({ "room": {
+            "timeline": { "limit": 2 }, "state": { "lazy_load_members": lazy },
+        } });
+        rhizome_testkit::encode(&filter.to_string())
+    };
+    let gapped = bob.sync(&format!("since={since}&filter={}&timeout=0", filter(false))).await;
+    let room = joined(&gapped, &room_id);
+    assert_eq!(bodies(room), vec!["c4", "last"]);
+    assert_eq!(room["timeline"]["limited"], true);
+    assert_eq!(
+        slots(room, "state"),
+        vec![
+            slot("m.room.member", carol.user()),
+            slot("m.room.member", dave.user()),
+            slot("m.room.name", ""),
+            slot("m.room.topic", ""),
+        ]
+    );
+
+    // Lazily loaded: the non-member changes, and the members of those who speak.
+    let lazy = bob.sync(&format!("since={since}&filter={}&timeout=0", filter(true))).await;
+    let room = joined(&lazy, &room_id);
+    let got = slots(room, "state");
+    for wanted in [
+        slot("m.room.member", carol.user()),
+        slot("m.room.member", alice.user()),
+        slot("m.room.name", ""),
+        slot("m.room.topic", ""),
+    ] {
+        assert!(got.contains(&wanted), "{wanted:?} missing from {got:?}");
+    }
+    assert!(!got.contains(&slot("m.room.member", dave.user())), "{got:?}");
+
+    // A timeline filtered to messages hides state events: they come in the state instead.
+    let since = lazy["next_batch"].as_str().unwrap().to_owned();
+    alice.put(&format!("{state}/m.room.topic/"), json!({ "topic": "olds" })).await.ok();
+    alice.send_text(&room_id, "after the topic").await;
+    let messages_only = rhizome_testkit::encode(
+        &json!({ "room": { "timeline": { "types": ["m.room.message"] } } }).to_string(),
+    );
+    let filtered = bob.sync(&format!("since={since}&filter={messages_only}&timeout=0")).await;
+    let room = joined(&filtered, &room_id);
+    assert_eq!(bodies(room), vec!["after the topic"]);
+    let topics: Vec<&Value> = room["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["type"] == "m.room.topic")
+        .collect();
+    assert_eq!(topics.len(), 1, "{room}");
+    assert_eq!(topics[0]["content"]["topic"], "olds");
+}
+
+/// The state keys of the member events in a room's state section.
+fn members_in_state(room: &Value) -> Vec<String> {
+    slots(room, "state")
+        .into_iter()
+        .filter(|(kind, _)| kind == "m.room.member")
+        .map(|(_, key)| key)
+        .collect()
+}
+
+#[tokio::test]
+async fn lazy_loaded_members_are_not_sent_again_unless_asked_for() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let carol = Api::new_user(&server.base_url, "carol").await;
+    let dave = Api::new_user(&server.base_url, "dave").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    carol.join(&room_id).await;
+    bob.join(&room_id).await;
+    alice.send_text(&room_id, "a1").await;
+    alice.send_text(&room_id, "a2").await;
+    let filter = |redundant: bool| {
+        let filter = json!({ "room": {
+            "timeline": { "limit": 2 },
+            "state": { "lazy_load_members": true, "include_redundant_members": redundant },
+        } });
+        rhizome_testkit::encode(&filter.to_string())
+    };
+    let lazy = filter(false);
+    let first = bob.sync(&format!("filter={lazy}&timeout=0")).await;
+    let mut expected = vec![alice.user().to_owned(), bob.user().to_owned()];
+    expected.sort();
+    assert_eq!(members_in_state(joined(&first, &room_id)), expected);
+
+    // Carol speaks: her member event comes, Alice's and Bob's own do not come again.
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    carol.send_text(&room_id, "c1").await;
+    let next = bob.sync(&format!("since={since}&filter={lazy}&timeout=0")).await;
+    assert_eq!(members_in_state(joined(&next, &room_id)), vec![carol.user().to_owned()]);
+    // And once the client has it, not again; Alice speaking again brings nothing either.
+    let since = next["next_batch"].as_str().unwrap().to_owned();
+    carol.send_text(&room_id, "c2").await;
+    alice.send_text(&room_id, "a3").await;
+    let again = bob.sync(&format!("since={since}&filter={lazy}&timeout=0")).await;
+    let room = joined(&again, &room_id);
+    assert_eq!(bodies(room), vec!["c2", "a3"]);
+    assert!(members_in_state(room).is_empty(), "{room}");
+    // Unless the filter asks for redundant members.
+    let redundant = bob.sync(&format!("since={since}&filter={}&timeout=0", filter(true))).await;
+    let mut expected =
+        vec![alice.user().to_owned(), bob.user().to_owned(), carol.user().to_owned()];
+    expected.sort();
+    assert_eq!(members_in_state(joined(&redundant, &room_id)), expected);
+
+    // A response the client never acknowledged does not count: retrying from the same
+    // position brings Dave's member event again.
+    let since = again["next_batch"].as_str().unwrap().to_owned();
+    dave.join(&room_id).await;
+    alice.send_text(&room_id, "filler 1").await;
+    alice.send_text(&room_id, "filler 2").await;
+    dave.send_text(&room_id, "d1").await;
+    for _ in 0..2 {
+        let retried = bob.sync(&format!("since={since}&filter={lazy}&timeout=0")).await;
+        let room = joined(&retried, &room_id);
+        assert!(members_in_state(room).contains(&dave.user().to_owned()), "{room}");
+    }
+    // An initial sync starts over: everyone who speaks comes again.
+    let fresh = bob.sync(&format!("filter={lazy}&timeout=0")).await;
+    let members = members_in_state(joined(&fresh, &room_id));
+    assert!(
+        members.contains(&dave.user().to_owned()) && members.contains(&alice.user().to_owned())
+    );
 }
