@@ -4,7 +4,7 @@
 #
 #   bash scripts/synapse-venv.sh [DIR]
 #
-# DIR defaults to $RHIZOME_SYNAPSE_VENV, else `${CARGO_TARGET_DIR:-target}/synapse-venv`. The
+# DIR defaults to $SYNAPSE_VENV, else `${CARGO_TARGET_DIR:-target}/synapse-venv`. The
 # version is pinned below, and its dependencies by scripts/synapse-constraints.txt (a frozen,
 # known-good set), so every machine runs the same Synapse. Idempotent: an environment that holds
 # this exact pin is reused at once. Safe to call from several processes at the same time: an
@@ -17,7 +17,7 @@ SYNAPSE_VERSION="1.163.2"
 root=$(cd "$(dirname "$0")/.." && pwd)
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
-venv="${1:-${RHIZOME_SYNAPSE_VENV:-$target_dir/synapse-venv}}"
+venv="${1:-${SYNAPSE_VENV:-$target_dir/synapse-venv}}"
 case "$venv" in /*) ;; *) venv="$PWD/$venv" ;; esac
 constraints="$root/scripts/synapse-constraints.txt"
 

@@ -27,9 +27,9 @@ fi
 
 # Synapse, the real peer of the federation tests, from PyPI (a pinned version in a virtual
 # environment under the target directory; reused when already installed). The test kit reads
-# its path from RHIZOME_SYNAPSE_VENV (and runs the same script itself when that is unset).
-RHIZOME_SYNAPSE_VENV="$(bash scripts/synapse-venv.sh)"
-export RHIZOME_SYNAPSE_VENV
+# its path from SYNAPSE_VENV (and runs the same script itself when that is unset).
+SYNAPSE_VENV="$(bash scripts/synapse-venv.sh)"
+export SYNAPSE_VENV
 
 cargo test --workspace --locked "$@"
 

@@ -67,6 +67,17 @@ pub fn https_client_trusting(certificates_pem: &[&str]) -> reqwest::Client {
         .expect("an HTTPS client")
 }
 
+/// Federation settings for tests on loopback: loopback addresses allowed, self-signed
+/// certificates accepted, quick retries and timeouts.
+pub fn federate_on_loopback(config: &mut Config) {
+    config.federation.verify_certificates = false;
+    config.federation.allowed_addresses =
+        vec!["127.0.0.0/8".parse().expect("invariant: a valid range")];
+    config.federation.min_retry_interval_secs = 1;
+    config.federation.max_retry_interval_secs = 4;
+    config.federation.request_timeout_secs = 15;
+}
+
 fn init_logging() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -101,6 +112,25 @@ impl TestServer {
             },
             options,
         )
+        .await
+    }
+
+    /// A server that federates over loopback: TLS on `ip`, named `ip:port`, reaching other
+    /// loopback servers (their self-signed certificates accepted), retrying quickly.
+    pub async fn start_federating(ip: &str) -> Self {
+        Self::start_federating_with(Backend::Sqlite, ip, |_| {}).await
+    }
+
+    /// Like [`TestServer::start_federating`], on a backend and with more configuration.
+    pub async fn start_federating_with(
+        backend: Backend,
+        ip: &str,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
+        Self::start_tls(backend, ip, |config| {
+            federate_on_loopback(config);
+            adjust(config);
+        })
         .await
     }
 

@@ -5,7 +5,7 @@
 //!
 //! Synapse comes from PyPI: `scripts/synapse-venv.sh` installs a pinned version into a virtual
 //! environment. `scripts/test.sh` runs it before `cargo test` and names the environment in
-//! `RHIZOME_SYNAPSE_VENV`; when that variable is unset, the first test to need Synapse runs the
+//! `SYNAPSE_VENV`; when that variable is unset, the first test to need Synapse runs the
 //! script itself (the first time this takes about half a minute, then it is instant).
 //!
 //! Each instance is killed when dropped. It runs in its own process group, watched by a small
@@ -37,7 +37,7 @@ pub const DEFAULT_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 12);
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The environment variable naming the virtual environment Synapse is installed in.
-pub const VENV_VARIABLE: &str = "RHIZOME_SYNAPSE_VENV";
+pub const VENV_VARIABLE: &str = "SYNAPSE_VENV";
 
 /// How a Synapse instance is set up.
 #[derive(Clone, Debug)]
@@ -394,7 +394,7 @@ fn spawn_watchdog(group: u32) -> Option<Child> {
         .ok()
 }
 
-/// The virtual environment Synapse is installed in: `$RHIZOME_SYNAPSE_VENV`, or else the one
+/// The virtual environment Synapse is installed in: `$SYNAPSE_VENV`, or else the one
 /// `scripts/synapse-venv.sh` installs (run once per test process).
 pub fn venv() -> Result<PathBuf, String> {
     static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();

@@ -132,7 +132,7 @@ async fn join_by_id(
     let requester = request.requester()?;
     let room = <&ruma::RoomOrAliasId>::from(&*request.body.room_id);
     let content = join_content(&request.json_body)?;
-    let room_id = services.join_room_with_content(&requester.user_id, room, content).await?;
+    let room_id = services.join_room_with_content(&requester.user_id, room, content, &[]).await?;
     Ok(RumaResponse(join_room_by_id::v3::Response::new(room_id)))
 }
 
@@ -143,7 +143,12 @@ async fn join(
     let requester = request.requester()?;
     let content = join_content(&request.json_body)?;
     let room_id = services
-        .join_room_with_content(&requester.user_id, &request.body.0.room_id_or_alias, content)
+        .join_room_with_content(
+            &requester.user_id,
+            &request.body.0.room_id_or_alias,
+            content,
+            &request.body.0.via,
+        )
         .await?;
     Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(room_id)))
 }

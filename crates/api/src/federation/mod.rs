@@ -4,7 +4,9 @@
 
 pub(crate) mod auth;
 mod keys;
+mod membership;
 mod openid;
+mod query;
 mod transactions;
 
 use axum::Router;
@@ -14,5 +16,7 @@ use crate::AppState;
 pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = keys::routes(router);
     let router = transactions::routes(router);
+    let router = membership::routes(router);
+    let router = query::routes(router);
     openid::routes(router)
 }

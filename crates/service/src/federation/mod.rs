@@ -13,6 +13,8 @@ pub mod client;
 pub mod discovery;
 pub mod fetch;
 pub mod keys;
+pub mod membership;
+pub mod resident;
 pub mod sender;
 pub mod transactions;
 

@@ -155,6 +155,7 @@ impl Services {
             // 1. The auth events, fetched if missing, must authorise the event.
             self.fetch_missing_auth_events(origin, room_id, version, &pdu).await?;
             if let Err(reason) = self.check_against_auth_events(version, &pdu).await? {
+                tracing::debug!(%reason, "an event is not authorised by its auth events");
                 self.store_rejected(&pdu).await?;
                 return Ok(PduOutcome::Rejected(reason));
             }
@@ -250,6 +251,10 @@ impl Services {
                 return Ok(Err("an auth event is not a state event".to_owned()));
             }
         }
+        // From room version 12 the create event is named by the room ID, not cited.
+        if let Some(create_id) = create_event_of(version, pdu) {
+            state.entry((StateEventType::RoomCreate, String::new())).or_insert(create_id);
+        }
         self.check_against_state(version, pdu, &state).await
     }
 
@@ -272,13 +277,7 @@ impl Services {
             Err(error) => return Ok(Err(error.to_string())),
         };
         let mut needed: Vec<OwnedEventId> = pdu.auth_events.clone();
-        // From room version 12 the create event is named by the room ID, not cited.
-        if rhizome_room::versions::room_id_is_create_event_hash(version)
-            && let Ok(create_id) =
-                OwnedEventId::try_from(format!("${}", pdu.room_id.as_str().trim_start_matches('!')))
-        {
-            needed.push(create_id);
-        }
+        needed.extend(create_event_of(version, pdu));
         let mut state_ids: HashMap<(StateEventType, String), OwnedEventId> = HashMap::new();
         for slot in slots.iter().chain([&(StateEventType::RoomCreate, String::new())]) {
             if let Some(id) = state.get(slot) {
@@ -359,4 +358,13 @@ impl Services {
         }
         Ok(accepted)
     }
+}
+
+/// From room version 12 on, the create event a room's events hang from is named by the room
+/// ID rather than cited in `auth_events`.
+fn create_event_of(version: &RoomVersionId, pdu: &Pdu) -> Option<OwnedEventId> {
+    if !rhizome_room::versions::room_id_is_create_event_hash(version) {
+        return None;
+    }
+    OwnedEventId::try_from(format!("${}", pdu.room_id.as_str().trim_start_matches('!'))).ok()
 }

@@ -87,7 +87,7 @@ impl Services {
         if let Some(reason) = reason {
             extra.insert("reason".to_owned(), json!(reason));
         }
-        self.join_room_with_content(user_id, room, extra).await
+        self.join_room_with_content(user_id, room, extra, &[]).await
     }
 
     /// Joins a room by ID or local alias, with the keys the client gave for the member event's
@@ -99,8 +99,8 @@ impl Services {
         user_id: &UserId,
         room: &RoomOrAliasId,
         extra: Map<String, Value>,
+        via: &[ruma::OwnedServerName],
     ) -> Result<OwnedRoomId> {
-        let room_id = self.resolve_room(room).await?;
         let mut content = self.member_content(user_id, "join", None).await?;
         for (key, value) in extra {
             if !matches!(
@@ -109,6 +109,28 @@ impl Services {
             ) {
                 content[key] = value;
             }
+        }
+        // Rooms this server is not in are joined through other servers.
+        let (room_id, mut servers) = match <&RoomId>::try_from(room) {
+            Ok(room_id) => (room_id.to_owned(), via.to_vec()),
+            Err(alias) if alias.server_name() != self.server_name() => {
+                let (room_id, mut servers) = self.resolve_remote_alias(alias).await?;
+                servers.extend(via.iter().cloned());
+                (room_id, servers)
+            }
+            Err(_) => (self.resolve_room(room).await?, via.to_vec()),
+        };
+        if self.needs_remote_join(&room_id).await? {
+            if let Some(invite) = self.store.get_membership(&room_id, user_id).await?
+                && let Some(event) = self.load_event(&invite.event_id).await?
+            {
+                servers.push(event.pdu.sender.server_name().to_owned());
+            }
+            let Value::Object(content) = content else {
+                return Err(Error::bug("member content is an object"));
+            };
+            self.join_remote_room(user_id, &room_id, &servers, content).await?;
+            return Ok(room_id);
         }
         let current = self.store.get_membership(&room_id, user_id).await?;
         if current.as_ref().is_some_and(|member| member.membership == "join")
@@ -132,9 +154,21 @@ impl Services {
         Ok(room_id)
     }
 
+    /// Whether joining the room needs another server: this server has no state of it, or
+    /// no local member while members of other servers are there (the state held may be
+    /// stale).
+    async fn needs_remote_join(&self, room_id: &RoomId) -> Result<bool> {
+        let has_state =
+            self.store.get_room(room_id).await?.and_then(|room| room.current_state_group).is_some();
+        if !has_state {
+            return Ok(true);
+        }
+        Ok(!self.server_in_room(room_id).await? && !self.room_servers(room_id).await?.is_empty())
+    }
+
     /// For a restricted room the user may join through membership of an allowed room: a local
     /// member who can invite, to vouch for the join.
-    async fn restricted_join_authoriser(
+    pub(crate) async fn restricted_join_authoriser(
         &self,
         room_id: &RoomId,
         user_id: &UserId,
@@ -186,9 +220,22 @@ impl Services {
         is_direct: bool,
     ) -> Result<()> {
         if target.server_name() != self.server_name() {
-            return Err(Error::forbidden(
-                "Inviting users of other servers needs federation, which this server does not offer yet",
-            ));
+            if self.is_joined(room_id, target).await? {
+                return Err(Error::forbidden("That user is already in the room"));
+            }
+            if self.room_is_shut_down(room_id).await? {
+                return Err(Error::forbidden(
+                    "This room has been shut down by the server's administrator",
+                ));
+            }
+            let mut content = json!({ "membership": "invite" });
+            if let Some(reason) = reason {
+                content["reason"] = json!(reason);
+            }
+            if is_direct {
+                content["is_direct"] = json!(true);
+            }
+            return self.invite_remote_user(sender, room_id, target, content).await;
         }
         let user = self.store.get_user(target).await?;
         if user.is_none_or(|user| user.deactivated) {
@@ -212,11 +259,23 @@ impl Services {
         reason: Option<&str>,
     ) -> Result<()> {
         let current = self.store.get_membership(room_id, user_id).await?;
-        let in_room = current.is_some_and(|member| {
-            matches!(member.membership.as_str(), "join" | "invite" | "knock")
-        });
-        if !in_room {
+        let Some(current) = current
+            .filter(|member| matches!(member.membership.as_str(), "join" | "invite" | "knock"))
+        else {
             return Err(Error::forbidden("You are not in this room"));
+        };
+        // An invite or knock in a room this server is not in is answered through the
+        // server that sent it.
+        if current.membership != "join" && !self.server_in_room(room_id).await? {
+            let has_state = self
+                .store
+                .get_room(room_id)
+                .await?
+                .and_then(|room| room.current_state_group)
+                .is_some();
+            if !has_state || !self.room_servers(room_id).await?.is_empty() {
+                return self.leave_remote_room(user_id, room_id, &current, reason).await;
+            }
         }
         let content = self.member_content(user_id, "leave", reason).await?;
         self.send_membership(user_id, room_id, user_id, content).await

@@ -84,6 +84,14 @@ pub(crate) enum Provenance {
 /// The largest number of `prev_events` a new event cites.
 const MAX_PREV_EVENTS: usize = 20;
 
+/// A local event built and authorised, not yet persisted.
+pub(crate) struct PreparedEvent {
+    pub(crate) version: RoomVersionId,
+    pub(crate) pdu: Pdu,
+    pub(crate) state_before: StateBeforeParts,
+    pub(crate) prev_events: Vec<OwnedEventId>,
+}
+
 /// The state before an event, as a map and as the store should record it.
 pub(crate) struct StateBeforeParts {
     pub(crate) map: Arc<StateMap>,
@@ -161,6 +169,41 @@ impl Services {
             Provenance::Local { txn },
         )
         .await
+    }
+
+    /// Builds and authorises a local user's event after the room's forward extremities
+    /// without persisting it (an invite to another server's user is signed by that server
+    /// first). The caller holds no lock; the event is persisted later with
+    /// [`Services::persist_prepared`] after the extremities of that moment.
+    pub(crate) async fn prepare_local_event(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        event: &NewEvent,
+    ) -> Result<PreparedEvent> {
+        let version = self.room_version(room_id).await?;
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        let mut prev_events = self.store.forward_extremities(room_id).await?;
+        prev_events.truncate(MAX_PREV_EVENTS);
+        let prevs = self.load_events(&prev_events).await?;
+        if prevs.len() != prev_events.len() {
+            return Err(Error::bug("a previous event is missing"));
+        }
+        let state_before = self.state_before(room_id, &version, &prevs).await?;
+        let depth = prevs.iter().map(|prev| prev.pdu.depth).max().unwrap_or(0) + 1;
+        let pdu = self
+            .build_and_authorise(
+                sender,
+                room_id,
+                &version,
+                event,
+                &prev_events,
+                depth,
+                &state_before.map,
+            )
+            .await?;
+        Ok(PreparedEvent { version, pdu, state_before, prev_events })
     }
 
     /// The state before an event following `prevs`: theirs, resolved when they differ.

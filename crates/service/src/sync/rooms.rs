@@ -288,6 +288,15 @@ impl Services {
         let Some(member_event) = self.load_event(&membership.event_id).await? else {
             return Ok(Vec::new());
         };
+        if member_event.record.outlier {
+            // An invite from a room this server is not in carries the room's stripped state,
+            // the invite itself included.
+            let stored = self.store.invite_state(&member_event.pdu.event_id).await?;
+            let events: Vec<Box<serde_json::value::RawValue>> = stored
+                .and_then(|json| serde_json::from_str(&json).ok())
+                .unwrap_or_else(|| vec![member_event.pdu.stripped_state_event()]);
+            return Ok(events);
+        }
         let state = self.state_map(member_event.record.state_after).await?;
         let mut ids: Vec<OwnedEventId> = STRIPPED_STATE_TYPES
             .iter()

@@ -9,6 +9,7 @@ mod acme;
 mod admin;
 mod bad_input;
 mod e2ee;
+mod federation;
 mod forks;
 mod integrations;
 mod invites;

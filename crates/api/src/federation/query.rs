@@ -1,0 +1,30 @@
+//! Queries other servers make: `/query/directory` (a local alias to its room and the servers
+//! in it).
+
+use axum::{Router, extract::State};
+use rhizome_core::Error;
+use ruma::api::federation::query::get_room_information;
+
+use crate::{ApiResult, AppState, Ruma, RumaResponse, routes::add};
+
+pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
+    add::<get_room_information::v1::Request, _, _>(router, directory)
+}
+
+async fn directory(
+    State(services): State<AppState>,
+    request: Ruma<get_room_information::v1::Request>,
+) -> ApiResult<get_room_information::v1::Response> {
+    let alias = &request.body.room_alias;
+    if alias.server_name() != services.server_name() {
+        return Err(Error::not_found("That alias is not of this server").into());
+    }
+    let record = services
+        .store
+        .get_alias(alias)
+        .await?
+        .ok_or_else(|| Error::not_found("Room alias not found"))?;
+    let mut servers = vec![services.owned_server_name()];
+    servers.extend(services.room_servers(&record.room_id).await?);
+    Ok(RumaResponse(get_room_information::v1::Response::new(record.room_id, servers)))
+}
