@@ -3,6 +3,7 @@
 
 mod keys;
 mod rooms;
+mod synapse;
 
 use std::time::{Duration, Instant};
 
