@@ -194,10 +194,22 @@ enum ConfigCommand {
     Check,
 }
 
+/// Libraries whose `info` lines describe each event rather than the server's life: quiet
+/// unless a filter names them.
+const QUIET_LIBRARIES: &[&str] = &["ruma_state_res"];
+
 fn init_logging(level: &str) {
-    let filter = EnvFilter::try_from_env("RHIZOME_LOG")
+    let mut filter = EnvFilter::try_from_env("RHIZOME_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(level));
+    let named = std::env::var("RHIZOME_LOG").unwrap_or_else(|_| level.to_owned());
+    for library in QUIET_LIBRARIES {
+        if !named.contains(library)
+            && let Ok(directive) = format!("{library}=warn").parse()
+        {
+            filter = filter.add_directive(directive);
+        }
+    }
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
 }
 

@@ -210,6 +210,20 @@ impl TestServer {
         self.running = Some(running);
     }
 
+    /// Stops the server, keeping its data, name and ports for [`TestServer::start_again`]
+    /// (a server that is down for a while).
+    pub async fn stop_for_restart(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+
+    /// Starts a server stopped by [`TestServer::stop_for_restart`] again.
+    pub async fn start_again(&mut self) {
+        let running = rhizome::start(self.config.clone()).await.expect("the server restarts");
+        self.running = Some(running);
+    }
+
     /// Stops the server.
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {

@@ -20,6 +20,7 @@
 
 mod client;
 mod keys;
+mod membership;
 mod pdu;
 mod server;
 
@@ -37,6 +38,7 @@ use ruma::{MilliSecondsSinceUnixEpoch, OwnedServerName, OwnedUserId, ServerName,
 use serde_json::Value;
 
 pub use client::{PeerResponse, Signing};
+pub use membership::JoinedRoom;
 pub use pdu::PduFlaw;
 
 use crate::certs::TestCertificate;

@@ -2,6 +2,7 @@
 //! our own that misbehaves on purpose, and Synapse.
 
 mod keys;
+mod queue;
 mod rooms;
 mod synapse;
 
