@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use rhizome_testkit::{Api, TestServer, certs::TestCertificate, encode};
 use serde_json::json;
 
-use super::serve;
+use super::{admin, serve};
 
 /// The environment that makes `rhizome serve` federate over loopback as `ip:tls_port`.
 fn federating_env(dir: &std::path::Path, ip: &str, tls_port: u16) -> Vec<(String, String)> {
@@ -101,5 +101,49 @@ async fn queued_events_arrive_once_after_the_sender_is_killed() {
     seen.reverse();
     let expected: Vec<String> = (0..20).map(|index| format!("queued {index}")).collect();
     assert_eq!(seen, expected, "every queued event once, in order");
+    // The administrator sees the destination, caught up and healthy.
+    let destinations = admin(data.path(), &["federation", "destinations"]);
+    let line = destinations
+        .lines()
+        .find(|line| line.starts_with(b.config.server_name.as_str()))
+        .unwrap_or_else(|| panic!("no line for B in:\n{destinations}"));
+    let fields: Vec<&str> = line.split('\t').collect();
+    assert_eq!((fields[2], fields[3], fields[4], fields[5]), ("0", "-", "0", "0"), "{line}");
+    assert!(
+        admin(data.path(), &["federation", "retry", b.config.server_name.as_str()])
+            .contains("tried again")
+    );
     drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_is_published_as_old_beside_the_new_one() {
+    let data = tempfile::tempdir().unwrap();
+    let port = super::free_port();
+    let server = serve(data.path(), port, &[]).await;
+    let before: serde_json::Value = reqwest::get(format!("{}/_matrix/key/v2/server", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let old_key = before["verify_keys"].as_object().unwrap().keys().next().unwrap().clone();
+    // The server holds its key in memory: rotating needs it stopped.
+    let refused = super::command(data.path(), 0).args(["admin", "key", "rotate"]).output().unwrap();
+    assert!(!refused.status.success());
+    drop(server);
+    let rotated = admin(data.path(), &["key", "rotate"]);
+    assert!(rotated.contains(&old_key), "{rotated}");
+    let server = serve(data.path(), port, &[]).await;
+    let after: serde_json::Value = reqwest::get(format!("{}/_matrix/key/v2/server", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new_key = after["verify_keys"].as_object().unwrap().keys().next().unwrap().clone();
+    assert_ne!(new_key, old_key);
+    assert_eq!(after["old_verify_keys"][&old_key]["key"], before["verify_keys"][&old_key]["key"]);
+    assert!(after["old_verify_keys"][&old_key]["expired_ts"].as_i64().unwrap() > 0);
+    assert!(after["signatures"][after["server_name"].as_str().unwrap()][&new_key].is_string());
 }

@@ -38,6 +38,8 @@ const MAX_EPHEMERAL_EDUS: usize = 500;
 /// How long a lease lasts without renewal (another process takes a destination over after
 /// it lapses).
 const LEASE_MS: i64 = 30_000;
+/// The longest a backing-off sender sleeps before reading its destination's state again.
+const BACKOFF_RECHECK: Duration = Duration::from_secs(60);
 /// How often a process looks again at a destination another process holds.
 const LEASE_RETRY: Duration = Duration::from_secs(5);
 /// How long an idle sender task lives.
@@ -412,9 +414,12 @@ async fn destination_task(
             .await
         {
             Ok(true) => match services.store.get_destination(&destination).await {
-                Ok(Some(record)) if record.retry_at > now => {
-                    Some(Duration::from_millis(u64::try_from(record.retry_at - now).unwrap_or(0)))
-                }
+                // Backing off: look again at the latest within a minute (the administrator
+                // may end the backoff from the command line).
+                Ok(Some(record)) if record.retry_at > now => Some(
+                    Duration::from_millis(u64::try_from(record.retry_at - now).unwrap_or(0))
+                        .min(BACKOFF_RECHECK),
+                ),
                 Ok(record) => {
                     let record = record.unwrap_or_else(|| empty_record(&destination));
                     match services
