@@ -1,6 +1,7 @@
 //! Federation between real servers over HTTPS on loopback: two Rhizome servers, a test peer of
 //! our own that misbehaves on purpose, and Synapse.
 
+mod adversarial;
 mod keys;
 mod queue;
 mod rooms;
