@@ -186,7 +186,7 @@ async fn an_event_whose_hash_does_not_match_is_kept_redacted() {
     let scene = scene("127.0.0.133", "127.0.0.134").await;
     let tampered = scene.peer.sign_flawed_pdu(
         &scene.template(
-            &[scene.head.clone()],
+            std::slice::from_ref(&scene.head),
             "pat",
             "m.room.message",
             None,
@@ -335,7 +335,7 @@ async fn a_server_the_room_acl_denies_is_refused() {
         .ok();
     let message = scene.peer.sign_pdu(
         &scene.template(
-            &[scene.head.clone()],
+            std::slice::from_ref(&scene.head),
             "pat",
             "m.room.message",
             None,

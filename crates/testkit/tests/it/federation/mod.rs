@@ -2,6 +2,7 @@
 //! our own that misbehaves on purpose, and Synapse.
 
 mod adversarial;
+mod convergence;
 mod keys;
 mod queue;
 mod rooms;
