@@ -22,7 +22,7 @@ use ruma::{
 };
 
 use crate::{ApiResult, AppState, Ruma, RumaResponse, routes::add};
-use rhizome_core::{Error, error::MatrixErrorKind};
+use rhizome_service::rate_limit::Action;
 
 pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = add::<create_alias::v3::Request, _, _>(router, set_alias);
@@ -119,16 +119,12 @@ async fn public_rooms(
     State(services): State<AppState>,
     request: Ruma<get_public_rooms::v3::Request>,
 ) -> ApiResult<get_public_rooms::v3::Response> {
-    let body = request.body;
-    if body.server.as_ref().is_some_and(|server| server != services.server_name())
-        && request.requester.is_none()
-    {
-        return Err(Error::matrix(
-            MatrixErrorKind::MissingToken,
-            "Log in to list another server's rooms",
-        )
-        .into());
+    // This endpoint takes no access token: asking another server is limited per address,
+    // as sending an event is.
+    if request.body.server.as_ref().is_some_and(|server| server != services.server_name()) {
+        services.rate_limiter.check(Action::MessagePerAddress, &request.client_key)?;
     }
+    let body = request.body;
     let query =
         DirectoryQuery { limit: limit(body.limit), since: body.since, ..DirectoryQuery::default() };
     let page = services.public_rooms_of(body.server.as_deref(), &query).await?;

@@ -126,6 +126,9 @@ fn fetch_error(error: FederationError, limit: u64) -> Error {
             Error::matrix(MatrixErrorKind::NotYetUploaded, "The media has not been uploaded yet")
         }
         FederationError::Remote { kind: Some(MatrixErrorKind::TooLarge), .. } => too_large(limit),
+        _ if error.is_unreachable() => {
+            Error::not_found("The media's server could not be reached").with_cause(error)
+        }
         _ => error.into(),
     }
 }
@@ -403,5 +406,11 @@ mod tests {
             10,
         );
         assert_eq!(error.matrix_kind(), Some(&MatrixErrorKind::NotFound));
+        let error = fetch_error(FederationError::Timeout, 10);
+        assert_eq!(error.matrix_kind(), Some(&MatrixErrorKind::NotFound));
+        assert!(error.message().contains("could not be reached"));
+        let error =
+            fetch_error(FederationError::Malformed(FederationError::message_cause("x")), 10);
+        assert_eq!(error.matrix_kind(), Some(&MatrixErrorKind::Unknown));
     }
 }

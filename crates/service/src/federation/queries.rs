@@ -94,7 +94,8 @@ fn profile_text(response: &get_profile_information::v1::Response, field: &str) -
 
 impl Services {
     /// A user's profile, of this server or (asked of their server, cached for a minute) of
-    /// another. `M_NOT_FOUND` for unknown users.
+    /// another. `M_NOT_FOUND` for unknown users and servers that cannot be reached; an invalid
+    /// answer is `M_UNKNOWN`; neither is remembered.
     pub async fn user_profile(&self, user_id: &UserId) -> Result<Profile> {
         if user_id.server_name() == self.server_name() {
             return self.profile(user_id).await;
@@ -116,6 +117,12 @@ impl Services {
                 Some(Profile { displayname: profile_text(&response, "displayname"), avatar_url })
             }
             Err(FederationError::Remote { status: StatusCode::NOT_FOUND, .. }) => None,
+            Err(error) if error.is_unreachable() => {
+                tracing::debug!(%error, "a remote profile could not be fetched");
+                return Err(
+                    Error::not_found("The user's server could not be reached").with_cause(error)
+                );
+            }
             Err(error) => {
                 tracing::debug!(%error, "a remote profile could not be fetched");
                 return Err(error.into());

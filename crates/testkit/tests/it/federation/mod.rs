@@ -1,8 +1,15 @@
 //! Federation between real servers over HTTPS on loopback: two Rhizome servers, a test peer of
 //! our own that misbehaves on purpose, and Synapse.
+//!
+//! Loopback addresses: 127.0.0.21-39 for keys and rooms, 127.0.0.60-79 for queries, the room
+//! directory, spaces and media.
 
 mod keys;
+mod media;
+mod public_rooms;
+mod queries;
 mod rooms;
+mod spaces;
 
 use std::time::{Duration, Instant};
 
