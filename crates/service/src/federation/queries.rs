@@ -157,7 +157,8 @@ impl Services {
     }
 
     /// An alias of this server or another, resolved to its room and the servers that know
-    /// it (this one first when the alias is local). `M_NOT_FOUND` for unknown aliases.
+    /// it (this one first when the alias is local). `M_NOT_FOUND` for unknown aliases and
+    /// servers that cannot be reached.
     pub async fn lookup_alias(
         &self,
         alias: &RoomAliasId,
@@ -168,7 +169,17 @@ impl Services {
             servers.extend(self.room_servers(&room_id).await.unwrap_or_default());
             return Ok((room_id, servers));
         }
-        self.resolve_remote_alias(alias).await
+        self.resolve_remote_alias(alias).await.map_err(|error| {
+            let unreachable = error
+                .cause()
+                .and_then(|cause| cause.downcast_ref::<FederationError>())
+                .is_some_and(FederationError::is_unreachable);
+            if unreachable {
+                Error::not_found("The alias's server could not be reached")
+            } else {
+                error
+            }
+        })
     }
 }
 

@@ -10,6 +10,7 @@ mod public_rooms;
 mod queries;
 mod rooms;
 mod spaces;
+mod synapse_queries;
 
 use std::time::{Duration, Instant};
 

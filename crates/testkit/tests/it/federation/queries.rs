@@ -83,6 +83,11 @@ async fn aliases_of_the_other_server_resolve_both_ways() {
     assert_eq!(found["servers"], json!([a.config.server_name.as_str()]));
     let unknown = format!("#nothing:{}", b.config.server_name);
     alice.get(&alias_path(&unknown)).await.expect_error(404, "M_NOT_FOUND");
+    // So is an alias whose server is gone.
+    b.stop().await;
+    let gone = alice.get(&alias_path(&den_alias)).await;
+    gone.expect_error(404, "M_NOT_FOUND");
+    assert!(gone.body["error"].as_str().unwrap().contains("could not be reached"), "{}", gone.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
