@@ -1,7 +1,10 @@
 //! Room aliases, the public room directory, room summaries and the space hierarchy.
 
 use axum::{Router, extract::State};
-use rhizome_service::rooms::{directory::RoomSummary, spaces::HierarchyQuery};
+use rhizome_service::rooms::{
+    directory::{DirectoryQuery, RoomSummary},
+    spaces::HierarchyQuery,
+};
 use ruma::{
     EventEncryptionAlgorithm, RoomVersionId, UInt,
     api::client::{
@@ -19,6 +22,7 @@ use ruma::{
 };
 
 use crate::{ApiResult, AppState, Ruma, RumaResponse, routes::add};
+use rhizome_service::rate_limit::Action;
 
 pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = add::<create_alias::v3::Request, _, _>(router, set_alias);
@@ -33,7 +37,7 @@ pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
 }
 
 /// A room summary as the spec's summary and hierarchy endpoints show it.
-fn summary_of(summary: RoomSummary) -> ruma::room::RoomSummary {
+pub(crate) fn summary_of(summary: RoomSummary) -> ruma::room::RoomSummary {
     let join_rule = match summary.join_rule.as_deref() {
         Some("restricted") => {
             JoinRuleSummary::Restricted(RestrictedSummary::new(summary.allowed_room_ids))
@@ -62,7 +66,8 @@ fn summary_of(summary: RoomSummary) -> ruma::room::RoomSummary {
     out
 }
 
-fn chunk(summary: RoomSummary) -> PublicRoomsChunk {
+/// A room summary as the public room directory shows it.
+pub(crate) fn chunk(summary: RoomSummary) -> PublicRoomsChunk {
     let mut chunk: PublicRoomsChunk = PublicRoomsChunkInit {
         num_joined_members: UInt::new_saturating(summary.joined_members),
         room_id: summary.room_id,
@@ -102,8 +107,8 @@ async fn alias(
     State(services): State<AppState>,
     request: Ruma<get_alias::v3::Request>,
 ) -> ApiResult<get_alias::v3::Response> {
-    let room_id = services.resolve_alias(&request.body.room_alias).await?;
-    Ok(RumaResponse(get_alias::v3::Response::new(room_id, vec![services.owned_server_name()])))
+    let (room_id, servers) = services.lookup_alias(&request.body.room_alias).await?;
+    Ok(RumaResponse(get_alias::v3::Response::new(room_id, servers)))
 }
 
 fn limit(limit: Option<UInt>) -> Option<usize> {
@@ -114,9 +119,15 @@ async fn public_rooms(
     State(services): State<AppState>,
     request: Ruma<get_public_rooms::v3::Request>,
 ) -> ApiResult<get_public_rooms::v3::Response> {
-    let page = services
-        .public_rooms(limit(request.body.limit), request.body.since.as_deref(), None)
-        .await?;
+    // This endpoint takes no access token: asking another server is limited per address,
+    // as sending an event is.
+    if request.body.server.as_ref().is_some_and(|server| server != services.server_name()) {
+        services.rate_limiter.check(Action::MessagePerAddress, &request.client_key)?;
+    }
+    let body = request.body;
+    let query =
+        DirectoryQuery { limit: limit(body.limit), since: body.since, ..DirectoryQuery::default() };
+    let page = services.public_rooms_of(body.server.as_deref(), &query).await?;
     let mut response =
         get_public_rooms::v3::Response::new(page.chunk.into_iter().map(chunk).collect());
     response.next_batch = page.next_batch;
@@ -130,14 +141,19 @@ async fn public_rooms_filtered(
     request: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> ApiResult<get_public_rooms_filtered::v3::Response> {
     request.requester()?;
-    let body = &request.body;
-    let page = services
-        .public_rooms(
-            limit(body.limit),
-            body.since.as_deref(),
-            body.filter.generic_search_term.as_deref(),
-        )
-        .await?;
+    let body = request.body;
+    let query = DirectoryQuery {
+        limit: limit(body.limit),
+        since: body.since,
+        search_term: body.filter.generic_search_term,
+        room_types: body
+            .filter
+            .room_types
+            .iter()
+            .map(|kind| kind.as_str().map(str::to_owned))
+            .collect(),
+    };
+    let page = services.public_rooms_of(body.server.as_deref(), &query).await?;
     let mut response = get_public_rooms_filtered::v3::Response::new();
     response.chunk = page.chunk.into_iter().map(chunk).collect();
     response.next_batch = page.next_batch;

@@ -3,10 +3,13 @@
 //! ([`auth`]); the origin is then `Ruma::origin`.
 
 pub(crate) mod auth;
+mod directory;
 mod keys;
+mod media;
 mod membership;
 mod openid;
 mod query;
+mod spaces;
 mod transactions;
 
 use axum::Router;
@@ -18,5 +21,8 @@ pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = transactions::routes(router);
     let router = membership::routes(router);
     let router = query::routes(router);
+    let router = directory::routes(router);
+    let router = spaces::routes(router);
+    let router = media::routes(router);
     openid::routes(router)
 }

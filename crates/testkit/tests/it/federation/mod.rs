@@ -1,12 +1,21 @@
 //! Federation between real servers over HTTPS on loopback: two Rhizome servers, a test peer of
 //! our own that misbehaves on purpose, and Synapse.
+//!
+//! Loopback addresses: 127.0.0.21-39 for keys and rooms, 40-59 history, 60-79 queries, the room
+//! directory, spaces and media, 80-99 encryption, 101-106 Synapse, 111-156 the queue, misbehaving
+//! peers and convergence.
 
 mod adversarial;
 mod convergence;
 mod keys;
+mod media;
+mod public_rooms;
+mod queries;
 mod queue;
 mod rooms;
+mod spaces;
 mod synapse;
+mod synapse_queries;
 
 use std::time::{Duration, Instant};
 
