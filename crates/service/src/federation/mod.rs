@@ -8,10 +8,12 @@
 //!   verified and cached, and the notary service.
 //! - [`sender`] sends the durable outbound queue, one task per destination.
 //! - [`transactions`] receives other servers' transactions (`/send`).
+//! - [`history`] serves a room's history to other servers and backfills it from them.
 
 pub mod client;
 pub mod discovery;
 pub mod fetch;
+pub mod history;
 pub mod keys;
 pub mod membership;
 pub mod resident;
@@ -42,6 +44,7 @@ pub(crate) struct FederationRuntime {
     pub(crate) keys: keys::KeyRing,
     pub(crate) sender: sender::OutboundSender,
     pub(crate) inbound: transactions::InboundState,
+    pub(crate) backfill: history::BackfillState,
 }
 
 impl FederationRuntime {
@@ -63,6 +66,7 @@ impl FederationRuntime {
             keys: keys::KeyRing::default(),
             sender: sender::OutboundSender::new(),
             inbound: transactions::InboundState::default(),
+            backfill: history::BackfillState::default(),
         }
     }
 }

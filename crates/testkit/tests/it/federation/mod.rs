@@ -1,7 +1,11 @@
 //! Federation between real servers over HTTPS on loopback: two Rhizome servers, a test peer of
 //! our own that misbehaves on purpose, and Synapse.
 
+mod backfill_garbage;
+mod history;
+mod history_serving;
 mod keys;
+mod peer_rooms;
 mod rooms;
 
 use std::time::{Duration, Instant};
