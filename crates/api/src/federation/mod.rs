@@ -5,6 +5,7 @@
 pub(crate) mod auth;
 mod history;
 mod keys;
+mod knock;
 mod membership;
 mod openid;
 mod query;
@@ -20,5 +21,6 @@ pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = membership::routes(router);
     let router = query::routes(router);
     let router = history::routes(router);
+    let router = knock::routes(router);
     openid::routes(router)
 }

@@ -9,12 +9,14 @@
 //! - [`sender`] sends the durable outbound queue, one task per destination.
 //! - [`transactions`] receives other servers' transactions (`/send`).
 //! - [`history`] serves a room's history to other servers and backfills it from them.
+//! - [`knock`] knocks on rooms of other servers, and takes knocks on rooms here.
 
 pub mod client;
 pub mod discovery;
 pub mod fetch;
 pub mod history;
 pub mod keys;
+pub mod knock;
 pub mod membership;
 pub mod resident;
 pub mod sender;

@@ -5,6 +5,7 @@ mod backfill_garbage;
 mod history;
 mod history_serving;
 mod keys;
+mod knock;
 mod peer_rooms;
 mod rooms;
 
