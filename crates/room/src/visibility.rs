@@ -1,7 +1,15 @@
 //! History visibility: whether a user, or another server, may see an event, from the room's
 //! state at that event.
 
-use ruma::events::room::{history_visibility::HistoryVisibility, member::MembershipState};
+use ruma::{
+    EventId, OwnedEventId, ServerName, UserId,
+    events::{
+        StateEventType, TimelineEventType,
+        room::{history_visibility::HistoryVisibility, member::MembershipState},
+    },
+};
+
+use crate::{Pdu, StateMap};
 
 /// What the visibility decision needs to know about one event and one user.
 #[derive(Clone, Debug)]
@@ -65,6 +73,76 @@ pub fn server_may_see_event(input: &ServerVisibilityInput<'_>) -> bool {
         _ => has(&MembershipState::Join) || input.joined_now,
     };
     allows(input.history_visibility) || input.history_visibility_after.is_some_and(allows)
+}
+
+/// What the state at an event says to one server: its history visibility and the
+/// memberships of the server's users.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerView {
+    /// `m.room.history_visibility` (`shared` when unset or unreadable).
+    pub history_visibility: HistoryVisibility,
+    /// The memberships of the server's users.
+    pub memberships: Vec<MembershipState>,
+}
+
+impl ServerView {
+    /// The events of `state` the view of `server` is read from: the history visibility and
+    /// the member events of the server's users.
+    pub fn event_ids(state: &StateMap, server: &ServerName) -> Vec<OwnedEventId> {
+        state
+            .iter()
+            .filter(|((kind, key), _)| {
+                *kind == StateEventType::RoomHistoryVisibility && key.is_empty()
+                    || *kind == StateEventType::RoomMember && user_of(key, server)
+            })
+            .map(|(_, event_id)| event_id.clone())
+            .collect()
+    }
+
+    /// The view of `server` of `state`, reading the events [`ServerView::event_ids`] names
+    /// through `event` (those it cannot find count as absent).
+    pub fn of_state<'a>(
+        state: &StateMap,
+        server: &ServerName,
+        event: impl Fn(&EventId) -> Option<&'a Pdu>,
+    ) -> Self {
+        let history_visibility = state
+            .get(&(StateEventType::RoomHistoryVisibility, String::new()))
+            .and_then(|event_id| event(event_id))
+            .and_then(|pdu| pdu.content_str("history_visibility"))
+            .map_or(HistoryVisibility::Shared, |value| HistoryVisibility::from(value.as_str()));
+        let memberships = state
+            .iter()
+            .filter(|((kind, key), _)| *kind == StateEventType::RoomMember && user_of(key, server))
+            .filter_map(|(_, event_id)| event(event_id))
+            .filter_map(|pdu| pdu.content_str("membership"))
+            .map(|membership| MembershipState::from(membership.as_str()))
+            .collect();
+        Self { history_visibility, memberships }
+    }
+
+    /// Whether `server` may see `pdu`, this being its view of the state before it.
+    pub fn allows(&self, pdu: &Pdu, server: &ServerName, joined_now: bool) -> bool {
+        let own_member_event = pdu.kind == TimelineEventType::RoomMember
+            && pdu.state_key.as_deref().is_some_and(|key| user_of(key, server));
+        let history_visibility_after = (pdu.kind == TimelineEventType::RoomHistoryVisibility
+            && pdu.state_key.as_deref() == Some(""))
+        .then(|| pdu.content_str("history_visibility"))
+        .flatten()
+        .map(|value| HistoryVisibility::from(value.as_str()));
+        server_may_see_event(&ServerVisibilityInput {
+            history_visibility: &self.history_visibility,
+            history_visibility_after: history_visibility_after.as_ref(),
+            memberships_at_event: &self.memberships,
+            joined_now,
+            own_member_event,
+        })
+    }
+}
+
+/// Whether a state key is a user of `server`.
+fn user_of(state_key: &str, server: &ServerName) -> bool {
+    UserId::parse(state_key).is_ok_and(|user| user.server_name() == server)
 }
 
 #[cfg(test)]
@@ -165,5 +243,61 @@ mod tests {
         assert!(!check(Joined, Some(M::Invite), true));
         assert!(!check(Joined, None, true));
         assert!(!check(Joined, Some(M::Leave), true));
+    }
+
+    /// A room of `a.example` where `b.example` joins once the history is `joined` and
+    /// `c.example` is invited once it is `invited`, and `d.example` is never in it.
+    #[test]
+    fn servers_see_a_fixture_room_by_the_state_at_each_event() {
+        use crate::fixture::FixtureRoom;
+        use ruma::{RoomVersionId, server_name, user_id};
+
+        let alice = user_id!("@alice:a.example");
+        let mut room = FixtureRoom::new(RoomVersionId::V11, alice);
+        let say = |room: &mut FixtureRoom, body: &str| {
+            let head = room.head();
+            room.send(&[head], alice, "m.room.message", None, serde_json::json!({ "body": body }))
+                .unwrap()
+        };
+        let visibility = |room: &mut FixtureRoom, value: &str| {
+            let head = room.head();
+            let content = serde_json::json!({ "history_visibility": value });
+            room.send_state(&[head], alice, "m.room.history_visibility", "", content).unwrap()
+        };
+        let shared = say(&mut room, "shared");
+        let opened = visibility(&mut room, "world_readable");
+        let public = say(&mut room, "public");
+        let closed = visibility(&mut room, "joined");
+        let before_bob = say(&mut room, "before bob");
+        let bob_joins = room.member(user_id!("@bob:b.example"), user_id!("@bob:b.example"), "join");
+        let with_bob = say(&mut room, "with bob");
+        visibility(&mut room, "invited");
+        let carol_invited = room.member(alice, user_id!("@carol:c.example"), "invite");
+        let with_carol = say(&mut room, "with carol invited");
+
+        let sees = |server: &ServerName, event_id: &OwnedEventId, joined_now: bool| {
+            let pdu = &room.events[event_id];
+            let state = room.state_before(&pdu.prev_events);
+            let ids = ServerView::event_ids(&state, server);
+            assert!(ids.len() <= state.len());
+            let view = ServerView::of_state(&state, server, |id| room.events.get(id));
+            view.allows(pdu, server, joined_now)
+        };
+        let (b, c, d) =
+            (server_name!("b.example"), server_name!("c.example"), server_name!("d.example"));
+        // `shared` history: B sees it once in the room, a server never in it does not.
+        assert!(sees(b, &shared, true));
+        assert!(!sees(d, &shared, false));
+        // Opening the history is seen by all, and so is what was said while open, and closing
+        // it again; not what came after.
+        assert!(sees(d, &opened, false) && sees(d, &public, false) && sees(d, &closed, false));
+        assert!(!sees(d, &before_bob, false));
+        // `joined` history: B sees nothing before its user joined, its join, and what follows.
+        assert!(!sees(b, &before_bob, true));
+        assert!(sees(b, &bob_joins, true) && sees(b, &with_bob, true));
+        assert!(!sees(c, &with_bob, false));
+        // `invited` history: C sees its user's invite and what follows it.
+        assert!(sees(c, &carol_invited, false) && sees(c, &with_carol, false));
+        assert!(!sees(d, &with_carol, false));
     }
 }

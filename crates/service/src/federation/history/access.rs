@@ -1,19 +1,14 @@
 //! Who may have a room's history: the room's server ACL first, then the history visibility
-//! rules for servers ([`server_may_see_event`]) applied to the state at each event. Decisions
-//! on the state at an event are kept per state group for the length of one request.
+//! rules for servers ([`ServerView`], [`rhizome_room::visibility::server_may_see_event`])
+//! applied to the state before each event. What a state group says to the server is kept for
+//! the length of one request.
 
 use std::{collections::HashMap, sync::Arc};
 
 use rhizome_core::{Error, Result};
-use rhizome_room::visibility::{ServerVisibilityInput, server_may_see_event};
+use rhizome_room::visibility::ServerView;
 use rhizome_storage::StateGroupId;
-use ruma::{
-    OwnedEventId, RoomId, RoomVersionId, ServerName, UserId,
-    events::{
-        StateEventType, TimelineEventType,
-        room::{history_visibility::HistoryVisibility, member::MembershipState},
-    },
-};
+use ruma::{OwnedEventId, RoomId, RoomVersionId, ServerName};
 use serde_json::value::RawValue as RawJsonValue;
 
 use crate::{Services, rooms::cache::LoadedEvent};
@@ -29,8 +24,8 @@ pub(super) struct ServerAccess<'a> {
     /// Whether one of the server's users has any membership in the room (joined, invited,
     /// knocking, left or banned): a server that never had one gets no history at all.
     pub(super) ever_member: bool,
-    /// History visibility and the server's memberships, per state group.
-    at_group: HashMap<StateGroupId, (HistoryVisibility, Vec<MembershipState>)>,
+    /// What each state group says to the server.
+    at_group: HashMap<StateGroupId, Arc<ServerView>>,
 }
 
 impl ServerAccess<'_> {
@@ -76,69 +71,30 @@ impl Services {
         if event.record.outlier {
             return Ok(access.joined_now);
         }
-        let own_member_event = event.pdu.kind == TimelineEventType::RoomMember
-            && event
-                .pdu
-                .state_key
-                .as_deref()
-                .and_then(|key| UserId::parse(key).ok())
-                .is_some_and(|user| user.server_name() == access.origin);
-        let history_visibility_after = (event.pdu.kind == TimelineEventType::RoomHistoryVisibility
-            && event.pdu.state_key.as_deref() == Some(""))
-        .then(|| event.pdu.content_str("history_visibility"))
-        .flatten()
-        .map(|value| HistoryVisibility::from(value.as_str()));
         let group = event.record.state_before;
-        let (history_visibility, memberships) = match access.at_group.get(&group) {
-            Some(known) => known.clone(),
+        let view = match access.at_group.get(&group) {
+            Some(view) => view.clone(),
             None => {
-                let found = self.visibility_at_group(group, access.origin).await?;
-                access.at_group.insert(group, found.clone());
-                found
+                let view = Arc::new(self.server_view_at(group, access.origin).await?);
+                access.at_group.insert(group, view.clone());
+                view
             }
         };
-        Ok(server_may_see_event(&ServerVisibilityInput {
-            history_visibility: &history_visibility,
-            history_visibility_after: history_visibility_after.as_ref(),
-            memberships_at_event: &memberships,
-            joined_now: access.joined_now,
-            own_member_event,
-        }))
+        Ok(view.allows(&event.pdu, access.origin, access.joined_now))
     }
 
-    /// The history visibility of a state group and the memberships of `server`'s users in it.
-    async fn visibility_at_group(
-        &self,
-        group: StateGroupId,
-        server: &ServerName,
-    ) -> Result<(HistoryVisibility, Vec<MembershipState>)> {
+    /// What the state group says to `server`.
+    async fn server_view_at(&self, group: StateGroupId, server: &ServerName) -> Result<ServerView> {
         let state = self.state_map(group).await?;
-        let history_visibility = match state
-            .get(&(StateEventType::RoomHistoryVisibility, String::new()))
-        {
-            Some(event_id) => self
-                .load_event(event_id)
-                .await?
-                .and_then(|event| event.pdu.content_str("history_visibility"))
-                .map_or(HistoryVisibility::Shared, |value| HistoryVisibility::from(value.as_str())),
-            None => HistoryVisibility::Shared,
-        };
-        let member_ids: Vec<OwnedEventId> = state
-            .iter()
-            .filter(|((kind, key), _)| {
-                *kind == StateEventType::RoomMember
-                    && UserId::parse(key.as_str()).is_ok_and(|user| user.server_name() == server)
-            })
-            .map(|(_, event_id)| event_id.clone())
-            .collect();
-        let memberships = self
-            .load_events(&member_ids)
+        let events: HashMap<OwnedEventId, Arc<LoadedEvent>> = self
+            .load_events(&ServerView::event_ids(&state, server))
             .await?
-            .iter()
-            .filter_map(|event| event.pdu.content_str("membership"))
-            .map(|membership| MembershipState::from(membership.as_str()))
+            .into_iter()
+            .map(|event| (event.pdu.event_id.clone(), event))
             .collect();
-        Ok((history_visibility, memberships))
+        Ok(ServerView::of_state(&state, server, |event_id| {
+            events.get(event_id).map(|event| &event.pdu)
+        }))
     }
 
     /// The event as the server may have it: whole when it may see it, redacted otherwise (the

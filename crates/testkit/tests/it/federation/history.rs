@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use rhizome_testkit::{Api, TestServer, encode};
+use rhizome_testkit::{Api, Backend, TestServer, encode};
 use ruma::{EventId, RoomId};
 use serde_json::json;
 
@@ -92,11 +92,12 @@ async fn a_late_joiner_pages_back_through_the_history_it_may_see_in_order() {
     assert_eq!(b.services().backfill_rounds(), 1, "backfill is not asked again");
 }
 
-/// How long one round of 100 events takes on loopback (printed), and that it takes 100.
+/// How long one round of 100 events takes on loopback (printed), and that it takes 100; the
+/// late joiner keeps its history in PostgreSQL here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_of_100_events_is_timed() {
     let a = TestServer::start_federating("127.0.0.42").await;
-    let b = TestServer::start_federating("127.0.0.43").await;
+    let b = TestServer::start_federating_with(Backend::Postgres, "127.0.0.43", |_| {}).await;
     let (bob, room, _) = room_with_history(&a, &b, "long", 130, 0).await;
     let room_id = RoomId::parse(&room).unwrap();
 
