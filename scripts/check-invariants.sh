@@ -18,13 +18,18 @@ for crate in sqlx rhizome-storage-sql axum; do
   if grep -qx "$crate" <<<"$service_deps"; then fail "crates/service depends on $crate"; fi
 done
 
-# Only the api crate serves HTTP and maps errors to statuses; below it, HTTP is spoken only
-# by the code that reaches out: the federation client, push gateways, URL previews and remote
-# media, each through the address checks of outbound.rs.
-allowed='crates/service/src/(federation/(client|discovery|testing)|push/gateway|media/(fetch|preview)|outbound)'
+# Only the api crate serves HTTP and maps errors to statuses. Below it, connections are made
+# only by the code that reaches out, each through the address checks of outbound.rs: the
+# federation client (the one way to other homeservers), push gateways, URL previews. HTTP
+# statuses are read only where answers of other servers or gateways are.
+connectors='crates/service/src/(federation/(client|discovery|testing)|push/gateway|media/(fetch|preview)|outbound)'
 while IFS= read -r file; do
-  if ! grep -Eq "^$allowed" <<<"$file"; then fail "$file speaks HTTP outside the allowed modules"; fi
-done < <(grep -rlE "reqwest::|hyper::|hyper_util::|StatusCode" crates/service/src crates/room/src crates/storage/src crates/storage-sql/src crates/core/src | sort)
+  if ! grep -Eq "^$connectors" <<<"$file"; then fail "$file opens HTTP connections outside the allowed modules"; fi
+done < <(grep -rlE "reqwest::|hyper::|hyper_util::" crates/service/src crates/room/src crates/storage/src crates/storage-sql/src crates/core/src | sort)
+readers='crates/service/src/(federation/|push/gateway|media/(fetch|preview)|outbound)'
+while IFS= read -r file; do
+  if ! grep -Eq "^$readers" <<<"$file"; then fail "$file handles HTTP statuses outside the allowed modules"; fi
+done < <(grep -rlE "StatusCode" crates/service/src crates/room/src crates/storage/src crates/storage-sql/src crates/core/src | sort)
 
 # Every module starts with a //! line.
 while IFS= read -r file; do

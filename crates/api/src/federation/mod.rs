@@ -4,7 +4,9 @@
 
 pub(crate) mod auth;
 mod directory;
+mod history;
 mod keys;
+mod knock;
 mod media;
 mod membership;
 mod openid;
@@ -24,5 +26,7 @@ pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = directory::routes(router);
     let router = spaces::routes(router);
     let router = media::routes(router);
+    let router = history::routes(router);
+    let router = knock::routes(router);
     openid::routes(router)
 }

@@ -10,12 +10,16 @@
 //! - [`transactions`] receives other servers' transactions (`/send`).
 //! - [`queries`], [`public_rooms`], [`hierarchy`] and [`media`] answer other servers' queries
 //!   (profiles, the room directory, spaces, media) and ask them for local clients.
+//! - [`history`] serves a room's history to other servers and backfills it from them.
+//! - [`knock`] knocks on rooms of other servers, and takes knocks on rooms here.
 
 pub mod client;
 pub mod discovery;
 pub mod fetch;
 pub mod hierarchy;
+pub mod history;
 pub mod keys;
+pub mod knock;
 pub mod media;
 pub mod membership;
 pub mod public_rooms;
@@ -50,6 +54,7 @@ pub(crate) struct FederationRuntime {
     pub(crate) inbound: transactions::InboundState,
     /// Other servers' answers to queries, kept a short while.
     pub(crate) queries: queries::QueryCaches,
+    pub(crate) backfill: history::BackfillState,
 }
 
 impl FederationRuntime {
@@ -72,6 +77,7 @@ impl FederationRuntime {
             sender: sender::OutboundSender::new(),
             inbound: transactions::InboundState::default(),
             queries: queries::QueryCaches::default(),
+            backfill: history::BackfillState::default(),
         }
     }
 }

@@ -77,7 +77,6 @@ pub(crate) enum Provenance {
         soft_failed: bool,
     },
     /// History fetched from another server (backfill).
-    #[allow(dead_code)] // Backfill, which fetches history, lands next.
     Historical,
 }
 

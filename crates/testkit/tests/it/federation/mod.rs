@@ -6,9 +6,14 @@
 //! peers and convergence.
 
 mod adversarial;
+mod backfill_garbage;
 mod convergence;
+mod history;
+mod history_serving;
 mod keys;
+mod knock;
 mod media;
+mod peer_rooms;
 mod public_rooms;
 mod queries;
 mod queue;
