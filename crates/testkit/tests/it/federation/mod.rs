@@ -8,6 +8,7 @@
 mod adversarial;
 mod backfill_garbage;
 mod convergence;
+mod features;
 mod history;
 mod history_serving;
 mod keys;
