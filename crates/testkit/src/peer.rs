@@ -6,7 +6,7 @@
 //! with its key, correctly or with one thing broken: the adversarial cases a homeserver must
 //! refuse become a few lines each.
 //!
-//! ```ignore
+//! ```text
 //! let peer = TestPeer::start().await;
 //! peer.handle(Method::GET, "/_matrix/federation/v1/query/profile", |_request| {
 //!     (200, json!({ "displayname": "Remote" }))

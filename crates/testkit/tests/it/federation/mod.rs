@@ -22,6 +22,7 @@ mod rooms;
 mod spaces;
 mod synapse;
 mod synapse_queries;
+mod synapse_rooms;
 
 use std::time::{Duration, Instant};
 
