@@ -3,6 +3,7 @@
 //! ([`auth`]); the origin is then `Ruma::origin`.
 
 pub(crate) mod auth;
+mod devices;
 mod keys;
 mod membership;
 mod openid;
@@ -18,5 +19,6 @@ pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = transactions::routes(router);
     let router = membership::routes(router);
     let router = query::routes(router);
+    let router = devices::routes(router);
     openid::routes(router)
 }

@@ -10,6 +10,7 @@
 //! - [`transactions`] receives other servers' transactions (`/send`).
 
 pub mod client;
+pub mod devices;
 pub mod discovery;
 pub mod fetch;
 pub mod keys;
@@ -42,6 +43,7 @@ pub(crate) struct FederationRuntime {
     pub(crate) keys: keys::KeyRing,
     pub(crate) sender: sender::OutboundSender,
     pub(crate) inbound: transactions::InboundState,
+    pub(crate) devices: devices::DeviceListState,
 }
 
 impl FederationRuntime {
@@ -63,6 +65,7 @@ impl FederationRuntime {
             keys: keys::KeyRing::default(),
             sender: sender::OutboundSender::new(),
             inbound: transactions::InboundState::default(),
+            devices: devices::DeviceListState::default(),
         }
     }
 }

@@ -187,6 +187,8 @@ impl Services {
             }
             "m.receipt" => self.handle_receipt_edu(origin, content).await,
             "m.direct_to_device" => self.handle_to_device_edu(origin, content).await,
+            "m.device_list_update" => self.handle_device_list_update_edu(origin, content).await,
+            "m.signing_key_update" => self.handle_signing_key_update_edu(origin, content).await,
             other => {
                 tracing::debug!(edu_type = %other, "ignored an EDU of a type not handled");
                 Ok(())
