@@ -207,8 +207,7 @@ impl Services {
                     .insert(user_id.clone(), device_ids.clone());
                 continue;
             }
-            let keys =
-                self.local_user_keys(user_id, device_ids, Some(&requester.user_id)).await?;
+            let keys = self.local_user_keys(user_id, device_ids, Some(&requester.user_id)).await?;
             keys.insert_into(user_id, &mut response);
         }
         if !remote.is_empty() {
@@ -350,17 +349,14 @@ impl UserKeys {
 }
 
 /// Claimed keys of one user: by device, by key ID.
-pub(crate) type ClaimedKeys =
-    BTreeMap<OwnedDeviceId, BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>>;
+pub(crate) type ClaimedKeys = BTreeMap<OwnedDeviceId, BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>>;
 
 /// Other servers' users to query, by server.
 pub(crate) type RemoteQuery = BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>>;
 
 /// Other servers' users' keys to claim, by server.
-pub(crate) type RemoteClaim = BTreeMap<
-    OwnedServerName,
-    BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
->;
+pub(crate) type RemoteClaim =
+    BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>>;
 
 /// A canonical object's string field.
 pub(crate) fn string_field<'a>(object: &'a CanonicalJsonObject, field: &str) -> Option<&'a str> {

@@ -32,7 +32,8 @@ pub(crate) fn device_changes(
     published: &[PublishedDevice],
     current: &[PublishedDevice],
 ) -> Vec<PublishedDeviceChange> {
-    let before: BTreeMap<_, _> = published.iter().map(|device| (&device.device_id, device)).collect();
+    let before: BTreeMap<_, _> =
+        published.iter().map(|device| (&device.device_id, device)).collect();
     let now: BTreeMap<_, _> = current.iter().map(|device| (&device.device_id, device)).collect();
     let mut changes = Vec::new();
     for (device_id, device) in &now {
@@ -109,7 +110,10 @@ impl Services {
 
     /// Sends other servers what changed of a local user's devices since it was last
     /// published, and records it as published. Returns the published list.
-    pub(crate) async fn publish_device_list(&self, user_id: &UserId) -> Result<PublishedDeviceList> {
+    pub(crate) async fn publish_device_list(
+        &self,
+        user_id: &UserId,
+    ) -> Result<PublishedDeviceList> {
         let lock = self.federation.devices.publish_lock(user_id);
         let _guard = lock.lock().await;
         let current = self.publishable_device_list(user_id).await?;

@@ -246,7 +246,9 @@ impl Services {
             if let Some(devices) = response.device_keys.remove(&user_id) {
                 keys.devices = devices
                     .into_iter()
-                    .filter(|(device_id, _)| device_ids.is_empty() || device_ids.contains(device_id))
+                    .filter(|(device_id, _)| {
+                        device_ids.is_empty() || device_ids.contains(device_id)
+                    })
                     .collect();
             }
             keys.master = response.master_keys.remove(&user_id);

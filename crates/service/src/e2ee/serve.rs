@@ -17,11 +17,7 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::{
-    Services,
-    e2ee::keys::raw_json,
-    federation::devices::MAX_DEVICES_PER_USER,
-};
+use crate::{Services, e2ee::keys::raw_json, federation::devices::MAX_DEVICES_PER_USER};
 
 /// The most users one query or claim may name.
 pub const MAX_USERS_PER_REQUEST: usize = 1_000;
@@ -54,15 +50,14 @@ impl Services {
         for device in published.devices.iter().take(MAX_DEVICES_PER_USER) {
             let Some(keys) = &device.keys else { continue };
             let keys: Raw<DeviceKeys> = raw_json(&serde_json::from_str::<Value>(keys)?)?;
-            response
-                .devices
-                .push(get_devices::v1::UserDevice::new(device.device_id.clone(), keys));
+            response.devices.push(get_devices::v1::UserDevice::new(device.device_id.clone(), keys));
         }
         if let Some(master) = &published.master_key {
             response.master_key = Some(raw_json(&serde_json::from_str::<Value>(master)?)?);
         }
         if let Some(self_signing) = &published.self_signing_key {
-            response.self_signing_key = Some(raw_json(&serde_json::from_str::<Value>(self_signing)?)?);
+            response.self_signing_key =
+                Some(raw_json(&serde_json::from_str::<Value>(self_signing)?)?);
         }
         Ok(response)
     }

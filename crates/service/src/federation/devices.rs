@@ -209,7 +209,9 @@ fn remote_list_from(
 
 /// Whether two cached lists say the same (ignoring when they were fetched).
 fn same_contents(a: &RemoteDeviceList, b: &RemoteDeviceList) -> bool {
-    a.devices == b.devices && a.master_key == b.master_key && a.self_signing_key == b.self_signing_key
+    a.devices == b.devices
+        && a.master_key == b.master_key
+        && a.self_signing_key == b.self_signing_key
 }
 
 impl Services {
@@ -266,7 +268,12 @@ impl Services {
                         });
                         match self
                             .store
-                            .update_remote_device(user_id, update_id, &update.device_id, device.as_ref())
+                            .update_remote_device(
+                                user_id,
+                                update_id,
+                                &update.device_id,
+                                device.as_ref(),
+                            )
                             .await?
                         {
                             Some(_) => Decision::Applied,
@@ -430,6 +437,11 @@ impl Services {
         Ok(self.store.remote_device_list(user_id).await?.is_some())
     }
 
+    /// A remote user's tracked (cached) device list.
+    pub async fn cached_device_list(&self, user_id: &UserId) -> Result<Option<RemoteDeviceList>> {
+        self.store.remote_device_list(user_id).await
+    }
+
     /// Starts the worker that fetches stale lists again, if it does not run: each server's
     /// users are retried with backoff (`federation.min_retry_interval_secs` doubling up to
     /// `max_retry_interval_secs`); the worker ends when no list is stale.
@@ -456,7 +468,8 @@ impl Services {
                     return;
                 }
                 services.retry_stale_device_lists(stale, &mut backoff).await;
-                let pause = Duration::from_secs(services.config.federation.min_retry_interval_secs.max(1));
+                let pause =
+                    Duration::from_secs(services.config.federation.min_retry_interval_secs.max(1));
                 drop(services);
                 tokio::time::sleep(pause).await;
             }
@@ -483,7 +496,8 @@ impl Services {
             for user_id in users {
                 if let Err(error) = self.resync_device_list(&user_id, true).await {
                     tracing::debug!(%error, "a stale device list could not be fetched yet");
-                    let interval = backoff.get(&server).map_or(min, |(_, last)| (*last * 2).min(max));
+                    let interval =
+                        backoff.get(&server).map_or(min, |(_, last)| (*last * 2).min(max));
                     backoff.insert(server.clone(), (Instant::now() + interval, interval));
                     break;
                 }

@@ -1,6 +1,8 @@
 //! Federation between real servers over HTTPS on loopback: two Rhizome servers, a test peer of
 //! our own that misbehaves on purpose, and Synapse.
 
+mod device_peer;
+mod devices;
 mod keys;
 mod rooms;
 
