@@ -11,10 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http::Method;
+use http::{Method, StatusCode};
 use rhizome_testkit::{
     TestServer, encode,
-    peer::{PeerResponse, TestPeer},
+    peer::{PeerResponse, Reply, TestPeer},
 };
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedEventId, RoomVersionId, UserId, events::TimelineEventType,
@@ -26,13 +26,16 @@ use crate::e2ee::{Device, device_list, key_pair, next_batch, sign, to_device_eve
 const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A peer answering transactions (recording them) and, for its user, `GET /user/devices` with
-/// whatever the test set last.
-fn answering_peer(peer: &TestPeer) -> Arc<Mutex<Value>> {
+/// whatever the test set last (`None`: 503, the server is unwell).
+fn answering_peer(peer: &TestPeer) -> Arc<Mutex<Option<Value>>> {
     peer.handle(Method::PUT, "/_matrix/federation/v1/send/{txn}", |_| json!({ "pdus": {} }));
-    let devices = Arc::new(Mutex::new(json!({})));
+    let devices = Arc::new(Mutex::new(None));
     let answer = devices.clone();
     peer.handle(Method::GET, "/_matrix/federation/v1/user/devices/{user}", move |_| {
-        answer.lock().unwrap().clone()
+        match answer.lock().unwrap().clone() {
+            Some(devices) => Reply::json(StatusCode::OK, &devices),
+            None => Reply::error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", "unwell"),
+        }
     });
     devices
 }
@@ -185,7 +188,7 @@ async fn a_dropped_device_list_update_is_detected_and_the_list_fetched_again() {
     let alice = Device::register(&a, "alice").await;
     alice.upload_all(1).await;
     let room = alice.api.create_room(json!({ "preset": "public_chat" })).await;
-    *answer.lock().unwrap() = devices_answer(bob, 5, &["D1"]);
+    *answer.lock().unwrap() = Some(devices_answer(bob, 5, &["D1"]));
     peer_joins(&peer, &a, &room, "bob").await;
 
     // First contact: the list is fetched whole.
@@ -204,14 +207,14 @@ async fn a_dropped_device_list_update_is_detected_and_the_list_fetched_again() {
     send_edus(&peer, &a, "t2", vec![update(bob, "D2", 6, &[5], false)]).await;
 
     // Update 7 (D1 deleted) is lost in transit; update 8 (D3 added) refers to it.
-    *answer.lock().unwrap() = devices_answer(bob, 8, &["D2", "D3"]);
+    *answer.lock().unwrap() = Some(devices_answer(bob, 8, &["D2", "D3"]));
     send_edus(&peer, &a, "t3", vec![update(bob, "D3", 8, &[7], false)]).await;
     let since = wait_changed(&alice, &since, bob).await;
     wait_for_devices(&alice, bob, &["D2", "D3"]).await;
     assert_eq!(fetches(&peer), 2, "the gap made the list be fetched again");
 
     // A sequence that starts over (no prev_id) is not trusted either.
-    *answer.lock().unwrap() = devices_answer(bob, 9, &["D3", "D4"]);
+    *answer.lock().unwrap() = Some(devices_answer(bob, 9, &["D3", "D4"]));
     send_edus(&peer, &a, "t4", vec![update(bob, "D4", 9, &[], false)]).await;
     let since = wait_changed(&alice, &since, bob).await;
     wait_for_devices(&alice, bob, &["D3", "D4"]).await;
@@ -434,4 +437,46 @@ async fn to_device_messages_cross_with_a_message_id_and_arrive_once() {
     assert!(edu["message_id"].as_str().is_some_and(|id| !id.is_empty()));
     assert_eq!(edu["messages"][bob.as_str()]["*"]["n"], 10);
     assert_eq!(edu["messages"][bob.as_str()]["BOBDEVICE"]["n"], 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_list_is_fetched_again_once_its_server_answers() {
+    let a = TestServer::start_federating("127.0.0.96").await;
+    let peer = TestPeer::start_on(Ipv4Addr::new(127, 0, 0, 97)).await;
+    let answer = answering_peer(&peer);
+    let bob = peer.user_id("bob");
+    let bob = bob.as_str();
+    let alice = Device::register(&a, "alice").await;
+    let room = alice.api.create_room(json!({ "preset": "public_chat" })).await;
+    *answer.lock().unwrap() = Some(devices_answer(bob, 5, &["D1"]));
+    peer_joins(&peer, &a, &room, "bob").await;
+    wait_for_devices(&alice, bob, &["D1"]).await;
+
+    // An update is missed while the peer cannot answer for its list.
+    *answer.lock().unwrap() = None;
+    send_edus(&peer, &a, "s1", vec![update(bob, "D3", 8, &[7], false)]).await;
+    let since = next_batch(&alice.sync(None).await);
+    let keys = alice.query(&[bob]).await;
+    let server = peer.server_name().as_str();
+    assert!(keys["failures"][server].is_object(), "{keys}");
+    assert!(keys["device_keys"][bob]["D1"].is_object(), "the stale list is served meanwhile");
+    let bob_id = UserId::parse(bob).unwrap();
+    let cached = a.services().cached_device_list(&bob_id).await.unwrap().unwrap();
+    assert!(cached.stale);
+
+    // Once it answers, the list is fetched again in the background, no update needed.
+    *answer.lock().unwrap() = Some(devices_answer(bob, 8, &["D1", "D3"]));
+    wait_changed(&alice, &since, bob).await;
+    let keys = wait_for_devices(&alice, bob, &["D1", "D3"]).await;
+    assert!(keys["failures"].as_object().is_none_or(|failures| failures.is_empty()), "{keys}");
+    assert!(!a.services().cached_device_list(&bob_id).await.unwrap().unwrap().stale);
+
+    // A user sharing no room with this server's users is asked directly, and not tracked.
+    let carol = peer.user_id("carol");
+    let carol_keys = peer_device_keys(carol.as_str(), "C1");
+    let answered = json!({ "device_keys": { carol.as_str(): { "C1": carol_keys } } });
+    peer.handle(Method::POST, "/_matrix/federation/v1/user/keys/query", move |_| answered.clone());
+    let keys = alice.query(&[carol.as_str()]).await;
+    assert_eq!(keys["device_keys"][carol.as_str()]["C1"]["device_id"], "C1", "{keys}");
+    assert!(!a.services().device_list_tracked(&carol).await.unwrap());
 }

@@ -50,6 +50,18 @@ impl CrossSigning {
     }
 }
 
+/// A sliding sync request with the e2ee extension, from `pos`.
+async fn sliding_e2ee(api: &Api, pos: Option<&str>) -> Value {
+    let path = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+    let path = match pos {
+        Some(pos) => format!("{path}?pos={pos}&timeout=500"),
+        None => path.to_owned(),
+    };
+    let body =
+        json!({ "conn_id": "e2ee", "lists": {}, "extensions": { "e2ee": { "enabled": true } } });
+    api.post(&path, body).await.ok()
+}
+
 /// Syncs `device` from `since` until `check` holds for a response; returns it.
 async fn sync_until(
     device: &Device,
@@ -203,6 +215,7 @@ async fn new_device_and_cross_signing_reach_the_other_server(
     bob: &Device,
 ) {
     let since = next_batch(&alice.sync(None).await);
+    let sliding_pos = sliding_e2ee(&alice.api, None).await["pos"].as_str().unwrap().to_owned();
     let fetched_before = fetched_at(a, &bob.user_id).await;
     let laptop = bob.login(b).await;
     let uploaded = Instant::now();
