@@ -150,7 +150,11 @@ async fn device_lists_and_keys_cross_servers_and_stop_with_the_last_shared_room(
         );
         assert!(keys["failures"].as_object().is_none_or(|failures| failures.is_empty()), "{keys}");
         let keys = bob.query(&[&alice.user_id]).await;
-        assert_eq!(devices_of(&keys, &alice.user_id), [alice.device_id.clone()], "{keys}");
+        assert_eq!(
+            devices_of(&keys, &alice.user_id),
+            std::slice::from_ref(&alice.device_id),
+            "{keys}"
+        );
         let bob_id = UserId::parse(&bob.user_id).unwrap();
         assert!(a.services().device_list_tracked(&bob_id).await.unwrap(), "A tracks Bob");
 
@@ -232,6 +236,20 @@ async fn new_device_and_cross_signing_reach_the_other_server(
     })
     .await;
     let in_sync = uploaded.elapsed();
+    // Sliding sync's e2ee extension says so too.
+    let mut pos = sliding_pos;
+    loop {
+        let response = sliding_e2ee(&alice.api, Some(&pos)).await;
+        let changed = &response["extensions"]["e2ee"]["device_lists"]["changed"];
+        if changed
+            .as_array()
+            .is_some_and(|users| users.iter().any(|user| *user == bob.user_id.as_str()))
+        {
+            break;
+        }
+        assert!(uploaded.elapsed() < PATIENCE, "sliding sync never said bob changed: {response}");
+        pos = response["pos"].as_str().unwrap().to_owned();
+    }
     println!(
         "a new remote device's keys reached the other server's /keys/query in {in_query:?} and \
          device_lists.changed in {in_sync:?}"
