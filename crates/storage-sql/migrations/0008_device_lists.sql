@@ -18,12 +18,14 @@ CREATE TABLE e2ee_published_devices (
 );
 
 -- Other servers' users whose device lists are tracked: the latest update applied, whether one
--- was missed (stale), when the list was last fetched whole, and their cross-signing keys.
+-- was missed (stale), when (time and stream position) the list was last fetched whole, and
+-- their cross-signing keys.
 CREATE TABLE e2ee_remote_device_lists (
     user_id TEXT PRIMARY KEY,
     stream_id BIGINT NOT NULL,
     stale BIGINT NOT NULL DEFAULT 0,
     fetched_ts BIGINT NOT NULL,
+    fetched_pos BIGINT NOT NULL,
     master_key TEXT,
     self_signing_key TEXT
 );

@@ -67,6 +67,9 @@ pub struct RemoteDeviceList {
     pub stale: bool,
     /// When the list was last fetched whole (ms since the epoch).
     pub fetched_ts: i64,
+    /// The stream position when it was fetched: the cache is current only while the user has
+    /// shared a room with a local user ever since (updates are sent only while they do).
+    pub fetched_pos: StreamPos,
     /// The devices, by device ID.
     pub devices: Vec<RemoteDevice>,
     /// The user's master key.

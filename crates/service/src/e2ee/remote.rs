@@ -210,8 +210,9 @@ impl Services {
         answer
     }
 
-    /// A tracked user's list: the cache when fresh, else fetched whole (a stale cache as a
-    /// fallback when that fails, with the error).
+    /// A tracked user's list: the cache when fresh (not stale, and the user has shared a
+    /// room with a local user since it was fetched, so no update can have been missed), else
+    /// fetched whole (a stale cache as a fallback when that fails, with the error).
     async fn tracked_device_list(
         &self,
         user_id: &UserId,
@@ -220,8 +221,14 @@ impl Services {
             Ok(cached) => cached,
             Err(error) => return (None, Some(error)),
         };
-        if let Some(list) = cached.as_ref().filter(|list| !list.stale) {
-            return (Some(list.clone()), None);
+        if let Some(list) = &cached
+            && !list.stale
+        {
+            match self.shared_continuously_since(user_id, list.fetched_pos).await {
+                Ok(true) => return (Some(list.clone()), None),
+                Ok(false) => {}
+                Err(error) => return (cached, Some(error)),
+            }
         }
         match self.resync_device_list(user_id, false).await {
             Ok(Some(list)) => (Some(list), None),

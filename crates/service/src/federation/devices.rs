@@ -20,6 +20,7 @@ use std::{
 use parking_lot::Mutex;
 use rhizome_core::{Error, Result, clock::now_millis};
 use rhizome_storage::{
+    StreamPos,
     device_lists::{RemoteDevice, RemoteDeviceList},
     e2ee::CrossSigningKeyType,
 };
@@ -172,6 +173,7 @@ fn checked_signing_key(
 fn remote_list_from(
     user_id: &UserId,
     response: get_devices::v1::Response,
+    fetched_pos: StreamPos,
 ) -> Result<RemoteDeviceList> {
     if response.user_id != user_id {
         return Err(Error::bad_json("The device list is another user's"));
@@ -193,6 +195,7 @@ fn remote_list_from(
         stream_id: stream_id(response.stream_id),
         stale: false,
         fetched_ts: now_millis(),
+        fetched_pos,
         devices,
         master_key: checked_signing_key(
             response.master_key.as_ref(),
@@ -223,6 +226,31 @@ impl Services {
             }
             let members = self.room_members_cached(&membership.room_id, false).await?;
             if members.iter().any(|member| member.server_name() == self.server_name()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether a user has shared a room with a local user ever since stream position `pos`:
+    /// both joined to one room, neither membership changed after `pos`. (Conservative: a
+    /// profile change counts as a change.) A cached list is current only then, as its
+    /// server sends updates only while they share a room.
+    pub(crate) async fn shared_continuously_since(
+        &self,
+        user_id: &UserId,
+        pos: StreamPos,
+    ) -> Result<bool> {
+        for membership in self.user_memberships_cached(user_id).await?.iter() {
+            if membership.membership != "join" || membership.stream_pos > pos {
+                continue;
+            }
+            let members = self.room_memberships_cached(&membership.room_id).await?;
+            if members.iter().any(|member| {
+                member.membership == "join"
+                    && member.stream_pos <= pos
+                    && member.user_id.server_name() == self.server_name()
+            }) {
                 return Ok(true);
             }
         }
@@ -382,6 +410,7 @@ impl Services {
         {
             return Ok(Some(list));
         }
+        let fetched_pos = self.store.current_stream_pos();
         let request = get_devices::v1::Request::new(user_id.to_owned());
         let limits = RequestLimits::small().with_timeout(FETCH_TIMEOUT);
         let fetched = match self
@@ -389,7 +418,7 @@ impl Services {
             .send_with_limits(user_id.server_name(), request, limits)
             .await
             .map_err(Error::from)
-            .and_then(|response| remote_list_from(user_id, response))
+            .and_then(|response| remote_list_from(user_id, response, fetched_pos))
         {
             Ok(list) => list,
             Err(error) => {

@@ -131,7 +131,7 @@ impl DeviceListStore for SqlStore {
 
     async fn remote_device_list(&self, user_id: &UserId) -> Result<Option<RemoteDeviceList>> {
         let Some(row) = sqlx::query(
-            "SELECT stream_id, stale, fetched_ts, master_key, self_signing_key \
+            "SELECT stream_id, stale, fetched_ts, fetched_pos, master_key, self_signing_key \
              FROM e2ee_remote_device_lists WHERE user_id = $1",
         )
         .bind(user_id.as_str())
@@ -146,6 +146,7 @@ impl DeviceListStore for SqlStore {
             stream_id: row.try_get("stream_id").map_err(db_error)?,
             stale: row.try_get::<i64, _>("stale").map_err(db_error)? != 0,
             fetched_ts: row.try_get("fetched_ts").map_err(db_error)?,
+            fetched_pos: row.try_get("fetched_pos").map_err(db_error)?,
             devices: Vec::new(),
             master_key: row.try_get("master_key").map_err(db_error)?,
             self_signing_key: row.try_get("self_signing_key").map_err(db_error)?,
@@ -296,16 +297,18 @@ async fn write_remote_list(connection: &mut AnyConnection, list: &RemoteDeviceLi
     let user = list.user_id.as_str();
     sqlx::query(
         "INSERT INTO e2ee_remote_device_lists \
-         (user_id, stream_id, stale, fetched_ts, master_key, self_signing_key) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id) DO UPDATE SET \
+         (user_id, stream_id, stale, fetched_ts, fetched_pos, master_key, self_signing_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (user_id) DO UPDATE SET \
          stream_id = excluded.stream_id, stale = excluded.stale, \
-         fetched_ts = excluded.fetched_ts, master_key = excluded.master_key, \
+         fetched_ts = excluded.fetched_ts, fetched_pos = excluded.fetched_pos, \
+         master_key = excluded.master_key, \
          self_signing_key = excluded.self_signing_key",
     )
     .bind(user)
     .bind(list.stream_id)
     .bind(flag(list.stale))
     .bind(list.fetched_ts)
+    .bind(list.fetched_pos)
     .bind(list.master_key.as_deref())
     .bind(list.self_signing_key.as_deref())
     .execute(&mut *connection)

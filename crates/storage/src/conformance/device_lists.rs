@@ -90,6 +90,7 @@ pub async fn remote_device_lists_are_cached_updated_and_forgotten(store: Arc<dyn
         stream_id: 5,
         stale: false,
         fetched_ts: 1_000,
+        fetched_pos: 12,
         devices: vec![remote("B1", "{\"k\":1}"), remote("B2", "{\"k\":2}")],
         master_key: Some("{\"m\":1}".into()),
         self_signing_key: None,
@@ -123,7 +124,8 @@ pub async fn remote_device_lists_are_cached_updated_and_forgotten(store: Arc<dyn
     assert!(store.mark_remote_device_list_stale(bob).await.unwrap());
     assert!(store.remote_device_list(bob).await.unwrap().unwrap().stale);
     assert_eq!(store.tracked_remote_users(true).await.unwrap(), [bob.to_owned()]);
-    let fetched = RemoteDeviceList { stream_id: 9, fetched_ts: 2_000, ..list.clone() };
+    let fetched =
+        RemoteDeviceList { stream_id: 9, fetched_ts: 2_000, fetched_pos: 20, ..list.clone() };
     let announced = store.replace_remote_device_list(&fetched, true).await.unwrap();
     assert_eq!(announced, Some(store.current_stream_pos()));
     assert_eq!(store.remote_device_list(bob).await.unwrap(), Some(fetched));

@@ -42,11 +42,23 @@ fn answering_peer(peer: &TestPeer) -> Arc<Mutex<Option<Value>>> {
 
 /// The peer's user joins `room_id` on `server` through `make_join` and `send_join`.
 async fn peer_joins(peer: &TestPeer, server: &TestServer, room_id: &str, localpart: &str) {
+    peer_membership(peer, server, room_id, localpart, "join").await;
+}
+
+/// The peer's user joins or leaves (`membership`) `room_id` on `server` through
+/// `make_<membership>` and `send_<membership>`.
+async fn peer_membership(
+    peer: &TestPeer,
+    server: &TestServer,
+    room_id: &str,
+    localpart: &str,
+    membership: &str,
+) {
     let user = peer.user_id(localpart);
     let (name, base) = destination(server);
     let versions: String = (1..=12).map(|version| format!("ver={version}&")).collect();
     let path = format!(
-        "/_matrix/federation/v1/make_join/{}/{}?{versions}",
+        "/_matrix/federation/v1/make_{membership}/{}/{}?{versions}",
         encode(room_id),
         encode(user.as_str())
     );
@@ -65,7 +77,7 @@ async fn peer_joins(peer: &TestPeer, server: &TestServer, room_id: &str, localpa
         sender: user.clone(),
         kind: TimelineEventType::RoomMember,
         state_key: Some(user.to_string()),
-        content: serde_json::value::to_raw_value(&json!({ "membership": "join" })).unwrap(),
+        content: serde_json::value::to_raw_value(&json!({ "membership": membership })).unwrap(),
         redacts: None,
         prev_events: ids("prev_events"),
         auth_events: ids("auth_events"),
@@ -74,7 +86,7 @@ async fn peer_joins(peer: &TestPeer, server: &TestServer, room_id: &str, localpa
     };
     let pdu = peer.sign_pdu(&template, &version);
     let path = format!(
-        "/_matrix/federation/v2/send_join/{}/{}",
+        "/_matrix/federation/v2/send_{membership}/{}/{}",
         encode(room_id),
         encode(pdu.event_id.as_str())
     );
@@ -479,4 +491,27 @@ async fn a_stale_list_is_fetched_again_once_its_server_answers() {
     let keys = alice.query(&[carol.as_str()]).await;
     assert_eq!(keys["device_keys"][carol.as_str()]["C1"]["device_id"], "C1", "{keys}");
     assert!(!a.services().device_list_tracked(&carol).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_cached_before_a_user_left_is_not_trusted_after_they_return() {
+    let a = TestServer::start_federating("127.0.0.98").await;
+    let peer = TestPeer::start_on(Ipv4Addr::new(127, 0, 0, 99)).await;
+    let answer = answering_peer(&peer);
+    let bob = peer.user_id("bob");
+    let bob = bob.as_str();
+    let alice = Device::register(&a, "alice").await;
+    let room = alice.api.create_room(json!({ "preset": "public_chat" })).await;
+    *answer.lock().unwrap() = Some(devices_answer(bob, 5, &["D1"]));
+    peer_joins(&peer, &a, &room, "bob").await;
+    wait_for_devices(&alice, bob, &["D1"]).await;
+    assert_eq!(fetches(&peer), 1);
+
+    // Bob leaves and comes back before anyone here syncs; meanwhile his devices changed, and
+    // his server sent no updates here (no room was shared).
+    peer_membership(&peer, &a, &room, "bob", "leave").await;
+    *answer.lock().unwrap() = Some(devices_answer(bob, 7, &["D1", "D2"]));
+    peer_joins(&peer, &a, &room, "bob").await;
+    wait_for_devices(&alice, bob, &["D1", "D2"]).await;
+    assert_eq!(fetches(&peer), 2, "the list was fetched again");
 }
