@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use matrix_sdk::deserialized_responses::TimelineEvent;
 use matrix_sdk::{
     Client, Room,
     config::SyncSettings,
@@ -80,20 +81,39 @@ pub(crate) async fn send(client: &Client, room_id: &OwnedRoomId, text: &str) -> 
         .event_id
 }
 
-/// Syncs until a message with `text` arrives in the room decrypted.
+/// Syncs until a message with `text` arrives in the room decrypted. A message whose key came
+/// after it (as when another server's transaction carries both, the event first) is fetched
+/// again once the key may be there, as a client retries decryption.
 pub(crate) async fn receive_decrypted(client: &Client, room_id: &OwnedRoomId, text: &str) {
+    let mut undecrypted: Vec<OwnedEventId> = Vec::new();
     for _ in 0..ATTEMPTS {
         let response = client
             .sync_once(SyncSettings::default().timeout(Duration::from_millis(300)))
             .await
             .expect("sync succeeds");
-        let Some(joined) = response.rooms.joined.get(room_id) else { continue };
-        for event in &joined.timeline.events {
+        let mut events: Vec<TimelineEvent> = response
+            .rooms
+            .joined
+            .get(room_id)
+            .map(|joined| joined.timeline.events.clone())
+            .unwrap_or_default();
+        for event_id in &undecrypted {
+            if let Ok(event) = room(client, room_id).event(event_id, None).await {
+                events.push(event);
+            }
+        }
+        for event in &events {
             let value: Value = serde_json::from_str(event.raw().json().get()).expect("event JSON");
             if value["content"]["body"] == text {
                 assert_eq!(value["type"], "m.room.message");
                 assert!(event.encryption_info().is_some(), "the message was not encrypted");
                 return;
+            }
+            if value["type"] == "m.room.encrypted"
+                && let Some(event_id) = event.event_id()
+                && !undecrypted.contains(&event_id)
+            {
+                undecrypted.push(event_id);
             }
         }
     }
