@@ -46,6 +46,8 @@ const STRIPES: usize = 64;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most devices of one user taken from, or given to, another server.
 pub const MAX_DEVICES_PER_USER: usize = 1_000;
+/// The longest device display name kept from another server.
+const MAX_DISPLAY_NAME_BYTES: usize = 256;
 /// How often a list keeps being fetched again while updates arrive during the fetch.
 const RESYNC_ROUNDS: usize = 3;
 
@@ -137,6 +139,11 @@ fn stream_id(value: UInt) -> i64 {
     i64::from(value)
 }
 
+/// A device display name from another server, unless it is too long.
+fn display_name(name: Option<&str>) -> Option<String> {
+    name.filter(|name| name.len() <= MAX_DISPLAY_NAME_BYTES).map(str::to_owned)
+}
+
 /// A device's keys from another server, in their stored form, if they are valid: for that
 /// user and device, and signed by the device.
 fn checked_device_keys(
@@ -185,7 +192,7 @@ fn remote_list_from(
         .map(|device| RemoteDevice {
             device_id: device.device_id.clone(),
             keys: checked_device_keys(&device.keys, user_id, &device.device_id),
-            display_name: device.device_display_name.clone(),
+            display_name: display_name(device.device_display_name.as_deref()),
         })
         .collect();
     devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
@@ -292,7 +299,7 @@ impl Services {
                             keys: update.keys.as_ref().and_then(|keys| {
                                 checked_device_keys(keys, user_id, &update.device_id)
                             }),
-                            display_name: update.device_display_name.clone(),
+                            display_name: display_name(update.device_display_name.as_deref()),
                         });
                         match self
                             .store
