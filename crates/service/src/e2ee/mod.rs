@@ -66,6 +66,7 @@ impl Services {
         if until <= since {
             return Ok((Vec::new(), Vec::new()));
         }
+        self.resume_device_list_worker();
         let device_changes = self.store.device_list_changes(user_id, since, until).await?;
         let mut own_memberships = self.store.membership_changes_since(user_id, since).await?;
         own_memberships.retain(|membership| membership.stream_pos <= until);

@@ -64,6 +64,8 @@ pub(crate) struct DeviceListState {
     resyncing: Mutex<HashMap<OwnedUserId, i64>>,
     /// Whether the retry worker runs.
     worker: AtomicBool,
+    /// Whether this process looked for lists left stale by an earlier one.
+    resumed: AtomicBool,
 }
 
 impl Default for DeviceListState {
@@ -75,6 +77,7 @@ impl Default for DeviceListState {
             resync: stripes(),
             resyncing: Mutex::new(HashMap::new()),
             worker: AtomicBool::new(false),
+            resumed: AtomicBool::new(false),
         }
     }
 }
@@ -476,6 +479,16 @@ impl Services {
     /// A remote user's tracked (cached) device list.
     pub async fn cached_device_list(&self, user_id: &UserId) -> Result<Option<RemoteDeviceList>> {
         self.store.remote_device_list(user_id).await
+    }
+
+    /// Once per process (at the first sync), starts the retry worker for lists an earlier
+    /// process left stale.
+    pub(crate) fn resume_device_list_worker(&self) {
+        if self.config.federation.enabled
+            && !self.federation.devices.resumed.swap(true, Ordering::SeqCst)
+        {
+            self.start_device_list_worker();
+        }
     }
 
     /// Starts the worker that fetches stale lists again, if it does not run: each server's
