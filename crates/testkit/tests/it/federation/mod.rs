@@ -2,6 +2,7 @@
 //! our own that misbehaves on purpose, and Synapse.
 
 mod device_peer;
+mod device_synapse;
 mod devices;
 mod keys;
 mod rooms;
