@@ -3,7 +3,8 @@
 //! HTTPS on loopback): an encrypted room whose messages decrypt both ways, a second device of
 //! the remote member seen and sent the next message, users who stop being tracked when they
 //! leave, emoji (SAS) verification between users of different servers, and a server that was
-//! down catching up on the device list it missed.
+//! down catching up on the device list it missed; and an encrypted room between Rhizome and
+//! Synapse.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,10 @@ use matrix_sdk::{
         events::{InitialStateEvent, room::encryption::RoomEncryptionEventContent},
     },
 };
-use rhizome_testkit::TestServer;
+use rhizome_testkit::{
+    TestServer,
+    synapse::{Synapse, SynapseOptions},
+};
 
 use crate::{
     e2ee::{ATTEMPTS, login, receive_decrypted, room, sees_verified, send, symbols, user_id},
@@ -234,4 +238,43 @@ async fn a_server_that_was_down_catches_up_on_a_device_list() {
     send(&alice, &room_id, "after the outage").await;
     receive_decrypted(&laptop, &room_id, "after the outage").await;
     receive_decrypted(&bob, &room_id, "after the outage").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_room_between_rhizome_and_synapse() {
+    let ip = std::net::Ipv4Addr::new(127, 0, 0, 97);
+    let synapse = Synapse::start_with(SynapseOptions::default().ip(ip)).await;
+    let a = TestServer::start_federating("127.0.0.96").await;
+    let alice = register(&a.base_url, "alice").await;
+    synapse.register("sam", false).await;
+    let sam = Client::builder()
+        .homeserver_url(synapse.base_url())
+        .disable_ssl_verification()
+        .build()
+        .await
+        .expect("the client builds");
+    sam.matrix_auth().login_username("sam", "sam-password").send().await.expect("logged in");
+    sync(&alice).await;
+    sync(&sam).await;
+    let room_id = encrypted_room(&alice, &[&sam]).await;
+
+    send(&alice, &room_id, "hello from Rhizome").await;
+    receive_decrypted(&sam, &room_id, "hello from Rhizome").await;
+    send(&sam, &room_id, "hello from Synapse").await;
+    receive_decrypted(&alice, &room_id, "hello from Synapse").await;
+
+    // Sam's second device, announced by Synapse, gets the next message.
+    let laptop = Client::builder()
+        .homeserver_url(synapse.base_url())
+        .disable_ssl_verification()
+        .build()
+        .await
+        .expect("the client builds");
+    laptop.matrix_auth().login_username("sam", "sam-password").send().await.expect("logged in");
+    sync(&laptop).await;
+    sync(&laptop).await;
+    let laptop_device = laptop.device_id().expect("a device").to_owned();
+    sees_device(&alice, &user_id(&sam), &laptop_device).await;
+    send(&alice, &room_id, "to sam's laptop").await;
+    receive_decrypted(&laptop, &room_id, "to sam's laptop").await;
 }
