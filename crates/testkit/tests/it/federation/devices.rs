@@ -125,10 +125,16 @@ async fn two_users_sharing_a_room(
     let room =
         alice.api.create_room(json!({ "preset": "public_chat", "room_alias_name": alias })).await;
     let alice_since = next_batch(&alice.sync(None).await);
+    let bob_since = next_batch(&bob.sync(None).await);
     bob.api.join(&format!("#{alias}:{}", a.config.server_name)).await;
     // The resident side: Bob joining makes his device list "changed" for Alice.
     sync_until(&alice, &alice_since, "bob's list changed", |sync| {
         device_list(sync, "changed").contains(&bob.user_id)
+    })
+    .await;
+    // The joining side: Alice's list is "changed" for Bob.
+    sync_until(&bob, &bob_since, "alice's list changed", |sync| {
+        device_list(sync, "changed").contains(&alice.user_id)
     })
     .await;
     (alice, bob, room)
