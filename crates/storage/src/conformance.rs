@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod accounts;
+mod device_lists;
 mod e2ee;
 mod federation;
 mod media;
@@ -18,6 +19,7 @@ use std::{any::Any, sync::Arc};
 use crate::DataStore;
 
 pub use accounts::*;
+pub use device_lists::*;
 pub use e2ee::*;
 pub use federation::*;
 pub use media::*;
@@ -65,6 +67,7 @@ macro_rules! conformance_tests {
             memberships_in_rooms_not_joined,
         );
         $crate::e2ee_conformance_tests!($make);
+        $crate::device_list_conformance_tests!($make);
         $crate::media_conformance_tests!($make);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {

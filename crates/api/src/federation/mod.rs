@@ -3,6 +3,7 @@
 //! ([`auth`]); the origin is then `Ruma::origin`.
 
 pub(crate) mod auth;
+mod devices;
 mod directory;
 mod history;
 mod keys;
@@ -28,5 +29,6 @@ pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = media::routes(router);
     let router = history::routes(router);
     let router = knock::routes(router);
+    let router = devices::routes(router);
     openid::routes(router)
 }

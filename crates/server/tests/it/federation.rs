@@ -54,7 +54,7 @@ async fn queued_events_arrive_once_after_the_sender_is_killed() {
         .ok();
 
     // B goes down; A accepts 20 messages it cannot deliver, then is killed.
-    b.stop_for_restart().await;
+    b.stop_for_now().await;
     for index in 0..20 {
         alice.send_text(&room, &format!("queued {index}")).await;
     }

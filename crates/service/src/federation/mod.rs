@@ -14,6 +14,7 @@
 //! - [`knock`] knocks on rooms of other servers, and takes knocks on rooms here.
 
 pub mod client;
+pub mod devices;
 pub mod discovery;
 pub mod fetch;
 pub mod hierarchy;
@@ -55,6 +56,7 @@ pub(crate) struct FederationRuntime {
     /// Other servers' answers to queries, kept a short while.
     pub(crate) queries: queries::QueryCaches,
     pub(crate) backfill: history::BackfillState,
+    pub(crate) devices: devices::DeviceListState,
 }
 
 impl FederationRuntime {
@@ -78,6 +80,7 @@ impl FederationRuntime {
             inbound: transactions::InboundState::default(),
             queries: queries::QueryCaches::default(),
             backfill: history::BackfillState::default(),
+            devices: devices::DeviceListState::default(),
         }
     }
 }

@@ -191,6 +191,8 @@ impl Services {
             "m.presence" if self.config.federation.send_presence => {
                 self.handle_presence_edu(origin, content).await
             }
+            "m.device_list_update" => self.handle_device_list_update_edu(origin, content).await,
+            "m.signing_key_update" => self.handle_signing_key_update_edu(origin, content).await,
             other => {
                 tracing::debug!(edu_type = %other, "ignored an EDU of a type not handled");
                 Ok(())

@@ -209,13 +209,13 @@ async fn a_partition_heals_and_both_sides_converge() {
     let topic_path = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", encode(&room));
     let name_path = format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", encode(&room));
     // Cut apart: while B is down, A's side talks and sets the topic.
-    b.stop_for_restart().await;
+    b.stop_for_now().await;
     for index in 0..3 {
         alice.send_text(&room, &format!("a-apart {index}")).await;
     }
     alice.put(&topic_path, json!({ "topic": "set on A" })).await.ok();
     // Then A is down and B's side talks and renames the room, knowing nothing of A's changes.
-    a.stop_for_restart().await;
+    a.stop_for_now().await;
     b.start_again().await;
     for index in 0..3 {
         bob.send_text(&room, &format!("b-apart {index}")).await;

@@ -8,6 +8,9 @@
 mod adversarial;
 mod backfill_garbage;
 mod convergence;
+mod device_peer;
+mod device_synapse;
+mod devices;
 mod features;
 mod history;
 mod history_serving;
