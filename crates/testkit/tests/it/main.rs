@@ -18,6 +18,7 @@ mod media;
 mod messages;
 mod notifications;
 mod peer;
+mod presence;
 mod push_gateway;
 mod relations;
 mod reports;
