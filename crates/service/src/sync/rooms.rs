@@ -334,7 +334,14 @@ impl Services {
             ignored,
             joined_now: true,
         };
-        self.collect_timeline(requester, room_id, query).await
+        let mut part = self.collect_timeline(requester, room_id, query).await?;
+        // A limited timeline continues just before its first event. One that is complete
+        // names the point it ends at, as Synapse does: `/members?at=` then gives the members
+        // as the client has them, and paging back from it merely shows the same events again.
+        if !part.limited {
+            part.prev_batch = pagination_token(window.upper.pos);
+        }
+        Ok(part)
     }
 
     /// The newest `limit` events at or before `upper` (and after `lower`) that pass.

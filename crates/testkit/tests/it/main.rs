@@ -15,6 +15,7 @@ mod integrations;
 mod invites;
 mod joins;
 mod media;
+mod membership_views;
 mod messages;
 mod notifications;
 mod peer;
