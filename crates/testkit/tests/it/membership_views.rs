@@ -53,3 +53,41 @@ async fn members_at_a_sync_token_are_those_of_that_point() {
     let now = alice.get(&members).await.ok();
     assert_eq!(now["chunk"].as_array().unwrap().len(), 3, "{now}");
 }
+
+#[tokio::test]
+async fn events_carry_the_viewers_membership_at_them() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let before = alice.send_text(&room_id, "before").await;
+    bob.join(&room_id).await;
+    let after = alice.send_text(&room_id, "after").await;
+
+    // In /sync: `leave` until Bob's join (his own join included), `join` from it on.
+    let sync = bob.sync("timeout=0").await;
+    let events = sync["rooms"]["join"][&room_id]["timeline"]["events"].as_array().unwrap();
+    let mut seen_join = false;
+    let mut seen = 0;
+    for event in events {
+        if event["type"] == "m.room.member" && event["state_key"] == bob.user() {
+            seen_join = true;
+        }
+        let expected = if seen_join { "join" } else { "leave" };
+        assert_eq!(event["unsigned"]["membership"], expected, "{event}");
+        seen += usize::from(event["event_id"] == before || event["event_id"] == after);
+    }
+    assert_eq!(seen, 2, "{events:?}");
+
+    // Single events and /messages say the same; Alice was joined throughout.
+    let path = |event: &str| format!("/_matrix/client/v3/rooms/{room_id}/event/{event}");
+    assert_eq!(bob.get(&path(&before)).await.ok()["unsigned"]["membership"], "leave");
+    assert_eq!(bob.get(&path(&after)).await.ok()["unsigned"]["membership"], "join");
+    assert_eq!(alice.get(&path(&before)).await.ok()["unsigned"]["membership"], "join");
+    bob.post(&format!("/_matrix/client/v3/rooms/{room_id}/leave"), json!({})).await.ok();
+    let page = bob.get(&format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b")).await.ok();
+    let newest = &page["chunk"][0];
+    assert_eq!(newest["state_key"], bob.user(), "{page}");
+    assert_eq!(newest["unsigned"]["membership"], "leave");
+    assert_eq!(page["chunk"][1]["unsigned"]["membership"], "join");
+}
