@@ -129,6 +129,20 @@ impl Services {
                 _ => {}
             }
         }
+        if let Some(since) = since_pos {
+            // A room left in this window and forgotten since still shows the leave once.
+            for change in self.store.membership_changes_since(user_id, since).await? {
+                let forgotten = matches!(change.membership.as_str(), "leave" | "ban")
+                    && change.stream_pos <= window.upper.pos
+                    && !memberships.iter().any(|member| member.room_id == change.room_id)
+                    && filter::room_filter_passes(&request.filter.room, &change.room_id);
+                if forgotten
+                    && let Some(room) = self.left_room(requester, request, window, &change).await?
+                {
+                    response.rooms.leave.insert(change.room_id.clone(), room);
+                }
+            }
+        }
         let receipts = match window.since {
             Some(since) => {
                 let ids: Vec<&RoomId> = joined_ids.iter().map(|id| id.as_ref()).collect();

@@ -478,13 +478,16 @@ pub async fn memberships_track_current_state(store: Arc<dyn DataStore>) {
     .await;
     let bob = user_id!("@bob:example.org");
     assert_eq!(store.rooms_of_user(bob, &["leave"]).await.unwrap().len(), 1);
+    assert!(!store.is_room_forgotten(bob, &room.room_id).await.unwrap());
     store.forget_room(bob, &room.room_id).await.unwrap();
     assert!(
         store.rooms_of_user(bob, &[]).await.unwrap().is_empty(),
         "a forgotten room is still listed"
     );
+    assert!(store.is_room_forgotten(bob, &room.room_id).await.unwrap());
     room.join("@bob:example.org").await;
     assert_eq!(store.rooms_of_user(bob, &["join"]).await.unwrap().len(), 1, "rejoining un-forgets");
+    assert!(!store.is_room_forgotten(bob, &room.room_id).await.unwrap());
 }
 
 /// Aliases are unique; published rooms and the user directory list what they should;

@@ -10,6 +10,7 @@ mod admin;
 mod bad_input;
 mod e2ee;
 mod federation;
+mod forget;
 mod forks;
 mod integrations;
 mod invites;
