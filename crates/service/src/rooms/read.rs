@@ -315,6 +315,8 @@ impl Services {
         limit: usize,
         filter: &RoomEventFilter,
     ) -> Result<ContextPage> {
+        // Outside the room: forbidden; in it, an event they may not see: not found.
+        self.ensure_can_read_room(requester, room_id).await?;
         let event = self.visible_event(requester, room_id, event_id).await?;
         let limit = limit.min(100);
         let before_count = limit / 2;

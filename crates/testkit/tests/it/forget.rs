@@ -38,6 +38,7 @@ async fn a_forgotten_rooms_history_is_closed_and_it_leaves_sync() {
     alice.get(&format!("{room}/state")).await.expect_error(403, "M_FORBIDDEN");
     alice.get(&format!("{room}/members")).await.expect_error(403, "M_FORBIDDEN");
     alice.get(&format!("{room}/event/{said}")).await.expect_error(404, "M_NOT_FOUND");
+    alice.get(&format!("{room}/context/{said}")).await.expect_error(403, "M_FORBIDDEN");
 
     // No sync section names it, whether asked for left rooms or not, initial or after.
     let filter = encode(&json!({ "room": { "include_leave": true } }).to_string());

@@ -27,6 +27,7 @@ mod reports;
 mod rooms;
 mod sliding_bump;
 mod sliding_sync;
+mod small_fixes;
 mod spaces;
 mod synapse;
 mod sync;
