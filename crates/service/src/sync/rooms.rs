@@ -23,7 +23,7 @@ use crate::{
         format::{Format, raw},
         read::pagination_token,
     },
-    sync::{SyncRequest, Window, filter, receipt_content},
+    sync::{SyncRequest, SyncToken, Window, filter, receipt_content},
 };
 
 /// The timeline limit when the filter sets none.
@@ -522,7 +522,9 @@ impl Services {
         Ok(())
     }
 
-    /// A room the user left (or was kicked or banned from) within this sync's window.
+    /// A room the user left (or was kicked or banned from) within this sync's window: what
+    /// they could see until they left, and the state as it was then. A room the client never
+    /// had as joined (joined and left between two syncs, or a first sync) comes whole.
     async fn left_room(
         &self,
         requester: &Requester,
@@ -530,22 +532,34 @@ impl Services {
         window: Window,
         membership: &MembershipRecord,
     ) -> Result<Option<v3::LeftRoom>> {
-        let limit = timeline_limit(request);
-        let lower = window.since.map(|since| since.pos);
+        let room_id = &membership.room_id;
+        let since_pos = window.since.map(|since| since.pos);
+        let from_start = match since_pos {
+            Some(since) => !self.was_joined_at(room_id, &requester.user_id, since).await?,
+            None => true,
+        };
         let timeline = self
             .collect_timeline(
                 requester,
-                &membership.room_id,
+                room_id,
                 TimelineQuery {
                     upper: membership.stream_pos,
-                    lower,
-                    limit,
+                    lower: if from_start { None } else { since_pos },
+                    limit: timeline_limit(request),
                     filter: &request.filter.room.timeline,
                     ignored: &HashSet::new(),
                     joined_now: false,
                 },
             )
             .await?;
+        // The sync ends, for this room, at the leave.
+        let until_leave = Window {
+            since: window.since,
+            upper: SyncToken { pos: membership.stream_pos, ephemeral: window.upper.ephemeral },
+        };
+        let full = from_start || request.full_state;
+        let state =
+            self.state_part(requester, request, until_leave, room_id, &timeline, full).await?;
         let format =
             Format { viewer: Some(requester), with_room_id: false, bundle_relations: true };
         let mut room = v3::LeftRoom::new();
@@ -553,15 +567,12 @@ impl Services {
             self.format_events(&timeline.events, format).await?.into_iter().map(raw).collect();
         room.timeline.limited = timeline.limited;
         room.timeline.prev_batch = Some(timeline.prev_batch);
-        if (window.since.is_none() || timeline.limited)
-            && let Some(first) = timeline.events.first()
-        {
-            let state = self.state_map(first.record.state_before).await?;
-            let loaded = self.state_events(&state).await?;
-            room.state = v3::State::Before(v3::StateEvents::with_events(
-                self.format_events(&loaded, format).await?.into_iter().map(raw).collect(),
-            ));
-        }
+        let state_events = self.format_events(&state, format).await?.into_iter().map(raw).collect();
+        room.state = if request.use_state_after {
+            v3::State::After(v3::StateEvents::with_events(state_events))
+        } else {
+            v3::State::Before(v3::StateEvents::with_events(state_events))
+        };
         Ok(Some(room))
     }
 }

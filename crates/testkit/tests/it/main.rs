@@ -7,6 +7,7 @@
 mod accounts;
 mod acme;
 mod admin;
+mod archived;
 mod bad_input;
 mod e2ee;
 mod federation;
