@@ -386,7 +386,7 @@ impl Services {
                 .filter(|event| event.pdu.is_state() || !ignored.contains(&event.pdu.sender))
                 .collect();
             collected
-                .extend(self.filter_visible_with(&requester.user_id, events, joined_now).await?);
+                .extend(self.visible_in_timeline(requester, room_id, events, joined_now).await?);
             if exhausted {
                 break;
             }
@@ -399,6 +399,36 @@ impl Services {
             None => pagination_token(upper),
         };
         Ok(TimelinePart { events: collected, limited, prev_batch })
+    }
+
+    /// The events of a sync timeline the user may see. In a room they are joined to, state
+    /// events that make up the current state are always shown (as Synapse does): a member who
+    /// joined while the user was away under `joined` visibility still shows up on their return.
+    async fn visible_in_timeline(
+        &self,
+        requester: &Requester,
+        room_id: &RoomId,
+        events: Vec<Arc<LoadedEvent>>,
+        joined_now: bool,
+    ) -> Result<Vec<Arc<LoadedEvent>>> {
+        let current: HashSet<OwnedEventId> =
+            if joined_now && events.iter().any(|e| e.pdu.is_state()) {
+                self.current_state(room_id).await?.values().cloned().collect()
+            } else {
+                HashSet::new()
+            };
+        let visible: HashSet<OwnedEventId> = self
+            .filter_visible_with(&requester.user_id, events.clone(), joined_now)
+            .await?
+            .iter()
+            .map(|event| event.pdu.event_id.clone())
+            .collect();
+        Ok(events
+            .into_iter()
+            .filter(|event| {
+                visible.contains(&event.pdu.event_id) || current.contains(&event.pdu.event_id)
+            })
+            .collect())
     }
 
     /// The state part of a room for this sync.

@@ -103,3 +103,35 @@ async fn joining_and_leaving_between_two_syncs_brings_the_rooms_state() {
     assert_eq!(state[0]["type"], "a.madeup.test.state");
     assert_eq!(state[0]["content"]["my_key"], "1");
 }
+
+#[tokio::test]
+async fn a_join_made_while_the_user_was_away_shows_in_the_timeline_on_return() {
+    let server = TestServer::start().await;
+    let creator = Api::new_user(&server.base_url, "creator").await;
+    let syncer = Api::new_user(&server.base_url, "syncer").await;
+    let invitee = Api::new_user(&server.base_url, "invitee").await;
+    let room_id = creator.create_room(json!({ "preset": "public_chat" })).await;
+    syncer.join(&room_id).await;
+    let room = format!("/_matrix/client/v3/rooms/{room_id}");
+    creator
+        .put(
+            &format!("{room}/state/m.room.history_visibility/"),
+            json!({ "history_visibility": "joined" }),
+        )
+        .await
+        .ok();
+    creator.post(&format!("{room}/invite"), json!({ "user_id": invitee.user() })).await.ok();
+    let since = syncer.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+    syncer.post(&format!("{room}/leave"), json!({})).await.ok();
+    invitee.join(&room_id).await;
+    syncer.join(&room_id).await;
+
+    let sync = syncer.sync(&format!("since={since}&timeout=0")).await;
+    let events = sync["rooms"]["join"][&room_id]["timeline"]["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|event| event["type"] == "m.room.member"
+            && event["state_key"] == invitee.user()
+            && event["content"]["membership"] == "join"),
+        "no join of the invitee: {events:?}"
+    );
+}
