@@ -179,7 +179,8 @@ impl Services {
                     .await?;
                 let state =
                     self.state_part(requester, request, window, room_id, &timeline, full).await?;
-                has_data = true;
+                // New events the filters hide entirely are no news.
+                has_data = !timeline.events.is_empty() || !state.is_empty() || timeline.limited;
                 let format =
                     Format { viewer: Some(requester), with_room_id: false, bundle_relations: true };
                 room.timeline.events = self

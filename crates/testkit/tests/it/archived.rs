@@ -135,3 +135,29 @@ async fn a_join_made_while_the_user_was_away_shows_in_the_timeline_on_return() {
         "no join of the invitee: {events:?}"
     );
 }
+
+#[tokio::test]
+async fn a_displayname_change_is_not_a_full_state_sync() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    set_madeup(&alice, &room_id, "1").await;
+    let filter = encode(
+        &json!({ "room": {
+            "timeline": { "types": [] },
+            "state": { "types": ["a.madeup.test.state"] },
+            "ephemeral": { "types": [] },
+        }, "presence": { "types": [] } })
+        .to_string(),
+    );
+    let first = alice.sync(&format!("filter={filter}&timeout=0")).await;
+    let state = &first["rooms"]["join"][&room_id]["state"]["events"];
+    assert_eq!(state.as_array().map(Vec::len), Some(1), "{first}");
+    let since = first["next_batch"].as_str().unwrap();
+
+    let member = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{}", alice.user());
+    alice.put(&member, json!({ "membership": "join", "displayname": "boris" })).await.ok();
+    alice.send_text(&room_id, "to wait on").await;
+    let next = alice.sync(&format!("filter={filter}&since={since}&timeout=0")).await;
+    assert_eq!(next["rooms"]["join"], json!({}), "{next}");
+}
