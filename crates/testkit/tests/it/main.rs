@@ -34,3 +34,4 @@ mod synapse;
 mod sync;
 mod sync_details;
 mod tls;
+mod upgrades;
