@@ -133,7 +133,7 @@ impl Services {
                 "m.room.history_visibility": 100,
                 "m.room.canonical_alias": 50,
                 "m.room.avatar": 50,
-                "m.room.tombstone": 100,
+                "m.room.tombstone": if privileged_creators { 150 } else { 100 },
                 "m.room.server_acl": 100,
                 "m.room.encryption": 100,
             },

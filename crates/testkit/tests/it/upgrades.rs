@@ -52,6 +52,41 @@ async fn a_room_upgrades_through_every_version_and_to_twelve_from_each() {
 }
 
 #[tokio::test]
+async fn version_twelve_creators_hold_their_power_outside_the_power_levels() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let room_id = alice.create_room(json!({ "room_version": "12", "preset": "public_chat" })).await;
+    let levels = state(&alice, &room_id, "m.room.power_levels").await;
+    assert_eq!(levels["users"], json!({}));
+    assert_eq!(levels["events"]["m.room.tombstone"], 150);
+
+    // Naming a creator in the power levels, or a level canonical JSON cannot hold, is 400.
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.power_levels/");
+    let refused = alice.put(&path, json!({ "users": { alice.user(): 100 } })).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    bob.join(&room_id).await;
+    let refused =
+        alice.put(&path, json!({ "users": { bob.user(): 9_007_199_254_740_992_u64 } })).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+
+    // A creator outranks any admin.
+    alice.put(&path, json!({ "users": { bob.user(): 9_007_199_254_740_991_u64 } })).await.ok();
+    alice
+        .post(&format!("/_matrix/client/v3/rooms/{room_id}/kick"), json!({ "user_id": bob.user() }))
+        .await
+        .ok();
+
+    // The create event is never sent again, whatever the version.
+    for version in ["11", "12"] {
+        let room_id = alice.create_room(json!({ "room_version": version })).await;
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.create/");
+        let refused = alice.put(&path, json!({ "room_version": version, "entropy": 100 })).await;
+        assert_eq!(refused.status, 400, "{version}: {}", refused.body);
+    }
+}
+
+#[tokio::test]
 async fn upgrades_to_twelve_take_additional_creators_out_of_the_power_levels() {
     let server = TestServer::start().await;
     let alice = Api::new_user(&server.base_url, "alice").await;
