@@ -130,3 +130,40 @@ async fn upgrades_to_twelve_take_additional_creators_out_of_the_power_levels() {
         .await;
     assert_eq!(refused.status, 400, "{}", refused.body);
 }
+
+#[tokio::test]
+async fn creating_a_version_twelve_room_checks_its_creators() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let create = |body: Value| {
+        let alice = alice.clone();
+        async move { alice.post("/_matrix/client/v3/createRoom", body).await }
+    };
+    for bad in [json!("not-an-array"), json!(["@foo:example.com", 42]), json!(["not-a-user"])] {
+        let refused = create(json!({ "room_version": "12",
+            "creation_content": { "additional_creators": bad } }))
+        .await;
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.body);
+    }
+    let fine = create(json!({ "room_version": "12",
+        "creation_content": { "additional_creators": ["@foo:example.com", "@bar:baz.code"] } }))
+    .await
+    .ok();
+    assert!(fine["room_id"].is_string());
+
+    // The power level override may raise others, never name a creator.
+    let refused = create(json!({ "room_version": "12", "invite": [bob.user()],
+        "power_level_content_override": { "users": { alice.user(): 100 } } }))
+    .await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    let room_id = create(json!({ "room_version": "12", "invite": [bob.user()],
+        "power_level_content_override": { "users": { bob.user(): 100 } } }))
+    .await
+    .ok()["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let levels = state(&alice, &room_id, "m.room.power_levels").await;
+    assert_eq!(levels["users"], json!({ bob.user(): 100 }));
+}
