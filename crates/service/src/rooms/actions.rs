@@ -1,12 +1,12 @@
 //! Client actions with rules of their own on top of sending an event: state events (a no-op
 //! when nothing changes; no second create event; power levels that name no creator of a room
-//! version that privileges them) and redactions (only one's own events, or with the power to redact).
+//! version that privileges them; canonical aliases that exist here) and redactions (only one's own events, or with the power to redact).
 
-use rhizome_core::{Error, Result};
+use rhizome_core::{Error, Result, error::MatrixErrorKind};
 use rhizome_room::versions;
 use rhizome_storage::TxnRecord;
 use ruma::{
-    EventId, OwnedEventId, RoomId, UserId,
+    EventId, OwnedEventId, RoomAliasId, RoomId, UserId,
     events::{StateEventType, TimelineEventType},
 };
 use serde_json::{Value, json};
@@ -70,8 +70,40 @@ impl Services {
                 }
                 Ok(())
             }
+            StateEventType::RoomCanonicalAlias => self.check_canonical_alias(room_id, event).await,
             _ => Ok(()),
         }
+    }
+
+    /// A canonical alias (and its alternatives) must be aliases, and those of this server must
+    /// exist and point to this room (`M_BAD_ALIAS`).
+    async fn check_canonical_alias(&self, room_id: &RoomId, event: &NewEvent) -> Result<()> {
+        let content: Value = serde_json::from_str(event.content.get())
+            .map_err(|_| Error::bad_json("Invalid canonical alias content"))?;
+        let alias = content.get("alias").filter(|alias| !alias.is_null());
+        let alternatives = match content.get("alt_aliases") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(list)) => list.iter().collect(),
+            Some(_) => return Err(Error::invalid_param("alt_aliases must be a list of aliases")),
+        };
+        for alias in alias.into_iter().chain(alternatives) {
+            let alias = alias
+                .as_str()
+                .and_then(|alias| RoomAliasId::parse(alias).ok())
+                .ok_or_else(|| Error::invalid_param("Not a room alias"))?;
+            if alias.server_name() != self.server_name() {
+                continue;
+            }
+            let points_here =
+                self.store.get_alias(&alias).await?.is_some_and(|record| record.room_id == room_id);
+            if !points_here {
+                return Err(Error::matrix(
+                    MatrixErrorKind::BadAlias,
+                    "That alias does not exist or points to another room",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Redacts an event: the requester's own, or anyone's with the power to redact.

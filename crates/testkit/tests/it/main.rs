@@ -25,6 +25,7 @@ mod presence;
 mod push_gateway;
 mod relations;
 mod reports;
+mod room_details;
 mod rooms;
 mod sliding_bump;
 mod sliding_sync;

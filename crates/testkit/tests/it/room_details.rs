@@ -1,0 +1,50 @@
+//! Room details clients rely on: canonical aliases that exist, the directory's join rules,
+//! rich topics, and what follows a user to an upgraded room.
+
+use rhizome_testkit::{Api, TestServer, encode};
+use serde_json::{Value, json};
+
+async fn put_alias(api: &Api, alias: &str, room_id: &str) {
+    let path = format!("/_matrix/client/v3/directory/room/{}", encode(alias));
+    api.put(&path, json!({ "room_id": room_id })).await.ok();
+}
+
+#[tokio::test]
+async fn a_canonical_alias_must_exist_here_and_point_to_the_room() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    let other = alice.create_room(json!({})).await;
+    put_alias(&alice, "#here:localhost", &room_id).await;
+    put_alias(&alice, "#there:localhost", &other).await;
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.canonical_alias/");
+    let set = |content: Value| {
+        let alice = alice.clone();
+        let path = path.clone();
+        async move { alice.put(&path, content).await }
+    };
+
+    set(json!({ "alias": "#here:localhost", "alt_aliases": ["#here:localhost"] })).await.ok();
+    set(json!({ "alias": "#missing:localhost" })).await.expect_error(400, "M_BAD_ALIAS");
+    set(json!({ "alias": "#there:localhost" })).await.expect_error(400, "M_BAD_ALIAS");
+    set(json!({ "alias": "%here:localhost" })).await.expect_error(400, "M_INVALID_PARAM");
+    set(json!({ "alias": "#here:localhost", "alt_aliases": ["#missing:localhost"] }))
+        .await
+        .expect_error(400, "M_BAD_ALIAS");
+    set(json!({ "alias": "#here:localhost", "alt_aliases": ["#there:localhost"] }))
+        .await
+        .expect_error(400, "M_BAD_ALIAS");
+    set(json!({ "alias": "#here:localhost", "alt_aliases": ["%bad:localhost"] }))
+        .await
+        .expect_error(400, "M_INVALID_PARAM");
+    // Removing the canonical alias is always fine.
+    set(json!({})).await.ok();
+
+    // A deleted alias cannot be made canonical.
+    put_alias(&alice, "#gone:localhost", &room_id).await;
+    alice
+        .delete(&format!("/_matrix/client/v3/directory/room/{}", encode("#gone:localhost")))
+        .await
+        .ok();
+    set(json!({ "alias": "#gone:localhost" })).await.expect_error(400, "M_BAD_ALIAS");
+}
