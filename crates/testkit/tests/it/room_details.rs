@@ -48,3 +48,37 @@ async fn a_canonical_alias_must_exist_here_and_point_to_the_room() {
         .ok();
     set(json!({ "alias": "#gone:localhost" })).await.expect_error(400, "M_BAD_ALIAS");
 }
+
+#[tokio::test]
+async fn deleting_an_alias_takes_it_out_of_the_canonical_alias() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    put_alias(&alice, "#main:localhost", &room_id).await;
+    put_alias(&alice, "#alt:localhost", &room_id).await;
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.canonical_alias/");
+    alice
+        .put(&path, json!({ "alias": "#main:localhost", "alt_aliases": ["#alt:localhost"] }))
+        .await
+        .ok();
+    let delete = |api: &Api, alias: &str| {
+        let api = api.clone();
+        let path = format!("/_matrix/client/v3/directory/room/{}", encode(alias));
+        async move { api.delete(&path).await.ok() }
+    };
+    delete(&alice, "#alt:localhost").await;
+    assert_eq!(
+        alice.get(&path).await.ok(),
+        json!({ "alias": "#main:localhost", "alt_aliases": [] })
+    );
+    delete(&alice, "#main:localhost").await;
+    assert_eq!(alice.get(&path).await.ok(), json!({ "alt_aliases": [] }));
+
+    // An alias's creator without power may still delete it; the state stays as it is.
+    bob.join(&room_id).await;
+    put_alias(&bob, "#bobs:localhost", &room_id).await;
+    alice.put(&path, json!({ "alias": "#bobs:localhost" })).await.ok();
+    delete(&bob, "#bobs:localhost").await;
+    assert_eq!(alice.get(&path).await.ok()["alias"], "#bobs:localhost");
+}
