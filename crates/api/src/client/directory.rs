@@ -1,7 +1,14 @@
 //! Room aliases, the public room directory, room summaries and the space hierarchy.
 
-use axum::{Router, extract::State};
-use rhizome_service::rooms::{directory::RoomSummary, spaces::HierarchyQuery};
+use axum::{
+    Json, Router,
+    extract::State,
+    response::{IntoResponse, Response},
+};
+use rhizome_service::rooms::{
+    directory::{PublicRoomsPage, RoomSummary},
+    spaces::HierarchyQuery,
+};
 use ruma::{
     EventEncryptionAlgorithm, RoomVersionId, UInt,
     api::client::{
@@ -18,7 +25,9 @@ use ruma::{
     serde::Raw,
 };
 
-use crate::{ApiResult, AppState, Ruma, RumaResponse, routes::add};
+use serde_json::{Value, json};
+
+use crate::{ApiResult, AppState, Ruma, RumaResponse, error::ApiError, routes::add};
 
 pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = add::<create_alias::v3::Request, _, _>(router, set_alias);
@@ -113,22 +122,17 @@ fn limit(limit: Option<UInt>) -> Option<usize> {
 async fn public_rooms(
     State(services): State<AppState>,
     request: Ruma<get_public_rooms::v3::Request>,
-) -> ApiResult<get_public_rooms::v3::Response> {
+) -> Result<Response, ApiError> {
     let page = services
         .public_rooms(limit(request.body.limit), request.body.since.as_deref(), None)
         .await?;
-    let mut response =
-        get_public_rooms::v3::Response::new(page.chunk.into_iter().map(chunk).collect());
-    response.next_batch = page.next_batch;
-    response.prev_batch = page.prev_batch;
-    response.total_room_count_estimate = Some(UInt::new_saturating(page.total));
-    Ok(RumaResponse(response))
+    Ok(public_rooms_page(page))
 }
 
 async fn public_rooms_filtered(
     State(services): State<AppState>,
     request: Ruma<get_public_rooms_filtered::v3::Request>,
-) -> ApiResult<get_public_rooms_filtered::v3::Response> {
+) -> Result<Response, ApiError> {
     request.requester()?;
     let body = &request.body;
     let page = services
@@ -138,12 +142,30 @@ async fn public_rooms_filtered(
             body.filter.generic_search_term.as_deref(),
         )
         .await?;
-    let mut response = get_public_rooms_filtered::v3::Response::new();
-    response.chunk = page.chunk.into_iter().map(chunk).collect();
-    response.next_batch = page.next_batch;
-    response.prev_batch = page.prev_batch;
-    response.total_room_count_estimate = Some(UInt::new_saturating(page.total));
-    Ok(RumaResponse(response))
+    Ok(public_rooms_page(page))
+}
+
+/// A page of the directory. Built by hand, as ruma leaves a public room's `join_rule` out and
+/// clients read it.
+fn public_rooms_page(page: PublicRoomsPage) -> Response {
+    let chunk: Vec<Value> = page
+        .chunk
+        .into_iter()
+        .map(|summary| {
+            let join_rule = summary.join_rule.clone().unwrap_or_else(|| "public".to_owned());
+            let mut entry = serde_json::to_value(chunk(summary)).unwrap_or_else(|_| json!({}));
+            entry["join_rule"] = json!(join_rule);
+            entry
+        })
+        .collect();
+    let mut body = json!({ "chunk": chunk, "total_room_count_estimate": page.total });
+    if let Some(next_batch) = page.next_batch {
+        body["next_batch"] = json!(next_batch);
+    }
+    if let Some(prev_batch) = page.prev_batch {
+        body["prev_batch"] = json!(prev_batch);
+    }
+    Json(body).into_response()
 }
 
 async fn visibility(

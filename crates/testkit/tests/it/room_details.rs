@@ -82,3 +82,34 @@ async fn deleting_an_alias_takes_it_out_of_the_canonical_alias() {
     delete(&bob, "#bobs:localhost").await;
     assert_eq!(alice.get(&path).await.ok()["alias"], "#bobs:localhost");
 }
+
+#[tokio::test]
+async fn the_directory_names_each_rooms_join_rule_and_topics_are_rich() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let public = alice
+        .create_room(json!({ "preset": "public_chat", "visibility": "public", "topic": "plans" }))
+        .await;
+    let knock = alice.create_room(json!({ "room_version": "7", "visibility": "public" })).await;
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{knock}/state/m.room.join_rules/"),
+            json!({ "join_rule": "knock" }),
+        )
+        .await
+        .ok();
+    let directory = alice.get("/_matrix/client/v3/publicRooms").await.ok();
+    let entry = |room_id: &str| {
+        directory["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|room| room["room_id"] == room_id)
+            .cloned()
+    };
+    assert_eq!(entry(&public).unwrap()["join_rule"], "public", "{directory}");
+    assert_eq!(entry(&knock).unwrap()["join_rule"], "knock", "{directory}");
+    assert_eq!(entry(&public).unwrap()["topic"], "plans");
+    let filtered = alice.post("/_matrix/client/v3/publicRooms", json!({ "filter": {} })).await.ok();
+    assert!(filtered["chunk"].as_array().unwrap().iter().all(|room| room["join_rule"].is_string()));
+}
