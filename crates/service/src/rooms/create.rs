@@ -165,7 +165,9 @@ impl Services {
             send(NewEvent::state("m.room.name", "", json!({ "name": name }))).await?;
         }
         if let Some(topic) = &request.topic {
-            send(NewEvent::state("m.room.topic", "", json!({ "topic": topic }))).await?;
+            // With its rich form (`m.topic`, spec 1.15), plain text only.
+            let content = json!({ "topic": topic, "m.topic": { "m.text": [{ "body": topic }] } });
+            send(NewEvent::state("m.room.topic", "", content)).await?;
         }
 
         // 7. Invites and the directory.

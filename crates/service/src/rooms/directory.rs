@@ -210,7 +210,9 @@ impl Services {
             }
             match event.pdu.kind.to_string().as_str() {
                 "m.room.name" => summary.name = text("name").filter(|name| !name.is_empty()),
-                "m.room.topic" => summary.topic = text("topic").filter(|topic| !topic.is_empty()),
+                "m.room.topic" => {
+                    summary.topic = plain_text_topic(&content).filter(|topic| !topic.is_empty());
+                }
                 "m.room.canonical_alias" => {
                     summary.canonical_alias =
                         text("alias").and_then(|alias| OwnedRoomAliasId::try_from(alias).ok());
@@ -297,4 +299,24 @@ impl Services {
             total,
         })
     }
+}
+
+/// The plain-text topic of `m.room.topic` content: the first plain-text representation of the
+/// rich topic (`m.topic`), else `topic`.
+pub fn plain_text_topic(content: &Value) -> Option<String> {
+    let rich = content
+        .get("m.topic")
+        .and_then(|topic| topic.get("m.text"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|representation| {
+            representation.get("body").is_some_and(Value::is_string)
+                && representation
+                    .get("mimetype")
+                    .and_then(Value::as_str)
+                    .is_none_or(|mimetype| mimetype == "text/plain")
+        })
+        .and_then(|representation| representation.get("body").and_then(Value::as_str));
+    rich.or_else(|| content.get("topic").and_then(Value::as_str)).map(str::to_owned)
 }

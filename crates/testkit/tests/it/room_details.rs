@@ -112,4 +112,22 @@ async fn the_directory_names_each_rooms_join_rule_and_topics_are_rich() {
     assert_eq!(entry(&public).unwrap()["topic"], "plans");
     let filtered = alice.post("/_matrix/client/v3/publicRooms", json!({ "filter": {} })).await.ok();
     assert!(filtered["chunk"].as_array().unwrap().iter().all(|room| room["join_rule"].is_string()));
+
+    // The topic carries its rich form; a rich topic's plain text is what the directory shows.
+    let topic =
+        alice.get(&format!("/_matrix/client/v3/rooms/{public}/state/m.room.topic/")).await.ok();
+    assert_eq!(topic, json!({ "topic": "plans", "m.topic": { "m.text": [{ "body": "plans" }] } }));
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{public}/state/m.room.topic/"),
+            json!({ "topic": "old", "m.topic": { "m.text": [
+                { "mimetype": "text/html", "body": "<b>new</b>" }, { "body": "new" },
+            ] } }),
+        )
+        .await
+        .ok();
+    let directory = alice.get("/_matrix/client/v3/publicRooms").await.ok();
+    let entry =
+        directory["chunk"].as_array().unwrap().iter().find(|room| room["room_id"] == public);
+    assert_eq!(entry.unwrap()["topic"], "new");
 }
