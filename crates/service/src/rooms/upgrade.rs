@@ -233,3 +233,97 @@ impl Services {
         Ok(())
     }
 }
+
+impl Services {
+    /// When a user joins a room that replaced another, what they set up for the old room
+    /// carries over: push rules about it (under the new room's ID), its tags, and its place in
+    /// `m.direct`. Best effort: a failure leaves the join as it is.
+    pub(crate) async fn carry_over_from_predecessor(&self, user_id: &UserId, room_id: &RoomId) {
+        if let Err(error) = self.try_carry_over(user_id, room_id).await {
+            tracing::warn!(%error, "could not carry settings over to an upgraded room");
+        }
+    }
+
+    async fn try_carry_over(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+        let Some(create) =
+            self.current_state_event(room_id, &StateEventType::RoomCreate, "").await?
+        else {
+            return Ok(());
+        };
+        let content: Value = serde_json::from_str(create.pdu.content.get())?;
+        let Some(old_room) = content
+            .get("predecessor")
+            .and_then(|predecessor| predecessor.get("room_id"))
+            .and_then(Value::as_str)
+            .and_then(|room_id| RoomId::parse(room_id).ok())
+        else {
+            return Ok(());
+        };
+        let rules = serde_json::to_value(self.push_rules(user_id).await?)?;
+        if let Some(copied) = copied_push_rules(&rules, &old_room, room_id) {
+            let ruleset: ruma::push::Ruleset = serde_json::from_value(copied)?;
+            self.set_push_rules(user_id, &ruleset).await?;
+        }
+        if self.store.get_account_data(user_id, Some(room_id), "m.tag").await?.is_none()
+            && let Some(tags) =
+                self.store.get_account_data(user_id, Some(&old_room), "m.tag").await?
+        {
+            self.store.set_account_data(user_id, Some(room_id), "m.tag", &tags.content).await?;
+        }
+        if let Some(direct) = self.store.get_account_data(user_id, None, "m.direct").await? {
+            let mut direct: Value = serde_json::from_str(&direct.content)?;
+            let mut changed = false;
+            for rooms in direct.as_object_mut().into_iter().flat_map(|map| map.values_mut()) {
+                if let Some(rooms) = rooms.as_array_mut()
+                    && rooms.iter().any(|room| room == old_room.as_str())
+                    && !rooms.iter().any(|room| room == room_id.as_str())
+                {
+                    rooms.push(json!(room_id));
+                    changed = true;
+                }
+            }
+            if changed {
+                let content = direct.to_string();
+                self.store.set_account_data(user_id, None, "m.direct", &content).await?;
+            }
+        }
+        self.notifier.notify([user_id]);
+        Ok(())
+    }
+}
+
+/// The ruleset (as JSON) with a copy, for the new room, of each enabled rule about the old
+/// one: a room rule, or a rule with a `room_id` condition (copied under the new room's ID, as
+/// Synapse does). `None` when nothing is to be copied.
+fn copied_push_rules(rules: &Value, old_room: &RoomId, new_room: &RoomId) -> Option<Value> {
+    let mut rules = rules.clone();
+    let mut copied_any = false;
+    for kind in ["override", "content", "room", "sender", "underride"] {
+        let Some(list) = rules.get_mut(kind).and_then(Value::as_array_mut) else { continue };
+        if list.iter().any(|rule| rule["rule_id"] == new_room.as_str()) {
+            continue;
+        }
+        let about_old_room = |rule: &Value| {
+            rule["enabled"] != false
+                && ((kind == "room" && rule["rule_id"] == old_room.as_str())
+                    || rule["conditions"].as_array().is_some_and(|conditions| {
+                        conditions.iter().any(|condition| {
+                            condition["key"] == "room_id"
+                                && condition["pattern"] == old_room.as_str()
+                        })
+                    }))
+        };
+        let Some(position) = list.iter().position(about_old_room) else { continue };
+        let mut copy = list[position].clone();
+        copy["rule_id"] = json!(new_room);
+        if let Some(conditions) = copy.get_mut("conditions").and_then(Value::as_array_mut) {
+            for condition in conditions.iter_mut().filter(|condition| condition["key"] == "room_id")
+            {
+                condition["pattern"] = json!(new_room);
+            }
+        }
+        list.insert(position + 1, copy);
+        copied_any = true;
+    }
+    copied_any.then_some(rules)
+}

@@ -131,3 +131,66 @@ async fn the_directory_names_each_rooms_join_rule_and_topics_are_rich() {
         directory["chunk"].as_array().unwrap().iter().find(|room| room["room_id"] == public);
     assert_eq!(entry.unwrap()["topic"], "new");
 }
+
+#[tokio::test]
+async fn push_rules_tags_and_direct_follow_a_user_to_an_upgraded_room() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat", "room_version": "10" })).await;
+    bob.join(&room_id).await;
+    for user in [&alice, &bob] {
+        let path = format!("/_matrix/client/v3/pushrules/global/room/{}", encode(&room_id));
+        user.put(&path, json!({ "actions": ["dont_notify"] })).await.ok();
+    }
+    let keyword = "/_matrix/client/v3/pushrules/global/override/loud";
+    bob.put(
+        keyword,
+        json!({ "actions": ["notify"], "conditions": [
+            { "kind": "event_match", "key": "room_id", "pattern": room_id },
+        ] }),
+    )
+    .await
+    .ok();
+    bob.put(
+        &format!("/_matrix/client/v3/user/{}/rooms/{room_id}/tags/u.work", encode(bob.user())),
+        json!({ "order": 0.5 }),
+    )
+    .await
+    .ok();
+    let direct = format!("/_matrix/client/v3/user/{}/account_data/m.direct", encode(bob.user()));
+    bob.put(&direct, json!({ alice.user(): [room_id] })).await.ok();
+
+    let upgraded = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room_id}/upgrade"),
+            json!({ "new_version": "11" }),
+        )
+        .await
+        .ok();
+    let new = upgraded["replacement_room"].as_str().unwrap().to_owned();
+    bob.join(&new).await;
+
+    for user in [&alice, &bob] {
+        let rules = user.get("/_matrix/client/v3/pushrules/").await.ok();
+        let room_rules: Vec<&Value> = rules["global"]["room"].as_array().unwrap().iter().collect();
+        for id in [&room_id, &new] {
+            let rule = room_rules.iter().find(|rule| rule["rule_id"] == id.as_str());
+            assert_eq!(rule.unwrap()["actions"], json!(["dont_notify"]), "{rules}");
+        }
+    }
+    let rules = bob.get("/_matrix/client/v3/pushrules/").await.ok();
+    let copied = rules["global"]["override"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|rule| rule["rule_id"] == new.as_str())
+        .unwrap_or_else(|| panic!("no copied override: {rules}"));
+    assert_eq!(copied["conditions"][0]["pattern"], new.as_str());
+    let tags = bob
+        .get(&format!("/_matrix/client/v3/user/{}/rooms/{new}/tags", encode(bob.user())))
+        .await
+        .ok();
+    assert_eq!(tags["tags"]["u.work"]["order"], 0.5);
+    assert_eq!(bob.get(&direct).await.ok(), json!({ alice.user(): [room_id, new] }));
+}
