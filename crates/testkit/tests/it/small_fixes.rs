@@ -26,3 +26,17 @@ async fn context_outside_a_room_is_forbidden_and_a_hidden_event_not_found() {
     let path = format!("/_matrix/client/v3/rooms/{open}/context/{said}");
     assert_eq!(stranger.get(&path).await.ok()["event"]["event_id"], said.as_str());
 }
+
+#[tokio::test]
+async fn capabilities_name_every_account_capability() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let body = alice.get("/_matrix/client/v3/capabilities").await.ok();
+    let capabilities = &body["capabilities"];
+    for name in ["m.change_password", "m.set_displayname", "m.set_avatar_url"] {
+        assert_eq!(capabilities[name], json!({ "enabled": true }), "{name}: {body}");
+    }
+    assert_eq!(capabilities["m.3pid_changes"], json!({ "enabled": false }));
+    assert!(capabilities["m.room_versions"]["available"]["12"].is_string(), "{body}");
+    server.api().get("/_matrix/client/v3/capabilities").await.expect_error(401, "M_MISSING_TOKEN");
+}
