@@ -434,6 +434,24 @@ impl AccountStore for SqlStore {
         row.as_ref().map(registration_token_from_row).transpose()
     }
 
+    async fn update_registration_token(
+        &self,
+        token: &str,
+        uses_allowed: Option<i64>,
+        expiry_ts: Option<i64>,
+    ) -> Result<bool> {
+        let result = sqlx::query(
+            "UPDATE registration_tokens SET uses_allowed = $2, expiry_ts = $3 WHERE token = $1",
+        )
+        .bind(token)
+        .bind(uses_allowed)
+        .bind(expiry_ts)
+        .execute(&self.write)
+        .await
+        .map_err(db_error)?;
+        Ok(result.rows_affected() > 0)
+    }
+
     async fn delete_registration_token(&self, token: &str) -> Result<bool> {
         let result = sqlx::query("DELETE FROM registration_tokens WHERE token = $1")
             .bind(token)

@@ -117,6 +117,15 @@ pub trait AccountStore {
     /// Looks a registration token up.
     async fn get_registration_token(&self, token: &str) -> Result<Option<RegistrationTokenRecord>>;
 
+    /// Sets a registration token's allowed uses and expiry (`None` is unlimited, never);
+    /// `false` if it does not exist.
+    async fn update_registration_token(
+        &self,
+        token: &str,
+        uses_allowed: Option<i64>,
+        expiry_ts: Option<i64>,
+    ) -> Result<bool>;
+
     /// Deletes a registration token; `false` if it did not exist.
     async fn delete_registration_token(&self, token: &str) -> Result<bool>;
 

@@ -19,5 +19,6 @@ pub mod rooms;
 pub mod search;
 pub mod session;
 pub mod sliding_sync;
+pub mod synapse_admin;
 pub mod sync;
 pub mod to_device;

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod openid;
 pub mod password;
 pub mod profile;
+pub mod shared_secret;
 pub mod uia;
 
 use std::{collections::HashMap, time::Duration};
@@ -542,8 +543,8 @@ impl Services {
                 "Tokens are 1 to 64 characters of A-Z, a-z, 0-9, . _ ~ -",
             ));
         }
-        if uses_allowed.is_some_and(|uses| uses < 1) {
-            return Err(Error::invalid_param("A token must allow at least one use"));
+        if uses_allowed.is_some_and(|uses| uses < 0) {
+            return Err(Error::invalid_param("uses_allowed must be a non-negative integer"));
         }
         let record = RegistrationTokenRecord {
             token,

@@ -41,12 +41,14 @@ struct Session {
     created: Instant,
 }
 
-/// UIA sessions in progress, and registrations completed through one (a client repeating
-/// the last request of a registration gets the same account).
+/// UIA sessions in progress, registrations completed through one (a client repeating the
+/// last request of a registration gets the same account), and shared-secret nonces.
 #[derive(Default)]
 pub(crate) struct UiaSessions {
     sessions: Mutex<HashMap<String, Session>>,
     registrations: Mutex<HashMap<String, (OwnedUserId, Instant)>>,
+    /// Nonces handed out for shared-secret registration, and when.
+    pub(crate) shared_secret_nonces: Mutex<HashMap<String, Instant>>,
 }
 
 /// A finished UIA session.

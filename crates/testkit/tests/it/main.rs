@@ -33,6 +33,7 @@ mod sliding_sync;
 mod small_fixes;
 mod spaces;
 mod synapse;
+mod synapse_admin;
 mod sync;
 mod sync_details;
 mod tls;
