@@ -14,6 +14,7 @@ pub mod keys_dehydrated;
 pub mod media;
 pub mod profile;
 pub mod push;
+pub(crate) mod raw_endpoint;
 pub mod reporting;
 pub mod rooms;
 pub mod search;

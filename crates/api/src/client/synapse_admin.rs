@@ -13,78 +13,36 @@ use rhizome_service::users::{
     admin::random_registration_token, shared_secret::SharedSecretRegistration,
 };
 use rhizome_storage::RegistrationTokenRecord;
-use ruma::api::{
-    IncomingRequest, Metadata,
-    auth_scheme::{AccessToken, NoAuthentication},
-    client::account::whoami,
-    error::DeserializationError,
-    path_builder::SinglePath,
-};
+use ruma::api::auth_scheme::{AccessToken, NoAuthentication};
 use serde_json::{Map, Value, json};
 
-use crate::{AppState, Ruma, error::ApiError, routes::add};
+use crate::{AppState, Ruma, client::raw_endpoint::raw_endpoint, error::ApiError, routes::add};
 
-/// An endpoint of Synapse's admin API: ruma has no types for these, so the request keeps its
-/// path arguments and query string, and handlers read the JSON body themselves.
-macro_rules! admin_endpoint {
-    ($(#[$doc:meta])* $name:ident, $method:ident, $auth:ty, $path:literal) => {
-        $(#[$doc])*
-        #[allow(dead_code)] // One macro for all: not every endpoint reads both.
-        pub(crate) struct $name {
-            path_args: Vec<String>,
-            query: String,
-        }
-
-        impl Metadata for $name {
-            const METHOD: http::Method = http::Method::$method;
-            const RATE_LIMITED: bool = false;
-            type Authentication = $auth;
-            type PathBuilder = SinglePath;
-            const PATH_BUILDER: SinglePath = SinglePath::new($path);
-        }
-
-        impl IncomingRequest for $name {
-            type EndpointError = <whoami::v3::Request as IncomingRequest>::EndpointError;
-            type OutgoingResponse = whoami::v3::Response;
-
-            fn try_from_http_request_inner(
-                request: http::Request<&[u8]>,
-                path_args: &[&str],
-            ) -> Result<Self, DeserializationError> {
-                Ok(Self {
-                    path_args: path_args.iter().map(|arg| (*arg).to_owned()).collect(),
-                    query: request.uri().query().unwrap_or_default().to_owned(),
-                })
-            }
-        }
-    };
-}
-
-admin_endpoint!(
+raw_endpoint!(
     /// `GET /_synapse/admin/v1/register`: a nonce.
     Nonce, GET, NoAuthentication, "/_synapse/admin/v1/register"
 );
-admin_endpoint!(
+raw_endpoint!(
     /// `POST /_synapse/admin/v1/register`: an account, with the shared secret's MAC.
     Register, POST, NoAuthentication, "/_synapse/admin/v1/register"
 );
-admin_endpoint!(
+raw_endpoint!(
     /// `GET /_synapse/admin/v1/registration_tokens[?valid=…]`.
     ListTokens, GET, AccessToken, "/_synapse/admin/v1/registration_tokens"
 );
-admin_endpoint!(
+raw_endpoint!(
     /// `POST /_synapse/admin/v1/registration_tokens/new`.
     NewToken, POST, AccessToken, "/_synapse/admin/v1/registration_tokens/new"
 );
-admin_endpoint!(
+raw_endpoint!(
     /// `GET /_synapse/admin/v1/registration_tokens/{token}`.
     GetToken, GET, AccessToken, "/_synapse/admin/v1/registration_tokens/{token}"
 );
-admin_endpoint!(
+raw_endpoint!(
     /// `PUT /_synapse/admin/v1/registration_tokens/{token}`.
     UpdateToken, PUT, AccessToken, "/_synapse/admin/v1/registration_tokens/{token}"
 );
-admin_endpoint!(
+raw_endpoint!(
     /// `DELETE /_synapse/admin/v1/registration_tokens/{token}`.
     DeleteToken, DELETE, AccessToken, "/_synapse/admin/v1/registration_tokens/{token}"
 );
@@ -177,7 +135,7 @@ async fn list(
     request: Ruma<ListTokens>,
 ) -> Result<Response, ApiError> {
     ensure_admin(&request)?;
-    let valid = match query_value(&request.body.query, "valid") {
+    let valid = match request.body.query.get("valid").map(String::as_str) {
         None => None,
         Some("true") => Some(true),
         Some("false") => Some(false),
@@ -206,14 +164,6 @@ async fn get(
         .await?
         .ok_or_else(|| Error::not_found("No such registration token"))?;
     Ok(Json(token_json(&record)).into_response())
-}
-
-/// A query parameter's value (these take no escaped characters).
-fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .find_map(|pair| pair.split_once('=').filter(|(name, _)| *name == key))
-        .map(|(_, value)| value)
 }
 
 /// The body's fields; `{}` for an empty body.

@@ -259,10 +259,9 @@ impl Services {
         else {
             return Ok(());
         };
-        let rules = serde_json::to_value(self.push_rules(user_id).await?)?;
+        let rules = self.push_rules(user_id).await?;
         if let Some(copied) = copied_push_rules(&rules, &old_room, room_id) {
-            let ruleset: ruma::push::Ruleset = serde_json::from_value(copied)?;
-            self.set_push_rules(user_id, &ruleset).await?;
+            self.set_push_rules(user_id, &copied).await?;
         }
         if self.store.get_account_data(user_id, Some(room_id), "m.tag").await?.is_none()
             && let Some(tags) =

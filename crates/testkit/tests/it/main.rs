@@ -23,6 +23,7 @@ mod notifications;
 mod peer;
 mod presence;
 mod push_gateway;
+mod push_rules;
 mod registration;
 mod relations;
 mod reports;
