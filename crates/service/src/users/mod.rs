@@ -2,6 +2,7 @@
 //! devices, password changes, deactivation and registration-token administration.
 
 pub mod admin;
+pub mod directory;
 pub mod openid;
 pub mod password;
 pub mod profile;

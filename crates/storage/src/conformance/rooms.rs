@@ -553,12 +553,13 @@ pub async fn aliases_directory_and_search(store: Arc<dyn DataStore>) {
         };
         store.create_user(&record).await.unwrap();
     }
-    // Alice is in a published room, so anyone finds her; Carol shares no room with Bob.
-    let by_bob =
-        store.search_user_directory(user_id!("@bob:example.org"), "tester", 10).await.unwrap();
-    let names: Vec<_> = by_bob.iter().map(|user| user.user_id.to_string()).collect();
-    assert_eq!(names, vec!["@alice:example.org", "@bob:example.org"]);
-    let by_name =
-        store.search_user_directory(user_id!("@bob:example.org"), "ALICE", 10).await.unwrap();
+    // By display name or localpart, whatever the case; never by the server's name.
+    let server = ruma::server_name!("example.org");
+    let testers = store.user_directory_candidates(server, "tester", 10).await.unwrap();
+    let names: Vec<_> = testers.iter().map(|user| user.user_id.to_string()).collect();
+    assert_eq!(names, vec!["@alice:example.org", "@bob:example.org", "@carol:example.org"]);
+    let by_name = store.user_directory_candidates(server, "ALICE", 10).await.unwrap();
     assert_eq!(by_name.len(), 1);
+    assert!(store.user_directory_candidates(server, "example", 10).await.unwrap().is_empty());
+    assert_eq!(store.user_directory_candidates(server, "tester", 2).await.unwrap().len(), 2);
 }

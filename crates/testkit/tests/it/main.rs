@@ -39,3 +39,4 @@ mod sync;
 mod sync_details;
 mod tls;
 mod upgrades;
+mod user_directory;
