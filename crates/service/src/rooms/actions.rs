@@ -118,6 +118,9 @@ impl Services {
         if let Some(existing) = self.store.event_for_txn(&txn).await? {
             return Ok(existing);
         }
+        if self.load_event(event_id).await?.is_some_and(|event| event.pdu.room_id != room_id) {
+            return Err(Error::invalid_param("That event is in another room"));
+        }
         let target = self.visible_event(requester, room_id, event_id).await?;
         let power_levels = self.power_levels(room_id).await?;
         let allowed = if target.pdu.sender == requester.user_id {

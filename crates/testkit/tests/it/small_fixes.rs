@@ -40,3 +40,41 @@ async fn capabilities_name_every_account_capability() {
     assert!(capabilities["m.room_versions"]["available"]["12"].is_string(), "{body}");
     server.api().get("/_matrix/client/v3/capabilities").await.expect_error(401, "M_MISSING_TOKEN");
 }
+
+#[tokio::test]
+async fn typing_without_a_timeout_lasts_a_while() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/typing/{}", alice.user());
+    alice.put(&path, json!({ "typing": true })).await.ok();
+    let sync = alice.sync("timeout=0").await;
+    let ephemeral = &sync["rooms"]["join"][&room_id]["ephemeral"]["events"];
+    let typing = ephemeral.as_array().unwrap().iter().find(|event| event["type"] == "m.typing");
+    assert_eq!(typing.unwrap()["content"]["user_ids"], json!([alice.user()]), "{sync}");
+    alice.put(&path, json!({ "typing": false })).await.ok();
+    alice.put(&path, json!({ "typing": "yes" })).await.expect_error(400, "M_BAD_JSON");
+}
+
+#[tokio::test]
+async fn redacting_an_event_of_another_room_is_a_bad_request() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let alices = alice.create_room(json!({})).await;
+    let bobs = bob.create_room(json!({})).await;
+    let said = alice.send_text(&alices, "mine").await;
+    let path = format!("/_matrix/client/v3/rooms/{bobs}/redact/{said}/t1");
+    bob.put(&path, json!({})).await.expect_error(400, "M_INVALID_PARAM");
+    let own = format!("/_matrix/client/v3/rooms/{bobs}/redact/$unknown/t2");
+    bob.put(&own, json!({})).await.expect_error(404, "M_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn openid_userinfo_without_a_token_is_unauthorized() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    let path = "/_matrix/federation/v1/openid/userinfo";
+    api.get(path).await.expect_error(401, "M_MISSING_TOKEN");
+    api.get(&format!("{path}?access_token=wrong")).await.expect_error(401, "M_UNKNOWN_TOKEN");
+}
