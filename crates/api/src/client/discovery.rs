@@ -53,6 +53,8 @@ async fn versions(
         // Room reports (stable in v1.13, which is not advertised yet): clients offer
         // "Report room" on this flag.
         ("org.matrix.msc4151".to_owned(), true),
+        // Deleting account data.
+        ("org.matrix.msc3391".to_owned(), true),
         // Room summaries (stable in v1.15), on their unstable path too.
         ("im.nheko.summary".to_owned(), true),
     ]);

@@ -23,7 +23,9 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use crate::{Requester, Services, push::PUSH_RULES_TYPE, rooms::format::raw};
+use crate::{
+    Requester, Services, account_data::is_deleted, push::PUSH_RULES_TYPE, rooms::format::raw,
+};
 
 /// What a `/sync` request asks for.
 #[derive(Clone, Debug)]
@@ -164,6 +166,10 @@ impl Services {
         let records = self.store.account_data_since(&requester.user_id, since).await?;
         let mut saw_push_rules = false;
         for record in records.into_iter().filter(|record| record.stream_pos <= window.upper.pos) {
+            // Deleted data (MSC3391) goes to those who had it, not to a fresh start.
+            if since.is_none() && is_deleted(&record.content) {
+                continue;
+            }
             let content: Value = serde_json::from_str(&record.content)?;
             let event = serde_json::value::to_raw_value(
                 &json!({ "type": record.data_type, "content": content }),

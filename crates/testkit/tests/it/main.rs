@@ -4,6 +4,7 @@
 // Test code: a failed step fails the test at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod account_data_deletion;
 mod accounts;
 mod acme;
 mod admin;

@@ -18,7 +18,10 @@ use ruma::{
 use serde_json::{Value, json};
 
 use super::{Ctx, connection::ConnState, lists::Relevant, lists::Selection, room_from};
-use crate::{Services, push::PUSH_RULES_TYPE, rooms::format::raw, sync::receipt_content};
+use crate::{
+    Services, account_data::is_deleted, push::PUSH_RULES_TYPE, rooms::format::raw,
+    sync::receipt_content,
+};
 
 /// What the rooms part of the response leaves for the extensions.
 pub(super) struct Input<'a> {
@@ -185,14 +188,17 @@ impl Services {
             match &record.room_id {
                 None => {
                     saw_push_rules |= record.data_type == PUSH_RULES_TYPE;
-                    if since.is_none_or(|since| record.stream_pos > since) {
+                    // Deleted data (MSC3391) goes to those who had it, not to a fresh start.
+                    let fresh = since.is_none() && is_deleted(&record.content);
+                    if !fresh && since.is_none_or(|since| record.stream_pos > since) {
                         data.global.push(event(&value)?);
                     }
                 }
                 Some(room_id) => {
                     let key: &RoomId = room_id;
                     let Some(from) = room_from_pos.get(&key) else { continue };
-                    if from.is_none_or(|from| record.stream_pos > from) {
+                    let fresh = from.is_none() && is_deleted(&record.content);
+                    if !fresh && from.is_none_or(|from| record.stream_pos > from) {
                         data.rooms.entry(room_id.clone()).or_default().push(event(&value)?);
                     }
                 }
