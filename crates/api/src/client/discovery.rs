@@ -55,6 +55,9 @@ async fn versions(
         ("org.matrix.msc4151".to_owned(), true),
         // Deleting account data.
         ("org.matrix.msc3391".to_owned(), true),
+        // Thread subscriptions, and their sliding sync extension.
+        ("org.matrix.msc4306".to_owned(), true),
+        ("org.matrix.msc4308".to_owned(), true),
         // Room summaries (stable in v1.15), on their unstable path too.
         ("im.nheko.summary".to_owned(), true),
     ]);

@@ -22,4 +22,5 @@ pub mod session;
 pub mod sliding_sync;
 pub mod synapse_admin;
 pub mod sync;
+pub mod thread_subscriptions;
 pub mod to_device;

@@ -38,6 +38,7 @@ mod synapse;
 mod synapse_admin;
 mod sync;
 mod sync_details;
+mod thread_subscriptions;
 mod tls;
 mod upgrades;
 mod user_directory;
