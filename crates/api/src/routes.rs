@@ -63,6 +63,8 @@ pub(crate) fn all(router: Router<AppState>) -> Router<AppState> {
     let router = client::media::routes(router);
     let router = client::reporting::routes(router);
     let router = client::integrations::routes(router);
+    let router = client::synapse_admin::routes(router);
+    let router = client::thread_subscriptions::routes(router);
     let router = federation::routes(router);
     client::search::routes(router)
 }

@@ -165,9 +165,11 @@ where
             .await
             .map_err(|_| Error::matrix(MatrixErrorKind::TooLarge, "Request body too large"))?;
         let is_json_endpoint = !parts.uri.path().starts_with("/_matrix/media/");
+        // Not JSON, or JSON with bytes that are not UTF-8 (which skipping over strings misses).
         if is_json_endpoint
             && !bytes.is_empty()
-            && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err()
+            && (std::str::from_utf8(&bytes).is_err()
+                || serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err())
         {
             return Err(Error::matrix(
                 MatrixErrorKind::NotJson,

@@ -135,11 +135,22 @@ pub struct RegistrationConfig {
     pub mode: RegistrationMode,
     /// The shortest password accepted at sign-up and password change.
     pub min_password_length: usize,
+    /// A secret that lets tools holding it create accounts (administrators included) through
+    /// `POST /_synapse/admin/v1/register`, as Synapse's `register_new_matrix_user` does.
+    /// Unset (the default) turns that endpoint off. Prefer `shared_secret_file`.
+    pub shared_secret: Option<String>,
+    /// A file holding that secret (its surrounding whitespace ignored).
+    pub shared_secret_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RegistrationConfig {
     fn default() -> Self {
-        Self { mode: RegistrationMode::Token, min_password_length: 8 }
+        Self {
+            mode: RegistrationMode::Token,
+            min_password_length: 8,
+            shared_secret: None,
+            shared_secret_file: None,
+        }
     }
 }
 

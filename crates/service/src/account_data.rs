@@ -1,4 +1,5 @@
-//! Account data (global and per room), room tags, ignored users and stored filters.
+//! Account data (global and per room, deleted as MSC3391 has it), room tags, ignored users and
+//! stored filters.
 
 use std::collections::HashSet;
 
@@ -7,6 +8,13 @@ use ruma::{OwnedUserId, RoomId, UserId, api::client::filter::FilterDefinition};
 use serde_json::{Map, Value, json};
 
 use crate::{Requester, Services, push::PUSH_RULES_TYPE};
+
+/// Whether stored account data is deleted: `{}` (MSC3391), as a deletion or an empty `PUT`
+/// leaves it.
+pub fn is_deleted(content: &str) -> bool {
+    serde_json::from_str::<Value>(content)
+        .is_ok_and(|value| value.as_object().is_some_and(Map::is_empty))
+}
 
 /// The account data type listing ignored users.
 pub const IGNORED_USERS_TYPE: &str = "m.ignored_user_list";
@@ -55,8 +63,20 @@ impl Services {
             .store
             .get_account_data(&requester.user_id, room_id, data_type)
             .await?
+            .filter(|record| !is_deleted(&record.content))
             .ok_or_else(|| Error::not_found("No account data of that type"))?;
         Ok(serde_json::from_str(&record.content)?)
+    }
+
+    /// Deletes a piece of account data (MSC3391): it becomes `{}`, which incremental syncs
+    /// pass on so clients drop it, and which reads as absent.
+    pub async fn delete_account_data(
+        &self,
+        requester: &Requester,
+        room_id: Option<&RoomId>,
+        data_type: &str,
+    ) -> Result<()> {
+        self.set_account_data(requester, room_id, data_type, &json!({})).await
     }
 
     /// The tags of a room.

@@ -6,7 +6,7 @@ use rhizome_storage::{
     AccessTokenRecord, AccountStore, DeviceRecord, DirectoryUser, NewAccessToken,
     RegistrationTokenRecord, UserRecord,
 };
-use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, ServerName, UserId};
 use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{SqlStore, db_error, flag, is_unique_violation, parse_id};
@@ -163,30 +163,24 @@ impl AccountStore for SqlStore {
         Ok(result.rows_affected() > 0)
     }
 
-    async fn search_user_directory(
+    async fn user_directory_candidates(
         &self,
-        searcher: &UserId,
+        server_name: &ServerName,
         term: &str,
         limit: i64,
     ) -> Result<Vec<DirectoryUser>> {
-        let pattern = format!("%{}%", escape_like(&term.to_lowercase()));
+        let term = escape_like(&term.to_lowercase());
+        let in_localpart =
+            format!("@%{term}%:{}", escape_like(&server_name.as_str().to_lowercase()));
+        let in_name = format!("%{term}%");
         let rows = sqlx::query(
             "SELECT u.user_id, u.displayname, u.avatar_url FROM users u \
              WHERE u.deactivated = 0 \
-               AND (LOWER(u.user_id) LIKE $1 ESCAPE '\\' OR LOWER(u.displayname) LIKE $1 ESCAPE '\\') \
-               AND (u.user_id = $2 \
-                 OR EXISTS (SELECT 1 FROM room_memberships mine \
-                            JOIN room_memberships theirs ON theirs.room_id = mine.room_id \
-                            WHERE mine.user_id = $2 AND mine.membership = 'join' \
-                              AND theirs.user_id = u.user_id AND theirs.membership = 'join') \
-                 OR EXISTS (SELECT 1 FROM room_memberships theirs \
-                            JOIN rooms r ON r.room_id = theirs.room_id \
-                            WHERE r.published = 1 AND theirs.user_id = u.user_id \
-                              AND theirs.membership = 'join')) \
+               AND (LOWER(u.user_id) LIKE $1 ESCAPE '\\' OR LOWER(u.displayname) LIKE $2 ESCAPE '\\') \
              ORDER BY u.user_id LIMIT $3",
         )
-        .bind(pattern)
-        .bind(searcher.as_str())
+        .bind(in_localpart)
+        .bind(in_name)
         .bind(limit)
         .fetch_all(&self.read)
         .await
@@ -432,6 +426,24 @@ impl AccountStore for SqlStore {
         .await
         .map_err(db_error)?;
         row.as_ref().map(registration_token_from_row).transpose()
+    }
+
+    async fn update_registration_token(
+        &self,
+        token: &str,
+        uses_allowed: Option<i64>,
+        expiry_ts: Option<i64>,
+    ) -> Result<bool> {
+        let result = sqlx::query(
+            "UPDATE registration_tokens SET uses_allowed = $2, expiry_ts = $3 WHERE token = $1",
+        )
+        .bind(token)
+        .bind(uses_allowed)
+        .bind(expiry_ts)
+        .execute(&self.write)
+        .await
+        .map_err(db_error)?;
+        Ok(result.rows_affected() > 0)
     }
 
     async fn delete_registration_token(&self, token: &str) -> Result<bool> {

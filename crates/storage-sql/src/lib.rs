@@ -13,6 +13,7 @@ mod migrations;
 mod moderation;
 mod rooms;
 mod rooms_query;
+mod scheduled;
 mod state;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../migrations/0006_federation.sql")),
     (7, include_str!("../migrations/0007_remote_events.sql")),
     (8, include_str!("../migrations/0008_device_lists.sql")),
+    (9, include_str!("../migrations/0009_subscriptions_and_delays.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

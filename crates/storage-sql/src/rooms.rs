@@ -600,6 +600,18 @@ impl RoomStore for SqlStore {
         Ok(())
     }
 
+    async fn is_room_forgotten(&self, user_id: &UserId, room_id: &RoomId) -> Result<bool> {
+        let forgotten: Option<i64> = sqlx::query_scalar(
+            "SELECT forgotten FROM room_memberships WHERE user_id = $1 AND room_id = $2",
+        )
+        .bind(user_id.as_str())
+        .bind(room_id.as_str())
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_error)?;
+        Ok(forgotten.is_some_and(|forgotten| forgotten != 0))
+    }
+
     async fn relations(
         &self,
         event_id: &EventId,

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use rhizome_core::Result;
-use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, ServerName, UserId};
 
 use crate::{
     AccessTokenRecord, DeviceRecord, DirectoryUser, NewAccessToken, RegistrationTokenRecord,
@@ -39,11 +39,12 @@ pub trait AccountStore {
     /// Grants or withdraws server administration; `false` if the account does not exist.
     async fn set_admin(&self, user_id: &UserId, is_admin: bool) -> Result<bool>;
 
-    /// Searches users whose ID or display name contains `term`, among those who share a room
-    /// with `searcher` or are joined to a published room.
-    async fn search_user_directory(
+    /// Active users of `server_name` whose localpart or display name contains `term` (case
+    /// insensitive; the server name itself never matches), by user ID, at most `limit`. Who
+    /// may find whom is the service's to decide.
+    async fn user_directory_candidates(
         &self,
-        searcher: &UserId,
+        server_name: &ServerName,
         term: &str,
         limit: i64,
     ) -> Result<Vec<DirectoryUser>>;
@@ -116,6 +117,15 @@ pub trait AccountStore {
 
     /// Looks a registration token up.
     async fn get_registration_token(&self, token: &str) -> Result<Option<RegistrationTokenRecord>>;
+
+    /// Sets a registration token's allowed uses and expiry (`None` is unlimited, never);
+    /// `false` if it does not exist.
+    async fn update_registration_token(
+        &self,
+        token: &str,
+        uses_allowed: Option<i64>,
+        expiry_ts: Option<i64>,
+    ) -> Result<bool>;
 
     /// Deletes a registration token; `false` if it did not exist.
     async fn delete_registration_token(&self, token: &str) -> Result<bool>;

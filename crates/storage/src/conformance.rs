@@ -12,6 +12,7 @@ mod federation;
 mod media;
 mod moderation;
 mod rooms;
+mod scheduled;
 mod user_data;
 
 use std::{any::Any, sync::Arc};
@@ -25,6 +26,7 @@ pub use federation::*;
 pub use media::*;
 pub use moderation::*;
 pub use rooms::*;
+pub use scheduled::*;
 pub use user_data::*;
 
 /// A store under test, and whatever must stay alive while it is used (a temporary directory).
@@ -65,6 +67,8 @@ macro_rules! conformance_tests {
             outliers_are_found_and_can_join_the_timeline,
             soft_failed_and_historical_events,
             memberships_in_rooms_not_joined,
+            thread_subscriptions_are_kept_and_listed,
+            delayed_events_are_scheduled_and_taken_once,
         );
         $crate::e2ee_conformance_tests!($make);
         $crate::device_list_conformance_tests!($make);

@@ -15,6 +15,7 @@ pub mod media;
 pub mod moderation;
 pub mod records;
 pub mod rooms;
+pub mod scheduled;
 pub mod user_data;
 
 pub use accounts::AccountStore;
@@ -28,6 +29,7 @@ pub use media::MediaStore;
 pub use moderation::ModerationStore;
 pub use records::*;
 pub use rooms::RoomStore;
+pub use scheduled::{DelayedEventRecord, ScheduledStore, ThreadSubscriptionRecord};
 pub use user_data::UserDataStore;
 
 /// A position in the server's one global stream: every change a client can sync (events,
@@ -47,6 +49,7 @@ pub trait DataStore:
     + FederationStore
     + MediaStore
     + ModerationStore
+    + ScheduledStore
     + Send
     + Sync
     + 'static

@@ -119,6 +119,9 @@ pub trait RoomStore {
     /// Marks a room the user has left as forgotten.
     async fn forget_room(&self, user_id: &UserId, room_id: &RoomId) -> Result<()>;
 
+    /// Whether the user forgot the room (and has not come back since).
+    async fn is_room_forgotten(&self, user_id: &UserId, room_id: &RoomId) -> Result<bool>;
+
     /// Events relating to `event_id`, optionally of one relation and event type, by stream
     /// position as in [`RoomStore::room_events`].
     #[allow(clippy::too_many_arguments)] // Mirrors the query parameters of `/relations`.

@@ -1,10 +1,15 @@
-//! Account data (global and per room), room tags and filters.
+//! Account data (global and per room, deleted as MSC3391 has it), room tags and filters.
 
-use axum::{Router, extract::State};
+use axum::{
+    Json, Router,
+    extract::State,
+    response::{IntoResponse, Response},
+};
 use rhizome_core::Error;
 use rhizome_service::Requester;
 use ruma::{
-    UserId,
+    RoomId, UserId,
+    api::auth_scheme::AccessToken,
     api::client::{
         config::{
             get_global_account_data, get_room_account_data, set_global_account_data,
@@ -15,20 +20,75 @@ use ruma::{
     },
     serde::Raw,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::{ApiResult, AppState, Ruma, RumaResponse, error::ApiError, routes::add};
+use crate::{
+    ApiResult, AppState, Ruma, RumaResponse, client::raw_endpoint::raw_endpoint, error::ApiError,
+    routes::add,
+};
 
 pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = add::<get_global_account_data::v3::Request, _, _>(router, get_global);
     let router = add::<set_global_account_data::v3::Request, _, _>(router, set_global);
     let router = add::<get_room_account_data::v3::Request, _, _>(router, get_room);
     let router = add::<set_room_account_data::v3::Request, _, _>(router, set_room);
+    let router = add::<DeleteGlobal, _, _>(router, delete_global);
+    let router = add::<DeleteRoom, _, _>(router, delete_room);
     let router = add::<get_tags::v3::Request, _, _>(router, tags);
     let router = add::<create_tag::v3::Request, _, _>(router, set_tag);
     let router = add::<delete_tag::v3::Request, _, _>(router, delete_tag);
     let router = add::<create_filter::v3::Request, _, _>(router, new_filter);
     add::<get_filter::v3::Request, _, _>(router, filter)
+}
+
+raw_endpoint!(
+    /// `DELETE /user/{userId}/account_data/{type}` (MSC3391).
+    DeleteGlobal,
+    DELETE,
+    AccessToken,
+    "/_matrix/client/unstable/org.matrix.msc3391/user/{user_id}/account_data/{type}"
+);
+raw_endpoint!(
+    /// `DELETE /user/{userId}/rooms/{roomId}/account_data/{type}` (MSC3391).
+    DeleteRoom,
+    DELETE,
+    AccessToken,
+    "/_matrix/client/unstable/org.matrix.msc3391/user/{user_id}/rooms/{room_id}/account_data/{type}"
+);
+
+/// The user named in the first path argument, who must be the requester.
+fn own_path<'a, T>(request: &'a Ruma<T>, path_args: &[String]) -> Result<&'a Requester, ApiError> {
+    let user_id = path_args
+        .first()
+        .and_then(|user| UserId::parse(user).ok())
+        .ok_or_else(|| Error::invalid_param("Invalid user ID"))?;
+    own(request, &user_id)
+}
+
+async fn delete_global(
+    State(services): State<AppState>,
+    request: Ruma<DeleteGlobal>,
+) -> Result<Response, ApiError> {
+    let requester = own_path(&request, &request.body.path_args)?;
+    let data_type = request.body.path_args.get(1).map(String::as_str).unwrap_or_default();
+    services.delete_account_data(requester, None, data_type).await?;
+    Ok(Json(json!({})).into_response())
+}
+
+async fn delete_room(
+    State(services): State<AppState>,
+    request: Ruma<DeleteRoom>,
+) -> Result<Response, ApiError> {
+    let requester = own_path(&request, &request.body.path_args)?;
+    let room_id = request
+        .body
+        .path_args
+        .get(1)
+        .and_then(|room| RoomId::parse(room).ok())
+        .ok_or_else(|| Error::invalid_param("Invalid room ID"))?;
+    let data_type = request.body.path_args.get(2).map(String::as_str).unwrap_or_default();
+    services.delete_account_data(requester, Some(&room_id), data_type).await?;
+    Ok(Json(json!({})).into_response())
 }
 
 /// The requester, who must be the user named in the path.

@@ -1,8 +1,12 @@
 //! Room aliases, the public room directory, room summaries and the space hierarchy.
 
-use axum::{Router, extract::State};
+use axum::{
+    Json, Router,
+    extract::State,
+    response::{IntoResponse, Response},
+};
 use rhizome_service::rooms::{
-    directory::{DirectoryQuery, RoomSummary},
+    directory::{DirectoryQuery, PublicRoomsPage, RoomSummary},
     spaces::HierarchyQuery,
 };
 use ruma::{
@@ -21,8 +25,10 @@ use ruma::{
     serde::Raw,
 };
 
-use crate::{ApiResult, AppState, Ruma, RumaResponse, routes::add};
 use rhizome_service::rate_limit::Action;
+use serde_json::{Value, json};
+
+use crate::{ApiResult, AppState, Ruma, RumaResponse, error::ApiError, routes::add};
 
 pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = add::<create_alias::v3::Request, _, _>(router, set_alias);
@@ -118,7 +124,7 @@ fn limit(limit: Option<UInt>) -> Option<usize> {
 async fn public_rooms(
     State(services): State<AppState>,
     request: Ruma<get_public_rooms::v3::Request>,
-) -> ApiResult<get_public_rooms::v3::Response> {
+) -> Result<Response, ApiError> {
     // This endpoint takes no access token: asking another server is limited per address,
     // as sending an event is.
     if request.body.server.as_ref().is_some_and(|server| server != services.server_name()) {
@@ -128,18 +134,13 @@ async fn public_rooms(
     let query =
         DirectoryQuery { limit: limit(body.limit), since: body.since, ..DirectoryQuery::default() };
     let page = services.public_rooms_of(body.server.as_deref(), &query).await?;
-    let mut response =
-        get_public_rooms::v3::Response::new(page.chunk.into_iter().map(chunk).collect());
-    response.next_batch = page.next_batch;
-    response.prev_batch = page.prev_batch;
-    response.total_room_count_estimate = Some(UInt::new_saturating(page.total));
-    Ok(RumaResponse(response))
+    Ok(public_rooms_page(page))
 }
 
 async fn public_rooms_filtered(
     State(services): State<AppState>,
     request: Ruma<get_public_rooms_filtered::v3::Request>,
-) -> ApiResult<get_public_rooms_filtered::v3::Response> {
+) -> Result<Response, ApiError> {
     request.requester()?;
     let body = request.body;
     let query = DirectoryQuery {
@@ -154,12 +155,30 @@ async fn public_rooms_filtered(
             .collect(),
     };
     let page = services.public_rooms_of(body.server.as_deref(), &query).await?;
-    let mut response = get_public_rooms_filtered::v3::Response::new();
-    response.chunk = page.chunk.into_iter().map(chunk).collect();
-    response.next_batch = page.next_batch;
-    response.prev_batch = page.prev_batch;
-    response.total_room_count_estimate = Some(UInt::new_saturating(page.total));
-    Ok(RumaResponse(response))
+    Ok(public_rooms_page(page))
+}
+
+/// A page of the directory. Built by hand, as ruma leaves a public room's `join_rule` out and
+/// clients read it.
+fn public_rooms_page(page: PublicRoomsPage) -> Response {
+    let chunk: Vec<Value> = page
+        .chunk
+        .into_iter()
+        .map(|summary| {
+            let join_rule = summary.join_rule.clone().unwrap_or_else(|| "public".to_owned());
+            let mut entry = serde_json::to_value(chunk(summary)).unwrap_or_else(|_| json!({}));
+            entry["join_rule"] = json!(join_rule);
+            entry
+        })
+        .collect();
+    let mut body = json!({ "chunk": chunk, "total_room_count_estimate": page.total });
+    if let Some(next_batch) = page.next_batch {
+        body["next_batch"] = json!(next_batch);
+    }
+    if let Some(prev_batch) = page.prev_batch {
+        body["prev_batch"] = json!(prev_batch);
+    }
+    Json(body).into_response()
 }
 
 async fn visibility(

@@ -11,6 +11,7 @@ use ruma::{
         receipt::create_receipt,
         typing::create_typing_event,
     },
+    api::{IncomingRequest, Metadata, error::DeserializationError},
     events::receipt::ReceiptThread,
     presence::PresenceState,
 };
@@ -18,23 +19,59 @@ use ruma::{
 use crate::{ApiResult, AppState, Ruma, RumaResponse, client::account_data::own, routes::add};
 
 pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
-    let router = add::<create_typing_event::v3::Request, _, _>(router, typing);
+    let router = add::<TypingRequest, _, _>(router, typing);
     let router = add::<create_receipt::v3::Request, _, _>(router, receipt);
     let router = add::<set_read_marker::v3::Request, _, _>(router, read_markers);
     let router = add::<get_presence::v3::Request, _, _>(router, presence);
     add::<set_presence::v3::Request, _, _>(router, set_presence)
 }
 
+/// How long typing lasts when the client does not say.
+const DEFAULT_TYPING_TIMEOUT_MS: u64 = 30_000;
+
+/// `PUT /typing/{userId}` as ruma defines it, except that `timeout` may be left out when
+/// typing starts (the spec marks it optional; ruma requires it): it is then 30 seconds.
+struct TypingRequest(create_typing_event::v3::Request);
+
+impl Metadata for TypingRequest {
+    const METHOD: http::Method = <create_typing_event::v3::Request as Metadata>::METHOD;
+    const RATE_LIMITED: bool = <create_typing_event::v3::Request as Metadata>::RATE_LIMITED;
+    type Authentication = <create_typing_event::v3::Request as Metadata>::Authentication;
+    type PathBuilder = <create_typing_event::v3::Request as Metadata>::PathBuilder;
+    const PATH_BUILDER: Self::PathBuilder =
+        <create_typing_event::v3::Request as Metadata>::PATH_BUILDER;
+}
+
+impl IncomingRequest for TypingRequest {
+    type EndpointError = <create_typing_event::v3::Request as IncomingRequest>::EndpointError;
+    type OutgoingResponse = create_typing_event::v3::Response;
+
+    fn try_from_http_request_inner(
+        request: http::Request<&[u8]>,
+        path_args: &[&str],
+    ) -> Result<Self, DeserializationError> {
+        let mut body: serde_json::Value = serde_json::from_slice(request.body())?;
+        if body.get("typing") == Some(&serde_json::Value::Bool(true))
+            && body.get("timeout").is_none_or(serde_json::Value::is_null)
+        {
+            body["timeout"] = DEFAULT_TYPING_TIMEOUT_MS.into();
+        }
+        let bytes = serde_json::to_vec(&body)?;
+        let request = request.map(|_| bytes.as_slice());
+        create_typing_event::v3::Request::try_from_http_request_inner(request, path_args).map(Self)
+    }
+}
+
 async fn typing(
     State(services): State<AppState>,
-    request: Ruma<create_typing_event::v3::Request>,
+    request: Ruma<TypingRequest>,
 ) -> ApiResult<create_typing_event::v3::Response> {
-    let requester = own(&request, &request.body.user_id)?;
-    let (typing, timeout) = match &request.body.state {
+    let requester = own(&request, &request.body.0.user_id)?;
+    let (typing, timeout) = match &request.body.0.state {
         create_typing_event::v3::Typing::Yes(info) => (true, info.timeout),
         _ => (false, Duration::ZERO),
     };
-    services.set_typing(requester, &request.body.room_id, typing, timeout).await?;
+    services.set_typing(requester, &request.body.0.room_id, typing, timeout).await?;
     Ok(RumaResponse(create_typing_event::v3::Response::new()))
 }
 

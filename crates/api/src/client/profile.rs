@@ -108,15 +108,14 @@ async fn search(
     request: Ruma<search_users::v3::Request>,
 ) -> ApiResult<search_users::v3::Response> {
     let requester = request.requester()?;
-    let limit = i64::try_from(u64::from(request.body.limit)).unwrap_or(50).clamp(1, 100);
+    let limit = usize::try_from(u64::from(request.body.limit)).unwrap_or(50).clamp(1, 100);
     let found = services
-        .store
         .search_user_directory(&requester.user_id, &request.body.search_term, limit + 1)
         .await?;
-    let limited = found.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    let limited = found.len() > limit;
     let results = found
         .into_iter()
-        .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        .take(limit)
         .map(|user| {
             let mut result = search_users::v3::User::new(user.user_id);
             result.display_name = user.displayname;

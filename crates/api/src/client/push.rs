@@ -1,157 +1,233 @@
-//! Push rules (read and edit the ruleset), pushers and the list of notifications.
+//! Push rules (read and edit the ruleset, one rule at a time, with Synapse's checks of paths
+//! and bodies), pushers and the list of notifications.
 
-use axum::{Router, extract::State};
-use rhizome_core::{Error, clock::ts_from_millis, error::MatrixErrorKind};
+use axum::{
+    Json, Router,
+    extract::State,
+    response::{IntoResponse, Response},
+    routing::{any, put},
+};
+use rhizome_core::{Error, clock::ts_from_millis};
+use rhizome_service::push::rules::{Placement, RULE_KINDS};
 use ruma::{
-    api::client::push::{
-        PushRule, Pusher, delete_pushrule, get_notifications, get_pushers, get_pushrule,
-        get_pushrule_actions, get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope,
-        set_pusher, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
+    api::{
+        auth_scheme::AccessToken,
+        client::push::{Pusher, get_notifications, get_pushers, set_pusher},
     },
-    push::{InsertPushRuleError, RemovePushRuleError, RuleKind, Ruleset},
     serde::Raw,
 };
+use serde_json::{Value, json};
 
-use crate::{ApiResult, AppState, Ruma, RumaResponse, routes::add};
+use crate::{
+    ApiResult, AppState, Ruma, RumaResponse,
+    client::raw_endpoint::raw_endpoint,
+    error::ApiError,
+    routes::{add, add_paths},
+};
+
+raw_endpoint!(
+    /// `GET /pushrules/`: every rule.
+    AllRules, GET, AccessToken, "/_matrix/client/v3/pushrules/"
+);
+raw_endpoint!(
+    /// `GET /pushrules/{scope}/`: the rules of a scope.
+    ScopeRules, GET, AccessToken, "/_matrix/client/v3/pushrules/{scope}/"
+);
+raw_endpoint!(
+    /// `GET /pushrules/{scope}/{kind}/`: the rules of a kind.
+    KindRules, GET, AccessToken, "/_matrix/client/v3/pushrules/{scope}/{kind}/"
+);
+raw_endpoint!(
+    /// `GET /pushrules/{scope}/{kind}/{ruleId}`.
+    GetRule, GET, AccessToken, "/_matrix/client/v3/pushrules/{scope}/{kind}/{rule_id}"
+);
+raw_endpoint!(
+    /// `PUT /pushrules/{scope}/{kind}/{ruleId}`.
+    SetRule, PUT, AccessToken, "/_matrix/client/v3/pushrules/{scope}/{kind}/{rule_id}"
+);
+raw_endpoint!(
+    /// `DELETE /pushrules/{scope}/{kind}/{ruleId}`.
+    DeleteRule, DELETE, AccessToken, "/_matrix/client/v3/pushrules/{scope}/{kind}/{rule_id}"
+);
+raw_endpoint!(
+    /// `GET /pushrules/{scope}/{kind}/{ruleId}/{attr}` (`enabled` or `actions`).
+    GetAttribute, GET, AccessToken, "/_matrix/client/v3/pushrules/{scope}/{kind}/{rule_id}/{attr}"
+);
+raw_endpoint!(
+    /// `PUT /pushrules/{scope}/{kind}/{ruleId}/{attr}` (`enabled` or `actions`).
+    SetAttribute, PUT, AccessToken, "/_matrix/client/v3/pushrules/{scope}/{kind}/{rule_id}/{attr}"
+);
+
+/// The same paths under `r0`, as clients long used them.
+fn r0(path: &'static str) -> [&'static str; 1] {
+    [match path {
+        "/_matrix/client/v3/pushrules/" => "/_matrix/client/r0/pushrules/",
+        "/_matrix/client/v3/pushrules/{scope}/" => "/_matrix/client/r0/pushrules/{scope}/",
+        "/_matrix/client/v3/pushrules/{scope}/{kind}/" => {
+            "/_matrix/client/r0/pushrules/{scope}/{kind}/"
+        }
+        "/_matrix/client/v3/pushrules/{scope}/{kind}/{rule_id}" => {
+            "/_matrix/client/r0/pushrules/{scope}/{kind}/{rule_id}"
+        }
+        _ => "/_matrix/client/r0/pushrules/{scope}/{kind}/{rule_id}/{attr}",
+    }]
+}
+
+/// Registers a push rule endpoint under `v3` and `r0`.
+fn add_both<T, H, X>(router: Router<AppState>, handler: H) -> Router<AppState>
+where
+    T: ruma::api::Metadata,
+    H: axum::handler::Handler<X, AppState> + Clone + Send + Sync + 'static,
+    X: 'static,
+{
+    use ruma::api::path_builder::PathBuilder;
+    let path = T::PATH_BUILDER.all_paths().next().unwrap_or_default();
+    let router = add::<T, _, _>(router, handler.clone());
+    add_paths::<T, _, _>(router, &r0(path), handler)
+}
 
 pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
-    let router = add::<get_pushrules_all::v3::Request, _, _>(router, all_rules);
-    let router = add::<get_pushrules_global_scope::v3::Request, _, _>(router, global_rules);
-    let router = add::<get_pushrule::v3::Request, _, _>(router, rule);
-    let router = add::<set_pushrule::v3::Request, _, _>(router, set_rule);
-    let router = add::<delete_pushrule::v3::Request, _, _>(router, delete_rule);
-    let router = add::<get_pushrule_enabled::v3::Request, _, _>(router, rule_enabled);
-    let router = add::<set_pushrule_enabled::v3::Request, _, _>(router, set_rule_enabled);
-    let router = add::<get_pushrule_actions::v3::Request, _, _>(router, rule_actions);
-    let router = add::<set_pushrule_actions::v3::Request, _, _>(router, set_rule_actions);
+    let router = add_both::<AllRules, _, _>(router, all_rules);
+    let router = add_both::<ScopeRules, _, _>(router, scope_rules);
+    let router = add_both::<KindRules, _, _>(router, kind_rules);
+    let router = add_both::<GetRule, _, _>(router, rule);
+    let router = add_both::<SetRule, _, _>(router, set_rule);
+    let router = add_both::<DeleteRule, _, _>(router, delete_rule);
+    let router = add_both::<GetAttribute, _, _>(router, rule_attribute);
+    let router = add_both::<SetAttribute, _, _>(router, set_rule_attribute);
+    // Paths that name no rule, or no scope and kind, are bad requests whatever the method.
+    let mut router = router;
+    for version in ["r0", "v3"] {
+        for tail in ["{scope}", "{scope}/{kind}"] {
+            let path = format!("/_matrix/client/{version}/pushrules/{tail}");
+            router = router.route(&path, any(malformed_path));
+        }
+        for path in ["pushrules/", "pushrules/{scope}/", "pushrules/{scope}/{kind}/"] {
+            let path = format!("/_matrix/client/{version}/{path}");
+            router = router.route(&path, put(malformed_path).delete(malformed_path));
+        }
+    }
     let router = add::<get_pushers::v3::Request, _, _>(router, pushers);
     let router = add::<set_pusher::v3::Request, _, _>(router, set_pusher);
     add::<get_notifications::v3::Request, _, _>(router, notifications)
 }
 
-fn not_found() -> Error {
-    Error::not_found("No such push rule")
+async fn malformed_path() -> ApiError {
+    Error::invalid_param("A push rule path is /pushrules/global/{kind}/{ruleId}").into()
+}
+
+/// The scope, which must be `global`.
+fn scope(path_args: &[String]) -> Result<(), Error> {
+    match path_args.first().map(String::as_str) {
+        Some("global") => Ok(()),
+        _ => Err(Error::invalid_param("The only push rule scope is `global`")),
+    }
+}
+
+/// The kind and rule ID of a rule's path.
+fn kind_and_rule(path_args: &[String]) -> Result<(&str, &str), Error> {
+    scope(path_args)?;
+    match (path_args.get(1), path_args.get(2)) {
+        (Some(kind), Some(rule_id)) => Ok((kind, rule_id)),
+        _ => Err(Error::invalid_param("A push rule path names a kind and a rule")),
+    }
 }
 
 async fn all_rules(
     State(services): State<AppState>,
-    request: Ruma<get_pushrules_all::v3::Request>,
-) -> ApiResult<get_pushrules_all::v3::Response> {
+    request: Ruma<AllRules>,
+) -> Result<Response, ApiError> {
     let rules = services.push_rules(&request.requester()?.user_id).await?;
-    Ok(RumaResponse(get_pushrules_all::v3::Response::new(rules)))
+    Ok(Json(json!({ "global": rules })).into_response())
 }
 
-async fn global_rules(
+async fn scope_rules(
     State(services): State<AppState>,
-    request: Ruma<get_pushrules_global_scope::v3::Request>,
-) -> ApiResult<get_pushrules_global_scope::v3::Response> {
-    let rules = services.push_rules(&request.requester()?.user_id).await?;
-    Ok(RumaResponse(get_pushrules_global_scope::v3::Response::new(rules)))
+    request: Ruma<ScopeRules>,
+) -> Result<Response, ApiError> {
+    scope(&request.body.path_args)?;
+    Ok(Json(services.push_rules(&request.requester()?.user_id).await?).into_response())
 }
 
-async fn find(
-    services: &AppState,
-    user_id: &ruma::UserId,
-    kind: &RuleKind,
-    rule_id: &str,
-) -> Result<(Ruleset, PushRule), Error> {
-    let rules = services.push_rules(user_id).await?;
-    let rule = PushRule::from(rules.get(kind.clone(), rule_id).ok_or_else(not_found)?.to_owned());
-    Ok((rules, rule))
+async fn kind_rules(
+    State(services): State<AppState>,
+    request: Ruma<KindRules>,
+) -> Result<Response, ApiError> {
+    scope(&request.body.path_args)?;
+    let kind = request.body.path_args.get(1).map(String::as_str).unwrap_or_default();
+    if !RULE_KINDS.contains(&kind) {
+        return Err(Error::invalid_param("Unknown kind of push rule").into());
+    }
+    let rules = services.push_rules(&request.requester()?.user_id).await?;
+    Ok(Json(rules[kind].clone()).into_response())
 }
 
 async fn rule(
     State(services): State<AppState>,
-    request: Ruma<get_pushrule::v3::Request>,
-) -> ApiResult<get_pushrule::v3::Response> {
-    let (_, rule) =
-        find(&services, &request.requester()?.user_id, &request.body.kind, &request.body.rule_id)
-            .await?;
-    Ok(RumaResponse(get_pushrule::v3::Response::new(rule)))
+    request: Ruma<GetRule>,
+) -> Result<Response, ApiError> {
+    let (kind, rule_id) = kind_and_rule(&request.body.path_args)?;
+    let rule = services.push_rule(&request.requester()?.user_id, kind, rule_id).await?;
+    Ok(Json(rule).into_response())
 }
 
 async fn set_rule(
     State(services): State<AppState>,
-    request: Ruma<set_pushrule::v3::Request>,
-) -> ApiResult<set_pushrule::v3::Response> {
-    let body = request.body.clone();
-    services
-        .edit_push_rules(request.requester()?, move |rules| {
-            rules.insert(body.rule, body.after.as_deref(), body.before.as_deref()).map_err(
-                |error| match error {
-                    InsertPushRuleError::UnknownRuleId => {
-                        Error::not_found("The rule to place it next to does not exist")
-                    }
-                    other => Error::matrix(MatrixErrorKind::InvalidParam, other.to_string()),
-                },
-            )
-        })
-        .await?;
-    Ok(RumaResponse(set_pushrule::v3::Response::new()))
+    request: Ruma<SetRule>,
+) -> Result<Response, ApiError> {
+    let (kind, rule_id) = kind_and_rule(&request.body.path_args)?;
+    let body: Value = serde_json::from_slice(&request.json_body)
+        .map_err(|_| Error::bad_json("The body must be a JSON object"))?;
+    let query = &request.body.query;
+    let placement = match (query.get("before"), query.get("after")) {
+        (Some(before), _) => Placement::Before(before),
+        (None, Some(after)) => Placement::After(after),
+        (None, None) => Placement::First,
+    };
+    services.set_push_rule(&request.requester()?.user_id, kind, rule_id, &body, placement).await?;
+    Ok(Json(json!({})).into_response())
 }
 
 async fn delete_rule(
     State(services): State<AppState>,
-    request: Ruma<delete_pushrule::v3::Request>,
-) -> ApiResult<delete_pushrule::v3::Response> {
-    let (kind, rule_id) = (request.body.kind.clone(), request.body.rule_id.clone());
-    services
-        .edit_push_rules(request.requester()?, move |rules| {
-            rules.remove(kind, &rule_id).map_err(|error| match error {
-                RemovePushRuleError::NotFound => not_found(),
-                other => Error::matrix(MatrixErrorKind::InvalidParam, other.to_string()),
-            })
-        })
-        .await?;
-    Ok(RumaResponse(delete_pushrule::v3::Response::new()))
+    request: Ruma<DeleteRule>,
+) -> Result<Response, ApiError> {
+    let (kind, rule_id) = kind_and_rule(&request.body.path_args)?;
+    services.delete_push_rule(&request.requester()?.user_id, kind, rule_id).await?;
+    Ok(Json(json!({})).into_response())
 }
 
-async fn rule_enabled(
-    State(services): State<AppState>,
-    request: Ruma<get_pushrule_enabled::v3::Request>,
-) -> ApiResult<get_pushrule_enabled::v3::Response> {
-    let (_, rule) =
-        find(&services, &request.requester()?.user_id, &request.body.kind, &request.body.rule_id)
-            .await?;
-    Ok(RumaResponse(get_pushrule_enabled::v3::Response::new(rule.enabled)))
+/// The attribute of a rule's path: `enabled` or `actions`.
+fn attribute(path_args: &[String]) -> Result<&str, Error> {
+    match path_args.get(3).map(String::as_str) {
+        Some(attr @ ("enabled" | "actions")) => Ok(attr),
+        _ => Err(Error::invalid_param("A push rule's attributes are `enabled` and `actions`")),
+    }
 }
 
-async fn set_rule_enabled(
+async fn rule_attribute(
     State(services): State<AppState>,
-    request: Ruma<set_pushrule_enabled::v3::Request>,
-) -> ApiResult<set_pushrule_enabled::v3::Response> {
-    let (kind, rule_id, enabled) =
-        (request.body.kind.clone(), request.body.rule_id.clone(), request.body.enabled);
-    services
-        .edit_push_rules(request.requester()?, move |rules| {
-            rules.set_enabled(kind, &rule_id, enabled).map_err(|_| not_found())
-        })
-        .await?;
-    Ok(RumaResponse(set_pushrule_enabled::v3::Response::new()))
+    request: Ruma<GetAttribute>,
+) -> Result<Response, ApiError> {
+    let (kind, rule_id) = kind_and_rule(&request.body.path_args)?;
+    let attr = attribute(&request.body.path_args)?;
+    let rule = services.push_rule(&request.requester()?.user_id, kind, rule_id).await?;
+    let value = rule.get(attr).cloned().unwrap_or(Value::Null);
+    Ok(Json(json!({ attr: value })).into_response())
 }
 
-async fn rule_actions(
+async fn set_rule_attribute(
     State(services): State<AppState>,
-    request: Ruma<get_pushrule_actions::v3::Request>,
-) -> ApiResult<get_pushrule_actions::v3::Response> {
-    let (_, rule) =
-        find(&services, &request.requester()?.user_id, &request.body.kind, &request.body.rule_id)
-            .await?;
-    Ok(RumaResponse(get_pushrule_actions::v3::Response::new(rule.actions)))
-}
-
-async fn set_rule_actions(
-    State(services): State<AppState>,
-    request: Ruma<set_pushrule_actions::v3::Request>,
-) -> ApiResult<set_pushrule_actions::v3::Response> {
-    let (kind, rule_id, actions) =
-        (request.body.kind.clone(), request.body.rule_id.clone(), request.body.actions.clone());
-    services
-        .edit_push_rules(request.requester()?, move |rules| {
-            rules.set_actions(kind, &rule_id, actions).map_err(|_| not_found())
-        })
-        .await?;
-    Ok(RumaResponse(set_pushrule_actions::v3::Response::new()))
+    request: Ruma<SetAttribute>,
+) -> Result<Response, ApiError> {
+    let (kind, rule_id) = kind_and_rule(&request.body.path_args)?;
+    let attr = attribute(&request.body.path_args)?;
+    let body: Value = serde_json::from_slice(&request.json_body)
+        .map_err(|_| Error::bad_json("The body must be a JSON object"))?;
+    let value =
+        body.get(attr).cloned().ok_or_else(|| Error::bad_json(format!("{attr} is missing")))?;
+    services.set_push_rule_field(&request.requester()?.user_id, kind, rule_id, attr, value).await?;
+    Ok(Json(json!({})).into_response())
 }
 
 async fn pushers(

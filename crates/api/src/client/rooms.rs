@@ -120,7 +120,12 @@ async fn upgrade(
 ) -> ApiResult<upgrade_room::v3::Response> {
     let requester = request.requester()?;
     let room = services
-        .upgrade_room(&requester.user_id, &request.body.room_id, &request.body.new_version)
+        .upgrade_room(
+            &requester.user_id,
+            &request.body.room_id,
+            &request.body.new_version,
+            &request.body.additional_creators,
+        )
         .await?;
     Ok(RumaResponse(upgrade_room::v3::Response::new(room)))
 }

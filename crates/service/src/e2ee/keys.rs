@@ -15,7 +15,7 @@ use serde_json::{Value, json, value::to_raw_value};
 
 use crate::{
     Requester, Services,
-    e2ee::signed::{canonical_object, is_ed25519_key, is_signed_by, stored_form},
+    e2ee::signed::{canonical_object, stored_form},
 };
 
 /// The most one-time or fallback keys one upload may carry.
@@ -31,13 +31,14 @@ pub struct KeyUpload<'a> {
     pub fallback_keys: &'a BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>,
 }
 
-/// Checks device keys for the requester's device; returns the stored form and the device's
-/// ed25519 key.
+/// Checks device keys for the requester's device: well formed, and the uploading device's.
+/// Signatures are the clients' to verify (the spec asks no more of the server). Returns the
+/// stored form.
 pub(crate) fn validate_device_keys(
     raw: &Raw<DeviceKeys>,
     user_id: &UserId,
     device_id: &ruma::DeviceId,
-) -> Result<(String, String)> {
+) -> Result<String> {
     let keys: DeviceKeys = raw
         .deserialize()
         .map_err(|error| Error::bad_json(format!("Invalid device keys: {error}")))?;
@@ -46,30 +47,13 @@ pub(crate) fn validate_device_keys(
             "The device keys' user_id and device_id must be those of the uploading device",
         ));
     }
-    let object = canonical_object(raw.json(), "device_keys")?;
-    let key_id = format!("ed25519:{device_id}");
-    let ed25519 = keys
-        .keys
-        .iter()
-        .find(|(id, _)| id.as_str() == key_id)
-        .map(|(_, key)| key.clone())
-        .filter(|key| is_ed25519_key(key))
-        .ok_or_else(|| {
-            Error::invalid_param(format!("The device keys lack a valid {key_id} key"))
-        })?;
-    if !is_signed_by(&object, user_id.as_str(), device_id.as_str(), &ed25519) {
-        return Err(Error::invalid_param("The device keys are not signed by the device's key"));
-    }
-    Ok((stored_form(object), ed25519))
+    Ok(stored_form(canonical_object(raw.json(), "device_keys")?))
 }
 
-/// Checks one-time or fallback keys: well formed and, for signed keys, signed by the device
-/// when its ed25519 key is known.
+/// Checks one-time or fallback keys: well formed (their signatures are for the claiming
+/// clients to verify).
 fn validate_one_time_keys(
     keys: &BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>,
-    user_id: &UserId,
-    device_id: &ruma::DeviceId,
-    device_ed25519: Option<&str>,
 ) -> Result<Vec<OneTimeKeyRecord>> {
     if keys.len() > MAX_KEYS_PER_UPLOAD {
         return Err(Error::invalid_param(format!(
@@ -82,17 +66,7 @@ fn validate_one_time_keys(
             .deserialize()
             .map_err(|_| Error::bad_json(format!("The key {key_id} is malformed")))?;
         let json = match key {
-            OneTimeKey::SignedKey(_) => {
-                let object = canonical_object(raw.json(), "A signed key")?;
-                if let Some(public_key) = device_ed25519
-                    && !is_signed_by(&object, user_id.as_str(), device_id.as_str(), public_key)
-                {
-                    return Err(Error::invalid_param(format!(
-                        "The key {key_id} is not signed by the device"
-                    )));
-                }
-                stored_form(object)
-            }
+            OneTimeKey::SignedKey(_) => stored_form(canonical_object(raw.json(), "A signed key")?),
             OneTimeKey::Key(key) => Value::String(key).to_string(),
             _ => return Err(Error::bad_json(format!("The key {key_id} is malformed"))),
         };
@@ -135,14 +109,8 @@ impl Services {
             .device_keys
             .map(|raw| validate_device_keys(raw, user_id, device_id))
             .transpose()?;
-        let known_key = match &device_keys {
-            Some((_, ed25519)) => Some(ed25519.clone()),
-            None => self.device_ed25519(user_id, device_id).await?,
-        };
-        let one_time =
-            validate_one_time_keys(upload.one_time_keys, user_id, device_id, known_key.as_deref())?;
-        let fallback =
-            validate_one_time_keys(upload.fallback_keys, user_id, device_id, known_key.as_deref())?;
+        let one_time = validate_one_time_keys(upload.one_time_keys)?;
+        let fallback = validate_one_time_keys(upload.fallback_keys)?;
         let mut algorithms: Vec<&str> = fallback.iter().map(OneTimeKeyRecord::algorithm).collect();
         algorithms.sort_unstable();
         if algorithms.windows(2).any(|pair| pair[0] == pair[1]) {
@@ -151,7 +119,7 @@ impl Services {
         // One-time keys first: a conflicting key ID refuses the upload before anything else.
         self.store.add_one_time_keys(user_id, device_id, &one_time).await?;
         self.store.set_fallback_keys(user_id, device_id, &fallback).await?;
-        if let Some((json, _)) = device_keys
+        if let Some(json) = device_keys
             && self.store.set_device_keys(user_id, device_id, &json).await?.is_some()
         {
             self.notify_device_list_watchers(user_id).await?;
@@ -174,18 +142,6 @@ impl Services {
             );
         }
         Ok(counts)
-    }
-
-    /// The ed25519 key of a device that uploaded its keys.
-    pub(crate) async fn device_ed25519(
-        &self,
-        user_id: &UserId,
-        device_id: &ruma::DeviceId,
-    ) -> Result<Option<String>> {
-        let records = self.store.device_keys(user_id, &[device_id.to_owned()]).await?;
-        let Some(record) = records.first() else { return Ok(None) };
-        let keys: Value = serde_json::from_str(&record.json)?;
-        Ok(keys["keys"][format!("ed25519:{device_id}")].as_str().map(str::to_owned))
     }
 
     /// `/keys/query`: device keys and cross-signing keys, with the signatures the requester

@@ -147,15 +147,15 @@ fn display_name(name: Option<&str>) -> Option<String> {
     name.filter(|name| name.len() <= MAX_DISPLAY_NAME_BYTES).map(str::to_owned)
 }
 
-/// A device's keys from another server, in their stored form, if they are valid: for that
-/// user and device, and signed by the device.
+/// A device's keys from another server, in their stored form, if they are well formed and
+/// for that user and device (signatures are for the clients to verify).
 fn checked_device_keys(
     raw: &Raw<DeviceKeys>,
     user_id: &UserId,
     device_id: &ruma::DeviceId,
 ) -> Option<String> {
     match validate_device_keys(raw, user_id, device_id) {
-        Ok((json, _)) => Some(json),
+        Ok(json) => Some(json),
         Err(error) => {
             tracing::debug!(%error, "ignored invalid device keys from another server");
             None

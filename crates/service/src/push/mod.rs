@@ -1,8 +1,9 @@
-//! Push rules: each user's ruleset (stored as the `m.push_rules` account data clients also
-//! sync), its evaluation with ruma for every new event (which gives the notification and
+//! Push rules: each user's ruleset ([`rules`], stored as the `m.push_rules` account data
+//! clients also sync), its evaluation with ruma for every new event (which gives the notification and
 //! highlight counts), rule editing, and pushers; [`gateway`] sends the notifications to them.
 
 pub(crate) mod gateway;
+pub mod rules;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -10,12 +11,9 @@ use rhizome_core::{Error, Result};
 use rhizome_room::{Pdu, StateMap};
 use rhizome_storage::{PushAction, PusherRecord, StreamPos};
 use ruma::{
-    OwnedEventId, OwnedRoomId, UInt, UserId,
+    OwnedEventId, OwnedRoomId, UInt,
     events::StateEventType,
-    push::{
-        Action, HighlightTweakValue, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset,
-        Tweak,
-    },
+    push::{Action, HighlightTweakValue, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Tweak},
     serde::Raw,
 };
 use serde_json::{Value, value::RawValue as RawJsonValue};
@@ -57,53 +55,6 @@ pub struct NotificationsPage {
 }
 
 impl Services {
-    /// The user's push rules: stored ones, or the server defaults.
-    pub async fn push_rules(&self, user_id: &UserId) -> Result<Ruleset> {
-        Ok((*self.push_rules_cached(user_id).await?).clone())
-    }
-
-    /// The user's push rules, shared from the cache (event persistence reads them for every
-    /// member of a room).
-    pub(crate) async fn push_rules_cached(&self, user_id: &UserId) -> Result<Arc<Ruleset>> {
-        if let Some(rules) = self.caches.push_rules.lock().get(user_id) {
-            return Ok(rules.clone());
-        }
-        let rules = Arc::new(self.load_push_rules(user_id).await?);
-        self.caches.push_rules.lock().put(user_id.to_owned(), rules.clone());
-        Ok(rules)
-    }
-
-    async fn load_push_rules(&self, user_id: &UserId) -> Result<Ruleset> {
-        if let Some(record) = self.store.get_account_data(user_id, None, PUSH_RULES_TYPE).await? {
-            let value: Value = serde_json::from_str(&record.content)?;
-            if let Some(global) = value.get("global")
-                && let Ok(ruleset) = serde_json::from_value::<Ruleset>(global.clone())
-            {
-                return Ok(ruleset);
-            }
-        }
-        Ok(Ruleset::server_default(user_id))
-    }
-
-    /// Stores the user's push rules (and wakes their syncs, which carry them).
-    pub async fn set_push_rules(&self, user_id: &UserId, ruleset: &Ruleset) -> Result<()> {
-        let content = serde_json::json!({ "global": ruleset }).to_string();
-        self.store.set_account_data(user_id, None, PUSH_RULES_TYPE, &content).await?;
-        self.caches.push_rules.lock().put(user_id.to_owned(), Arc::new(ruleset.clone()));
-        self.notifier.notify([user_id]);
-        Ok(())
-    }
-
-    /// Applies an edit to the requester's ruleset and stores it.
-    pub async fn edit_push_rules<F>(&self, requester: &Requester, edit: F) -> Result<()>
-    where
-        F: FnOnce(&mut Ruleset) -> Result<()>,
-    {
-        let mut ruleset = self.push_rules(&requester.user_id).await?;
-        edit(&mut ruleset)?;
-        self.set_push_rules(&requester.user_id, &ruleset).await
-    }
-
     /// The notifications a new event gives each local joined member other than its sender,
     /// and a local user it invites (for "you were invited" on their phone).
     pub(crate) async fn push_actions_for(

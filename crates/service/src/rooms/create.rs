@@ -108,6 +108,7 @@ impl Services {
         {
             create_content.insert("additional_creators".into(), json!(request.invite));
         }
+        check_override_names_no_creator(creator, &request, &create_content, privileged_creators)?;
         let room_id =
             self.persist_create_event(creator, &version, Value::Object(create_content)).await?;
 
@@ -115,43 +116,7 @@ impl Services {
         self.join_room(creator, <&ruma::RoomOrAliasId>::from(&*room_id), None).await?;
 
         // 3. Power levels.
-        let mut users = Map::new();
-        if !privileged_creators {
-            users.insert(creator.to_string(), json!(100));
-            if preset == Preset::TrustedPrivateChat {
-                for invitee in &request.invite {
-                    users.insert(invitee.to_string(), json!(100));
-                }
-            }
-        }
-        let mut power_levels = json!({
-            "users": users,
-            "users_default": 0,
-            "events": {
-                "m.room.name": 50,
-                "m.room.power_levels": 100,
-                "m.room.history_visibility": 100,
-                "m.room.canonical_alias": 50,
-                "m.room.avatar": 50,
-                "m.room.tombstone": 100,
-                "m.room.server_acl": 100,
-                "m.room.encryption": 100,
-            },
-            "events_default": 0,
-            "state_default": 50,
-            "ban": 50,
-            "kick": 50,
-            "redact": 50,
-            "invite": 0,
-            "notifications": { "room": 50 },
-        });
-        if let (Some(overrides), Some(object)) =
-            (&request.power_level_content_override, power_levels.as_object_mut())
-        {
-            for (key, value) in overrides {
-                object.insert(key.clone(), value.clone());
-            }
-        }
+        let power_levels = initial_power_levels(creator, &request, preset, privileged_creators);
         let room = &room_id;
         let send =
             |event: NewEvent| async move { self.send_event(creator, room, event, None).await };
@@ -200,7 +165,9 @@ impl Services {
             send(NewEvent::state("m.room.name", "", json!({ "name": name }))).await?;
         }
         if let Some(topic) = &request.topic {
-            send(NewEvent::state("m.room.topic", "", json!({ "topic": topic }))).await?;
+            // With its rich form (`m.topic`, spec 1.15), plain text only.
+            let content = json!({ "topic": topic, "m.topic": { "m.text": [{ "body": topic }] } });
+            send(NewEvent::state("m.room.topic", "", content)).await?;
         }
 
         // 7. Invites and the directory.
@@ -304,4 +271,83 @@ impl Services {
         RoomAliasId::parse(format!("#{localpart}:{}", self.server_name()))
             .map_err(|_| Error::invalid_param("Invalid alias"))
     }
+}
+
+/// The power levels of a new room: the creator (and a trusted private chat's invitees) at 100
+/// unless the room version privileges creators, room version 12's tombstone at 150, then the
+/// request's overrides.
+fn initial_power_levels(
+    creator: &UserId,
+    request: &CreateRoom,
+    preset: Preset,
+    privileged_creators: bool,
+) -> Value {
+    let mut users = Map::new();
+    if !privileged_creators {
+        users.insert(creator.to_string(), json!(100));
+        if preset == Preset::TrustedPrivateChat {
+            for invitee in &request.invite {
+                users.insert(invitee.to_string(), json!(100));
+            }
+        }
+    }
+    let mut power_levels = json!({
+        "users": users,
+        "users_default": 0,
+        "events": {
+            "m.room.name": 50,
+            "m.room.power_levels": 100,
+            "m.room.history_visibility": 100,
+            "m.room.canonical_alias": 50,
+            "m.room.avatar": 50,
+            "m.room.tombstone": if privileged_creators { 150 } else { 100 },
+            "m.room.server_acl": 100,
+            "m.room.encryption": 100,
+        },
+        "events_default": 0,
+        "state_default": 50,
+        "ban": 50,
+        "kick": 50,
+        "redact": 50,
+        "invite": 0,
+        "notifications": { "room": 50 },
+    });
+    if let (Some(overrides), Some(object)) =
+        (&request.power_level_content_override, power_levels.as_object_mut())
+    {
+        for (key, value) in overrides {
+            object.insert(key.clone(), value.clone());
+        }
+    }
+    power_levels
+}
+
+/// Room versions that privilege creators list none in the power levels: an override naming one
+/// is refused.
+fn check_override_names_no_creator(
+    creator: &UserId,
+    request: &CreateRoom,
+    create_content: &Map<String, Value>,
+    privileged_creators: bool,
+) -> Result<()> {
+    if privileged_creators
+        && let Some(users) = request
+            .power_level_content_override
+            .as_ref()
+            .and_then(|overrides| overrides.get("users"))
+            .and_then(Value::as_object)
+    {
+        let additional = create_content.get("additional_creators").and_then(Value::as_array);
+        let is_creator = |user: &str| {
+            user == creator.as_str()
+                || additional.is_some_and(|list| list.iter().any(|entry| entry == user))
+        };
+        if users.keys().any(|user| is_creator(user)) {
+            return Err(Error::invalid_param(
+                "Room creators have the highest power already and cannot be listed in the \
+                 power levels",
+            ));
+        }
+    }
+    Ok(())
 }

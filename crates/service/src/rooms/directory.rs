@@ -5,7 +5,7 @@ use rhizome_storage::AliasRecord;
 use ruma::{OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId, events::StateEventType};
 use serde_json::Value;
 
-use crate::{Requester, Services};
+use crate::{Requester, Services, rooms::NewEvent};
 
 /// What the directory and room summaries show of a room.
 #[derive(Clone, Debug)]
@@ -131,6 +131,41 @@ impl Services {
             return Err(Error::forbidden("You may not remove this alias"));
         }
         self.store.delete_alias(alias).await?;
+        self.drop_from_canonical_alias(&requester.user_id, &record.room_id, alias).await
+    }
+
+    /// Takes a deleted alias out of the room's canonical alias event, as the user who deleted
+    /// it (if they may not, the event stays as it is).
+    async fn drop_from_canonical_alias(
+        &self,
+        user_id: &ruma::UserId,
+        room_id: &RoomId,
+        alias: &RoomAliasId,
+    ) -> Result<()> {
+        let Some(event) =
+            self.current_state_event(room_id, &StateEventType::RoomCanonicalAlias, "").await?
+        else {
+            return Ok(());
+        };
+        let mut content: Value = serde_json::from_str(event.pdu.content.get())?;
+        let Some(object) = content.as_object_mut() else { return Ok(()) };
+        let mut changed = false;
+        if object.get("alias").and_then(Value::as_str) == Some(alias.as_str()) {
+            object.remove("alias");
+            changed = true;
+        }
+        if let Some(alternatives) = object.get_mut("alt_aliases").and_then(Value::as_array_mut) {
+            let before = alternatives.len();
+            alternatives.retain(|entry| entry.as_str() != Some(alias.as_str()));
+            changed |= alternatives.len() != before;
+        }
+        if !changed {
+            return Ok(());
+        }
+        let update = NewEvent::state("m.room.canonical_alias", "", content);
+        if let Err(error) = self.send_event(user_id, room_id, update, None).await {
+            tracing::debug!(%error, "could not take a deleted alias out of the canonical alias");
+        }
         Ok(())
     }
 
@@ -214,7 +249,9 @@ impl Services {
             }
             match event.pdu.kind.to_string().as_str() {
                 "m.room.name" => summary.name = text("name").filter(|name| !name.is_empty()),
-                "m.room.topic" => summary.topic = text("topic").filter(|topic| !topic.is_empty()),
+                "m.room.topic" => {
+                    summary.topic = plain_text_topic(&content).filter(|topic| !topic.is_empty());
+                }
                 "m.room.canonical_alias" => {
                     summary.canonical_alias =
                         text("alias").and_then(|alias| OwnedRoomAliasId::try_from(alias).ok());
@@ -286,4 +323,24 @@ impl Services {
             total,
         })
     }
+}
+
+/// The plain-text topic of `m.room.topic` content: the first plain-text representation of the
+/// rich topic (`m.topic`), else `topic`.
+pub fn plain_text_topic(content: &Value) -> Option<String> {
+    let rich = content
+        .get("m.topic")
+        .and_then(|topic| topic.get("m.text"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|representation| {
+            representation.get("body").is_some_and(Value::is_string)
+                && representation
+                    .get("mimetype")
+                    .and_then(Value::as_str)
+                    .is_none_or(|mimetype| mimetype == "text/plain")
+        })
+        .and_then(|representation| representation.get("body").and_then(Value::as_str));
+    rich.or_else(|| content.get("topic").and_then(Value::as_str)).map(str::to_owned)
 }

@@ -1,5 +1,6 @@
 //! Events as clients see them: the client format with `unsigned` filled in (age, the sender
-//! device's transaction ID, the state replaced, the redaction, bundled relations).
+//! device's transaction ID, the viewer's membership at the event, the state replaced, the
+//! redaction, bundled relations).
 
 use std::sync::Arc;
 
@@ -39,6 +40,19 @@ impl Services {
             && txn.device_id == viewer.device_id
         {
             unsigned.insert("transaction_id".into(), Value::from(txn.txn_id.clone()));
+        }
+        if let Some(viewer) = format.viewer {
+            // MSC4115: the viewer's membership at the event, the event's own change included.
+            let membership = self
+                .state_event_in(
+                    event.record.state_after,
+                    &StateEventType::RoomMember,
+                    viewer.user_id.as_str(),
+                )
+                .await?
+                .and_then(|member| member.pdu.content_str("membership"))
+                .unwrap_or_else(|| "leave".to_owned());
+            unsigned.insert("membership".into(), Value::from(membership));
         }
         if let Some(state_key) = &pdu.state_key {
             let kind = StateEventType::from(pdu.kind.to_string());

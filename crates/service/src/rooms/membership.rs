@@ -156,6 +156,9 @@ impl Services {
             content["join_authorised_via_users_server"] = json!(authoriser);
         }
         self.send_membership(user_id, &room_id, user_id, content).await?;
+        if current.is_none_or(|member| member.membership != "join") {
+            self.carry_over_from_predecessor(user_id, &room_id).await;
+        }
         Ok(room_id)
     }
 

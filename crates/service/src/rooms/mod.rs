@@ -14,6 +14,7 @@ pub mod relations;
 pub mod send;
 pub mod shutdown;
 pub mod spaces;
+pub mod subscriptions;
 pub mod upgrade;
 pub mod visibility;
 

@@ -87,15 +87,17 @@ impl Services {
         }
     }
 
-    /// `M_FORBIDDEN` unless the requester is or was in the room, or it is world-readable.
+    /// `M_FORBIDDEN` unless the requester is or was in the room (and has not forgotten it), or
+    /// it is world-readable.
     pub async fn ensure_can_read_room(
         &self,
         requester: &Requester,
         room_id: &RoomId,
     ) -> Result<()> {
-        if self.store.get_membership(room_id, &requester.user_id).await?.is_some()
-            || self.is_world_readable(room_id).await?
-        {
+        let user_id = &requester.user_id;
+        let member = self.store.get_membership(room_id, user_id).await?.is_some()
+            && !self.store.is_room_forgotten(user_id, room_id).await?;
+        if member || self.is_world_readable(room_id).await? {
             return Ok(());
         }
         Err(Error::forbidden("You are not in this room"))
@@ -130,7 +132,12 @@ impl Services {
         requester: &Requester,
         room_id: &RoomId,
     ) -> Result<(StateGroupId, StreamPos)> {
-        match self.store.get_membership(room_id, &requester.user_id).await? {
+        let membership = match self.store.get_membership(room_id, &requester.user_id).await? {
+            // A forgotten room reads as one never joined.
+            Some(_) if self.store.is_room_forgotten(&requester.user_id, room_id).await? => None,
+            membership => membership,
+        };
+        match membership {
             Some(member) if member.membership == "join" => {
                 Ok((self.current_state_group(room_id).await?, StreamPos::MAX))
             }
@@ -321,6 +328,8 @@ impl Services {
         limit: usize,
         filter: &RoomEventFilter,
     ) -> Result<ContextPage> {
+        // Outside the room: forbidden; in it, an event they may not see: not found.
+        self.ensure_can_read_room(requester, room_id).await?;
         let event = self.visible_event(requester, room_id, event_id).await?;
         let limit = limit.min(100);
         let before_count = limit / 2;

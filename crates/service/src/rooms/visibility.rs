@@ -16,11 +16,39 @@ use ruma::{
 
 use crate::{Services, rooms::cache::LoadedEvent};
 
+/// Where a viewer stands in a room now, as far as reading its history goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Joined now.
+    Joined,
+    /// Not joined now (left, invited, banned, never there).
+    Outside,
+    /// Left and forgot the room: its history is closed to them (bar what is world-readable).
+    Forgotten,
+}
+
+impl Standing {
+    pub(crate) fn joined_or_outside(joined_now: bool) -> Self {
+        if joined_now { Self::Joined } else { Self::Outside }
+    }
+}
+
 impl Services {
     /// Whether the user may see the event now.
     pub async fn can_see_event(&self, user_id: &UserId, event: &LoadedEvent) -> Result<bool> {
-        let joined_now = self.is_joined(&event.pdu.room_id, user_id).await?;
-        self.visible_with(user_id, event, joined_now).await
+        let standing = self.standing(&event.pdu.room_id, user_id).await?;
+        self.visible_with(user_id, event, standing).await
+    }
+
+    /// The user's standing in the room now.
+    pub(crate) async fn standing(&self, room_id: &RoomId, user_id: &UserId) -> Result<Standing> {
+        if self.is_joined(room_id, user_id).await? {
+            Ok(Standing::Joined)
+        } else if self.store.is_room_forgotten(user_id, room_id).await? {
+            Ok(Standing::Forgotten)
+        } else {
+            Ok(Standing::Outside)
+        }
     }
 
     /// The events the user may see, in their order.
@@ -32,15 +60,15 @@ impl Services {
         let Some(first_room) = events.first().map(|event| event.pdu.room_id.clone()) else {
             return Ok(events);
         };
-        let joined_now = self.is_joined(&first_room, user_id).await?;
+        let standing = self.standing(&first_room, user_id).await?;
         let mut visible = Vec::with_capacity(events.len());
         for event in events {
-            let joined_now = if event.pdu.room_id == first_room {
-                joined_now
+            let standing = if event.pdu.room_id == first_room {
+                standing
             } else {
-                self.is_joined(&event.pdu.room_id, user_id).await?
+                self.standing(&event.pdu.room_id, user_id).await?
             };
-            if self.visible_with(user_id, &event, joined_now).await? {
+            if self.visible_with(user_id, &event, standing).await? {
                 visible.push(event);
             }
         }
@@ -55,9 +83,13 @@ impl Services {
         events: Vec<Arc<LoadedEvent>>,
         joined_now: bool,
     ) -> Result<Vec<Arc<LoadedEvent>>> {
+        let standing = match events.first() {
+            Some(first) if !joined_now => self.standing(&first.pdu.room_id, user_id).await?,
+            _ => Standing::joined_or_outside(joined_now),
+        };
         let mut visible = Vec::with_capacity(events.len());
         for event in events {
-            if self.visible_with(user_id, &event, joined_now).await? {
+            if self.visible_with(user_id, &event, standing).await? {
                 visible.push(event);
             }
         }
@@ -77,7 +109,7 @@ impl Services {
         &self,
         user_id: &UserId,
         event: &LoadedEvent,
-        joined_now: bool,
+        standing: Standing,
     ) -> Result<bool> {
         // Events outside the timeline (outliers), rejected by the auth rules or soft-failed
         // are never shown to clients.
@@ -86,7 +118,7 @@ impl Services {
         }
         let own_membership_event = event.pdu.kind == TimelineEventType::RoomMember
             && event.pdu.state_key.as_deref() == Some(user_id.as_str());
-        if own_membership_event {
+        if own_membership_event && standing != Standing::Forgotten {
             // A user always sees their own membership changes (their invite, their kick).
             return Ok(true);
         }
@@ -100,15 +132,19 @@ impl Services {
                     .unwrap_or(HistoryVisibility::Shared),
                 None => HistoryVisibility::Shared,
             };
-        let membership = self
-            .state_event_in(group, &StateEventType::RoomMember, user_id.as_str())
-            .await?
-            .and_then(|member| member.pdu.content_str("membership"))
-            .map(|membership| MembershipState::from(membership.as_str()));
+        let membership = match standing {
+            // Forgotten: as if never there.
+            Standing::Forgotten => None,
+            Standing::Joined | Standing::Outside => self
+                .state_event_in(group, &StateEventType::RoomMember, user_id.as_str())
+                .await?
+                .and_then(|member| member.pdu.content_str("membership"))
+                .map(|membership| MembershipState::from(membership.as_str())),
+        };
         Ok(user_may_see_event(&VisibilityInput {
             history_visibility: &history_visibility,
             membership_at_event: membership.as_ref(),
-            joined_now,
+            joined_now: standing == Standing::Joined,
         }))
     }
 }

@@ -17,13 +17,15 @@ use std::{
 use rhizome_core::{Error, Result};
 use rhizome_storage::{MembershipRecord, StreamPos};
 use ruma::{
-    OwnedUserId,
+    OwnedUserId, UserId,
     api::client::{filter::FilterDefinition, sync::sync_events::v3},
     presence::PresenceState,
 };
 use serde_json::{Value, json};
 
-use crate::{Requester, Services, push::PUSH_RULES_TYPE, rooms::format::raw};
+use crate::{
+    Requester, Services, account_data::is_deleted, push::PUSH_RULES_TYPE, rooms::format::raw,
+};
 
 /// What a `/sync` request asks for.
 #[derive(Clone, Debug)]
@@ -141,7 +143,8 @@ impl Services {
         let memberships = self.user_memberships_cached(&requester.user_id).await?;
         self.sync_rooms(requester, request, window, &memberships, &mut response).await?;
         self.sync_account_data(requester, request, window, &mut response).await?;
-        self.sync_presence(request, window, &memberships, &mut response).await?;
+        self.sync_presence(&requester.user_id, request, window, &memberships, &mut response)
+            .await?;
         self.sync_e2ee(
             requester,
             window.since.map(|since| since.pos),
@@ -163,6 +166,10 @@ impl Services {
         let records = self.store.account_data_since(&requester.user_id, since).await?;
         let mut saw_push_rules = false;
         for record in records.into_iter().filter(|record| record.stream_pos <= window.upper.pos) {
+            // Deleted data (MSC3391) goes to those who had it, not to a fresh start.
+            if since.is_none() && is_deleted(&record.content) {
+                continue;
+            }
             let content: Value = serde_json::from_str(&record.content)?;
             let event = serde_json::value::to_raw_value(
                 &json!({ "type": record.data_type, "content": content }),
@@ -203,6 +210,7 @@ impl Services {
 
     async fn sync_presence(
         &self,
+        user_id: &UserId,
         request: &SyncRequest,
         window: Window,
         memberships: &[MembershipRecord],
@@ -211,16 +219,25 @@ impl Services {
         if request.filter.presence.types.as_ref().is_some_and(Vec::is_empty) {
             return Ok(());
         }
-        let mut users: Vec<OwnedUserId> = Vec::new();
+        // The user's own presence, and that of everyone they share a joined room with.
+        let mut users: Vec<OwnedUserId> = vec![user_id.to_owned()];
         for room in memberships.iter().filter(|member| member.membership == "join") {
             users.extend(self.room_members_cached(&room.room_id, false).await?);
         }
         users.sort();
         users.dedup();
+        let mut entries = self.presence_since(&users, window.since.map(|since| since.ephemeral));
+        if window.since.is_some() {
+            // Those the user newly shares a room with: their presence, however old.
+            let newly_shared = self.newly_shared_users(user_id, response).await?;
+            for (user, entry) in self.presence_since(&newly_shared, None) {
+                if !entries.iter().any(|(known, _)| *known == user) {
+                    entries.push((user, entry));
+                }
+            }
+        }
         let now = rhizome_core::clock::now_millis();
-        for (user_id, entry) in
-            self.presence_since(&users, window.since.map(|since| since.ephemeral))
-        {
+        for (user_id, entry) in entries {
             if entry.serial > window.upper.ephemeral
                 || !filter::event_passes(&request.filter.presence, "m.presence", Some(&user_id))
             {
@@ -238,6 +255,40 @@ impl Services {
             response.presence.events.push(raw(serde_json::value::to_raw_value(&event)?));
         }
         Ok(())
+    }
+}
+
+impl Services {
+    /// The users this sync shows joining a room the user is in, and every member of the rooms
+    /// it shows the user joining.
+    async fn newly_shared_users(
+        &self,
+        user_id: &UserId,
+        response: &v3::Response,
+    ) -> Result<Vec<OwnedUserId>> {
+        let mut users: Vec<OwnedUserId> = Vec::new();
+        for (room_id, room) in &response.rooms.join {
+            let state = match &room.state {
+                v3::State::Before(events) | v3::State::After(events) => &events.events,
+                _ => continue,
+            };
+            let timeline = room.timeline.events.iter().map(|event| event.json());
+            for event in timeline.chain(state.iter().map(|event| event.json())) {
+                let Ok(event) = serde_json::from_str::<Value>(event.get()) else { continue };
+                if event["type"] != "m.room.member" || event["content"]["membership"] != "join" {
+                    continue;
+                }
+                let Some(member) = event["state_key"].as_str() else { continue };
+                if member == user_id.as_str() {
+                    users.extend(self.room_members_cached(room_id, false).await?);
+                } else if let Ok(member) = UserId::parse(member) {
+                    users.push(member);
+                }
+            }
+        }
+        users.sort();
+        users.dedup();
+        Ok(users)
     }
 }
 

@@ -23,7 +23,7 @@ use crate::{
         format::{Format, raw},
         read::pagination_token,
     },
-    sync::{SyncRequest, Window, filter, receipt_content},
+    sync::{SyncRequest, SyncToken, Window, filter, receipt_content},
 };
 
 /// The timeline limit when the filter sets none.
@@ -129,6 +129,20 @@ impl Services {
                 _ => {}
             }
         }
+        if let Some(since) = since_pos {
+            // A room left in this window and forgotten since still shows the leave once.
+            for change in self.store.membership_changes_since(user_id, since).await? {
+                let forgotten = matches!(change.membership.as_str(), "leave" | "ban")
+                    && change.stream_pos <= window.upper.pos
+                    && !memberships.iter().any(|member| member.room_id == change.room_id)
+                    && filter::room_filter_passes(&request.filter.room, &change.room_id);
+                if forgotten
+                    && let Some(room) = self.left_room(requester, request, window, &change).await?
+                {
+                    response.rooms.leave.insert(change.room_id.clone(), room);
+                }
+            }
+        }
         let receipts = match window.since {
             Some(since) => {
                 let ids: Vec<&RoomId> = joined_ids.iter().map(|id| id.as_ref()).collect();
@@ -165,7 +179,8 @@ impl Services {
                     .await?;
                 let state =
                     self.state_part(requester, request, window, room_id, &timeline, full).await?;
-                has_data = true;
+                // New events the filters hide entirely are no news.
+                has_data = !timeline.events.is_empty() || !state.is_empty() || timeline.limited;
                 let format =
                     Format { viewer: Some(requester), with_room_id: false, bundle_relations: true };
                 room.timeline.events = self
@@ -334,7 +349,14 @@ impl Services {
             ignored,
             joined_now: true,
         };
-        self.collect_timeline(requester, room_id, query).await
+        let mut part = self.collect_timeline(requester, room_id, query).await?;
+        // A limited timeline continues just before its first event. One that is complete
+        // names the point it ends at, as Synapse does: `/members?at=` then gives the members
+        // as the client has them, and paging back from it merely shows the same events again.
+        if !part.limited {
+            part.prev_batch = pagination_token(window.upper.pos);
+        }
+        Ok(part)
     }
 
     /// The newest `limit` events at or before `upper` (and after `lower`) that pass.
@@ -365,7 +387,7 @@ impl Services {
                 .filter(|event| event.pdu.is_state() || !ignored.contains(&event.pdu.sender))
                 .collect();
             collected
-                .extend(self.filter_visible_with(&requester.user_id, events, joined_now).await?);
+                .extend(self.visible_in_timeline(requester, room_id, events, joined_now).await?);
             if exhausted {
                 break;
             }
@@ -378,6 +400,36 @@ impl Services {
             None => pagination_token(upper),
         };
         Ok(TimelinePart { events: collected, limited, prev_batch })
+    }
+
+    /// The events of a sync timeline the user may see. In a room they are joined to, state
+    /// events that make up the current state are always shown (as Synapse does): a member who
+    /// joined while the user was away under `joined` visibility still shows up on their return.
+    async fn visible_in_timeline(
+        &self,
+        requester: &Requester,
+        room_id: &RoomId,
+        events: Vec<Arc<LoadedEvent>>,
+        joined_now: bool,
+    ) -> Result<Vec<Arc<LoadedEvent>>> {
+        let current: HashSet<OwnedEventId> =
+            if joined_now && events.iter().any(|e| e.pdu.is_state()) {
+                self.current_state(room_id).await?.values().cloned().collect()
+            } else {
+                HashSet::new()
+            };
+        let visible: HashSet<OwnedEventId> = self
+            .filter_visible_with(&requester.user_id, events.clone(), joined_now)
+            .await?
+            .iter()
+            .map(|event| event.pdu.event_id.clone())
+            .collect();
+        Ok(events
+            .into_iter()
+            .filter(|event| {
+                visible.contains(&event.pdu.event_id) || current.contains(&event.pdu.event_id)
+            })
+            .collect())
     }
 
     /// The state part of a room for this sync.
@@ -501,7 +553,9 @@ impl Services {
         Ok(())
     }
 
-    /// A room the user left (or was kicked or banned from) within this sync's window.
+    /// A room the user left (or was kicked or banned from) within this sync's window: what
+    /// they could see until they left, and the state as it was then. A room the client never
+    /// had as joined (joined and left between two syncs, or a first sync) comes whole.
     async fn left_room(
         &self,
         requester: &Requester,
@@ -509,22 +563,34 @@ impl Services {
         window: Window,
         membership: &MembershipRecord,
     ) -> Result<Option<v3::LeftRoom>> {
-        let limit = timeline_limit(request);
-        let lower = window.since.map(|since| since.pos);
+        let room_id = &membership.room_id;
+        let since_pos = window.since.map(|since| since.pos);
+        let from_start = match since_pos {
+            Some(since) => !self.was_joined_at(room_id, &requester.user_id, since).await?,
+            None => true,
+        };
         let timeline = self
             .collect_timeline(
                 requester,
-                &membership.room_id,
+                room_id,
                 TimelineQuery {
                     upper: membership.stream_pos,
-                    lower,
-                    limit,
+                    lower: if from_start { None } else { since_pos },
+                    limit: timeline_limit(request),
                     filter: &request.filter.room.timeline,
                     ignored: &HashSet::new(),
                     joined_now: false,
                 },
             )
             .await?;
+        // The sync ends, for this room, at the leave.
+        let until_leave = Window {
+            since: window.since,
+            upper: SyncToken { pos: membership.stream_pos, ephemeral: window.upper.ephemeral },
+        };
+        let full = from_start || request.full_state;
+        let state =
+            self.state_part(requester, request, until_leave, room_id, &timeline, full).await?;
         let format =
             Format { viewer: Some(requester), with_room_id: false, bundle_relations: true };
         let mut room = v3::LeftRoom::new();
@@ -532,15 +598,12 @@ impl Services {
             self.format_events(&timeline.events, format).await?.into_iter().map(raw).collect();
         room.timeline.limited = timeline.limited;
         room.timeline.prev_batch = Some(timeline.prev_batch);
-        if (window.since.is_none() || timeline.limited)
-            && let Some(first) = timeline.events.first()
-        {
-            let state = self.state_map(first.record.state_before).await?;
-            let loaded = self.state_events(&state).await?;
-            room.state = v3::State::Before(v3::StateEvents::with_events(
-                self.format_events(&loaded, format).await?.into_iter().map(raw).collect(),
-            ));
-        }
+        let state_events = self.format_events(&state, format).await?.into_iter().map(raw).collect();
+        room.state = if request.use_state_after {
+            v3::State::After(v3::StateEvents::with_events(state_events))
+        } else {
+            v3::State::Before(v3::StateEvents::with_events(state_events))
+        };
         Ok(Some(room))
     }
 }

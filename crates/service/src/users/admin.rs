@@ -15,6 +15,12 @@ pub const NOTICES_LOCALPART: &str = "server-notices";
 /// The display name of the notices account.
 const NOTICES_DISPLAYNAME: &str = "Server notices";
 
+/// A random registration token of `length` letters and digits.
+pub fn random_registration_token(length: usize) -> String {
+    use rand::{Rng, distributions::Alphanumeric};
+    rand::thread_rng().sample_iter(&Alphanumeric).take(length).map(char::from).collect()
+}
+
 /// A random password of 24 letters and digits (about 142 bits), for the administrator to
 /// hand on.
 pub fn generate_password() -> String {
@@ -116,6 +122,25 @@ impl Services {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// Changes a registration token's allowed uses and expiry (`None`: unlimited, never).
+    pub async fn update_registration_token(
+        &self,
+        token: &str,
+        uses_allowed: Option<i64>,
+        expiry_ts: Option<i64>,
+    ) -> Result<rhizome_storage::RegistrationTokenRecord> {
+        if uses_allowed.is_some_and(|uses| uses < 0) {
+            return Err(Error::invalid_param("uses_allowed must be a non-negative integer"));
+        }
+        if !self.store.update_registration_token(token, uses_allowed, expiry_ts).await? {
+            return Err(Error::not_found("No such registration token"));
+        }
+        self.store
+            .get_registration_token(token)
+            .await?
+            .ok_or_else(|| Error::not_found("No such registration token"))
     }
 }
 

@@ -2,9 +2,11 @@
 //! devices, password changes, deactivation and registration-token administration.
 
 pub mod admin;
+pub mod directory;
 pub mod openid;
 pub mod password;
 pub mod profile;
+pub mod shared_secret;
 pub mod uia;
 
 use std::{collections::HashMap, time::Duration};
@@ -58,6 +60,36 @@ pub struct RegisterRequest {
     pub refresh_token: bool,
     /// The UIA stage data.
     pub auth: Option<AuthData>,
+}
+
+/// A registration request's own parameters, as its UIA session keeps them.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct RegisterParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_id: Option<OwnedDeviceId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    initial_device_display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    inhibit_login: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    refresh_token: bool,
+}
+
+impl From<&RegisterRequest> for RegisterParams {
+    fn from(request: &RegisterRequest) -> Self {
+        Self {
+            username: request.username.clone(),
+            password: request.password.clone(),
+            device_id: request.device_id.clone(),
+            initial_device_display_name: request.initial_device_display_name.clone(),
+            inhibit_login: request.inhibit_login,
+            refresh_token: request.refresh_token,
+        }
+    }
 }
 
 /// The outcome of registration.
@@ -146,7 +178,8 @@ impl Services {
     }
 
     /// Registers an account after user-interactive authentication. `client_key` identifies the
-    /// client for rate limiting only.
+    /// client for rate limiting only. A later stage may leave out the first request's
+    /// parameters; a completed registration repeated gets the same account (a new session).
     pub async fn register(&self, request: RegisterRequest, client_key: &str) -> Result<Registered> {
         // Asking for the flows is free; every attempt that carries authentication counts.
         if request.auth.is_some() {
@@ -157,31 +190,41 @@ impl Services {
         if self.config.registration.mode == RegistrationMode::Disabled {
             return Err(Error::forbidden("Registration is disabled on this server"));
         }
-        let user_id = match &request.username {
-            Some(username) => self.check_username_available(&username.to_lowercase()).await?,
-            None => loop {
-                let localpart = generate_token("u")
-                    .to_lowercase()
-                    .replace('_', "")
-                    .chars()
-                    .take(12)
-                    .collect::<String>();
-                if let Ok(user_id) = self.check_username_available(&localpart).await {
-                    break user_id;
-                }
-            },
-        };
+        if let Some(user_id) = request
+            .auth
+            .as_ref()
+            .and_then(AuthData::session)
+            .and_then(|id| self.uia_registered_user(id))
+        {
+            return self.registered_again(user_id, &request).await;
+        }
+        // What the request itself gives is checked before authentication.
+        if let Some(username) = &request.username {
+            self.check_username_available(&username.to_lowercase()).await?;
+        }
         if let Some(password) = request.password.as_deref() {
             self.check_password_strength(password)?;
         }
         // Authentication comes before the password is required: clients (Element among them)
         // learn the flows from a first request that carries neither.
         let outcome = self
-            .check_uia(request.auth.as_ref(), self.registration_flows(), UiaPurpose::Register)
+            .check_uia_with_params(
+                request.auth.as_ref(),
+                self.registration_flows(),
+                UiaPurpose::Register,
+                serde_json::to_value(RegisterParams::from(&request))?,
+            )
             .await?;
-        let password = request.password.as_deref().ok_or_else(|| {
+        let params: RegisterParams = serde_json::from_value(outcome.params.clone())
+            .map_err(|_| Error::bug("stored registration parameters"))?;
+        let user_id = match &params.username {
+            Some(username) => self.check_username_available(&username.to_lowercase()).await?,
+            None => self.free_generated_user_id().await,
+        };
+        let password = params.password.as_deref().ok_or_else(|| {
             Error::matrix(MatrixErrorKind::MissingParam, "A password is required")
         })?;
+        self.check_password_strength(password)?;
         if self.config.registration.mode == RegistrationMode::Token {
             let token = outcome
                 .registration_token
@@ -202,14 +245,52 @@ impl Services {
                 created_ts: now_millis(),
             })
             .await?;
+        self.record_uia_registration(&outcome.session_id, &user_id);
         tracing::info!("registered a new account");
+        let session = if params.inhibit_login {
+            None
+        } else {
+            Some(
+                self.create_session(
+                    &user_id,
+                    params.device_id.clone(),
+                    params.initial_device_display_name.as_deref(),
+                    params.refresh_token,
+                )
+                .await?,
+            )
+        };
+        Ok(Registered { user_id, session })
+    }
+
+    /// A free user ID with a generated localpart.
+    async fn free_generated_user_id(&self) -> OwnedUserId {
+        loop {
+            let localpart = generate_token("u")
+                .to_lowercase()
+                .replace('_', "")
+                .chars()
+                .take(12)
+                .collect::<String>();
+            if let Ok(user_id) = self.check_username_available(&localpart).await {
+                return user_id;
+            }
+        }
+    }
+
+    /// The answer to a completed registration repeated: the same account, a new session.
+    async fn registered_again(
+        &self,
+        user_id: OwnedUserId,
+        request: &RegisterRequest,
+    ) -> Result<Registered> {
         let session = if request.inhibit_login {
             None
         } else {
             Some(
                 self.create_session(
                     &user_id,
-                    request.device_id.clone(),
+                    None,
                     request.initial_device_display_name.as_deref(),
                     request.refresh_token,
                 )
@@ -463,8 +544,8 @@ impl Services {
                 "Tokens are 1 to 64 characters of A-Z, a-z, 0-9, . _ ~ -",
             ));
         }
-        if uses_allowed.is_some_and(|uses| uses < 1) {
-            return Err(Error::invalid_param("A token must allow at least one use"));
+        if uses_allowed.is_some_and(|uses| uses < 0) {
+            return Err(Error::invalid_param("uses_allowed must be a non-negative integer"));
         }
         let record = RegistrationTokenRecord {
             token,

@@ -1,5 +1,5 @@
-//! User-interactive authentication: sessions held in memory for a short time, stages
-//! completed one request at a time, as the spec's `/register`, device deletion, password change
+//! User-interactive authentication: sessions held in memory for a short time (with the first
+//! request's parameters), stages completed one request at a time, as the spec's `/register`, device deletion, password change
 //! and cross-signing key upload use it.
 
 use std::{
@@ -17,6 +17,8 @@ use ruma::{
     },
 };
 
+use serde_json::Value;
+
 use crate::{Services, auth::generate_token, users::password::verify_password};
 
 /// What a UIA session authenticates.
@@ -33,20 +35,36 @@ struct Session {
     flows: Vec<AuthFlow>,
     completed: Vec<AuthType>,
     registration_token: Option<String>,
+    /// The request's own parameters as the session's first request gave them (a client may
+    /// leave them out of later stages).
+    params: Value,
     created: Instant,
 }
 
-/// UIA sessions in progress.
+/// UIA sessions in progress, registrations completed through one (a client repeating the
+/// last request of a registration gets the same account), and shared-secret nonces.
 #[derive(Default)]
 pub(crate) struct UiaSessions {
     sessions: Mutex<HashMap<String, Session>>,
+    registrations: Mutex<HashMap<String, (OwnedUserId, Instant)>>,
+    /// Nonces handed out for shared-secret registration, and when.
+    pub(crate) shared_secret_nonces: Mutex<HashMap<String, Instant>>,
 }
 
 /// A finished UIA session.
 #[derive(Clone, Debug)]
 pub struct UiaOutcome {
+    /// The session.
+    pub session_id: String,
     /// The registration token the user gave, for registrations with one.
     pub registration_token: Option<String>,
+    /// The request's parameters: this request's, or (when it gave none) the first request's.
+    pub params: Value,
+}
+
+/// Whether request parameters carry anything.
+fn has_params(params: &Value) -> bool {
+    params.as_object().is_some_and(|params| !params.is_empty())
 }
 
 fn info(
@@ -59,6 +77,8 @@ fn info(
     info.completed = completed.to_vec();
     info.session = Some(session.to_owned());
     info.auth_error = error.map(Box::new);
+    // Always an object, empty when no stage has parameters: clients read it unconditionally.
+    info.params = serde_json::value::to_raw_value(&serde_json::json!({})).ok();
     info
 }
 
@@ -76,6 +96,19 @@ impl Services {
         flows: Vec<AuthFlow>,
         purpose: UiaPurpose,
     ) -> Result<UiaOutcome> {
+        self.check_uia_with_params(auth, flows, purpose, Value::Object(Default::default())).await
+    }
+
+    /// [`Services::check_uia`] for a request with parameters of its own (`params`, a JSON
+    /// object without `auth`): the session keeps the first request's, and a later request that
+    /// gives none gets them back in the outcome.
+    pub async fn check_uia_with_params(
+        &self,
+        auth: Option<&AuthData>,
+        flows: Vec<AuthFlow>,
+        purpose: UiaPurpose,
+        params: Value,
+    ) -> Result<UiaOutcome> {
         let lifetime = Duration::from_secs(self.config.sessions.uia_session_lifetime_secs);
         let Some(auth) = auth else {
             let session_id = generate_token("uia");
@@ -88,11 +121,19 @@ impl Services {
                     flows: flows.clone(),
                     completed: Vec::new(),
                     registration_token: None,
+                    params,
                     created: Instant::now(),
                 },
             );
             return Err(Error::uiaa(info(&flows, &[], &session_id, None)));
         };
+        // Nobody proves who they are with another user's password.
+        if let (AuthData::Password(stage), UiaPurpose::Account(user_id)) = (auth, &purpose)
+            && let UserIdentifier::Matrix(id) = &stage.identifier
+            && self.parse_user_identifier(&id.user).ok().as_ref() != Some(user_id)
+        {
+            return Err(Error::forbidden("You can only authenticate as yourself"));
+        }
         let session_id = auth.session().map(str::to_owned);
         let (flows, completed) = {
             let sessions = self.uia.sessions.lock();
@@ -126,49 +167,72 @@ impl Services {
             flows: flows.clone(),
             completed: completed.clone(),
             registration_token: None,
+            params: Value::Object(Default::default()),
             created: Instant::now(),
         });
-        match stage_result {
-            Ok((stage, token)) => {
-                if !flows.iter().any(|flow| flow.stages.contains(&stage)) {
-                    return Err(Error::uiaa(info(
-                        &flows,
-                        &session.completed,
-                        &session_id,
-                        Some(StandardErrorBody::new(
-                            MatrixErrorKind::Unrecognized,
-                            "That stage is not offered".into(),
-                        )),
-                    )));
-                }
-                if !session.completed.contains(&stage) {
-                    session.completed.push(stage);
-                }
-                if token.is_some() {
-                    session.registration_token = token;
-                }
-                if flow_complete(&flows, &session.completed) {
-                    let outcome =
-                        UiaOutcome { registration_token: session.registration_token.clone() };
-                    sessions.remove(&session_id);
-                    Ok(outcome)
-                } else {
-                    Err(Error::uiaa(info(&flows, &session.completed, &session_id, None)))
-                }
-            }
+        if has_params(&params) {
+            session.params = params;
+        }
+        let (stage, token) = match stage_result {
+            Ok(passed) => passed,
             Err(error) => {
                 let kind = error.matrix_kind().cloned().unwrap_or(MatrixErrorKind::Forbidden);
                 if error.is_internal() {
                     return Err(error);
                 }
-                Err(Error::uiaa(info(
+                return Err(Error::uiaa(info(
                     &flows,
                     &session.completed,
                     &session_id,
                     Some(StandardErrorBody::new(kind, error.message().to_owned())),
-                )))
+                )));
             }
+        };
+        if !flows.iter().any(|flow| flow.stages.contains(&stage)) {
+            return Err(Error::uiaa(info(
+                &flows,
+                &session.completed,
+                &session_id,
+                Some(StandardErrorBody::new(
+                    MatrixErrorKind::Unrecognized,
+                    "That stage is not offered".into(),
+                )),
+            )));
         }
+        if !session.completed.contains(&stage) {
+            session.completed.push(stage);
+        }
+        if token.is_some() {
+            session.registration_token = token;
+        }
+        if !flow_complete(&flows, &session.completed) {
+            return Err(Error::uiaa(info(&flows, &session.completed, &session_id, None)));
+        }
+        let outcome = UiaOutcome {
+            session_id: session_id.clone(),
+            registration_token: session.registration_token.clone(),
+            params: session.params.clone(),
+        };
+        sessions.remove(&session_id);
+        Ok(outcome)
+    }
+
+    /// The account a completed registration session created, if any.
+    pub(crate) fn uia_registered_user(&self, session_id: &str) -> Option<OwnedUserId> {
+        let lifetime = Duration::from_secs(self.config.sessions.uia_session_lifetime_secs);
+        let registrations = self.uia.registrations.lock();
+        registrations
+            .get(session_id)
+            .filter(|(_, created)| created.elapsed() < lifetime)
+            .map(|(user_id, _)| user_id.clone())
+    }
+
+    /// Remembers the account a registration session created.
+    pub(crate) fn record_uia_registration(&self, session_id: &str, user_id: &UserId) {
+        let lifetime = Duration::from_secs(self.config.sessions.uia_session_lifetime_secs);
+        let mut registrations = self.uia.registrations.lock();
+        registrations.retain(|_, (_, created)| created.elapsed() < lifetime);
+        registrations.insert(session_id.to_owned(), (user_id.to_owned(), Instant::now()));
     }
 
     /// Checks one stage; returns the stage type and, for a registration token, the token.
@@ -198,12 +262,8 @@ impl Services {
                 let UiaPurpose::Account(user_id) = purpose else {
                     return Err(Error::forbidden("Password authentication needs an account"));
                 };
-                let claimed = match &stage.identifier {
-                    UserIdentifier::Matrix(id) => self.parse_user_identifier(&id.user)?,
-                    _ => return Err(Error::forbidden("Only user ID identifiers are supported")),
-                };
-                if claimed != *user_id {
-                    return Err(Error::forbidden("You can only authenticate as yourself"));
+                if !matches!(&stage.identifier, UserIdentifier::Matrix(_)) {
+                    return Err(Error::forbidden("Only user ID identifiers are supported"));
                 }
                 if self.check_password(user_id, &stage.password).await? {
                     Ok((AuthType::Password, None))

@@ -160,6 +160,14 @@ pub async fn registration_tokens_are_used_up_exactly(store: Arc<dyn DataStore>) 
     assert!(store.use_registration_token("expiring", 50).await.unwrap());
     assert!(!store.use_registration_token("expiring", 150).await.unwrap());
     assert!(!store.use_registration_token("unknown", 1).await.unwrap());
+    // Updates give it more uses or time, or take them away.
+    assert!(store.update_registration_token("expiring", Some(2), Some(200)).await.unwrap());
+    assert!(store.use_registration_token("expiring", 150).await.unwrap());
+    assert!(!store.use_registration_token("expiring", 160).await.unwrap(), "only two uses");
+    assert!(store.update_registration_token("expiring", None, None).await.unwrap());
+    let updated = store.get_registration_token("expiring").await.unwrap().unwrap();
+    assert_eq!((updated.uses_allowed, updated.expiry_ts, updated.completed), (None, None, 2));
+    assert!(!store.update_registration_token("unknown", None, None).await.unwrap());
     assert_eq!(store.list_registration_tokens().await.unwrap().len(), 2);
     assert!(store.delete_registration_token("expiring").await.unwrap());
     assert!(!store.delete_registration_token("expiring").await.unwrap());

@@ -478,13 +478,16 @@ pub async fn memberships_track_current_state(store: Arc<dyn DataStore>) {
     .await;
     let bob = user_id!("@bob:example.org");
     assert_eq!(store.rooms_of_user(bob, &["leave"]).await.unwrap().len(), 1);
+    assert!(!store.is_room_forgotten(bob, &room.room_id).await.unwrap());
     store.forget_room(bob, &room.room_id).await.unwrap();
     assert!(
         store.rooms_of_user(bob, &[]).await.unwrap().is_empty(),
         "a forgotten room is still listed"
     );
+    assert!(store.is_room_forgotten(bob, &room.room_id).await.unwrap());
     room.join("@bob:example.org").await;
     assert_eq!(store.rooms_of_user(bob, &["join"]).await.unwrap().len(), 1, "rejoining un-forgets");
+    assert!(!store.is_room_forgotten(bob, &room.room_id).await.unwrap());
 }
 
 /// Aliases are unique; published rooms and the user directory list what they should;
@@ -550,12 +553,13 @@ pub async fn aliases_directory_and_search(store: Arc<dyn DataStore>) {
         };
         store.create_user(&record).await.unwrap();
     }
-    // Alice is in a published room, so anyone finds her; Carol shares no room with Bob.
-    let by_bob =
-        store.search_user_directory(user_id!("@bob:example.org"), "tester", 10).await.unwrap();
-    let names: Vec<_> = by_bob.iter().map(|user| user.user_id.to_string()).collect();
-    assert_eq!(names, vec!["@alice:example.org", "@bob:example.org"]);
-    let by_name =
-        store.search_user_directory(user_id!("@bob:example.org"), "ALICE", 10).await.unwrap();
+    // By display name or localpart, whatever the case; never by the server's name.
+    let server = ruma::server_name!("example.org");
+    let testers = store.user_directory_candidates(server, "tester", 10).await.unwrap();
+    let names: Vec<_> = testers.iter().map(|user| user.user_id.to_string()).collect();
+    assert_eq!(names, vec!["@alice:example.org", "@bob:example.org", "@carol:example.org"]);
+    let by_name = store.user_directory_candidates(server, "ALICE", 10).await.unwrap();
     assert_eq!(by_name.len(), 1);
+    assert!(store.user_directory_candidates(server, "example", 10).await.unwrap().is_empty());
+    assert_eq!(store.user_directory_candidates(server, "tester", 2).await.unwrap().len(), 2);
 }

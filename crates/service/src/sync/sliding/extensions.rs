@@ -1,8 +1,9 @@
 //! The sliding sync extensions: to-device messages (with their own `since`), end-to-end
 //! encryption (device lists, one-time key counts, unused fallback key types), account data
 //! (global, and per room for the rooms in scope), receipts and typing (for the joined rooms in
-//! scope). An extension's `lists` and `rooms` narrow its scope to rooms of those lists and
-//! subscriptions; by default it covers every room the response selects.
+//! scope), and thread subscriptions (MSC4308). An extension's `lists` and `rooms` narrow its
+//! scope to rooms of those lists and subscriptions; by default it covers every room the
+//! response selects.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -18,7 +19,10 @@ use ruma::{
 use serde_json::{Value, json};
 
 use super::{Ctx, connection::ConnState, lists::Relevant, lists::Selection, room_from};
-use crate::{Services, push::PUSH_RULES_TYPE, rooms::format::raw, sync::receipt_content};
+use crate::{
+    Services, account_data::is_deleted, push::PUSH_RULES_TYPE, rooms::format::raw,
+    sync::receipt_content,
+};
 
 /// What the rooms part of the response leaves for the extensions.
 pub(super) struct Input<'a> {
@@ -81,6 +85,9 @@ impl Services {
             let scope = (config.receipts.lists.as_deref(), config.receipts.rooms.as_deref());
             has_data |= self.receipts_extension(ctx, input, scope, extensions).await?;
         }
+        if config.thread_subscriptions.enabled == Some(true) {
+            has_data |= self.thread_subscriptions_extension(ctx, extensions).await?;
+        }
         if config.typing.enabled == Some(true) {
             let scope = (config.typing.lists.as_deref(), config.typing.rooms.as_deref());
             for (room_id, relevant) in &input.selection.rooms {
@@ -102,6 +109,46 @@ impl Services {
             }
         }
         Ok(has_data)
+    }
+
+    /// Thread subscription changes since the connection's last response (MSC4308), the
+    /// newest up to the limit, with a token to page back for the rest.
+    async fn thread_subscriptions_extension(
+        &self,
+        ctx: &Ctx<'_>,
+        extensions: &mut v5::response::Extensions,
+    ) -> Result<bool> {
+        use ruma::api::client::threads::get_thread_subscriptions_changes::unstable::{
+            ThreadSubscription, ThreadUnsubscription,
+        };
+        let config = &ctx.request.extensions.thread_subscriptions;
+        let limit =
+            config.limit.map_or(100, |limit| usize::try_from(u64::from(limit)).unwrap_or(100));
+        let page = self
+            .thread_subscription_changes(
+                &ctx.requester.user_id,
+                Some(ctx.upper.pos),
+                ctx.since.map(|since| since.pos),
+                limit,
+            )
+            .await?;
+        let out = &mut extensions.thread_subscriptions;
+        for change in page.changes {
+            let bump_stamp = ruma::UInt::new_saturating(change.stream_pos.unsigned_abs());
+            if change.subscribed {
+                out.subscribed.entry(change.room_id).or_default().insert(
+                    change.thread_root_id,
+                    ThreadSubscription::new(change.automatic, bump_stamp),
+                );
+            } else {
+                out.unsubscribed
+                    .entry(change.room_id)
+                    .or_default()
+                    .insert(change.thread_root_id, ThreadUnsubscription::new(bump_stamp));
+            }
+        }
+        out.prev_batch = page.more_from.map(|pos| pos.to_string());
+        Ok(!out.is_empty())
     }
 
     /// To-device messages after the extension's own `since`, which shows the device received
@@ -185,14 +232,17 @@ impl Services {
             match &record.room_id {
                 None => {
                     saw_push_rules |= record.data_type == PUSH_RULES_TYPE;
-                    if since.is_none_or(|since| record.stream_pos > since) {
+                    // Deleted data (MSC3391) goes to those who had it, not to a fresh start.
+                    let fresh = since.is_none() && is_deleted(&record.content);
+                    if !fresh && since.is_none_or(|since| record.stream_pos > since) {
                         data.global.push(event(&value)?);
                     }
                 }
                 Some(room_id) => {
                     let key: &RoomId = room_id;
                     let Some(from) = room_from_pos.get(&key) else { continue };
-                    if from.is_none_or(|from| record.stream_pos > from) {
+                    let fresh = from.is_none() && is_deleted(&record.content);
+                    if !fresh && from.is_none_or(|from| record.stream_pos > from) {
                         data.rooms.entry(room_id.clone()).or_default().push(event(&value)?);
                     }
                 }
