@@ -25,7 +25,7 @@ pub use federation::{
 pub use media::MediaStore;
 pub use moderation::ModerationStore;
 pub use records::*;
-pub use rooms::RoomStore;
+pub use rooms::{RoomLock, RoomStore};
 pub use user_data::UserDataStore;
 
 /// A position in the server's one global stream: every change a client can sync (events,
@@ -48,8 +48,29 @@ pub trait DataStore:
     + Sync
     + 'static
 {
-    /// The greatest stream position whose change is committed and visible.
+    /// The greatest stream position below which every change is committed and visible (with
+    /// several processes writing, positions taken by slower writers hold it back).
     fn current_stream_pos(&self) -> StreamPos;
+
+    /// Follows [`DataStore::current_stream_pos`].
+    fn subscribe_stream_pos(&self) -> tokio::sync::watch::Receiver<StreamPos>;
+
+    /// Whether other processes may share this store (PostgreSQL), so what a process keeps in
+    /// memory must be told to them through [`DataStore::publish_to_processes`].
+    fn shared_by_processes(&self) -> bool {
+        false
+    }
+
+    /// Sends a message (at most 7,900 bytes) to every other process on this store, in order,
+    /// best effort. Nothing happens when no other process can share it.
+    fn publish_to_processes(&self, _message: String) {}
+
+    /// The messages other processes publish. An empty message means some may have been lost
+    /// (the connection carrying them was re-established): look at everything again. `None`
+    /// when no other process can share the store.
+    fn subscribe_to_processes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        None
+    }
 
     /// The backend's name, for logs (`sqlite`, `postgres`).
     fn backend_name(&self) -> &'static str;

@@ -172,9 +172,8 @@ impl Services {
         {
             pdu = self.countersign(&pdu, &version)?;
         }
-        let lock = self.room_lock(room_id);
         let outcome = {
-            let _guard = lock.lock().await;
+            let _guard = self.lock_room(room_id).await?;
             self.process_pdu_locked(origin, room_id, &version, pdu.clone(), 1).await?
         };
         match outcome {
