@@ -267,7 +267,7 @@ async fn main() -> Result<()> {
         }
         Command::Admin { command: AdminCommand::Key { command: KeyCommand::Rotate } } => {
             init_logging("warn");
-            let _lock = DataDirLock::acquire(&config.data_dir, "cannot rotate the key")?;
+            let _lock = DataDirLock::acquire_for(&config, "cannot rotate the key")?;
             let data_dir = config.data_dir.clone();
             let store = open_store(&config).await?;
             let services = build_services(config, store.clone()).await?;
@@ -334,7 +334,7 @@ async fn main() -> Result<()> {
                 UserCommand::Deactivate { .. } | UserCommand::ResetPassword { .. }
             );
             let _lock = if exclusive {
-                Some(DataDirLock::acquire(&config.data_dir, "cannot change the account")?)
+                Some(DataDirLock::acquire_for(&config, "cannot change the account")?)
             } else {
                 None
             };
@@ -379,7 +379,7 @@ async fn main() -> Result<()> {
             init_logging("warn");
             let _lock = match &command {
                 RoomCommand::Shutdown { .. } => {
-                    Some(DataDirLock::acquire(&config.data_dir, "cannot shut the room down")?)
+                    Some(DataDirLock::acquire_for(&config, "cannot shut the room down")?)
                 }
                 RoomCommand::List => None,
             };

@@ -13,6 +13,7 @@ pub mod media;
 pub mod moderation;
 pub mod notifier;
 pub(crate) mod outbound;
+pub(crate) mod processes;
 pub mod push;
 pub mod rate_limit;
 pub mod rooms;
@@ -63,7 +64,7 @@ impl Services {
     pub fn new(config: Config, store: Arc<dyn DataStore>, signing_key: SigningKey) -> Arc<Self> {
         let config = Arc::new(config);
         let signing_key = Arc::new(signing_key);
-        Arc::new_cyclic(|me| Self {
+        let services = Arc::new_cyclic(|me| Self {
             federation: federation::FederationRuntime::new(&config, signing_key.clone()),
             me: me.clone(),
             rate_limiter: rate_limit::RateLimiter::new(config.rate_limits.clone()),
@@ -81,7 +82,10 @@ impl Services {
             config,
             store,
             signing_key,
-        })
+        });
+        services.notifier.share_with_processes(services.store.clone());
+        services.listen_to_processes();
+        services
     }
 
     /// The services as a shared handle (they always live in an `Arc`).

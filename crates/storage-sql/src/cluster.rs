@@ -1,17 +1,22 @@
 //! Several processes on one PostgreSQL database: one listening connection per process
 //! (`LISTEN rhizome_stream, rhizome_bus`) that moves the stream watermark forward when another
-//! process commits, and carries the services' messages between processes (wake-ups, typing,
-//! presence, cache invalidations); and one sender task that publishes this process's messages
-//! in order (`pg_notify`). SQLite has one process, so none of this runs there.
+//! process commits, and carries messages between processes (the services' wake-ups, typing,
+//! presence and cache invalidations; the store's own membership changes, announced inside the
+//! transaction that makes them); and one sender task that publishes this process's messages
+//! in order (`pg_notify`). Messages are handed to the services' handler in the order they
+//! were committed, each before any later stream position is read. SQLite has one process, so
+//! none of this runs there.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use rhizome_core::Result;
-use sqlx::{AnyPool, postgres::PgListener};
-use tokio::{
-    sync::{broadcast, mpsc},
-    task::JoinHandle,
-};
+use rhizome_storage::{ProcessHandler, ProcessMessage};
+use ruma::{OwnedRoomId, OwnedUserId};
+use sqlx::{AnyConnection, AnyPool, postgres::PgListener};
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{db_error, stream::StreamPositions};
 
@@ -25,10 +30,15 @@ pub const MAX_PAYLOAD: usize = 7900;
 /// with a position in flight releases it without a word.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Where the other processes' messages go.
+type HandlerSlot = Arc<Mutex<Option<ProcessHandler>>>;
+
 /// The running connection to the other processes.
 pub(crate) struct Cluster {
+    /// This process's name on the bus (its own messages come back and are dropped).
+    instance: String,
     outgoing: mpsc::UnboundedSender<String>,
-    incoming: broadcast::Sender<String>,
+    handler: HandlerSlot,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -42,29 +52,60 @@ impl Cluster {
         let instance = random_instance_name();
         let mut listener = PgListener::connect(url).await.map_err(db_error)?;
         listener.listen_all([BUS_CHANNEL, STREAM_CHANNEL]).await.map_err(db_error)?;
-        let (incoming, _) = broadcast::channel(4096);
+        let handler: HandlerSlot = Arc::default();
         let (outgoing, outgoing_receiver) = mpsc::unbounded_channel();
         let listen = tokio::spawn(listen(
             listener,
             pool.clone(),
             stream.clone(),
-            incoming.clone(),
+            handler.clone(),
             instance.clone(),
         ));
         let send = tokio::spawn(send(pool.clone(), outgoing_receiver, instance.clone()));
         let poll = tokio::spawn(poll(pool, stream));
-        Ok(Self { outgoing, incoming, tasks: vec![listen, send, poll] })
+        Ok(Self { instance, outgoing, handler, tasks: vec![listen, send, poll] })
     }
 
     /// Queues a message for the other processes (sent in order, best effort).
     pub(crate) fn publish(&self, payload: String) {
-        let _ = self.outgoing.send(payload);
+        let _ = self.outgoing.send(format!("{PUBLISHED}{payload}"));
     }
 
-    /// The other processes' messages; an empty message means some may have been lost (the
-    /// listening connection was re-established) and everything should be looked at again.
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<String> {
-        self.incoming.subscribe()
+    /// Sets the handler of the other processes' messages.
+    pub(crate) fn set_handler(&self, handler: ProcessHandler) {
+        if let Ok(mut slot) = self.handler.lock() {
+            *slot = Some(handler);
+        }
+    }
+
+    /// Announces, inside the transaction that makes them, membership changes in a room: the
+    /// other processes hear of them before they read the stream position that holds them.
+    pub(crate) async fn announce_memberships(
+        &self,
+        connection: &mut AnyConnection,
+        room_id: &ruma::RoomId,
+        users: &[OwnedUserId],
+    ) -> Result<()> {
+        let mut payload = format!("{} {MEMBERSHIPS}{room_id}", self.instance);
+        for user in users {
+            if payload.len() + user.as_str().len() + 1 > MAX_PAYLOAD {
+                // Too many to name: the room's every member counts as changed.
+                payload = format!("{} {MEMBERSHIPS}{room_id}", self.instance);
+                break;
+            }
+            payload.push(' ');
+            payload.push_str(user.as_str());
+        }
+        notify_in(connection, payload).await
+    }
+
+    /// Announces, inside the transaction that redacts it, that an event was redacted.
+    pub(crate) async fn announce_redaction(
+        &self,
+        connection: &mut AnyConnection,
+        event_id: &ruma::EventId,
+    ) -> Result<()> {
+        notify_in(connection, format!("{} {REDACTED}{event_id}", self.instance)).await
     }
 
     /// Stops the tasks.
@@ -93,14 +134,58 @@ fn random_instance_name() -> String {
     format!("{:016x}", hasher.finish())
 }
 
+/// The first character of a message from the services.
+const PUBLISHED: char = 'P';
+/// The first character of a store's announcement of membership changes.
+const MEMBERSHIPS: char = 'M';
+/// The first character of a store's announcement of a redaction.
+const REDACTED: char = 'R';
+
+async fn notify_in(connection: &mut AnyConnection, payload: String) -> Result<()> {
+    sqlx::query("SELECT CAST(pg_notify($1, $2) AS TEXT)")
+        .bind(BUS_CHANNEL)
+        .bind(payload)
+        .execute(connection)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// Reads a message from another process (`None`: from this one, or garbled).
+fn parse_message(payload: &str, instance: &str) -> Option<ProcessMessage> {
+    let (sender, message) = payload.split_once(' ')?;
+    if sender == instance {
+        return None;
+    }
+    if let Some(message) = message.strip_prefix(PUBLISHED) {
+        return Some(ProcessMessage::Published(message.to_owned()));
+    }
+    if let Some(event_id) = message.strip_prefix(REDACTED) {
+        let event_id = ruma::OwnedEventId::try_from(event_id).ok()?;
+        return Some(ProcessMessage::EventRedacted { event_id });
+    }
+    let mut words = message.strip_prefix(MEMBERSHIPS)?.split(' ');
+    let room_id = OwnedRoomId::try_from(words.next()?).ok()?;
+    let users: Vec<OwnedUserId> =
+        words.filter_map(|user| OwnedUserId::try_from(user).ok()).collect();
+    let users = (!users.is_empty()).then_some(users);
+    Some(ProcessMessage::MembershipsChanged { room_id, users })
+}
+
+fn deliver(handler: &HandlerSlot, message: ProcessMessage) {
+    let handler = handler.lock().ok().and_then(|slot| slot.clone());
+    if let Some(handler) = handler {
+        handler(message);
+    }
+}
+
 async fn listen(
     mut listener: PgListener,
     pool: AnyPool,
     stream: Arc<StreamPositions>,
-    incoming: broadcast::Sender<String>,
+    handler: HandlerSlot,
     instance: String,
 ) {
-    let prefix = format!("{instance} ");
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => match notification.channel() {
@@ -113,11 +198,8 @@ async fn listen(
                     }
                 }
                 _ => {
-                    let payload = notification.payload();
-                    if !payload.starts_with(&prefix)
-                        && let Some((_, message)) = payload.split_once(' ')
-                    {
-                        let _ = incoming.send(message.to_owned());
+                    if let Some(message) = parse_message(notification.payload(), &instance) {
+                        deliver(&handler, message);
                     }
                 }
             },
@@ -125,10 +207,10 @@ async fn listen(
                 // The connection dropped and is re-established on the next call: whatever
                 // was announced meanwhile is lost, so everyone looks again.
                 tracing::warn!("the database notification connection was lost; reconnecting");
+                deliver(&handler, ProcessMessage::Resync);
                 if let Err(error) = stream.refresh(&pool).await {
                     tracing::warn!(%error, "could not read the stream watermark");
                 }
-                let _ = incoming.send(String::new());
             }
             Err(error) => {
                 tracing::warn!(%error, "database notifications failed; retrying");

@@ -23,12 +23,12 @@ mod user_data;
 use std::sync::Arc;
 
 use rhizome_core::{Error, Result};
-use rhizome_storage::{DataStore, StreamPos};
+use rhizome_storage::{DataStore, ProcessHandler, StreamPos};
 use sqlx::{
     AnyPool, Executor,
     any::{AnyPoolOptions, install_default_drivers},
 };
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 pub use cluster::MAX_PAYLOAD as MAX_MESSAGE_BYTES;
 
@@ -201,8 +201,10 @@ impl DataStore for SqlStore {
         }
     }
 
-    fn subscribe_to_processes(&self) -> Option<broadcast::Receiver<String>> {
-        self.cluster.as_ref().map(cluster::Cluster::subscribe)
+    fn set_process_handler(&self, handler: ProcessHandler) {
+        if let Some(cluster) = &self.cluster {
+            cluster.set_handler(handler);
+        }
     }
 
     fn backend_name(&self) -> &'static str {

@@ -363,12 +363,25 @@ impl RoomStore for SqlStore {
             .await
             .map_err(db_error)?;
             let persisted = persist_in_transaction(&mut transaction, event, pos).await?;
+            if let (Some(cluster), Some((target, _))) = (&self.cluster, &event.redaction) {
+                cluster.announce_redaction(&mut transaction, target).await?;
+            }
             transaction.commit().await.map_err(db_error)?;
             return Ok(persisted);
         }
         let mut write = self.stream_write_in(transaction).await?;
         let pos = write.pos();
         let persisted = persist_in_transaction(write.connection(), event, pos).await?;
+        if let Some(cluster) = &self.cluster
+            && !event.membership_changes.is_empty()
+        {
+            let users: Vec<_> =
+                event.membership_changes.iter().map(|change| change.user_id.clone()).collect();
+            cluster.announce_memberships(write.connection(), &event.room_id, &users).await?;
+        }
+        if let (Some(cluster), Some((target, _))) = (&self.cluster, &event.redaction) {
+            cluster.announce_redaction(write.connection(), target).await?;
+        }
         write.commit().await?;
         Ok(persisted)
     }

@@ -35,6 +35,32 @@ pub type StreamPos = i64;
 /// The ID of a stored state snapshot or delta.
 pub type StateGroupId = i64;
 
+/// A message from another process sharing the store.
+#[derive(Clone, Debug)]
+pub enum ProcessMessage {
+    /// What another process's services published ([`DataStore::publish_to_processes`]).
+    Published(String),
+    /// Another process persisted an event that changed memberships in a room: of these
+    /// users, or of any (`None`).
+    MembershipsChanged {
+        /// The room.
+        room_id: ruma::OwnedRoomId,
+        /// The users whose membership changed, when few enough to name.
+        users: Option<Vec<ruma::OwnedUserId>>,
+    },
+    /// Another process redacted an event (its copy in any cache is stale).
+    EventRedacted {
+        /// The redacted event.
+        event_id: ruma::OwnedEventId,
+    },
+    /// Messages may have been lost (the connection carrying them was re-established): look
+    /// at everything again.
+    Resync,
+}
+
+/// Receives the other processes' messages (see [`DataStore::set_process_handler`]).
+pub type ProcessHandler = std::sync::Arc<dyn Fn(ProcessMessage) + Send + Sync>;
+
 /// Everything a backend stores, behind one object.
 pub trait DataStore:
     AccountStore
@@ -65,12 +91,10 @@ pub trait DataStore:
     /// best effort. Nothing happens when no other process can share it.
     fn publish_to_processes(&self, _message: String) {}
 
-    /// The messages other processes publish. An empty message means some may have been lost
-    /// (the connection carrying them was re-established): look at everything again. `None`
-    /// when no other process can share the store.
-    fn subscribe_to_processes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
-        None
-    }
+    /// Sets what receives the other processes' messages: called in the order they were
+    /// committed, each before any stream position after it is readable here, so it must be
+    /// quick (no waiting). Never called when no other process can share the store.
+    fn set_process_handler(&self, _handler: ProcessHandler) {}
 
     /// The backend's name, for logs (`sqlite`, `postgres`).
     fn backend_name(&self) -> &'static str;

@@ -207,6 +207,11 @@ impl Services {
         self.caches.events.lock().pop(event_id);
     }
 
+    /// Drops every cached event.
+    pub(crate) fn forget_all_events(&self) {
+        self.caches.events.lock().clear();
+    }
+
     /// The state map of a state group.
     pub async fn state_map(&self, group: StateGroupId) -> Result<Arc<StateMap>> {
         if let Some(state) = self.caches.state_groups.lock().get(&group) {

@@ -472,6 +472,12 @@ impl Services {
             return Ok(event_id);
         }
         self.record_room_activity(room_id, &persist.event_type, persisted.stream_pos);
+        let activity = crate::processes::Message::Activity {
+            room_id: room_id.to_owned(),
+            event_type: persist.event_type.clone(),
+            pos: persisted.stream_pos,
+        };
+        crate::processes::publish(self.store.as_ref(), &activity);
         self.queue_pushes(room_id, &event_id, &persist.push_actions);
         if let Some((target, _)) = &redaction {
             self.forget_event(target);

@@ -231,7 +231,7 @@ impl Services {
         let now = now_millis();
         if self.store.get_device(user_id, &device_id).await?.is_some() {
             self.store.delete_device(user_id, &device_id).await?;
-            self.token_cache.clear();
+            self.forget_cached_tokens();
         }
         self.store.upsert_device(user_id, &device_id, display_name, now).await?;
         let access_token = generate_token("syt");
@@ -336,7 +336,7 @@ impl Services {
             )
             .await?
             .ok_or_else(|| Error::unknown_token(false))?;
-        self.token_cache.clear();
+        self.forget_cached_tokens();
         Ok(Session {
             user_id: owner,
             device_id,
@@ -356,14 +356,14 @@ impl Services {
         for device in self.store.list_devices(user_id).await? {
             self.store.delete_device(user_id, &device.device_id).await?;
         }
-        self.token_cache.clear();
+        self.forget_cached_tokens();
         self.on_device_list_change(user_id).await
     }
 
     /// Deletes a device and its tokens.
     pub async fn delete_device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
         self.store.delete_device(user_id, device_id).await?;
-        self.token_cache.clear();
+        self.forget_cached_tokens();
         self.on_device_list_change(user_id).await
     }
 
@@ -410,7 +410,7 @@ impl Services {
                     self.store.delete_device(&requester.user_id, &device.device_id).await?;
                 }
             }
-            self.token_cache.clear();
+            self.forget_cached_tokens();
             self.on_device_list_change(&requester.user_id).await?;
         }
         Ok(())
@@ -441,7 +441,7 @@ impl Services {
             }
         }
         self.store.deactivate_user(user_id).await?;
-        self.token_cache.clear();
+        self.forget_cached_tokens();
         self.on_device_list_change(user_id).await
     }
 

@@ -135,14 +135,26 @@ async fn one_process_at_a_time_holds_a_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_reach_the_other_processes_only() {
+    use rhizome_storage::ProcessMessage;
     let (first, second) = two_stores().await;
     assert!(first.shared_by_processes());
-    let mut first_hears = first.subscribe_to_processes().unwrap();
-    let mut second_hears = second.subscribe_to_processes().unwrap();
+    let (first_sender, mut first_hears) = tokio::sync::mpsc::unbounded_channel();
+    let (second_sender, mut second_hears) = tokio::sync::mpsc::unbounded_channel();
+    first.set_process_handler(Arc::new(move |message: ProcessMessage| {
+        let _ = first_sender.send(message);
+    }));
+    second.set_process_handler(Arc::new(move |message: ProcessMessage| {
+        let _ = second_sender.send(message);
+    }));
     first.publish_to_processes("hello from first".into());
     let heard = tokio::time::timeout(Duration::from_secs(5), second_hears.recv()).await;
-    assert_eq!(heard.unwrap().unwrap(), "hello from first");
+    assert!(
+        matches!(heard.unwrap().unwrap(), ProcessMessage::Published(text) if text == "hello from first")
+    );
     second.publish_to_processes("and back".into());
     let heard = tokio::time::timeout(Duration::from_secs(5), first_hears.recv()).await;
-    assert_eq!(heard.unwrap().unwrap(), "and back", "first never hears itself");
+    assert!(
+        matches!(heard.unwrap().unwrap(), ProcessMessage::Published(text) if text == "and back"),
+        "first never hears itself"
+    );
 }
