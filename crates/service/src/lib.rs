@@ -44,7 +44,6 @@ pub struct Services {
     /// Rate limits.
     pub rate_limiter: rate_limit::RateLimiter,
     pub(crate) caches: rooms::cache::RoomCaches,
-    pub(crate) uia: users::uia::UiaSessions,
     pub(crate) ephemeral: ephemeral::Ephemeral,
     pub(crate) token_cache: auth::TokenCache,
     /// Permits for password hashing, which is memory-hungry by design.
@@ -70,7 +69,6 @@ impl Services {
             rate_limiter: rate_limit::RateLimiter::new(config.rate_limits.clone()),
             notifier: notifier::Notifier::default(),
             caches: rooms::cache::RoomCaches::new(),
-            uia: users::uia::UiaSessions::default(),
             ephemeral: ephemeral::Ephemeral::new(),
             token_cache: auth::TokenCache::default(),
             password_permits: tokio::sync::Semaphore::new(users::password::CONCURRENT_HASHES),

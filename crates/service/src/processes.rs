@@ -135,8 +135,8 @@ impl Services {
         let mut readable = self.store.subscribe_stream_pos();
         let services = Arc::downgrade(self);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(WAKE_WAIT, readable.wait_for(|current| *current >= pos))
-                .await;
+            let _ =
+                tokio::time::timeout(WAKE_WAIT, readable.wait_for(|current| *current >= pos)).await;
             if let Some(services) = services.upgrade() {
                 services.notifier.notify_local(users.iter().map(|user| user.as_ref()));
             }

@@ -9,11 +9,13 @@ mod accounts;
 mod cluster;
 mod e2ee;
 mod federation;
+mod jobs;
 mod media;
 mod migrations;
 mod moderation;
 mod rooms;
 mod rooms_query;
+mod sessions;
 mod state;
 mod stream;
 #[cfg(feature = "testing")]
@@ -143,8 +145,7 @@ impl SqlStore {
             Backend::Postgres => {
                 store.stream.refresh(&store.write).await?;
                 store.cluster = Some(
-                    cluster::Cluster::start(url, store.write.clone(), store.stream.clone())
-                        .await?,
+                    cluster::Cluster::start(url, store.write.clone(), store.stream.clone()).await?,
                 );
             }
         }

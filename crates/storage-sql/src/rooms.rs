@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use rhizome_core::{Error, Result, error::MatrixErrorKind};
 use rhizome_storage::{
     AliasRecord, CurrentState, Direction, EventRecord, MembershipRecord, PersistEvent,
-    PersistedEvent, PublishedRoom, RoomLock, RoomRecord, RoomStore, StateGroupId, StateSlot, StreamPos,
-    TxnRecord,
+    PersistedEvent, PublishedRoom, RoomLock, RoomRecord, RoomStore, StateGroupId, StateSlot,
+    StreamPos, TxnRecord,
 };
 use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomAliasId, RoomId, RoomVersionId, UserId};
 use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
@@ -372,6 +372,8 @@ impl RoomStore for SqlStore {
         let mut write = self.stream_write_in(transaction).await?;
         let pos = write.pos();
         let persisted = persist_in_transaction(write.connection(), event, pos).await?;
+        crate::jobs::queue_pushes(write.connection(), event, rhizome_core::clock::now_millis())
+            .await?;
         if let Some(cluster) = &self.cluster
             && !event.membership_changes.is_empty()
         {

@@ -10,10 +10,12 @@ pub mod accounts;
 pub mod conformance;
 pub mod e2ee;
 pub mod federation;
+pub mod jobs;
 pub mod media;
 pub mod moderation;
 pub mod records;
 pub mod rooms;
+pub mod sessions;
 pub mod user_data;
 
 pub use accounts::AccountStore;
@@ -22,10 +24,12 @@ pub use federation::{
     DestinationRecord, FederationStore, PendingTxnRecord, QueuedEdu, QueuedPdu, ServerKeyRecord,
     ServerKeyResponse,
 };
+pub use jobs::{JobStore, QueuedPush};
 pub use media::MediaStore;
 pub use moderation::ModerationStore;
 pub use records::*;
 pub use rooms::{RoomLock, RoomStore};
+pub use sessions::SessionStore;
 pub use user_data::UserDataStore;
 
 /// A position in the server's one global stream: every change a client can sync (events,
@@ -70,6 +74,8 @@ pub trait DataStore:
     + FederationStore
     + MediaStore
     + ModerationStore
+    + SessionStore
+    + JobStore
     + Send
     + Sync
     + 'static

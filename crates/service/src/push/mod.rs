@@ -3,6 +3,7 @@
 //! highlight counts), rule editing, and pushers; [`gateway`] sends the notifications to them.
 
 pub(crate) mod gateway;
+pub(crate) mod worker;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -90,8 +91,7 @@ impl Services {
         let content = serde_json::json!({ "global": ruleset }).to_string();
         self.store.set_account_data(user_id, None, PUSH_RULES_TYPE, &content).await?;
         self.caches.push_rules.lock().put(user_id.to_owned(), Arc::new(ruleset.clone()));
-        let message =
-            crate::processes::Message::ForgetPushRules { user_id: user_id.to_owned() };
+        let message = crate::processes::Message::ForgetPushRules { user_id: user_id.to_owned() };
         crate::processes::publish(self.store.as_ref(), &message);
         self.notifier.notify([user_id]);
         Ok(())

@@ -450,6 +450,7 @@ impl Services {
             relation,
             redaction: redaction.clone(),
             push_actions,
+            queue_pushes: self.config.push.enabled,
             federation_destinations,
             soft_failed,
             historical,
@@ -478,7 +479,9 @@ impl Services {
             pos: persisted.stream_pos,
         };
         crate::processes::publish(self.store.as_ref(), &activity);
-        self.queue_pushes(room_id, &event_id, &persist.push_actions);
+        if persist.queue_pushes && persist.push_actions.iter().any(|action| action.notify) {
+            self.wake_push_worker();
+        }
         if let Some((target, _)) = &redaction {
             self.forget_event(target);
         }

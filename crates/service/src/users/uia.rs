@@ -1,13 +1,7 @@
-//! User-interactive authentication: sessions held in memory for a short time, stages
-//! completed one request at a time, as the spec's `/register`, device deletion, password change
-//! and cross-signing key upload use it.
+//! User-interactive authentication: sessions kept in the store for a short time (a client's
+//! next request may reach another process), stages completed one request at a time, as the
+//! spec's `/register`, device deletion, password change and cross-signing key upload use it.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
-
-use parking_lot::Mutex;
 use rhizome_core::{Error, Result, clock::now_millis, error::MatrixErrorKind};
 use ruma::{
     OwnedUserId, UserId,
@@ -20,7 +14,7 @@ use ruma::{
 use crate::{Services, auth::generate_token, users::password::verify_password};
 
 /// What a UIA session authenticates.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum UiaPurpose {
     /// Creating an account.
     Register,
@@ -28,19 +22,19 @@ pub enum UiaPurpose {
     Account(OwnedUserId),
 }
 
+/// A session as kept in the store.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Session {
     purpose: UiaPurpose,
     flows: Vec<AuthFlow>,
     completed: Vec<AuthType>,
     registration_token: Option<String>,
-    created: Instant,
+    /// When it began (ms since the epoch); it lasts `sessions.uia_session_lifetime_secs`.
+    created_ts: i64,
 }
 
-/// UIA sessions in progress.
-#[derive(Default)]
-pub(crate) struct UiaSessions {
-    sessions: Mutex<HashMap<String, Session>>,
-}
+/// The kind of client session UIA sessions are kept as.
+const KIND: &str = "uia";
 
 /// A finished UIA session.
 #[derive(Clone, Debug)]
@@ -76,61 +70,58 @@ impl Services {
         flows: Vec<AuthFlow>,
         purpose: UiaPurpose,
     ) -> Result<UiaOutcome> {
-        let lifetime = Duration::from_secs(self.config.sessions.uia_session_lifetime_secs);
+        let lifetime_ms =
+            i64::try_from(self.config.sessions.uia_session_lifetime_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX);
+        let now = now_millis();
         let Some(auth) = auth else {
             let session_id = generate_token("uia");
-            let mut sessions = self.uia.sessions.lock();
-            sessions.retain(|_, session| session.created.elapsed() < lifetime);
-            sessions.insert(
-                session_id.clone(),
-                Session {
-                    purpose,
-                    flows: flows.clone(),
-                    completed: Vec::new(),
-                    registration_token: None,
-                    created: Instant::now(),
-                },
-            );
+            let session = Session {
+                purpose,
+                flows: flows.clone(),
+                completed: Vec::new(),
+                registration_token: None,
+                created_ts: now,
+            };
+            self.save_uia_session(&session_id, &session, lifetime_ms).await?;
+            // Sessions nobody finished are swept as new ones begin.
+            self.store.delete_expired_client_sessions(now).await?;
             return Err(Error::uiaa(info(&flows, &[], &session_id, None)));
         };
         let session_id = auth.session().map(str::to_owned);
-        let (flows, completed) = {
-            let sessions = self.uia.sessions.lock();
-            match session_id.as_deref().and_then(|id| sessions.get(id)) {
-                Some(session)
-                    if session.purpose == purpose && session.created.elapsed() < lifetime =>
-                {
-                    (session.flows.clone(), session.completed.clone())
-                }
-                Some(_) => {
-                    return Err(Error::forbidden(
-                        "This authentication session is for another request",
-                    ));
-                }
-                // A stage with no known session: allowed for one-stage flows (clients may skip
-                // the first 401 when they know the flow), on a fresh session.
-                None if session_id.is_none() => (flows, Vec::new()),
-                None => {
-                    return Err(Error::matrix(
-                        MatrixErrorKind::Unknown,
-                        "Unknown authentication session",
-                    ));
-                }
+        let stored = match session_id.as_deref() {
+            Some(id) => self.store.get_client_session(KIND, id, now).await?,
+            None => None,
+        };
+        let stored = stored.and_then(|data| serde_json::from_str::<Session>(&data).ok());
+        let mut session = match stored {
+            Some(session) if session.purpose == purpose => session,
+            Some(_) => {
+                return Err(Error::forbidden("This authentication session is for another request"));
+            }
+            // A stage with no known session: allowed for one-stage flows (clients may skip the
+            // first 401 when they know the flow), on a fresh session.
+            None if session_id.is_none() => Session {
+                purpose: purpose.clone(),
+                flows,
+                completed: Vec::new(),
+                registration_token: None,
+                created_ts: now,
+            },
+            None => {
+                return Err(Error::matrix(
+                    MatrixErrorKind::Unknown,
+                    "Unknown authentication session",
+                ));
             }
         };
         let session_id = session_id.unwrap_or_else(|| generate_token("uia"));
         let stage_result = self.run_uia_stage(auth, &purpose).await;
-        let mut sessions = self.uia.sessions.lock();
-        let session = sessions.entry(session_id.clone()).or_insert_with(|| Session {
-            purpose: purpose.clone(),
-            flows: flows.clone(),
-            completed: completed.clone(),
-            registration_token: None,
-            created: Instant::now(),
-        });
+        let flows = session.flows.clone();
         match stage_result {
             Ok((stage, token)) => {
                 if !flows.iter().any(|flow| flow.stages.contains(&stage)) {
+                    self.save_uia_session(&session_id, &session, lifetime_ms).await?;
                     return Err(Error::uiaa(info(
                         &flows,
                         &session.completed,
@@ -148,11 +139,10 @@ impl Services {
                     session.registration_token = token;
                 }
                 if flow_complete(&flows, &session.completed) {
-                    let outcome =
-                        UiaOutcome { registration_token: session.registration_token.clone() };
-                    sessions.remove(&session_id);
-                    Ok(outcome)
+                    self.store.delete_client_session(KIND, &session_id).await?;
+                    Ok(UiaOutcome { registration_token: session.registration_token })
                 } else {
+                    self.save_uia_session(&session_id, &session, lifetime_ms).await?;
                     Err(Error::uiaa(info(&flows, &session.completed, &session_id, None)))
                 }
             }
@@ -161,6 +151,7 @@ impl Services {
                 if error.is_internal() {
                     return Err(error);
                 }
+                self.save_uia_session(&session_id, &session, lifetime_ms).await?;
                 Err(Error::uiaa(info(
                     &flows,
                     &session.completed,
@@ -169,6 +160,18 @@ impl Services {
                 )))
             }
         }
+    }
+
+    /// Keeps a session until its lifetime (from its start) is over.
+    async fn save_uia_session(
+        &self,
+        session_id: &str,
+        session: &Session,
+        lifetime_ms: i64,
+    ) -> Result<()> {
+        let data = serde_json::to_string(session).map_err(Error::internal)?;
+        let expires_ts = session.created_ts.saturating_add(lifetime_ms);
+        self.store.save_client_session(KIND, session_id, &data, expires_ts).await
     }
 
     /// Checks one stage; returns the stage type and, for a registration token, the token.

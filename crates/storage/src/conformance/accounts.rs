@@ -186,3 +186,22 @@ pub async fn users_are_listed_and_made_admin(store: Arc<dyn DataStore>) {
     assert!(!store.set_admin(user_id!("@nobody:example.org"), true).await.unwrap());
     assert!(store.get_user(user_id!("@nobody:example.org")).await.unwrap().is_none());
 }
+
+/// Client sessions are replaced, read until they expire, deleted, and swept.
+pub async fn client_sessions_expire_and_are_replaced(store: Arc<dyn DataStore>) {
+    store.save_client_session("uia", "s1", "{\"a\":1}", 1_000).await.unwrap();
+    store.save_client_session("uia", "s1", "{\"a\":2}", 2_000).await.unwrap();
+    store.save_client_session("sliding", "s1", "other", 2_000).await.unwrap();
+    assert_eq!(
+        store.get_client_session("uia", "s1", 1_500).await.unwrap().as_deref(),
+        Some("{\"a\":2}"),
+        "replaced, with the new expiry"
+    );
+    assert_eq!(store.get_client_session("uia", "s1", 2_000).await.unwrap(), None, "expired");
+    assert_eq!(store.get_client_session("uia", "s2", 0).await.unwrap(), None);
+    assert!(store.delete_client_session("sliding", "s1").await.unwrap());
+    assert!(!store.delete_client_session("sliding", "s1").await.unwrap());
+    store.save_client_session("uia", "s3", "x", 5_000).await.unwrap();
+    assert_eq!(store.delete_expired_client_sessions(3_000).await.unwrap(), 1);
+    assert!(store.get_client_session("uia", "s3", 3_000).await.unwrap().is_some());
+}

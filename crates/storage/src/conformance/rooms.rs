@@ -95,6 +95,7 @@ impl RoomBuilder {
             relation: None,
             redaction: None,
             push_actions: Vec::new(),
+            queue_pushes: false,
             federation_destinations: Vec::new(),
             soft_failed: false,
             historical: false,
