@@ -56,6 +56,10 @@ const WAKE_BATCH_BYTES: usize = 7000;
 /// How long a wake-up waits for its position to become readable here.
 const WAKE_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a request waits for a position another process handed out (in a sync token) to
+/// become readable here.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+
 /// Sends a message to the other processes (nothing when there are none).
 pub(crate) fn publish(store: &dyn DataStore, message: &Message) {
     if !store.shared_by_processes() {
@@ -141,6 +145,23 @@ impl Services {
                 services.notifier.notify_local(users.iter().map(|user| user.as_ref()));
             }
         });
+    }
+
+    /// Waits until `pos` (from a token another process may have handed out a moment ago) is
+    /// readable here; false when it is not (at once when no other process shares the store,
+    /// after [`CATCH_UP_WAIT`] otherwise).
+    pub(crate) async fn catch_up_to(&self, pos: StreamPos) -> bool {
+        if self.store.current_stream_pos() >= pos {
+            return true;
+        }
+        if !self.store.shared_by_processes() {
+            return false;
+        }
+        let mut readable = self.store.subscribe_stream_pos();
+        matches!(
+            tokio::time::timeout(CATCH_UP_WAIT, readable.wait_for(|current| *current >= pos)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Everything may have changed: drop every cache and wake every sync.

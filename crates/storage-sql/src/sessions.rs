@@ -58,6 +58,26 @@ impl SessionStore for SqlStore {
         Ok(result.rows_affected() > 0)
     }
 
+    async fn delete_client_sessions_with_prefix(
+        &self,
+        kind: &str,
+        prefix: &str,
+        keep: Option<&str>,
+    ) -> Result<u64> {
+        // `substr`, not `LIKE`: IDs may hold `_` and `%`.
+        let result = sqlx::query(
+            "DELETE FROM client_sessions WHERE kind = $1 \
+             AND substr(session_id, 1, length($2)) = $2 AND session_id <> $3",
+        )
+        .bind(kind)
+        .bind(prefix)
+        .bind(keep.unwrap_or_default())
+        .execute(&self.write)
+        .await
+        .map_err(db_error)?;
+        Ok(result.rows_affected())
+    }
+
     async fn delete_expired_client_sessions(&self, now: i64) -> Result<u64> {
         let result = sqlx::query("DELETE FROM client_sessions WHERE expires_ts <= $1")
             .bind(now)

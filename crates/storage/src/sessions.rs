@@ -29,6 +29,14 @@ pub trait SessionStore {
     /// Deletes a session; `false` if there was none.
     async fn delete_client_session(&self, kind: &str, session_id: &str) -> Result<bool>;
 
+    /// Deletes the sessions of a kind whose ID starts with `prefix`, except `keep`; how many.
+    async fn delete_client_sessions_with_prefix(
+        &self,
+        kind: &str,
+        prefix: &str,
+        keep: Option<&str>,
+    ) -> Result<u64>;
+
     /// Deletes every session expired at `now`; how many.
     async fn delete_expired_client_sessions(&self, now: i64) -> Result<u64>;
 }

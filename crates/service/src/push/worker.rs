@@ -33,7 +33,8 @@ impl Services {
         }
         // The worker holds the services weakly: it ends when the server goes.
         let services = Arc::downgrade(self);
-        let holder = crate::auth::generate_token("push");
+        // The process ID names the holder for an operator looking at the table.
+        let holder = crate::auth::generate_token(&format!("push-{}", std::process::id()));
         tokio::spawn(async move {
             let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
             loop {

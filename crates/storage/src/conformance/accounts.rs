@@ -201,7 +201,22 @@ pub async fn client_sessions_expire_and_are_replaced(store: Arc<dyn DataStore>) 
     assert_eq!(store.get_client_session("uia", "s2", 0).await.unwrap(), None);
     assert!(store.delete_client_session("sliding", "s1").await.unwrap());
     assert!(!store.delete_client_session("sliding", "s1").await.unwrap());
+    for id in ["@a_b:x|D|c|1", "@a_b:x|D|c|2", "@a_b:x|D|c|3", "@a%b:x|D|c|1", "@a_b:x|D|cc|1"] {
+        store.save_client_session("sliding", id, "x", 9_000).await.unwrap();
+    }
+    let deleted = store
+        .delete_client_sessions_with_prefix("sliding", "@a_b:x|D|c|", Some("@a_b:x|D|c|2"))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2, "only the other versions of that connection");
+    assert!(store.get_client_session("sliding", "@a_b:x|D|c|2", 0).await.unwrap().is_some());
+    assert!(store.get_client_session("sliding", "@a%b:x|D|c|1", 0).await.unwrap().is_some());
+    assert!(store.get_client_session("sliding", "@a_b:x|D|cc|1", 0).await.unwrap().is_some());
+    let deleted =
+        store.delete_client_sessions_with_prefix("sliding", "@a_b:x|D|c|", None).await.unwrap();
+    assert_eq!(deleted, 1);
     store.save_client_session("uia", "s3", "x", 5_000).await.unwrap();
     assert_eq!(store.delete_expired_client_sessions(3_000).await.unwrap(), 1);
     assert!(store.get_client_session("uia", "s3", 3_000).await.unwrap().is_some());
+    assert_eq!(store.delete_expired_client_sessions(10_000).await.unwrap(), 3);
 }
