@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 mod cluster;
 mod federation;
 mod scale_out;
+mod scale_out_kill;
 mod tls;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_rhizome");
