@@ -86,6 +86,14 @@ enum AdminCommand {
         #[command(subcommand)]
         command: FederationCommand,
     },
+    /// Copy the SQLite database into a new PostgreSQL database (the server stopped), with
+    /// progress; run it again if it stops half-way. Then set `database.url` and start Rhizome,
+    /// as one process or several.
+    MigrateDb {
+        /// The PostgreSQL database: postgres://user:password@host/dbname.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -264,6 +272,10 @@ async fn main() -> Result<()> {
             let result = admin::backup::backup(&store, &config.data_dir, &destination).await;
             store.close().await;
             print_lines(result?.lines(&destination));
+        }
+        Command::Admin { command: AdminCommand::MigrateDb { to } } => {
+            init_logging("warn");
+            print_lines(admin::migrate::migrate_db(&config, &to).await?);
         }
         Command::Admin { command: AdminCommand::Key { command: KeyCommand::Rotate } } => {
             init_logging("warn");

@@ -7,6 +7,7 @@
 
 mod accounts;
 mod cluster;
+pub mod copy;
 mod e2ee;
 mod federation;
 mod jobs;

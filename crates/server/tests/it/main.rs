@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 mod cluster;
 mod federation;
+mod migrate_db;
 mod scale_out;
 mod scale_out_kill;
 mod tls;
