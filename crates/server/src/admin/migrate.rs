@@ -16,11 +16,8 @@ const BAR: u64 = 30;
 
 /// The progress line for where a copy is.
 pub fn progress_line(at: &CopyProgress) -> String {
-    let filled = if at.rows_total == 0 {
-        BAR
-    } else {
-        at.rows_done.min(at.rows_total) * BAR / at.rows_total
-    };
+    // An empty table is done at once.
+    let filled = (at.rows_done.min(at.rows_total) * BAR).checked_div(at.rows_total).unwrap_or(BAR);
     let bar: String = (0..BAR).map(|cell| if cell < filled { '#' } else { '.' }).collect();
     format!(
         "[{bar}] table {}/{} {}: {}/{} rows",
