@@ -92,18 +92,21 @@ pub(crate) async fn queue_pushes(
     if users.is_empty() || !event.queue_pushes {
         return Ok(());
     }
-    let mut with_pusher = Vec::new();
-    for (user_id, actions) in users {
-        let has: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM pushers WHERE user_id = $1 LIMIT 1")
-                .bind(user_id.as_str())
-                .fetch_optional(&mut *connection)
-                .await
-                .map_err(db_error)?;
-        if has.is_some() {
-            with_pusher.push((user_id, actions));
+    // Who has a pusher, in a few queries however big the room (inside the write transaction).
+    let mut has_pusher = std::collections::HashSet::new();
+    for chunk in users.chunks(500) {
+        let sql = format!(
+            "SELECT DISTINCT user_id FROM pushers WHERE user_id IN ({})",
+            crate::placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for (user_id, _) in chunk {
+            query = query.bind(user_id.as_str());
         }
+        has_pusher.extend(query.fetch_all(&mut *connection).await.map_err(db_error)?);
     }
+    let with_pusher: Vec<&(&OwnedUserId, &str)> =
+        users.iter().filter(|(user_id, _)| has_pusher.contains(user_id.as_str())).collect();
     if with_pusher.is_empty() {
         return Ok(());
     }
