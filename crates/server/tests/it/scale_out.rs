@@ -1,7 +1,8 @@
 //! Three `rhizome serve` processes on one PostgreSQL database behind a round-robin proxy:
 //! clients whose requests land on any process sign up, chat, type, send receipts and to-device
 //! messages and follow the room with `/sync` and sliding sync; every client sees every message
-//! once, in one order. A long-poll on one process wakes for an event sent through another.
+//! once, in one order. Login and OpenID tokens made on one process work on another, and a
+//! long-poll on one process wakes for an event sent through another.
 
 use std::{
     collections::HashSet,
@@ -222,7 +223,39 @@ async fn three_processes_serve_one_homeserver_behind_a_round_robin_proxy() {
     assert!(hits.iter().all(|hits| *hits > 20), "requests were not spread: {hits:?}");
     eprintln!("requests per process: {hits:?}");
 
+    tokens_work_across_processes(&cluster, &alice).await;
     wakes_across_processes(&cluster, &alice, bob, &room_id).await;
+}
+
+/// A login token and an OpenID token made on one process are honoured on another (once, for
+/// the login token).
+async fn tokens_work_across_processes(cluster: &Cluster, alice: &Client) {
+    let path = "/_matrix/client/v1/login/get_token";
+    let (status, first) = alice.via(&cluster.base(0)).post(path, json!({})).await;
+    assert_eq!(status, 401, "{first}");
+    let auth = json!({
+        "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" },
+        "password": "a-long-password", "session": first["session"],
+    });
+    let (status, issued) = alice.via(&cluster.base(1)).post(path, json!({ "auth": auth })).await;
+    assert_eq!(status, 200, "{issued}");
+    let login = json!({ "type": "m.login.token", "token": issued["login_token"] });
+    let (status, session) =
+        Client::anonymous(&cluster.base(2)).post("/_matrix/client/v3/login", login.clone()).await;
+    assert_eq!(status, 200, "{session}");
+    assert_eq!(session["user_id"], alice.user_id);
+    let (status, again) =
+        Client::anonymous(&cluster.base(0)).post("/_matrix/client/v3/login", login).await;
+    assert_eq!(status, 403, "a login token was used twice: {again}");
+
+    let path = format!("/_matrix/client/v3/user/{}/openid/request_token", alice.user_id);
+    let (status, openid) = alice.via(&cluster.base(0)).post(&path, json!({})).await;
+    assert_eq!(status, 200, "{openid}");
+    let token = openid["access_token"].as_str().unwrap();
+    let path = format!("/_matrix/federation/v1/openid/userinfo?access_token={}", encode(token));
+    let (status, info) = Client::anonymous(&cluster.base(1)).get(&path).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info, json!({ "sub": alice.user_id }));
 }
 
 /// A long-poll parked on one process wakes for a message sent through another: the time from

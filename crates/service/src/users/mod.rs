@@ -75,6 +75,9 @@ pub(crate) struct LoginTokens {
     tokens: Mutex<HashMap<String, (OwnedUserId, i64)>>,
 }
 
+/// The kind of client session login tokens are kept as when processes share the store.
+const LOGIN_TOKEN_KIND: &str = "login_token";
+
 /// How long an `m.login.token` token is valid.
 pub const LOGIN_TOKEN_LIFETIME_MS: i64 = 120_000;
 
@@ -286,13 +289,23 @@ impl Services {
     }
 
     /// Makes a short-lived token for `m.login.token` (used to sign in another device).
-    pub fn create_login_token(&self, user_id: &UserId) -> String {
+    pub async fn create_login_token(&self, user_id: &UserId) -> Result<String> {
         let token = generate_token("syl");
         let now = now_millis();
+        let expires = now + LOGIN_TOKEN_LIFETIME_MS;
+        if self.store.shared_by_processes() {
+            // The login may reach another process: the token is kept in the store.
+            self.store.delete_expired_client_sessions(now).await?;
+            let hash = hash_token(&token);
+            self.store
+                .save_client_session(LOGIN_TOKEN_KIND, &hash, user_id.as_str(), expires)
+                .await?;
+            return Ok(token);
+        }
         let mut tokens = self.login_tokens().tokens.lock();
         tokens.retain(|_, (_, expires)| *expires > now);
-        tokens.insert(hash_token(&token), (user_id.to_owned(), now + LOGIN_TOKEN_LIFETIME_MS));
-        token
+        tokens.insert(hash_token(&token), (user_id.to_owned(), expires));
+        Ok(token)
     }
 
     /// Logs in with an `m.login.token` token (single use).
@@ -305,7 +318,7 @@ impl Services {
         client_key: &str,
     ) -> Result<Session> {
         self.rate_limiter.check(Action::Login, client_key)?;
-        let entry = self.login_tokens().tokens.lock().remove(&hash_token(token));
+        let entry = self.take_login_token(token).await?;
         match entry {
             Some((user_id, expires)) if expires > now_millis() => {
                 self.rate_limiter.check(Action::Login, user_id.as_str())?;
@@ -313,6 +326,23 @@ impl Services {
             }
             _ => Err(Error::forbidden("Invalid or expired login token")),
         }
+    }
+
+    /// Removes a login token: its user and expiry, if it was there (only one taker gets it).
+    async fn take_login_token(&self, token: &str) -> Result<Option<(OwnedUserId, i64)>> {
+        let hash = hash_token(token);
+        if !self.store.shared_by_processes() {
+            return Ok(self.login_tokens().tokens.lock().remove(&hash));
+        }
+        let now = now_millis();
+        let Some(user) = self.store.get_client_session(LOGIN_TOKEN_KIND, &hash, now).await? else {
+            return Ok(None);
+        };
+        if !self.store.delete_client_session(LOGIN_TOKEN_KIND, &hash).await? {
+            return Ok(None);
+        }
+        // It had not expired when read; its exact expiry no longer matters.
+        Ok(UserId::parse(user).ok().map(|user_id| (user_id, i64::MAX)))
     }
 
     fn login_tokens(&self) -> &LoginTokens {
