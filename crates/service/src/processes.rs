@@ -5,7 +5,8 @@
 //! picture), rooms' latest activity (sliding sync's order), and caches to drop: memberships
 //! and redacted events (announced by the store inside the writing transaction, so they are
 //! dropped before the position is readable), access tokens (logouts, deactivations, admin
-//! flags), push rules and a user's forgotten rooms.
+//! flags), push rules and a user's forgotten rooms; asynchronous uploads that received their
+//! content (downloads waiting for them look again).
 //!
 //! Rate-limit buckets stay per process: a client spread over N processes gets up to N times
 //! its allowance.
@@ -48,6 +49,8 @@ pub(crate) enum Message {
     ForgetUserMemberships { user_id: OwnedUserId },
     /// Drop a cached event.
     ForgetEvent { event_id: OwnedEventId },
+    /// An asynchronous upload received its content: waiting downloads look again.
+    MediaUploaded,
 }
 
 /// How many user IDs one wake-up names at most (PostgreSQL's payload limit).
@@ -127,6 +130,7 @@ impl Services {
             }
             Message::ForgetUserMemberships { user_id } => self.forget_user_memberships(&user_id),
             Message::ForgetEvent { event_id } => self.forget_event(&event_id),
+            Message::MediaUploaded => self.media_uploaded(),
         }
     }
 

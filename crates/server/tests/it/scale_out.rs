@@ -224,6 +224,7 @@ async fn three_processes_serve_one_homeserver_behind_a_round_robin_proxy() {
     eprintln!("requests per process: {hits:?}");
 
     tokens_work_across_processes(&cluster, &alice).await;
+    uploads_wake_downloads_across_processes(&cluster, &alice, bob).await;
     wakes_across_processes(&cluster, &alice, bob, &room_id).await;
 }
 
@@ -283,4 +284,37 @@ async fn wakes_across_processes(cluster: &Cluster, alice: &Client, bob: &Client,
     eprintln!("send answered → other process's sync answered: {latencies:?}");
     assert!(latencies[latencies.len() / 2] < Duration::from_millis(50), "{latencies:?}");
     assert!(latencies.iter().all(|latency| *latency < Duration::from_millis(200)), "{latencies:?}");
+}
+
+/// A download waiting on one process for an asynchronous upload gets it as soon as another
+/// process receives the content.
+async fn uploads_wake_downloads_across_processes(cluster: &Cluster, alice: &Client, bob: &Client) {
+    let (status, created) =
+        alice.via(&cluster.base(0)).post("/_matrix/media/v1/create", json!({})).await;
+    assert_eq!(status, 200, "{created}");
+    let media = created["content_uri"].as_str().unwrap().trim_start_matches("mxc://").to_owned();
+    let download =
+        format!("{}/_matrix/client/v1/media/download/{media}?timeout_ms=20000", cluster.base(1));
+    let token = bob.token.clone();
+    let waiting = tokio::spawn(async move {
+        let response =
+            reqwest::Client::new().get(download).bearer_auth(token).send().await.unwrap();
+        (Instant::now(), response.status().as_u16(), response.text().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let upload = format!("{}/_matrix/media/v3/upload/{media}", cluster.base(2));
+    let response = reqwest::Client::new()
+        .put(upload)
+        .bearer_auth(&alice.token)
+        .header("content-type", "text/plain")
+        .body("arrived")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let uploaded = Instant::now();
+    let (woke, status, body) = waiting.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "arrived"));
+    let waited = woke.saturating_duration_since(uploaded);
+    assert!(waited < Duration::from_secs(2), "the download waited {waited:?} after the upload");
 }
