@@ -8,7 +8,10 @@
 //! none of this runs there.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -38,6 +41,8 @@ pub(crate) struct Cluster {
     /// This process's name on the bus (its own messages come back and are dropped).
     instance: String,
     outgoing: mpsc::UnboundedSender<String>,
+    /// Messages published and not yet sent (or given up on).
+    pending: Arc<AtomicUsize>,
     handler: HandlerSlot,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -61,14 +66,28 @@ impl Cluster {
             handler.clone(),
             instance.clone(),
         ));
-        let send = tokio::spawn(send(pool.clone(), outgoing_receiver, instance.clone()));
+        let pending = Arc::new(AtomicUsize::new(0));
+        let sender = send(pool.clone(), outgoing_receiver, instance.clone(), pending.clone());
+        let send = tokio::spawn(sender);
         let poll = tokio::spawn(poll(pool, stream));
-        Ok(Self { instance, outgoing, handler, tasks: vec![listen, send, poll] })
+        Ok(Self { instance, outgoing, pending, handler, tasks: vec![listen, send, poll] })
     }
 
     /// Queues a message for the other processes (sent in order, best effort).
     pub(crate) fn publish(&self, payload: String) {
-        let _ = self.outgoing.send(format!("{PUBLISHED}{payload}"));
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        if self.outgoing.send(format!("{PUBLISHED}{payload}")).is_err() {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Waits (up to a few seconds) until every published message has been sent: a short-lived
+    /// process (an admin command) must not end before its cache invalidations are out.
+    pub(crate) async fn flush(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.pending.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Sets the handler of the other processes' messages.
@@ -220,7 +239,12 @@ async fn listen(
     }
 }
 
-async fn send(pool: AnyPool, mut outgoing: mpsc::UnboundedReceiver<String>, instance: String) {
+async fn send(
+    pool: AnyPool,
+    mut outgoing: mpsc::UnboundedReceiver<String>,
+    instance: String,
+    pending: Arc<AtomicUsize>,
+) {
     while let Some(message) = outgoing.recv().await {
         let payload = format!("{instance} {message}");
         let mut attempts = 0;
@@ -243,6 +267,7 @@ async fn send(pool: AnyPool, mut outgoing: mpsc::UnboundedReceiver<String>, inst
                 }
             }
         }
+        pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

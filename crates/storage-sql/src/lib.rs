@@ -170,10 +170,11 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Closes the pools, waiting for connections to finish, and stops listening to the other
-    /// processes.
+    /// Sends what is left for the other processes, closes the pools, waiting for connections
+    /// to finish, and stops listening to the other processes.
     pub async fn close(&self) {
         if let Some(cluster) = &self.cluster {
+            cluster.flush().await;
             cluster.stop();
         }
         self.write.close().await;

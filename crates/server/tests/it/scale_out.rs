@@ -224,6 +224,14 @@ async fn three_processes_serve_one_homeserver_behind_a_round_robin_proxy() {
     eprintln!("requests per process: {hits:?}");
 
     tokens_work_across_processes(&cluster, &alice).await;
+    // An account deactivated by the admin command is refused by every process at once
+    // (each had its token cached from the syncs above).
+    cluster.admin(&["user", "deactivate", "@carol:localhost"]);
+    for index in 0..3 {
+        let carol = users[2].via(&cluster.base(index));
+        let (status, body) = carol.get("/_matrix/client/v3/account/whoami").await;
+        assert_eq!(status, 401, "process {index} still knows the deactivated account: {body}");
+    }
     uploads_wake_downloads_across_processes(&cluster, &alice, bob).await;
     wakes_across_processes(&cluster, &alice, bob, &room_id).await;
 }
