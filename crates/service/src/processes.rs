@@ -6,7 +6,8 @@
 //! and redacted events (announced by the store inside the writing transaction, so they are
 //! dropped before the position is readable), access tokens (logouts, deactivations, admin
 //! flags), push rules and a user's forgotten rooms; asynchronous uploads that received their
-//! content (downloads waiting for them look again).
+//! content (downloads waiting for them look again); federation traffic queued for servers
+//! (their sender, wherever it runs, sends it).
 //!
 //! Rate-limit buckets stay per process: a client spread over N processes gets up to N times
 //! its allowance.
@@ -17,7 +18,7 @@ use std::{
 };
 
 use rhizome_storage::{DataStore, ProcessMessage, StreamPos};
-use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId};
 use serde::{Deserialize, Serialize};
 
 use crate::Services;
@@ -51,6 +52,9 @@ pub(crate) enum Message {
     ForgetEvent { event_id: OwnedEventId },
     /// An asynchronous upload received its content: waiting downloads look again.
     MediaUploaded,
+    /// Durable federation traffic was queued for these servers: a sender of theirs running
+    /// here (holding their lease) sends it.
+    WakeDestinations { destinations: Vec<OwnedServerName> },
 }
 
 /// How many user IDs one wake-up names at most (PostgreSQL's payload limit).
@@ -93,6 +97,17 @@ pub(crate) fn publish_wake(store: &dyn DataStore, pos: StreamPos, users: &[Owned
     publish(store, &Message::Wake { pos, users: batch });
 }
 
+/// Tells the other processes that federation traffic was queued for these servers, in
+/// batches that fit a message.
+pub(crate) fn publish_destinations(store: &dyn DataStore, destinations: &[OwnedServerName]) {
+    if !store.shared_by_processes() || destinations.is_empty() {
+        return;
+    }
+    for batch in destinations.chunks(WAKE_BATCH_BYTES / 260) {
+        publish(store, &Message::WakeDestinations { destinations: batch.to_vec() });
+    }
+}
+
 impl Services {
     /// Starts hearing the other processes (when the store has any).
     pub(crate) fn listen_to_processes(self: &Arc<Self>) {
@@ -131,6 +146,9 @@ impl Services {
             Message::ForgetUserMemberships { user_id } => self.forget_user_memberships(&user_id),
             Message::ForgetEvent { event_id } => self.forget_event(&event_id),
             Message::MediaUploaded => self.media_uploaded(),
+            Message::WakeDestinations { destinations } => {
+                self.wake_running_destinations(&destinations);
+            }
         }
     }
 
