@@ -1,10 +1,11 @@
 //! Administration commands run against the database directly: registration tokens, stored
 //! media, accounts ([`users`]), rooms ([`rooms`]), reports ([`reports`]) and federation
-//! ([`federation`]: the signing key, destinations). Each returns the
-//! text to print, so it can be tested without a terminal.
+//! ([`federation`]: the signing key, destinations), moving to PostgreSQL ([`migrate`]). Each
+//! returns the text to print, so it can be tested without a terminal.
 
 pub mod backup;
 pub mod federation;
+pub mod migrate;
 pub mod reports;
 pub mod rooms;
 pub mod users;

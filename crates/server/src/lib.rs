@@ -59,9 +59,23 @@ pub fn load_or_create_signing_key(data_dir: &Path) -> Result<SigningKey> {
             .with_context(|| format!("parsing {}", path.display()));
     }
     let (key, text) = SigningKey::generate_with_file_text();
-    write_private_file(&path, &text)?;
-    tracing::info!(key_id = %key.key_id(), "generated a new server signing key");
-    Ok(key)
+    // Written aside, then linked into place: processes starting together on one data
+    // directory keep the first key linked, and every one of them reads that.
+    let aside = data_dir.join(format!("signing.key.{}.new", std::process::id()));
+    let _ = std::fs::remove_file(&aside);
+    write_private_file(&aside, &text)?;
+    let linked = std::fs::hard_link(&aside, &path);
+    let _ = std::fs::remove_file(&aside);
+    match linked {
+        Ok(()) => {
+            tracing::info!(key_id = %key.key_id(), "generated a new server signing key");
+            Ok(key)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            load_or_create_signing_key(data_dir)
+        }
+        Err(error) => Err(error).with_context(|| format!("creating {}", path.display())),
+    }
 }
 
 #[cfg(unix)]
@@ -74,6 +88,7 @@ fn write_private_file(path: &Path, text: &str) -> Result<()> {
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(text.as_bytes())?;
+    file.sync_all()?;
     Ok(())
 }
 
@@ -102,15 +117,26 @@ pub async fn build_services(config: Config, store: Arc<SqlStore>) -> Result<Arc<
 
 /// An exclusive lock on a data directory (`<data_dir>/rhizome.lock`), held by a running
 /// server for as long as it runs, and by the administrator's commands that change rooms or
-/// sessions: those must not run beside a server on the same data (the stream position and the
-/// server's caches live in its memory). Released when dropped, and by the system when the
-/// process ends.
+/// sessions: on SQLite those must not run beside a server on the same data (the stream
+/// position and the server's caches live in its memory). On PostgreSQL several processes
+/// share the data directory and the database (positions, room locks and cache invalidations
+/// go through the database), so no lock is taken. Released when dropped, and by the system
+/// when the process ends.
 #[derive(Debug)]
 pub struct DataDirLock {
-    _file: std::fs::File,
+    _file: Option<std::fs::File>,
 }
 
 impl DataDirLock {
+    /// Takes the lock for a server or command with this configuration: nothing on
+    /// PostgreSQL, [`DataDirLock::acquire`] on SQLite.
+    pub fn acquire_for(config: &Config, purpose: &str) -> Result<Self> {
+        if database_url(config)?.starts_with("postgres") {
+            return Ok(Self { _file: None });
+        }
+        Self::acquire(&config.data_dir, purpose)
+    }
+
     /// Takes the lock, or fails at once (with `purpose` in the message) if a server or
     /// another command holds it.
     pub fn acquire(data_dir: &Path, purpose: &str) -> Result<Self> {
@@ -124,7 +150,7 @@ impl DataDirLock {
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         match file.try_lock() {
-            Ok(()) => Ok(Self { _file: file }),
+            Ok(()) => Ok(Self { _file: Some(file) }),
             Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
                 "{purpose}: Rhizome is already running on {} (or another administration \
                  command is); stop it first",
@@ -202,7 +228,7 @@ pub async fn start_with_options(
     mut config: Config,
     options: StartOptions,
 ) -> Result<RunningServer> {
-    let lock = DataDirLock::acquire(&config.data_dir, "cannot start")?;
+    let lock = DataDirLock::acquire_for(&config, "cannot start")?;
     let store = open_store(&config).await?;
     let listen = config.listen;
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;

@@ -86,6 +86,14 @@ enum AdminCommand {
         #[command(subcommand)]
         command: FederationCommand,
     },
+    /// Copy the SQLite database into a new PostgreSQL database (the server stopped), with
+    /// progress; run it again if it stops half-way. Then set `database.url` and start Rhizome,
+    /// as one process or several.
+    MigrateDb {
+        /// The PostgreSQL database: postgres://user:password@host/dbname.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -265,9 +273,13 @@ async fn main() -> Result<()> {
             store.close().await;
             print_lines(result?.lines(&destination));
         }
+        Command::Admin { command: AdminCommand::MigrateDb { to } } => {
+            init_logging("warn");
+            print_lines(admin::migrate::migrate_db(&config, &to).await?);
+        }
         Command::Admin { command: AdminCommand::Key { command: KeyCommand::Rotate } } => {
             init_logging("warn");
-            let _lock = DataDirLock::acquire(&config.data_dir, "cannot rotate the key")?;
+            let _lock = DataDirLock::acquire_for(&config, "cannot rotate the key")?;
             let data_dir = config.data_dir.clone();
             let store = open_store(&config).await?;
             let services = build_services(config, store.clone()).await?;
@@ -334,7 +346,7 @@ async fn main() -> Result<()> {
                 UserCommand::Deactivate { .. } | UserCommand::ResetPassword { .. }
             );
             let _lock = if exclusive {
-                Some(DataDirLock::acquire(&config.data_dir, "cannot change the account")?)
+                Some(DataDirLock::acquire_for(&config, "cannot change the account")?)
             } else {
                 None
             };
@@ -379,7 +391,7 @@ async fn main() -> Result<()> {
             init_logging("warn");
             let _lock = match &command {
                 RoomCommand::Shutdown { .. } => {
-                    Some(DataDirLock::acquire(&config.data_dir, "cannot shut the room down")?)
+                    Some(DataDirLock::acquire_for(&config, "cannot shut the room down")?)
                 }
                 RoomCommand::List => None,
             };

@@ -78,6 +78,13 @@ fn is_stale(cached_at: i64, now: i64) -> bool {
 }
 
 impl Services {
+    /// Forgets every cached token here and in the other processes (after logouts, device
+    /// deletions, deactivations and admin flag changes).
+    pub(crate) fn forget_cached_tokens(&self) {
+        self.token_cache.clear();
+        crate::processes::publish(self.store.as_ref(), &crate::processes::Message::ForgetTokens);
+    }
+
     /// Finds who an access token belongs to: `M_UNKNOWN_TOKEN` (soft logout for expired
     /// refreshable tokens) otherwise.
     pub async fn authenticate(&self, token: &str) -> Result<Requester> {

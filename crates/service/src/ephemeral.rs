@@ -1,5 +1,9 @@
 //! Ephemeral data held in memory: typing notifications (with timeouts) and presence, on their
-//! own serial counter; plus read receipts and markers, which are stored.
+//! own serial counter; plus read receipts and markers, which are stored. With other processes
+//! on the same database, each keeps the whole picture: every change is sent to the others
+//! ([`crate::processes`]), and the serial is a clock (never behind the wall clock in
+//! milliseconds, nor behind a serial heard from another process), so a client whose syncs move
+//! between processes keeps seeing changes after its token.
 
 use std::{
     collections::HashMap,
@@ -36,7 +40,19 @@ pub struct PresenceEntry {
     pub serial: i64,
     /// When the user last synced or set their presence (ms since the epoch).
     last_seen_ts: i64,
+    /// When this entry was last sent to the other processes (ms since the epoch).
+    shared_ts: i64,
+    /// Whether a watcher in this process turns the user offline when they go silent.
+    watched: bool,
 }
+
+/// How often a user's unchanged presence is sent to the other processes again (their
+/// watchers turn users offline who were not seen for [`PRESENCE_TIMEOUT`]).
+const PRESENCE_SHARE_INTERVAL_MS: i64 = 30_000;
+
+/// Presence as another process sends it: state, status message, last active, last seen,
+/// and that process's serial.
+pub(crate) type RemotePresence = (String, Option<String>, i64, i64, i64);
 
 /// How long a user stays online or unavailable after their last sync or presence update: a
 /// client that stops syncing (closed, crashed, offline) turns offline after this.
@@ -63,7 +79,17 @@ impl Ephemeral {
     }
 
     fn next_serial(&self) -> i64 {
-        self.serial.fetch_add(1, Ordering::SeqCst) + 1
+        self.next_serial_after(0)
+    }
+
+    /// The next serial: after the last, the wall clock and `heard`.
+    fn next_serial_after(&self, heard: i64) -> i64 {
+        let floor = now_millis().max(heard);
+        let previous = self
+            .serial
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some((last + 1).max(floor)))
+            .unwrap_or_else(|last| last);
+        (previous + 1).max(floor)
     }
 }
 
@@ -106,7 +132,51 @@ impl Services {
         timeout: Duration,
     ) -> Result<()> {
         let timeout = timeout.min(MAX_TYPING_TIMEOUT);
-        let changed = {
+        let message = crate::processes::Message::Typing {
+            room_id: room_id.to_owned(),
+            user_id: user_id.to_owned(),
+            typing,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        crate::processes::publish(self.store.as_ref(), &message);
+        if self.update_typing(room_id, user_id, typing, timeout) {
+            self.notify_room(room_id).await?;
+        }
+        self.expire_typing_later(room_id, typing, timeout);
+        Ok(())
+    }
+
+    /// Another process heard that a member starts or stops typing: the same, without telling
+    /// the others.
+    pub(crate) fn apply_remote_typing(
+        self: &Arc<Self>,
+        room_id: &RoomId,
+        user_id: &UserId,
+        typing: bool,
+        timeout_ms: u64,
+    ) {
+        let timeout = Duration::from_millis(timeout_ms).min(MAX_TYPING_TIMEOUT);
+        if self.update_typing(room_id, user_id, typing, timeout) {
+            let services = self.clone();
+            let room_id = room_id.to_owned();
+            tokio::spawn(async move {
+                if let Ok(members) = services.room_members_cached(&room_id, false).await {
+                    services.notifier.notify_local(members.iter().map(|user| user.as_ref()));
+                }
+            });
+        }
+        self.expire_typing_later(room_id, typing, timeout);
+    }
+
+    /// Records typing; whether anything changed.
+    fn update_typing(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        typing: bool,
+        timeout: Duration,
+    ) -> bool {
+        {
             let mut rooms = self.ephemeral.typing.lock();
             let room = rooms.entry(room_id.to_owned()).or_default();
             let changed = if typing {
@@ -118,10 +188,11 @@ impl Services {
                 room.serial = self.ephemeral.next_serial();
             }
             changed
-        };
-        if changed {
-            self.notify_room(room_id).await?;
         }
+    }
+
+    /// Ends typing that was not renewed once `timeout` has passed.
+    fn expire_typing_later(&self, room_id: &RoomId, typing: bool, timeout: Duration) {
         if typing && let Some(services) = self.arc() {
             let room_id = room_id.to_owned();
             tokio::spawn(async move {
@@ -129,7 +200,6 @@ impl Services {
                 services.expire_typing(&room_id).await;
             });
         }
-        Ok(())
     }
 
     async fn expire_typing(&self, room_id: &RoomId) {
@@ -257,8 +327,9 @@ impl Services {
                 last_active_ts: now,
                 serial: 0,
                 last_seen_ts: now,
+                shared_ts: 0,
+                watched: false,
             });
-            let was_offline = entry.state == "offline";
             let new_status = status_msg.unwrap_or_else(|| entry.status_msg.clone());
             let changed = entry.state != state || entry.status_msg != new_status;
             entry.state = state.to_owned();
@@ -270,7 +341,13 @@ impl Services {
             if changed {
                 entry.serial = self.ephemeral.next_serial();
             }
-            (changed, was_offline && state != "offline")
+            if changed || now - entry.shared_ts >= PRESENCE_SHARE_INTERVAL_MS {
+                entry.shared_ts = now;
+                self.share_presence(user_id, entry);
+            }
+            let watch = state != "offline" && !entry.watched;
+            entry.watched |= watch;
+            (changed, watch)
         };
         if changed {
             self.announce_presence(user_id).await?;
@@ -313,6 +390,7 @@ impl Services {
             let mut presence = self.ephemeral.presence.lock();
             let entry = presence.get_mut(user_id)?;
             if entry.state == "offline" {
+                entry.watched = false;
                 return None;
             }
             let silent = now_millis() - entry.last_seen_ts;
@@ -322,11 +400,65 @@ impl Services {
             }
             entry.state = "offline".into();
             entry.serial = self.ephemeral.next_serial();
+            entry.watched = false;
+            self.share_presence(user_id, entry);
         }
         if let Err(error) = self.announce_presence(user_id).await {
             tracing::warn!(%error, "could not announce a presence timeout");
         }
         None
+    }
+
+    /// Sends a user's presence to the other processes.
+    fn share_presence(&self, user_id: &UserId, entry: &PresenceEntry) {
+        let message = crate::processes::Message::Presence {
+            user_id: user_id.to_owned(),
+            state: entry.state.clone(),
+            status_msg: entry.status_msg.clone(),
+            last_active_ts: entry.last_active_ts,
+            last_seen_ts: entry.last_seen_ts,
+            serial: entry.serial,
+        };
+        crate::processes::publish(self.store.as_ref(), &message);
+    }
+
+    /// Another process sent a user's presence: kept here (with a serial of this process's
+    /// clock) and those who see it woken.
+    pub(crate) fn apply_remote_presence(
+        self: &Arc<Self>,
+        user_id: &UserId,
+        (state, status_msg, last_active_ts, last_seen_ts, serial): RemotePresence,
+    ) {
+        let changed = {
+            let mut presence = self.ephemeral.presence.lock();
+            let entry = presence.entry(user_id.to_owned()).or_insert_with(|| PresenceEntry {
+                state: "offline".into(),
+                status_msg: None,
+                last_active_ts,
+                serial: 0,
+                last_seen_ts,
+                shared_ts: 0,
+                watched: false,
+            });
+            let changed = entry.state != state || entry.status_msg != status_msg;
+            entry.last_seen_ts = entry.last_seen_ts.max(last_seen_ts);
+            entry.last_active_ts = entry.last_active_ts.max(last_active_ts);
+            if changed {
+                entry.state = state;
+                entry.status_msg = status_msg;
+                entry.serial = self.ephemeral.next_serial_after(serial);
+            }
+            changed
+        };
+        if changed {
+            let services = self.clone();
+            let user_id = user_id.to_owned();
+            tokio::spawn(async move {
+                if let Err(error) = services.announce_presence_locally(&user_id).await {
+                    tracing::debug!(%error, "could not announce presence from another process");
+                }
+            });
+        }
     }
 
     /// Wakes the user and everyone who shares a room with them.
@@ -373,8 +505,9 @@ impl Services {
         Ok(())
     }
 
-    /// Presence of a user of another server, as their server reports it.
-    pub(crate) async fn apply_remote_presence(
+    /// Presence of a user of another server, as their server reports it (and shared with the
+    /// other processes).
+    pub(crate) async fn apply_federated_presence(
         &self,
         user_id: &UserId,
         state: &str,
@@ -393,6 +526,8 @@ impl Services {
                 last_active_ts: now,
                 serial: 0,
                 last_seen_ts: now,
+                shared_ts: 0,
+                watched: false,
             });
             let changed = entry.state != state || entry.status_msg != status_msg;
             entry.state = state.to_owned();
@@ -401,12 +536,26 @@ impl Services {
             entry.last_active_ts = now - last_active_ago.clamp(0, now);
             if changed {
                 entry.serial = self.ephemeral.next_serial();
+                entry.shared_ts = now;
+                self.share_presence(user_id, entry);
             }
             changed
         };
         if changed {
             self.announce_presence(user_id).await?;
         }
+        Ok(())
+    }
+
+    /// Wakes, in this process, the user and everyone who shares a room with them.
+    async fn announce_presence_locally(&self, user_id: &UserId) -> Result<()> {
+        let mut woken = vec![user_id.to_owned()];
+        for room in self.user_memberships_cached(user_id).await?.iter() {
+            if room.membership == "join" {
+                woken.extend(self.room_members_cached(&room.room_id, false).await?);
+            }
+        }
+        self.notifier.notify_local(woken.iter().map(|user| user.as_ref()));
         Ok(())
     }
 

@@ -13,6 +13,7 @@ pub mod media;
 pub mod moderation;
 pub mod notifier;
 pub(crate) mod outbound;
+pub(crate) mod processes;
 pub mod push;
 pub mod rate_limit;
 pub mod rooms;
@@ -43,7 +44,6 @@ pub struct Services {
     /// Rate limits.
     pub rate_limiter: rate_limit::RateLimiter,
     pub(crate) caches: rooms::cache::RoomCaches,
-    pub(crate) uia: users::uia::UiaSessions,
     pub(crate) ephemeral: ephemeral::Ephemeral,
     pub(crate) token_cache: auth::TokenCache,
     /// Permits for password hashing, which is memory-hungry by design.
@@ -63,13 +63,12 @@ impl Services {
     pub fn new(config: Config, store: Arc<dyn DataStore>, signing_key: SigningKey) -> Arc<Self> {
         let config = Arc::new(config);
         let signing_key = Arc::new(signing_key);
-        Arc::new_cyclic(|me| Self {
+        let services = Arc::new_cyclic(|me| Self {
             federation: federation::FederationRuntime::new(&config, signing_key.clone()),
             me: me.clone(),
             rate_limiter: rate_limit::RateLimiter::new(config.rate_limits.clone()),
             notifier: notifier::Notifier::default(),
             caches: rooms::cache::RoomCaches::new(),
-            uia: users::uia::UiaSessions::default(),
             ephemeral: ephemeral::Ephemeral::new(),
             token_cache: auth::TokenCache::default(),
             password_permits: tokio::sync::Semaphore::new(users::password::CONCURRENT_HASHES),
@@ -81,7 +80,10 @@ impl Services {
             config,
             store,
             signing_key,
-        })
+        });
+        services.notifier.share_with_processes(services.store.clone());
+        services.listen_to_processes();
+        services
     }
 
     /// The services as a shared handle (they always live in an `Arc`).

@@ -575,6 +575,10 @@ impl FederationStore for SqlStore {
         .execute(&mut *connection)
         .await
         .map_err(db_error)?;
+        if let Some(cluster) = &self.cluster {
+            let users = [change.user_id.clone()];
+            cluster.announce_memberships(write.connection(), &event.room_id, &users).await?;
+        }
         write.commit().await
     }
 

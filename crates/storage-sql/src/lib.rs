@@ -6,31 +6,35 @@
 //! migrations are numbered files applied at start-up.
 
 mod accounts;
+mod cluster;
+pub mod copy;
 mod e2ee;
 mod federation;
+mod jobs;
 mod media;
 mod migrations;
 mod moderation;
 mod rooms;
 mod rooms_query;
 mod scheduled;
+mod sessions;
 mod state;
+mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod user_data;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicI64, Ordering},
-};
+use std::sync::Arc;
 
 use rhizome_core::{Error, Result};
-use rhizome_storage::{DataStore, StreamPos};
+use rhizome_storage::{DataStore, ProcessHandler, StreamPos};
 use sqlx::{
-    AnyConnection, AnyPool, Executor,
+    AnyPool, Executor,
     any::{AnyPoolOptions, install_default_drivers},
 };
-use tokio::sync::Mutex;
+use tokio::sync::watch;
+
+pub use cluster::MAX_PAYLOAD as MAX_MESSAGE_BYTES;
 
 /// The database engine behind a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,11 +52,13 @@ pub struct SqlStore {
     write: AnyPool,
     /// Reads go through here.
     read: AnyPool,
-    /// The stream position allocator: held across a write transaction that takes a position,
-    /// so positions become visible in order.
-    stream_lock: Mutex<StreamPos>,
-    /// The greatest committed stream position.
-    current_pos: Arc<AtomicI64>,
+    /// PostgreSQL: the transactions that hold a room's lock while its next event is built
+    /// (apart from `write`, so building, which reads and writes, never waits for them).
+    locks: Option<AnyPool>,
+    /// Stream positions taken and readable.
+    stream: Arc<StreamPositions>,
+    /// PostgreSQL: the other processes on the database.
+    cluster: Option<cluster::Cluster>,
 }
 
 impl SqlStore {
@@ -112,20 +118,39 @@ impl SqlStore {
                 (pool.clone(), pool)
             }
         };
-        let store = Self {
+        let locks = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(
+                AnyPoolOptions::new()
+                    .max_connections((max_connections / 2).max(2))
+                    .connect_lazy(url)
+                    .map_err(db_error)?,
+            ),
+        };
+        let mut store = Self {
             backend,
             write,
             read,
-            stream_lock: Mutex::new(0),
-            current_pos: Arc::new(AtomicI64::new(0)),
+            locks,
+            stream: Arc::new(StreamPositions::new(0)),
+            cluster: None,
         };
         migrations::apply(&store).await?;
-        let pos: i64 = sqlx::query_scalar("SELECT pos FROM stream_counter WHERE id = 1")
-            .fetch_one(&store.write)
-            .await
-            .map_err(db_error)?;
-        *store.stream_lock.lock().await = pos;
-        store.current_pos.store(pos, Ordering::SeqCst);
+        match backend {
+            Backend::Sqlite => {
+                let pos: i64 = sqlx::query_scalar("SELECT pos FROM stream_counter WHERE id = 1")
+                    .fetch_one(&store.write)
+                    .await
+                    .map_err(db_error)?;
+                store.stream = Arc::new(StreamPositions::new(pos));
+            }
+            Backend::Postgres => {
+                store.stream.refresh(&store.write).await?;
+                store.cluster = Some(
+                    cluster::Cluster::start(url, store.write.clone(), store.stream.clone()).await?,
+                );
+            }
+        }
         Ok(store)
     }
 
@@ -146,59 +171,44 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Closes the pools, waiting for connections to finish.
+    /// Sends what is left for the other processes, closes the pools, waiting for connections
+    /// to finish, and stops listening to the other processes.
     pub async fn close(&self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.flush().await;
+            cluster.stop();
+        }
         self.write.close().await;
         self.read.close().await;
-    }
-
-    /// Starts a write transaction that takes the next stream position. The position becomes
-    /// visible to readers only when [`StreamWrite::commit`] succeeds; dropping the write rolls
-    /// everything back and frees the position.
-    async fn begin_stream_write(&self) -> Result<StreamWrite<'_>> {
-        let guard = self.stream_lock.lock().await;
-        let pos = *guard + 1;
-        let transaction = self.write.begin().await.map_err(db_error)?;
-        Ok(StreamWrite { guard, transaction, pos, current_pos: &self.current_pos })
-    }
-}
-
-/// A write transaction holding the next stream position.
-pub(crate) struct StreamWrite<'a> {
-    guard: tokio::sync::MutexGuard<'a, StreamPos>,
-    transaction: sqlx::Transaction<'static, sqlx::Any>,
-    pos: StreamPos,
-    current_pos: &'a AtomicI64,
-}
-
-impl StreamWrite<'_> {
-    /// The position this write takes.
-    pub(crate) fn pos(&self) -> StreamPos {
-        self.pos
-    }
-
-    /// The transaction's connection.
-    pub(crate) fn connection(&mut self) -> &mut AnyConnection {
-        &mut self.transaction
-    }
-
-    /// Records the position, commits, and publishes the position.
-    pub(crate) async fn commit(mut self) -> Result<StreamPos> {
-        sqlx::query("UPDATE stream_counter SET pos = $1 WHERE id = 1")
-            .bind(self.pos)
-            .execute(&mut *self.transaction)
-            .await
-            .map_err(db_error)?;
-        self.transaction.commit().await.map_err(db_error)?;
-        *self.guard = self.pos;
-        self.current_pos.store(self.pos, Ordering::SeqCst);
-        Ok(self.pos)
+        if let Some(locks) = &self.locks {
+            locks.close().await;
+        }
     }
 }
 
 impl DataStore for SqlStore {
     fn current_stream_pos(&self) -> StreamPos {
-        self.current_pos.load(Ordering::SeqCst)
+        self.stream.current()
+    }
+
+    fn subscribe_stream_pos(&self) -> watch::Receiver<StreamPos> {
+        self.stream.subscribe()
+    }
+
+    fn shared_by_processes(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    fn publish_to_processes(&self, message: String) {
+        if let Some(cluster) = &self.cluster {
+            cluster.publish(message);
+        }
+    }
+
+    fn set_process_handler(&self, handler: ProcessHandler) {
+        if let Some(cluster) = &self.cluster {
+            cluster.set_handler(handler);
+        }
     }
 
     fn backend_name(&self) -> &'static str {
@@ -208,6 +218,8 @@ impl DataStore for SqlStore {
         }
     }
 }
+
+use stream::StreamPositions;
 
 /// Maps a database error to an internal error.
 #[track_caller]

@@ -1,24 +1,32 @@
 //! Numbered schema migrations, applied in order at start-up, each in its own transaction.
 //!
 //! Migrations are written once in portable SQL; `{{id}}` stands for an auto-incrementing
-//! BIGINT primary key, the one spelling the engines do not share.
+//! BIGINT primary key, the one spelling the engines do not share. A migration may add SQL for
+//! PostgreSQL alone (`NNNN_name.postgres.sql`: sequences and functions that only matter when
+//! several processes share the database).
 
 use rhizome_core::Result;
-use sqlx::Executor;
+use sqlx::{AnyConnection, Connection, Executor};
 
 use crate::{Backend, SqlStore, db_error};
 
-/// The migrations, numbered from 1. Never edit one that has shipped: add a new one.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../migrations/0001_init.sql")),
-    (2, include_str!("../migrations/0002_e2ee.sql")),
-    (3, include_str!("../migrations/0003_media.sql")),
-    (4, include_str!("../migrations/0004_moderation.sql")),
-    (5, include_str!("../migrations/0005_pushers.sql")),
-    (6, include_str!("../migrations/0006_federation.sql")),
-    (7, include_str!("../migrations/0007_remote_events.sql")),
-    (8, include_str!("../migrations/0008_device_lists.sql")),
-    (9, include_str!("../migrations/0009_subscriptions_and_delays.sql")),
+/// The migrations, numbered from 1, applied once each, in order. Never edit one that has
+/// shipped: add a new one.
+const MIGRATIONS: &[(i64, &str, Option<&str>)] = &[
+    (1, include_str!("../migrations/0001_init.sql"), None),
+    (2, include_str!("../migrations/0002_e2ee.sql"), None),
+    (3, include_str!("../migrations/0003_media.sql"), None),
+    (4, include_str!("../migrations/0004_moderation.sql"), None),
+    (5, include_str!("../migrations/0005_pushers.sql"), None),
+    (6, include_str!("../migrations/0006_federation.sql"), None),
+    (7, include_str!("../migrations/0007_remote_events.sql"), None),
+    (8, include_str!("../migrations/0008_device_lists.sql"), None),
+    (9, include_str!("../migrations/0009_subscriptions_and_delays.sql"), None),
+    (
+        10,
+        include_str!("../migrations/0010_scale_out.sql"),
+        Some(include_str!("../migrations/0010_scale_out.postgres.sql")),
+    ),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {
@@ -29,10 +37,28 @@ fn render(sql: &str, backend: Backend) -> String {
     sql.replace("{{id}}", id)
 }
 
-/// Applies every migration not yet applied.
+/// Applies every migration not yet applied. On PostgreSQL, processes starting together take
+/// turns (a session advisory lock), so each migration is applied once.
 pub(crate) async fn apply(store: &SqlStore) -> Result<()> {
-    store
-        .write
+    let mut connection = store.write.acquire().await.map_err(db_error)?;
+    if store.backend == Backend::Postgres {
+        connection
+            .execute("SELECT CAST(pg_advisory_lock(1380473393, 0) AS TEXT)")
+            .await
+            .map_err(db_error)?;
+    }
+    let result = apply_on(&mut connection, store.backend).await;
+    if store.backend == Backend::Postgres {
+        connection
+            .execute("SELECT CAST(pg_advisory_unlock(1380473393, 0) AS TEXT)")
+            .await
+            .map_err(db_error)?;
+    }
+    result
+}
+
+async fn apply_on(connection: &mut AnyConnection, backend: Backend) -> Result<()> {
+    connection
         .execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (\
                  version BIGINT PRIMARY KEY, \
@@ -41,19 +67,19 @@ pub(crate) async fn apply(store: &SqlStore) -> Result<()> {
         .await
         .map_err(db_error)?;
     let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations")
-        .fetch_all(&store.write)
+        .fetch_all(&mut *connection)
         .await
         .map_err(db_error)?;
-    for (version, sql) in MIGRATIONS {
+    for (version, sql, postgres_sql) in MIGRATIONS {
         if applied.contains(version) {
             continue;
         }
         tracing::info!(version, "applying database migration");
-        let mut transaction = store.write.begin().await.map_err(db_error)?;
-        transaction
-            .execute(sqlx::AssertSqlSafe(render(sql, store.backend)))
-            .await
-            .map_err(db_error)?;
+        let mut transaction = connection.begin().await.map_err(db_error)?;
+        transaction.execute(sqlx::AssertSqlSafe(render(sql, backend))).await.map_err(db_error)?;
+        if let (Backend::Postgres, Some(postgres_sql)) = (backend, postgres_sql) {
+            transaction.execute(sqlx::AssertSqlSafe(*postgres_sql)).await.map_err(db_error)?;
+        }
         sqlx::query("INSERT INTO schema_migrations (version, applied_ts) VALUES ($1, $2)")
             .bind(version)
             .bind(rhizome_core::clock::now_millis())
@@ -68,5 +94,5 @@ pub(crate) async fn apply(store: &SqlStore) -> Result<()> {
 /// The number of the newest migration this build knows.
 #[allow(dead_code)] // Reported by `rhizome admin status`.
 pub fn latest_version() -> i64 {
-    MIGRATIONS.last().map_or(0, |(version, _)| *version)
+    MIGRATIONS.last().map_or(0, |(version, _, _)| *version)
 }

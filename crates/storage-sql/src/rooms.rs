@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use rhizome_core::{Error, Result, error::MatrixErrorKind};
 use rhizome_storage::{
     AliasRecord, CurrentState, Direction, EventRecord, MembershipRecord, PersistEvent,
-    PersistedEvent, PublishedRoom, RoomRecord, RoomStore, StateGroupId, StateSlot, StreamPos,
-    TxnRecord,
+    PersistedEvent, PublishedRoom, RoomLock, RoomRecord, RoomStore, StateGroupId, StateSlot,
+    StreamPos, TxnRecord,
 };
 use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomAliasId, RoomId, RoomVersionId, UserId};
 use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
@@ -321,10 +321,41 @@ impl RoomStore for SqlStore {
     }
 
     async fn persist_event(&self, event: &PersistEvent) -> Result<PersistedEvent> {
+        let lock = self.lock_room(&event.room_id).await?;
+        self.persist_event_locked(event, lock).await
+    }
+
+    async fn lock_room(&self, room_id: &RoomId) -> Result<RoomLock> {
+        let Some(locks) = &self.locks else { return Ok(RoomLock::empty()) };
+        let mut transaction = locks.begin().await.map_err(db_error)?;
+        sqlx::query("SELECT rhizome_lock_room($1)")
+            .bind(room_id.as_str())
+            .execute(&mut *transaction)
+            .await
+            .map_err(db_error)?;
+        Ok(RoomLock::holding(Box::new(transaction)))
+    }
+
+    async fn persist_event_locked(
+        &self,
+        event: &PersistEvent,
+        lock: RoomLock,
+    ) -> Result<PersistedEvent> {
+        let held = match lock.into_held() {
+            Some(held) => Some(
+                held.downcast::<sqlx::Transaction<'static, sqlx::Any>>()
+                    .map_err(|_| Error::bug("a room lock from another store"))?,
+            ),
+            None => None,
+        };
+        let transaction = match held {
+            Some(transaction) => *transaction,
+            None => self.write.begin().await.map_err(db_error)?,
+        };
         if event.historical {
             // History takes the next position below every earlier one, outside the stream
             // syncs follow.
-            let mut transaction = self.write.begin().await.map_err(db_error)?;
+            let mut transaction = transaction;
             let pos: i64 = sqlx::query_scalar(
                 "UPDATE stream_counter SET pos = pos - 1 WHERE id = 2 RETURNING pos",
             )
@@ -332,12 +363,27 @@ impl RoomStore for SqlStore {
             .await
             .map_err(db_error)?;
             let persisted = persist_in_transaction(&mut transaction, event, pos).await?;
+            if let (Some(cluster), Some((target, _))) = (&self.cluster, &event.redaction) {
+                cluster.announce_redaction(&mut transaction, target).await?;
+            }
             transaction.commit().await.map_err(db_error)?;
             return Ok(persisted);
         }
-        let mut write = self.begin_stream_write().await?;
+        let mut write = self.stream_write_in(transaction).await?;
         let pos = write.pos();
         let persisted = persist_in_transaction(write.connection(), event, pos).await?;
+        crate::jobs::queue_pushes(write.connection(), event, rhizome_core::clock::now_millis())
+            .await?;
+        if let Some(cluster) = &self.cluster
+            && !event.membership_changes.is_empty()
+        {
+            let users: Vec<_> =
+                event.membership_changes.iter().map(|change| change.user_id.clone()).collect();
+            cluster.announce_memberships(write.connection(), &event.room_id, &users).await?;
+        }
+        if let (Some(cluster), Some((target, _))) = (&self.cluster, &event.redaction) {
+            cluster.announce_redaction(write.connection(), target).await?;
+        }
         write.commit().await?;
         Ok(persisted)
     }

@@ -172,3 +172,26 @@ pub fn shared_postgres() -> &'static PostgresServer {
             .unwrap_or_else(|error| panic!("cannot start PostgreSQL for tests: {error}"))
     })
 }
+
+/// A stream position taken by a write that stays open until [`HeldPosition::commit`] (or is
+/// rolled back when dropped): a slow writer, for tests of what readers see meanwhile.
+pub struct HeldPosition<'a>(crate::stream::StreamWrite<'a>);
+
+impl HeldPosition<'_> {
+    /// The position taken.
+    pub fn pos(&self) -> rhizome_storage::StreamPos {
+        self.0.pos()
+    }
+
+    /// Commits the (empty) write.
+    pub async fn commit(self) -> rhizome_core::Result<rhizome_storage::StreamPos> {
+        self.0.commit().await
+    }
+}
+
+impl crate::SqlStore {
+    /// Takes the next stream position in a write left open (see [`HeldPosition`]).
+    pub async fn hold_stream_position(&self) -> rhizome_core::Result<HeldPosition<'_>> {
+        Ok(HeldPosition(self.begin_stream_write().await?))
+    }
+}

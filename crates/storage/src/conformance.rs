@@ -9,6 +9,7 @@ mod accounts;
 mod device_lists;
 mod e2ee;
 mod federation;
+mod jobs;
 mod media;
 mod moderation;
 mod rooms;
@@ -23,6 +24,7 @@ pub use accounts::*;
 pub use device_lists::*;
 pub use e2ee::*;
 pub use federation::*;
+pub use jobs::*;
 pub use media::*;
 pub use moderation::*;
 pub use rooms::*;
@@ -44,6 +46,9 @@ macro_rules! conformance_tests {
             refresh_tokens_rotate_once,
             registration_tokens_are_used_up_exactly,
             users_are_listed_and_made_admin,
+            client_sessions_expire_and_are_replaced,
+            job_leases_have_one_holder,
+            pushes_are_queued_with_their_event,
             events_persist_with_state_extremities_and_positions,
             state_groups_stay_correct_across_snapshots,
             a_failed_persist_changes_nothing,

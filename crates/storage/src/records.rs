@@ -256,6 +256,9 @@ pub struct PersistEvent {
     pub redaction: Option<(OwnedEventId, String)>,
     /// Notifications for local users.
     pub push_actions: Vec<PushAction>,
+    /// Whether the notifying ones go to the durable push queue (for push gateways), in the
+    /// same transaction.
+    pub queue_pushes: bool,
     /// Other servers to send the event to (queued in the same transaction).
     pub federation_destinations: Vec<ruma::OwnedServerName>,
     /// Whether it soft-failed (see [`EventRecord::soft_failed`]).

@@ -12,6 +12,33 @@ use crate::{
     PublishedRoom, RoomRecord, StateGroupId, StateSlot, StreamPos, TxnRecord,
 };
 
+/// A room's event lock held in the store (see [`RoomStore::lock_room`]); what it holds is the
+/// backend's business. Dropping it releases the lock.
+pub struct RoomLock(Option<Box<dyn std::any::Any + Send>>);
+
+impl RoomLock {
+    /// A lock that holds nothing in the store.
+    pub fn empty() -> Self {
+        Self(None)
+    }
+
+    /// A lock holding the backend's `held` (a transaction, a connection).
+    pub fn holding(held: Box<dyn std::any::Any + Send>) -> Self {
+        Self(Some(held))
+    }
+
+    /// What the backend put in.
+    pub fn into_held(self) -> Option<Box<dyn std::any::Any + Send>> {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for RoomLock {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(if self.0.is_some() { "RoomLock(held)" } else { "RoomLock(empty)" })
+    }
+}
+
 /// Rooms: events, state groups, forward extremities, memberships, relations, aliases and the
 /// public directory.
 #[async_trait]
@@ -31,8 +58,23 @@ pub trait RoomStore {
     async fn list_rooms(&self) -> Result<Vec<RoomRecord>>;
 
     /// Persists an event, its state, the room's new forward extremities and current state, and
-    /// takes the next stream position, all in one transaction.
+    /// takes the next stream position, all in one transaction (which holds the room's lock in
+    /// the store while it runs).
     async fn persist_event(&self, event: &PersistEvent) -> Result<PersistedEvent>;
+
+    /// Takes the room's event lock in the store, for a process that builds the room's next
+    /// event: no other process builds one until the lock is given to
+    /// [`RoomStore::persist_event_locked`] (whose transaction it is) or dropped. A store only
+    /// one process can use may hand out an empty lock (the caller's lock in memory suffices).
+    async fn lock_room(&self, room_id: &RoomId) -> Result<RoomLock>;
+
+    /// [`RoomStore::persist_event`] inside the transaction that holds the room's lock, which
+    /// ends with it.
+    async fn persist_event_locked(
+        &self,
+        event: &PersistEvent,
+        lock: RoomLock,
+    ) -> Result<PersistedEvent>;
 
     /// Looks an event up.
     async fn get_event(&self, event_id: &EventId) -> Result<Option<EventRecord>>;

@@ -49,7 +49,7 @@ async fn openid_token(
     State(services): State<AppState>,
     request: Ruma<request_openid_token::v3::Request>,
 ) -> ApiResult<request_openid_token::v3::Response> {
-    let token = services.create_openid_token(request.requester()?, &request.body.user_id)?;
+    let token = services.create_openid_token(request.requester()?, &request.body.user_id).await?;
     Ok(RumaResponse(request_openid_token::v3::Response::new(
         token,
         TokenType::Bearer,

@@ -137,7 +137,7 @@ async fn login_token(
             rhizome_service::users::uia::UiaPurpose::Account(requester.user_id.clone()),
         )
         .await?;
-    let token = services.create_login_token(&requester.user_id);
+    let token = services.create_login_token(&requester.user_id).await?;
     let lifetime = std::time::Duration::from_millis(
         u64::try_from(rhizome_service::users::LOGIN_TOKEN_LIFETIME_MS).unwrap_or(120_000),
     );

@@ -1,5 +1,6 @@
 //! The outbound federation queue survives `kill -9` of the sending server: events a client
-//! was told are sent reach the other server exactly once after the restart.
+//! was told are sent reach the other server exactly once after the restart, or, with two
+//! processes on PostgreSQL, from the process that lives on.
 
 use std::time::{Duration, Instant};
 
@@ -146,4 +147,82 @@ async fn a_rotated_key_is_published_as_old_beside_the_new_one() {
     assert_eq!(after["old_verify_keys"][&old_key]["key"], before["verify_keys"][&old_key]["key"]);
     assert!(after["old_verify_keys"][&old_key]["expired_ts"].as_i64().unwrap() > 0);
     assert!(after["signatures"][after["server_name"].as_str().unwrap()][&new_key].is_string());
+}
+
+/// Two processes of A on one PostgreSQL database: the one sending to B is killed while B is
+/// down, and the other takes B's queue over once the dead one's lease lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_process_takes_over_sending_when_the_sender_is_killed() {
+    let mut b = TestServer::start_federating("127.0.0.123").await;
+    let database_url =
+        rhizome_storage_sql::testing::shared_postgres().create_database().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let certificates = tempfile::tempdir().unwrap();
+    let ip = "127.0.0.124";
+    let (tls_port, other_tls_port) = (free_port_on(ip), free_port_on(ip));
+    let mut env = federating_env(certificates.path(), ip, tls_port);
+    env.push(("RHIZOME_DATABASE__URL".into(), database_url));
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut sender = serve(data.path(), super::free_port(), &env_refs).await;
+    // The second process serves federation on another port (the server name names the first).
+    let other_listen = format!("{ip}:{other_tls_port}");
+    let mut other_env = env_refs.clone();
+    other_env.push(("RHIZOME_TLS__LISTEN", other_listen.as_str()));
+    let survivor = serve(data.path(), super::free_port(), &other_env).await;
+
+    let alice = Api::new_user(&sender.base, "alice").await;
+    let bob = Api::new_user(&b.base_url, "bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?via={ip}:{tls_port}", encode(&room)), json!({}))
+        .await
+        .ok();
+
+    // B goes down; the sending process accepts 10 messages it cannot deliver and is killed.
+    b.stop_for_now().await;
+    for index in 0..10 {
+        alice.send_text(&room, &format!("queued {index}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sender.child.kill().unwrap();
+    sender.child.wait().unwrap();
+    let killed = Instant::now();
+    b.start_again().await;
+
+    let mut since: Option<String> = None;
+    'wait: loop {
+        let query = match &since {
+            Some(since) => format!("timeout=2000&since={since}"),
+            None => "timeout=0".to_owned(),
+        };
+        let sync = bob.sync(&query).await;
+        since = sync["next_batch"].as_str().map(str::to_owned);
+        for event in
+            sync["rooms"]["join"][&room]["timeline"]["events"].as_array().into_iter().flatten()
+        {
+            if event["content"]["body"] == "queued 9" {
+                break 'wait;
+            }
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(90),
+            "the surviving process never sent the queue; the log:\n{}",
+            std::fs::read_to_string(data.path().join("serve.log")).unwrap_or_default()
+        );
+    }
+    let took_over = killed.elapsed();
+    let messages = bob
+        .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", encode(&room)))
+        .await
+        .ok();
+    let mut seen: Vec<String> = messages["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|event| event["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    seen.reverse();
+    let expected: Vec<String> = (0..10).map(|index| format!("queued {index}")).collect();
+    assert_eq!(seen, expected, "every queued event once, in order");
+    eprintln!("the surviving process delivered the dead one's queue {took_over:?} after the kill");
+    drop(survivor);
 }

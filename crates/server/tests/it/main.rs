@@ -1,6 +1,7 @@
 //! The `rhizome` binary itself: starting with no configuration, the admin commands, refusing
 //! unknown configuration keys, surviving a crash in the middle of writes, and reloading its
-//! TLS certificate on SIGHUP.
+//! TLS certificate on SIGHUP; several processes serving one homeserver from one PostgreSQL
+//! database.
 
 // Test code: a failed step fails the test at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,7 +15,11 @@ use std::{
 
 use serde_json::{Value, json};
 
+mod cluster;
 mod federation;
+mod migrate_db;
+mod scale_out;
+mod scale_out_kill;
 mod tls;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_rhizome");

@@ -246,8 +246,7 @@ impl Services {
         if let Err(reason) = self.check_against_state(&version, &join, &state).await? {
             return Err(Error::forbidden(format!("The join is not allowed: {reason}")));
         }
-        let lock = self.room_lock(room_id);
-        let _guard = lock.lock().await;
+        let _guard = self.lock_room(room_id).await?;
         if self.server_in_room(room_id).await? && self.is_joined(room_id, user_id).await? {
             return Ok(());
         }
@@ -303,8 +302,7 @@ impl Services {
         }
         // The invite keeps this server's signature; the invitee's server added its own.
         let signed = self.verify_received(checked, &prepared.version).await?;
-        let lock = self.room_lock(room_id);
-        let _guard = lock.lock().await;
+        let _guard = self.lock_room(room_id).await?;
         let extremities = self.store.forward_extremities(room_id).await?;
         self.persist_prepared(
             room_id,

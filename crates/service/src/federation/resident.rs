@@ -184,9 +184,8 @@ impl Services {
                 "Expected a {membership} of a user of the sending server for themselves"
             )));
         }
-        let lock = self.room_lock(room_id);
         let outcome = {
-            let _guard = lock.lock().await;
+            let _guard = self.lock_room(room_id).await?;
             self.process_pdu_locked(origin, room_id, &version, pdu.clone(), 1).await?
         };
         match outcome {

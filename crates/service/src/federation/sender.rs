@@ -44,6 +44,8 @@ const BACKOFF_RECHECK: Duration = Duration::from_secs(60);
 const LEASE_RETRY: Duration = Duration::from_secs(5);
 /// How long an idle sender task lives.
 const IDLE_EXIT: Duration = Duration::from_secs(120);
+/// With other processes: how often queues left by a process that died are looked for.
+const TAKEOVER_SWEEP: Duration = Duration::from_secs(15);
 
 /// One destination's in-memory part.
 #[derive(Default)]
@@ -112,13 +114,26 @@ impl Services {
             {
                 tracing::warn!(%error, "could not take back the federation leases");
             }
-            match strong.store.destinations_with_queue().await {
-                Ok(destinations) => {
-                    for destination in destinations {
-                        strong.wake_destination(&destination);
+            let shared = strong.store.shared_by_processes();
+            drop(strong);
+            loop {
+                let Some(strong) = services.upgrade() else { return };
+                match strong.store.destinations_with_queue().await {
+                    Ok(destinations) => {
+                        for destination in destinations {
+                            strong.wake_destination(&destination);
+                        }
                     }
+                    Err(error) => tracing::warn!(%error, "could not read the federation queue"),
                 }
-                Err(error) => tracing::warn!(%error, "could not read the federation queue"),
+                // With other processes, one that dies leaves its destinations' queues behind:
+                // look for them again now and then (their leases lapse, and a sender here
+                // takes them over).
+                if !shared {
+                    return;
+                }
+                drop(strong);
+                tokio::time::sleep(TAKEOVER_SWEEP).await;
             }
         });
     }
@@ -154,10 +169,25 @@ impl Services {
         tasks.push(task);
     }
 
-    /// Wakes the senders of destinations a persisted event was queued for.
+    /// Wakes the senders of destinations a persisted event was queued for, here and (the
+    /// ones running) in the other processes.
     pub(crate) fn wake_destinations(&self, destinations: &[OwnedServerName]) {
         for destination in destinations {
             self.wake_destination(destination);
+        }
+        crate::processes::publish_destinations(self.store.as_ref(), destinations);
+    }
+
+    /// Wakes the senders of these destinations that run here (another process queued
+    /// something for them).
+    pub(crate) fn wake_running_destinations(&self, destinations: &[OwnedServerName]) {
+        for destination in destinations {
+            let state = self.federation.sender.destinations.lock().get(destination).cloned();
+            if let Some(state) = state
+                && *state.running.lock()
+            {
+                state.notify.notify_one();
+            }
         }
     }
 
@@ -400,6 +430,8 @@ async fn destination_task(
         None => return,
     };
     let mut in_flight_ephemeral: Option<(String, Vec<Box<RawJsonValue>>)> = None;
+    // Since when another process has held the lease (this task ends after a while of that).
+    let mut held_elsewhere_since: Option<tokio::time::Instant> = None;
     loop {
         if *shutdown.borrow() {
             break;
@@ -413,42 +445,47 @@ async fn destination_task(
             .acquire_destination_lease(&destination, &owner, now + LEASE_MS, now)
             .await
         {
-            Ok(true) => match services.store.get_destination(&destination).await {
-                // Backing off: look again at the latest within a minute (the administrator
-                // may end the backoff from the command line).
-                Ok(Some(record)) if record.retry_at > now => Some(
-                    Duration::from_millis(u64::try_from(record.retry_at - now).unwrap_or(0))
-                        .min(BACKOFF_RECHECK),
-                ),
-                Ok(record) => {
-                    let record = record.unwrap_or_else(|| empty_record(&destination));
-                    match services
-                        .send_next_transaction(
-                            &destination,
-                            &state,
-                            &record,
-                            &mut in_flight_ephemeral,
-                        )
-                        .await
-                    {
-                        Ok(true) => continue,
-                        Ok(false) => None,
-                        Err(SendFailure::Local(error)) => {
-                            tracing::warn!(%error, "the federation sender hit a local error");
-                            Some(Duration::from_secs(5))
-                        }
-                        Err(SendFailure::Remote(error)) => {
-                            tracing::debug!(%error, "a transaction could not be sent");
-                            Some(services.back_off(&destination, &record).await)
+            Ok(true) => {
+                held_elsewhere_since = None;
+                match services.store.get_destination(&destination).await {
+                    // Backing off: look again at the latest within a minute (the administrator
+                    // may end the backoff from the command line).
+                    Ok(Some(record)) if record.retry_at > now => Some(
+                        Duration::from_millis(u64::try_from(record.retry_at - now).unwrap_or(0))
+                            .min(BACKOFF_RECHECK),
+                    ),
+                    Ok(record) => {
+                        let record = record.unwrap_or_else(|| empty_record(&destination));
+                        match services
+                            .send_next_transaction(
+                                &destination,
+                                &state,
+                                &record,
+                                &mut in_flight_ephemeral,
+                            )
+                            .await
+                        {
+                            Ok(true) => continue,
+                            Ok(false) => None,
+                            Err(SendFailure::Local(error)) => {
+                                tracing::warn!(%error, "the federation sender hit a local error");
+                                Some(Duration::from_secs(5))
+                            }
+                            Err(SendFailure::Remote(error)) => {
+                                tracing::debug!(%error, "a transaction could not be sent");
+                                Some(services.back_off(&destination, &record).await)
+                            }
                         }
                     }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not read a destination");
+                        Some(Duration::from_secs(5))
+                    }
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "could not read a destination");
-                    Some(Duration::from_secs(5))
-                }
-            },
-            // Another process sends to it: look again when its lease may have lapsed.
+            }
+            // Another process sends to it: look again when its lease may have lapsed, for a
+            // while (the sweep of queues left behind starts a task again if needed).
+            Ok(false) if given_up(&mut held_elsewhere_since) => break,
             Ok(false) => Some(LEASE_RETRY),
             Err(error) => {
                 tracing::warn!(%error, "could not take a destination's lease");
@@ -480,6 +517,12 @@ async fn destination_task(
         let owner = services.federation.sender.owner.clone();
         let _ = services.store.release_destination_lease(&destination, &owner).await;
     }
+}
+
+/// Whether another process has held the lease for longer than [`IDLE_EXIT`] (since when is
+/// noted on the first call).
+fn given_up(held_elsewhere_since: &mut Option<tokio::time::Instant>) -> bool {
+    held_elsewhere_since.get_or_insert_with(tokio::time::Instant::now).elapsed() > IDLE_EXIT
 }
 
 fn empty_record(destination: &ServerName) -> DestinationRecord {

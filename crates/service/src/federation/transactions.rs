@@ -338,7 +338,7 @@ impl Services {
                 continue;
             }
             let status = update.status_msg.map(|text| text.chars().take(1024).collect());
-            self.apply_remote_presence(
+            self.apply_federated_presence(
                 &update.user_id,
                 &update.presence,
                 status,

@@ -378,7 +378,10 @@ impl Services {
             .await?;
         match outcome {
             PendingCompletion::Stored => {
-                self.media.uploads.send_modify(|count| *count = count.wrapping_add(1));
+                self.media_uploaded();
+                // Downloads waiting for it on other processes look again.
+                let message = crate::processes::Message::MediaUploaded;
+                crate::processes::publish(self.store.as_ref(), &message);
                 if is_image {
                     self.spawn_configured_thumbnails(media_id.to_owned());
                 }
@@ -394,6 +397,11 @@ impl Services {
                 "This media ID has its content already",
             )),
         }
+    }
+
+    /// Wakes the downloads waiting here for pending uploads, to look again.
+    pub(crate) fn media_uploaded(&self) {
+        self.media.uploads.send_modify(|count| *count = count.wrapping_add(1));
     }
 
     /// Finds uploaded media to serve, waiting up to `timeout` for a pending upload.

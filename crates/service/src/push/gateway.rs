@@ -3,30 +3,22 @@
 //! each `http` pusher of theirs is told, in the format the app asked for (`event_id_only`
 //! leaves the event out), with the number of rooms they have unread notifications in.
 //!
-//! The event path only queues a job; one worker, started with the server, turns jobs into
-//! requests, at most `push.concurrency` at once. A gateway is reached only at a public
+//! The event path queues a job durably (in the transaction that persists the event); one
+//! worker among all the processes sharing the database, under a lease ([`super::worker`]),
+//! turns jobs into requests, at most `push.concurrency` at once, and deletes a job once its
+//! requests are done. A gateway is reached only at a public
 //! address (or one the organiser allowed, see [`outbound`](crate::outbound)), without
 //! redirects, and retried with backoff when it fails or is unreachable; a pushkey it rejects
 //! loses its pusher. Nothing of the notification is logged.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use parking_lot::Mutex;
 use reqwest::{StatusCode, Url, redirect::Policy};
 use rhizome_core::{Error, Result, config::PushConfig};
-use rhizome_storage::{PushAction, PusherRecord};
-use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, UserId, events::StateEventType};
+use rhizome_storage::{PusherRecord, QueuedPush};
+use ruma::{UserId, events::StateEventType};
 use serde_json::{Map, Value, json};
-use tokio::{
-    sync::{Semaphore, mpsc},
-    time::Instant,
-};
+use tokio::{sync::Semaphore, task::JoinHandle, time::Instant};
 
 use crate::{
     Services,
@@ -36,36 +28,25 @@ use crate::{
 
 /// The path every push gateway serves.
 const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
-/// Jobs waiting for the worker; past this, notifications are dropped (and said so).
-const QUEUE_LENGTH: usize = 4096;
 /// How long one request to a gateway may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Waits before each attempt: the first at once, then backing off.
 const BACKOFF_SECS: [u64; 4] = [0, 2, 10, 60];
 
-/// One event that notified some users.
-pub(crate) struct PushJob {
-    room_id: OwnedRoomId,
-    event_id: OwnedEventId,
-    /// Each notified user and the actions of the rule that matched (JSON).
-    users: Vec<(OwnedUserId, String)>,
-}
-
-/// The queue between the event path and the push worker.
+/// The push worker's state in this process.
 pub(crate) struct PushQueue {
-    sender: mpsc::Sender<PushJob>,
-    receiver: Mutex<Option<mpsc::Receiver<PushJob>>>,
-    started: AtomicBool,
+    /// Wakes the worker when this process queued a job.
+    pub(super) wake: tokio::sync::Notify,
+    /// Whether the worker was started here.
+    pub(super) started: std::sync::atomic::AtomicBool,
     permits: Arc<Semaphore>,
 }
 
 impl PushQueue {
     pub(crate) fn new(config: &PushConfig) -> Self {
-        let (sender, receiver) = mpsc::channel(QUEUE_LENGTH);
         Self {
-            sender,
-            receiver: Mutex::new(Some(receiver)),
-            started: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+            started: std::sync::atomic::AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
         }
     }
@@ -112,51 +93,9 @@ fn tweaks(actions: &str) -> Map<String, Value> {
 }
 
 impl Services {
-    /// Starts the worker that sends notifications to push gateways (once; the server calls it
-    /// at start-up). Until it runs, nothing is queued.
-    pub fn start_push_worker(self: &Arc<Self>) {
-        if !self.config.push.enabled {
-            return;
-        }
-        let Some(mut receiver) = self.push_queue.receiver.lock().take() else { return };
-        self.push_queue.started.store(true, Ordering::SeqCst);
-        // The worker holds the services weakly: when the server goes, the queue's sender goes
-        // with it and the worker ends.
-        let services = Arc::downgrade(self);
-        tokio::spawn(async move {
-            while let Some(job) = receiver.recv().await {
-                let Some(services) = services.upgrade() else { break };
-                services.deliver_pushes(job).await;
-            }
-        });
-    }
-
-    /// Queues the notifications of a persisted event (those of its actions that notify).
-    pub(crate) fn queue_pushes(
-        &self,
-        room_id: &ruma::RoomId,
-        event_id: &ruma::EventId,
-        actions: &[PushAction],
-    ) {
-        if !self.push_queue.started.load(Ordering::SeqCst) {
-            return;
-        }
-        let users: Vec<(OwnedUserId, String)> = actions
-            .iter()
-            .filter(|action| action.notify)
-            .map(|action| (action.user_id.clone(), action.actions.clone()))
-            .collect();
-        if users.is_empty() {
-            return;
-        }
-        let job = PushJob { room_id: room_id.to_owned(), event_id: event_id.to_owned(), users };
-        if self.push_queue.sender.try_send(job).is_err() {
-            tracing::warn!("the push queue is full: a notification was not sent");
-        }
-    }
-
-    /// Sends one event's notifications to every `http` pusher of the users it notified.
-    async fn deliver_pushes(self: &Arc<Self>, job: PushJob) {
+    /// Sends one queued event's notifications to every `http` pusher of the users it
+    /// notified, and returns once every request is done (delivered, rejected or given up).
+    pub(super) async fn deliver_pushes(self: &Arc<Self>, job: &QueuedPush) {
         let event = match self.load_event(&job.event_id).await {
             Ok(Some(event)) => event,
             Ok(None) => return,
@@ -165,11 +104,15 @@ impl Services {
                 return;
             }
         };
-        for (user_id, actions) in job.users {
-            if let Err(error) = self.deliver_to_user(&event, &job.room_id, &user_id, &actions).await
-            {
-                tracing::warn!(%error, "could not prepare a push notification");
+        let mut sends = Vec::new();
+        for (user_id, actions) in &job.users {
+            match self.deliver_to_user(&event, &job.room_id, user_id, actions).await {
+                Ok(mut started) => sends.append(&mut started),
+                Err(error) => tracing::warn!(%error, "could not prepare a push notification"),
             }
+        }
+        for send in sends {
+            let _ = send.await;
         }
     }
 
@@ -179,10 +122,11 @@ impl Services {
         room_id: &ruma::RoomId,
         user_id: &UserId,
         actions: &str,
-    ) -> Result<()> {
+    ) -> Result<Vec<JoinHandle<()>>> {
+        let mut sends = Vec::new();
         let pushers = self.store.list_pushers(user_id).await?;
         if pushers.is_empty() {
-            return Ok(());
+            return Ok(sends);
         }
         let unread = self.store.rooms_with_unread_notifications(user_id).await?;
         for pusher in pushers {
@@ -200,15 +144,15 @@ impl Services {
             let body = self.push_body(event, room_id, user_id, &pusher, data, actions, unread);
             let body = body.await?;
             let Ok(permit) = self.push_queue.permits.clone().acquire_owned().await else {
-                return Ok(());
+                return Ok(sends);
             };
             let services = Arc::clone(self);
-            tokio::spawn(async move {
+            sends.push(tokio::spawn(async move {
                 let _permit = permit;
                 services.send_notification(&pusher, url, &body).await;
-            });
+            }));
         }
-        Ok(())
+        Ok(sends)
     }
 
     /// The request body for one pusher.

@@ -4,6 +4,7 @@
 
 pub(crate) mod gateway;
 pub mod rules;
+pub(crate) mod worker;
 
 use std::{collections::HashMap, sync::Arc};
 

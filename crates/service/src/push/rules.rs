@@ -224,6 +224,8 @@ impl Services {
         let content = json!({ "global": rules }).to_string();
         self.store.set_account_data(user_id, None, PUSH_RULES_TYPE, &content).await?;
         self.caches.push_rules.lock().put(user_id.to_owned(), Arc::new(evaluable(rules)));
+        let message = crate::processes::Message::ForgetPushRules { user_id: user_id.to_owned() };
+        crate::processes::publish(self.store.as_ref(), &message);
         self.notifier.notify([user_id]);
         Ok(())
     }

@@ -7,7 +7,7 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use rhizome_core::{Error, Result};
 use rhizome_room::{Pdu, StateMap};
-use rhizome_storage::{EventRecord, StateGroupId};
+use rhizome_storage::{EventRecord, RoomLock, StateGroupId};
 use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, events::StateEventType};
 
 use crate::{Services, users::LoginTokens};
@@ -30,7 +30,7 @@ pub(crate) struct RoomCaches {
     versions: Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
     events: Mutex<LruCache<OwnedEventId, Arc<LoadedEvent>>>,
     state_groups: Mutex<LruCache<StateGroupId, Arc<StateMap>>>,
-    locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<OwnedRoomId, Arc<RoomLockSlot>>>,
     pub(crate) members: super::MemberCache,
     pub(crate) push_rules: Mutex<LruCache<ruma::OwnedUserId, Arc<ruma::push::Ruleset>>>,
     pub(crate) login_tokens: LoginTokens,
@@ -47,6 +47,27 @@ impl RoomCaches {
             push_rules: lru(10_000),
             login_tokens: LoginTokens::default(),
         }
+    }
+}
+
+/// A room's lock: in memory for this process, and the store's for every process.
+#[derive(Default)]
+pub(crate) struct RoomLockSlot {
+    local: Arc<tokio::sync::Mutex<()>>,
+    /// The store's lock, while the holder of `local` has it and has not persisted with it.
+    store: Mutex<Option<RoomLock>>,
+}
+
+/// A room held for building and persisting its next events; dropping it lets the room go.
+pub(crate) struct RoomGuard {
+    slot: Arc<RoomLockSlot>,
+    _local: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for RoomGuard {
+    fn drop(&mut self) {
+        // The store's lock goes first (its transaction is rolled back), then the local one.
+        self.slot.store.lock().take();
     }
 }
 
@@ -76,9 +97,42 @@ impl Services {
         }
     }
 
-    /// The lock that serialises event creation in a room.
-    pub(crate) fn room_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
-        self.caches.locks.lock().entry(room_id.to_owned()).or_default().clone()
+    /// Takes the lock that serialises event creation in a room: in memory, then in the store
+    /// (so another process sharing the database waits too). The store's lock is handed to the
+    /// transaction of the next event persisted under it ([`Services::take_store_room_lock`]).
+    pub(crate) async fn lock_room(&self, room_id: &RoomId) -> Result<RoomGuard> {
+        let slot = self.caches.locks.lock().entry(room_id.to_owned()).or_default().clone();
+        let local = slot.local.clone().lock_owned().await;
+        let guard = RoomGuard { slot, _local: local };
+        if self.store.shared_by_processes() {
+            let held = self.store.lock_room(room_id).await?;
+            *guard.slot.store.lock() = Some(held);
+        }
+        Ok(guard)
+    }
+
+    /// The store's lock on a room, for the transaction persisting its next event. The caller
+    /// holds the room's lock in memory; the store's is taken again for the events after this
+    /// one ([`Services::relock_room_in_store`]).
+    pub(crate) fn take_store_room_lock(&self, room_id: &RoomId) -> Option<RoomLock> {
+        let slot = self.caches.locks.lock().get(room_id).cloned()?;
+        slot.store.lock().take()
+    }
+
+    /// Takes the store's lock on a room again after an event was persisted, so the next event
+    /// built under the same lock in memory is built under it too.
+    pub(crate) async fn relock_room_in_store(&self, room_id: &RoomId) -> Result<()> {
+        if !self.store.shared_by_processes() {
+            return Ok(());
+        }
+        let Some(slot) = self.caches.locks.lock().get(room_id).cloned() else { return Ok(()) };
+        if slot.local.try_lock().is_ok() {
+            // Nobody holds the room any more.
+            return Ok(());
+        }
+        let held = self.store.lock_room(room_id).await?;
+        *slot.store.lock() = Some(held);
+        Ok(())
     }
 
     /// Loads an event with its place in the room.
@@ -151,6 +205,11 @@ impl Services {
     /// Forgets a cached event (after it was redacted).
     pub(crate) fn forget_event(&self, event_id: &EventId) {
         self.caches.events.lock().pop(event_id);
+    }
+
+    /// Drops every cached event.
+    pub(crate) fn forget_all_events(&self) {
+        self.caches.events.lock().clear();
     }
 
     /// The state map of a state group.

@@ -237,8 +237,7 @@ impl Services {
                 Err(error) => return Err(error),
             }
         };
-        let lock = self.room_lock(&room_id);
-        let _guard = lock.lock().await;
+        let _guard = self.lock_room(&room_id).await?;
         self.persist_first_event(&room_id, version, pdu).await?;
         Ok(room_id)
     }

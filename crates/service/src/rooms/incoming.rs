@@ -82,8 +82,7 @@ impl Services {
         self.check_server_acl(room_id, origin).await?;
         let pdu = self.verify_received(checked, &version).await?;
         self.check_server_acl(room_id, pdu.sender.server_name()).await?;
-        let lock = self.room_lock(room_id);
-        let _guard = lock.lock().await;
+        let _guard = self.lock_room(room_id).await?;
         let outcome =
             self.process_pdu_locked(origin, room_id, &version, pdu, MISSING_EVENTS_DEPTH).await?;
         Ok((event_id, outcome))

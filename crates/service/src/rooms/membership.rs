@@ -364,6 +364,10 @@ impl Services {
             Some(_) => {
                 self.store.forget_room(user_id, room_id).await?;
                 self.forget_user_memberships(user_id);
+                let message = crate::processes::Message::ForgetUserMemberships {
+                    user_id: user_id.to_owned(),
+                };
+                crate::processes::publish(self.store.as_ref(), &message);
                 Ok(())
             }
             None => Err(Error::not_found("You were never in this room")),

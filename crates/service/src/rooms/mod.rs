@@ -180,4 +180,28 @@ impl Services {
         inner.generation += 1;
         inner.users.remove(user_id);
     }
+
+    /// Drops a room's cached members and these users' (or every user's) cached rooms: another
+    /// process changed them.
+    pub(crate) fn forget_memberships(&self, room_id: &RoomId, users: Option<&[OwnedUserId]>) {
+        let mut inner = self.caches.members.inner.lock();
+        inner.generation += 1;
+        inner.rooms.remove(room_id);
+        match users {
+            Some(users) => {
+                for user in users {
+                    inner.users.remove(user);
+                }
+            }
+            None => inner.users.clear(),
+        }
+    }
+
+    /// Drops every cached membership.
+    pub(crate) fn forget_all_memberships(&self) {
+        let mut inner = self.caches.members.inner.lock();
+        inner.generation += 1;
+        inner.rooms.clear();
+        inner.users.clear();
+    }
 }

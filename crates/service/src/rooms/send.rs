@@ -131,8 +131,7 @@ impl Services {
             return Err(Error::bad_json("Event content must be a JSON object"));
         }
         let version = self.room_version(room_id).await?;
-        let lock = self.room_lock(room_id);
-        let _guard = lock.lock().await;
+        let _guard = self.lock_room(room_id).await?;
         if let Some(txn) = &txn
             && let Some(event_id) = self.store.event_for_txn(txn).await?
         {
@@ -181,8 +180,7 @@ impl Services {
         event: &NewEvent,
     ) -> Result<PreparedEvent> {
         let version = self.room_version(room_id).await?;
-        let lock = self.room_lock(room_id);
-        let _guard = lock.lock().await;
+        let _guard = self.lock_room(room_id).await?;
         let mut prev_events = self.store.forward_extremities(room_id).await?;
         prev_events.truncate(MAX_PREV_EVENTS);
         let prevs = self.load_events(&prev_events).await?;
@@ -452,6 +450,7 @@ impl Services {
             relation,
             redaction: redaction.clone(),
             push_actions,
+            queue_pushes: self.config.push.enabled,
             federation_destinations,
             soft_failed,
             historical,
@@ -460,17 +459,29 @@ impl Services {
             let users = membership_changes.iter().map(|change| change.user_id.clone()).collect();
             self.begin_membership_write(room_id, users)
         });
-        let persisted = self.store.persist_event(&persist).await;
+        let persisted = match self.take_store_room_lock(room_id) {
+            Some(lock) => self.store.persist_event_locked(&persist, lock).await,
+            None => self.store.persist_event(&persist).await,
+        };
         if let Some(write) = membership_write {
             self.end_membership_write(write);
         }
         let persisted = persisted?;
+        self.relock_room_in_store(room_id).await?;
         self.wake_destinations(&persist.federation_destinations);
         if !moves_room {
             return Ok(event_id);
         }
         self.record_room_activity(room_id, &persist.event_type, persisted.stream_pos);
-        self.queue_pushes(room_id, &event_id, &persist.push_actions);
+        let activity = crate::processes::Message::Activity {
+            room_id: room_id.to_owned(),
+            event_type: persist.event_type.clone(),
+            pos: persisted.stream_pos,
+        };
+        crate::processes::publish(self.store.as_ref(), &activity);
+        if persist.queue_pushes && persist.push_actions.iter().any(|action| action.notify) {
+            self.wake_push_worker();
+        }
         if let Some((target, _)) = &redaction {
             self.forget_event(target);
         }

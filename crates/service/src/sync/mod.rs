@@ -99,6 +99,10 @@ impl Services {
         request: SyncRequest,
     ) -> Result<v3::Response> {
         let since = request.since.as_deref().map(SyncToken::parse).transpose()?;
+        if let Some(since) = since {
+            // A token from another process may be a moment ahead of this one.
+            self.catch_up_to(since.pos).await;
+        }
         if request.set_presence != PresenceState::Offline {
             self.set_presence(&requester.user_id, request.set_presence.as_str(), None).await?;
         }
@@ -110,7 +114,8 @@ impl Services {
             wake.borrow_and_update();
             let upper = SyncToken {
                 pos: self.store.current_stream_pos(),
-                ephemeral: self.ephemeral_serial(),
+                // Another process's serial may be ahead of this one's (never of its clock).
+                ephemeral: self.ephemeral_serial().max(since.map_or(0, |since| since.ephemeral)),
             };
             let window = Window { since, upper };
             let mut response = self.sync_once(requester, &request, window).await?;

@@ -87,7 +87,7 @@ impl Services {
         self.active_account(user_id).await?;
         self.store.set_admin(user_id, is_admin).await?;
         // Cached requesters carry the flag.
-        self.token_cache.clear();
+        self.forget_cached_tokens();
         Ok(())
     }
 

@@ -107,6 +107,9 @@ pub(crate) struct LoginTokens {
     tokens: Mutex<HashMap<String, (OwnedUserId, i64)>>,
 }
 
+/// The kind of client session login tokens are kept as when processes share the store.
+const LOGIN_TOKEN_KIND: &str = "login_token";
+
 /// How long an `m.login.token` token is valid.
 pub const LOGIN_TOKEN_LIFETIME_MS: i64 = 120_000;
 
@@ -190,11 +193,8 @@ impl Services {
         if self.config.registration.mode == RegistrationMode::Disabled {
             return Err(Error::forbidden("Registration is disabled on this server"));
         }
-        if let Some(user_id) = request
-            .auth
-            .as_ref()
-            .and_then(AuthData::session)
-            .and_then(|id| self.uia_registered_user(id))
+        if let Some(session_id) = request.auth.as_ref().and_then(AuthData::session)
+            && let Some(user_id) = self.uia_registered_user(session_id).await?
         {
             return self.registered_again(user_id, &request).await;
         }
@@ -245,7 +245,7 @@ impl Services {
                 created_ts: now_millis(),
             })
             .await?;
-        self.record_uia_registration(&outcome.session_id, &user_id);
+        self.record_uia_registration(&outcome.session_id, &user_id).await?;
         tracing::info!("registered a new account");
         let session = if params.inhibit_login {
             None
@@ -312,7 +312,7 @@ impl Services {
         let now = now_millis();
         if self.store.get_device(user_id, &device_id).await?.is_some() {
             self.store.delete_device(user_id, &device_id).await?;
-            self.token_cache.clear();
+            self.forget_cached_tokens();
         }
         self.store.upsert_device(user_id, &device_id, display_name, now).await?;
         let access_token = generate_token("syt");
@@ -367,13 +367,23 @@ impl Services {
     }
 
     /// Makes a short-lived token for `m.login.token` (used to sign in another device).
-    pub fn create_login_token(&self, user_id: &UserId) -> String {
+    pub async fn create_login_token(&self, user_id: &UserId) -> Result<String> {
         let token = generate_token("syl");
         let now = now_millis();
+        let expires = now + LOGIN_TOKEN_LIFETIME_MS;
+        if self.store.shared_by_processes() {
+            // The login may reach another process: the token is kept in the store.
+            self.store.delete_expired_client_sessions(now).await?;
+            let hash = hash_token(&token);
+            self.store
+                .save_client_session(LOGIN_TOKEN_KIND, &hash, user_id.as_str(), expires)
+                .await?;
+            return Ok(token);
+        }
         let mut tokens = self.login_tokens().tokens.lock();
         tokens.retain(|_, (_, expires)| *expires > now);
-        tokens.insert(hash_token(&token), (user_id.to_owned(), now + LOGIN_TOKEN_LIFETIME_MS));
-        token
+        tokens.insert(hash_token(&token), (user_id.to_owned(), expires));
+        Ok(token)
     }
 
     /// Logs in with an `m.login.token` token (single use).
@@ -386,7 +396,7 @@ impl Services {
         client_key: &str,
     ) -> Result<Session> {
         self.rate_limiter.check(Action::Login, client_key)?;
-        let entry = self.login_tokens().tokens.lock().remove(&hash_token(token));
+        let entry = self.take_login_token(token).await?;
         match entry {
             Some((user_id, expires)) if expires > now_millis() => {
                 self.rate_limiter.check(Action::Login, user_id.as_str())?;
@@ -394,6 +404,23 @@ impl Services {
             }
             _ => Err(Error::forbidden("Invalid or expired login token")),
         }
+    }
+
+    /// Removes a login token: its user and expiry, if it was there (only one taker gets it).
+    async fn take_login_token(&self, token: &str) -> Result<Option<(OwnedUserId, i64)>> {
+        let hash = hash_token(token);
+        if !self.store.shared_by_processes() {
+            return Ok(self.login_tokens().tokens.lock().remove(&hash));
+        }
+        let now = now_millis();
+        let Some(user) = self.store.get_client_session(LOGIN_TOKEN_KIND, &hash, now).await? else {
+            return Ok(None);
+        };
+        if !self.store.delete_client_session(LOGIN_TOKEN_KIND, &hash).await? {
+            return Ok(None);
+        }
+        // It had not expired when read; its exact expiry no longer matters.
+        Ok(UserId::parse(user).ok().map(|user_id| (user_id, i64::MAX)))
     }
 
     fn login_tokens(&self) -> &LoginTokens {
@@ -417,7 +444,7 @@ impl Services {
             )
             .await?
             .ok_or_else(|| Error::unknown_token(false))?;
-        self.token_cache.clear();
+        self.forget_cached_tokens();
         Ok(Session {
             user_id: owner,
             device_id,
@@ -437,14 +464,14 @@ impl Services {
         for device in self.store.list_devices(user_id).await? {
             self.store.delete_device(user_id, &device.device_id).await?;
         }
-        self.token_cache.clear();
+        self.forget_cached_tokens();
         self.on_device_list_change(user_id).await
     }
 
     /// Deletes a device and its tokens.
     pub async fn delete_device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
         self.store.delete_device(user_id, device_id).await?;
-        self.token_cache.clear();
+        self.forget_cached_tokens();
         self.on_device_list_change(user_id).await
     }
 
@@ -491,7 +518,7 @@ impl Services {
                     self.store.delete_device(&requester.user_id, &device.device_id).await?;
                 }
             }
-            self.token_cache.clear();
+            self.forget_cached_tokens();
             self.on_device_list_change(&requester.user_id).await?;
         }
         Ok(())
@@ -522,7 +549,7 @@ impl Services {
             }
         }
         self.store.deactivate_user(user_id).await?;
-        self.token_cache.clear();
+        self.forget_cached_tokens();
         self.on_device_list_change(user_id).await
     }
 

@@ -3,16 +3,16 @@
 //! for a minute and used once, then the account's details with an HMAC-SHA1 over them keyed
 //! with the secret.
 
-use std::time::{Duration, Instant};
-
 use hmac::{Hmac, Mac};
-use rhizome_core::{Error, Result, error::MatrixErrorKind};
+use rhizome_core::{Error, Result, clock::now_millis, error::MatrixErrorKind};
 use sha1::Sha1;
 
 use crate::{Services, auth::generate_token, rate_limit::Action, users::Session};
 
-/// How long a nonce may be used.
-const NONCE_LIFETIME: Duration = Duration::from_secs(60);
+/// How long a nonce may be used (ms).
+const NONCE_LIFETIME_MS: i64 = 60_000;
+/// The kind of client session a nonce is kept as.
+const NONCE_KIND: &str = "shared-secret-nonce";
 
 /// An account to create, as the tool sends it.
 #[derive(Clone, Debug)]
@@ -62,9 +62,9 @@ impl Services {
     pub async fn shared_secret_nonce(&self) -> Result<String> {
         self.registration_shared_secret().await?;
         let nonce = generate_token("nonce");
-        let mut nonces = self.uia.shared_secret_nonces.lock();
-        nonces.retain(|_, issued| issued.elapsed() < NONCE_LIFETIME);
-        nonces.insert(nonce.clone(), Instant::now());
+        let expires_ts = now_millis().saturating_add(NONCE_LIFETIME_MS);
+        // In the store, as the registration that uses it may reach another process.
+        self.store.save_client_session(NONCE_KIND, &nonce, "", expires_ts).await?;
         Ok(nonce)
     }
 
@@ -77,8 +77,13 @@ impl Services {
         self.rate_limiter.check(Action::Registration, client_key)?;
         let secret = self.registration_shared_secret().await?;
         // The nonce is used up whatever happens next.
-        let issued = self.uia.shared_secret_nonces.lock().remove(&request.nonce);
-        if issued.is_none_or(|issued| issued.elapsed() >= NONCE_LIFETIME) {
+        let valid = self
+            .store
+            .get_client_session(NONCE_KIND, &request.nonce, now_millis())
+            .await?
+            .is_some();
+        let used_up = self.store.delete_client_session(NONCE_KIND, &request.nonce).await?;
+        if !(valid && used_up) {
             return Err(Error::matrix(MatrixErrorKind::Unknown, "Unrecognised nonce"));
         }
         for (field, value) in [("username", &request.username), ("password", &request.password)] {

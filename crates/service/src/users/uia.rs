@@ -1,13 +1,8 @@
-//! User-interactive authentication: sessions held in memory for a short time (with the first
-//! request's parameters), stages completed one request at a time, as the spec's `/register`, device deletion, password change
+//! User-interactive authentication: sessions kept in the store for a short time (a client's
+//! next request may reach another process), with the first request's parameters, stages
+//! completed one request at a time, as the spec's `/register`, device deletion, password change
 //! and cross-signing key upload use it.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
-
-use parking_lot::Mutex;
 use rhizome_core::{Error, Result, clock::now_millis, error::MatrixErrorKind};
 use ruma::{
     OwnedUserId, UserId,
@@ -22,7 +17,7 @@ use serde_json::Value;
 use crate::{Services, auth::generate_token, users::password::verify_password};
 
 /// What a UIA session authenticates.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum UiaPurpose {
     /// Creating an account.
     Register,
@@ -30,6 +25,8 @@ pub enum UiaPurpose {
     Account(OwnedUserId),
 }
 
+/// A session as kept in the store.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Session {
     purpose: UiaPurpose,
     flows: Vec<AuthFlow>,
@@ -37,19 +34,16 @@ struct Session {
     registration_token: Option<String>,
     /// The request's own parameters as the session's first request gave them (a client may
     /// leave them out of later stages).
+    #[serde(default)]
     params: Value,
-    created: Instant,
+    /// When it began (ms since the epoch); it lasts `sessions.uia_session_lifetime_secs`.
+    created_ts: i64,
 }
 
-/// UIA sessions in progress, registrations completed through one (a client repeating the
-/// last request of a registration gets the same account), and shared-secret nonces.
-#[derive(Default)]
-pub(crate) struct UiaSessions {
-    sessions: Mutex<HashMap<String, Session>>,
-    registrations: Mutex<HashMap<String, (OwnedUserId, Instant)>>,
-    /// Nonces handed out for shared-secret registration, and when.
-    pub(crate) shared_secret_nonces: Mutex<HashMap<String, Instant>>,
-}
+/// The kind of client session UIA sessions are kept as.
+const KIND: &str = "uia";
+/// The kind of client session that remembers the account a registration session created.
+const REGISTERED_KIND: &str = "uia-registered";
 
 /// A finished UIA session.
 #[derive(Clone, Debug)]
@@ -109,22 +103,23 @@ impl Services {
         purpose: UiaPurpose,
         params: Value,
     ) -> Result<UiaOutcome> {
-        let lifetime = Duration::from_secs(self.config.sessions.uia_session_lifetime_secs);
+        let lifetime_ms =
+            i64::try_from(self.config.sessions.uia_session_lifetime_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX);
+        let now = now_millis();
         let Some(auth) = auth else {
             let session_id = generate_token("uia");
-            let mut sessions = self.uia.sessions.lock();
-            sessions.retain(|_, session| session.created.elapsed() < lifetime);
-            sessions.insert(
-                session_id.clone(),
-                Session {
-                    purpose,
-                    flows: flows.clone(),
-                    completed: Vec::new(),
-                    registration_token: None,
-                    params,
-                    created: Instant::now(),
-                },
-            );
+            let session = Session {
+                purpose,
+                flows: flows.clone(),
+                completed: Vec::new(),
+                registration_token: None,
+                params,
+                created_ts: now,
+            };
+            self.save_uia_session(&session_id, &session, lifetime_ms).await?;
+            // Sessions nobody finished are swept as new ones begin.
+            self.store.delete_expired_client_sessions(now).await?;
             return Err(Error::uiaa(info(&flows, &[], &session_id, None)));
         };
         // Nobody proves who they are with another user's password.
@@ -135,44 +130,39 @@ impl Services {
             return Err(Error::forbidden("You can only authenticate as yourself"));
         }
         let session_id = auth.session().map(str::to_owned);
-        let (flows, completed) = {
-            let sessions = self.uia.sessions.lock();
-            match session_id.as_deref().and_then(|id| sessions.get(id)) {
-                Some(session)
-                    if session.purpose == purpose && session.created.elapsed() < lifetime =>
-                {
-                    (session.flows.clone(), session.completed.clone())
-                }
-                Some(_) => {
-                    return Err(Error::forbidden(
-                        "This authentication session is for another request",
-                    ));
-                }
-                // A stage with no known session: allowed for one-stage flows (clients may skip
-                // the first 401 when they know the flow), on a fresh session.
-                None if session_id.is_none() => (flows, Vec::new()),
-                None => {
-                    return Err(Error::matrix(
-                        MatrixErrorKind::Unknown,
-                        "Unknown authentication session",
-                    ));
-                }
+        let stored = match session_id.as_deref() {
+            Some(id) => self.store.get_client_session(KIND, id, now).await?,
+            None => None,
+        };
+        let stored = stored.and_then(|data| serde_json::from_str::<Session>(&data).ok());
+        let mut session = match stored {
+            Some(session) if session.purpose == purpose => session,
+            Some(_) => {
+                return Err(Error::forbidden("This authentication session is for another request"));
+            }
+            // A stage with no known session: allowed for one-stage flows (clients may skip the
+            // first 401 when they know the flow), on a fresh session.
+            None if session_id.is_none() => Session {
+                purpose: purpose.clone(),
+                flows,
+                completed: Vec::new(),
+                registration_token: None,
+                params: Value::Object(Default::default()),
+                created_ts: now,
+            },
+            None => {
+                return Err(Error::matrix(
+                    MatrixErrorKind::Unknown,
+                    "Unknown authentication session",
+                ));
             }
         };
         let session_id = session_id.unwrap_or_else(|| generate_token("uia"));
         let stage_result = self.run_uia_stage(auth, &purpose).await;
-        let mut sessions = self.uia.sessions.lock();
-        let session = sessions.entry(session_id.clone()).or_insert_with(|| Session {
-            purpose: purpose.clone(),
-            flows: flows.clone(),
-            completed: completed.clone(),
-            registration_token: None,
-            params: Value::Object(Default::default()),
-            created: Instant::now(),
-        });
         if has_params(&params) {
             session.params = params;
         }
+        let flows = session.flows.clone();
         let (stage, token) = match stage_result {
             Ok(passed) => passed,
             Err(error) => {
@@ -180,6 +170,7 @@ impl Services {
                 if error.is_internal() {
                     return Err(error);
                 }
+                self.save_uia_session(&session_id, &session, lifetime_ms).await?;
                 return Err(Error::uiaa(info(
                     &flows,
                     &session.completed,
@@ -189,6 +180,7 @@ impl Services {
             }
         };
         if !flows.iter().any(|flow| flow.stages.contains(&stage)) {
+            self.save_uia_session(&session_id, &session, lifetime_ms).await?;
             return Err(Error::uiaa(info(
                 &flows,
                 &session.completed,
@@ -206,33 +198,52 @@ impl Services {
             session.registration_token = token;
         }
         if !flow_complete(&flows, &session.completed) {
+            self.save_uia_session(&session_id, &session, lifetime_ms).await?;
             return Err(Error::uiaa(info(&flows, &session.completed, &session_id, None)));
         }
-        let outcome = UiaOutcome {
-            session_id: session_id.clone(),
-            registration_token: session.registration_token.clone(),
-            params: session.params.clone(),
-        };
-        sessions.remove(&session_id);
-        Ok(outcome)
+        self.store.delete_client_session(KIND, &session_id).await?;
+        Ok(UiaOutcome {
+            session_id,
+            registration_token: session.registration_token,
+            params: session.params,
+        })
     }
 
     /// The account a completed registration session created, if any.
-    pub(crate) fn uia_registered_user(&self, session_id: &str) -> Option<OwnedUserId> {
-        let lifetime = Duration::from_secs(self.config.sessions.uia_session_lifetime_secs);
-        let registrations = self.uia.registrations.lock();
-        registrations
-            .get(session_id)
-            .filter(|(_, created)| created.elapsed() < lifetime)
-            .map(|(user_id, _)| user_id.clone())
+    pub(crate) async fn uia_registered_user(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<OwnedUserId>> {
+        let stored =
+            self.store.get_client_session(REGISTERED_KIND, session_id, now_millis()).await?;
+        Ok(stored.and_then(|user_id| OwnedUserId::try_from(user_id).ok()))
     }
 
-    /// Remembers the account a registration session created.
-    pub(crate) fn record_uia_registration(&self, session_id: &str, user_id: &UserId) {
-        let lifetime = Duration::from_secs(self.config.sessions.uia_session_lifetime_secs);
-        let mut registrations = self.uia.registrations.lock();
-        registrations.retain(|_, (_, created)| created.elapsed() < lifetime);
-        registrations.insert(session_id.to_owned(), (user_id.to_owned(), Instant::now()));
+    /// Remembers the account a registration session created, for the session's lifetime.
+    pub(crate) async fn record_uia_registration(
+        &self,
+        session_id: &str,
+        user_id: &UserId,
+    ) -> Result<()> {
+        let lifetime_ms =
+            i64::try_from(self.config.sessions.uia_session_lifetime_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX);
+        let expires_ts = now_millis().saturating_add(lifetime_ms);
+        self.store
+            .save_client_session(REGISTERED_KIND, session_id, user_id.as_str(), expires_ts)
+            .await
+    }
+
+    /// Keeps a session until its lifetime (from its start) is over.
+    async fn save_uia_session(
+        &self,
+        session_id: &str,
+        session: &Session,
+        lifetime_ms: i64,
+    ) -> Result<()> {
+        let data = serde_json::to_string(session).map_err(Error::internal)?;
+        let expires_ts = session.created_ts.saturating_add(lifetime_ms);
+        self.store.save_client_session(KIND, session_id, &data, expires_ts).await
     }
 
     /// Checks one stage; returns the stage type and, for a registration token, the token.

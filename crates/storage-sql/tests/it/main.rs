@@ -3,6 +3,8 @@
 // Test code: a failed step fails the test at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod processes;
+
 mod sqlite {
     use std::sync::Arc;
 

@@ -194,3 +194,37 @@ pub async fn users_are_listed_and_made_admin(store: Arc<dyn DataStore>) {
     assert!(!store.set_admin(user_id!("@nobody:example.org"), true).await.unwrap());
     assert!(store.get_user(user_id!("@nobody:example.org")).await.unwrap().is_none());
 }
+
+/// Client sessions are replaced, read until they expire, deleted, and swept.
+pub async fn client_sessions_expire_and_are_replaced(store: Arc<dyn DataStore>) {
+    store.save_client_session("uia", "s1", "{\"a\":1}", 1_000).await.unwrap();
+    store.save_client_session("uia", "s1", "{\"a\":2}", 2_000).await.unwrap();
+    store.save_client_session("sliding", "s1", "other", 2_000).await.unwrap();
+    assert_eq!(
+        store.get_client_session("uia", "s1", 1_500).await.unwrap().as_deref(),
+        Some("{\"a\":2}"),
+        "replaced, with the new expiry"
+    );
+    assert_eq!(store.get_client_session("uia", "s1", 2_000).await.unwrap(), None, "expired");
+    assert_eq!(store.get_client_session("uia", "s2", 0).await.unwrap(), None);
+    assert!(store.delete_client_session("sliding", "s1").await.unwrap());
+    assert!(!store.delete_client_session("sliding", "s1").await.unwrap());
+    for id in ["@a_b:x|D|c|1", "@a_b:x|D|c|2", "@a_b:x|D|c|3", "@a%b:x|D|c|1", "@a_b:x|D|cc|1"] {
+        store.save_client_session("sliding", id, "x", 9_000).await.unwrap();
+    }
+    let deleted = store
+        .delete_client_sessions_with_prefix("sliding", "@a_b:x|D|c|", Some("@a_b:x|D|c|2"))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2, "only the other versions of that connection");
+    assert!(store.get_client_session("sliding", "@a_b:x|D|c|2", 0).await.unwrap().is_some());
+    assert!(store.get_client_session("sliding", "@a%b:x|D|c|1", 0).await.unwrap().is_some());
+    assert!(store.get_client_session("sliding", "@a_b:x|D|cc|1", 0).await.unwrap().is_some());
+    let deleted =
+        store.delete_client_sessions_with_prefix("sliding", "@a_b:x|D|c|", None).await.unwrap();
+    assert_eq!(deleted, 1);
+    store.save_client_session("uia", "s3", "x", 5_000).await.unwrap();
+    assert_eq!(store.delete_expired_client_sessions(3_000).await.unwrap(), 1);
+    assert!(store.get_client_session("uia", "s3", 3_000).await.unwrap().is_some());
+    assert_eq!(store.delete_expired_client_sessions(10_000).await.unwrap(), 3);
+}

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use rhizome_testkit::{Api, Response, TestServer};
+use rhizome_testkit::{Api, Backend, Response, TestServer};
 use serde_json::{Value, json};
 
 const PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
@@ -205,6 +205,34 @@ async fn unknown_positions_are_refused_with_m_unknown_pos() {
     conn.pos = None;
     let fresh = conn.sync(body).await;
     assert_eq!(fresh["lists"]["all"]["count"], 1);
+}
+
+/// On PostgreSQL (where several processes may serve one client) connections are kept in the
+/// database: a restart forgets none, and a connection continues where it was.
+#[tokio::test]
+async fn connections_outlive_a_restart_on_postgresql() {
+    let mut server = TestServer::start_with(Backend::Postgres, |_| {}).await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    let body = one_list(json!([[0, 9]]), 1, json!([]));
+    let mut conn = Conn::new(&alice, "main");
+    let first = conn.sync(body.clone()).await;
+    assert_eq!(rooms(&first), vec![room_id.as_str()]);
+    let pos = conn.pos.clone().unwrap();
+    Conn::new(&alice, "other")
+        .request(Some(&pos), 0, body.clone())
+        .await
+        .expect_error(400, "M_UNKNOWN_POS");
+    server.restart().await;
+    let again = conn.sync(body.clone()).await;
+    assert!(rooms(&again).is_empty(), "sent again after a restart: {again}");
+    alice.send_text(&room_id, "after").await;
+    let next = conn.sync(body).await;
+    assert_eq!(rooms(&next), vec![room_id.as_str()]);
+    // The version continued from is the only one kept.
+    conn.request(Some(&pos), 0, one_list(json!([[0, 9]]), 1, json!([])))
+        .await
+        .expect_error(400, "M_UNKNOWN_POS");
 }
 
 #[tokio::test]

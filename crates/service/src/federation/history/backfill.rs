@@ -478,8 +478,7 @@ impl Services {
                 followers.entry(prev.clone()).or_default().push(pdu.event_id.clone());
             }
         }
-        let lock = self.room_lock(room_id);
-        let _guard = lock.lock().await;
+        let _guard = self.lock_room(room_id).await?;
         let extremities = self.store.forward_extremities(room_id).await?;
         let mut kept = 0;
         for Checked { pdu, state_before } in checked.into_iter().rev() {

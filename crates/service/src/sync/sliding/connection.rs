@@ -37,7 +37,7 @@ const MAX_CONNECTIONS_PER_DEVICE: usize = 10;
 const MAX_DEVICES: usize = 10_000;
 
 /// What a connection was last sent of one room.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SentRoom {
     /// The client has the room's changes up to this stream position.
     pub(crate) pos: StreamPos,
@@ -56,8 +56,9 @@ pub(crate) struct SentRoom {
     pub(crate) is_dm: bool,
 }
 
-/// One version of a connection's state.
-#[derive(Clone, Debug, Default)]
+/// One version of a connection's state (kept in the store when processes share it, see
+/// [`super::shared`]).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ConnState {
     /// The rooms sent so far.
     pub(crate) rooms: HashMap<OwnedRoomId, Arc<SentRoom>>,
@@ -71,7 +72,7 @@ struct Connection {
     last_used: u64,
 }
 
-type DeviceKey = (OwnedUserId, OwnedDeviceId);
+pub(crate) type DeviceKey = (OwnedUserId, OwnedDeviceId);
 
 /// The connections of every device.
 pub(crate) struct Connections {

@@ -22,6 +22,7 @@ mod extensions;
 mod lists;
 mod required_state;
 mod room;
+mod shared;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -163,18 +164,20 @@ impl Services {
         let conn_id = request.conn_id.as_deref().unwrap_or_default();
         let since = match request.pos.as_deref() {
             None => None,
-            Some(pos) => Some(
-                Pos::parse(pos)
-                    .filter(|pos| pos.token.pos <= self.store.current_stream_pos())
-                    .ok_or_else(unknown_pos)?,
-            ),
+            Some(pos) => {
+                let pos = Pos::parse(pos).ok_or_else(unknown_pos)?;
+                // A `pos` from another process may be a moment ahead of this one.
+                if !self.catch_up_to(pos.token.pos).await {
+                    return Err(unknown_pos());
+                }
+                Some(pos)
+            }
         };
         let previous = match since {
-            None => self.sliding.connections.start(&device, conn_id),
+            None => self.start_connection(&device, conn_id).await?,
             Some(pos) => self
-                .sliding
-                .connections
-                .resume(&device, conn_id, pos.version)
+                .resume_connection(&device, conn_id, pos.version)
+                .await?
                 .ok_or_else(unknown_pos)?,
         };
         if request.set_presence != PresenceState::Offline {
@@ -192,11 +195,12 @@ impl Services {
         let mut wake = self.notifier.subscribe(&requester.user_id);
         let computed = loop {
             wake.borrow_and_update();
+            let since = since.map(|pos| pos.token);
             let upper = SyncToken {
                 pos: self.store.current_stream_pos(),
-                ephemeral: self.ephemeral_serial(),
+                // Another process's serial may be ahead of this one's (never of its clock).
+                ephemeral: self.ephemeral_serial().max(since.map_or(0, |since| since.ephemeral)),
             };
-            let since = since.map(|pos| pos.token);
             let computed = self.sliding_once(requester, request, &previous, since, upper).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if computed.has_data || remaining.is_zero() {
@@ -209,7 +213,7 @@ impl Services {
             }
         };
         let (Computed { mut response, state, .. }, upper) = computed;
-        let version = self.sliding.connections.record(&device, conn_id, state);
+        let version = self.record_connection(&device, conn_id, state).await?;
         response.pos = Pos { token: upper, version }.to_string();
         response.txn_id.clone_from(&request.txn_id);
         Ok(response)

@@ -13,7 +13,7 @@ const ME: &str = "$ME";
 const MEMBER: &str = "m.room.member";
 
 /// The state a room config asks for.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct RequiredState {
     /// `["*", "*"]`: everything.
     all: bool,
