@@ -54,6 +54,7 @@ pub struct Services {
     pub(crate) openid_tokens: users::openid::OpenIdTokens,
     pub(crate) push_queue: push::gateway::PushQueue,
     pub(crate) federation: federation::FederationRuntime,
+    pub(crate) delayed: rooms::delayed::DelayedRuntime,
     /// The services themselves, for work that outlives a call (wake-ups of senders).
     pub(crate) me: std::sync::Weak<Services>,
 }
@@ -78,6 +79,7 @@ impl Services {
             lazy_members: sync::lazy::LazyMembersSent::new(),
             openid_tokens: users::openid::OpenIdTokens::default(),
             push_queue: push::gateway::PushQueue::new(&config.push),
+            delayed: rooms::delayed::DelayedRuntime::default(),
             config,
             store,
             signing_key,

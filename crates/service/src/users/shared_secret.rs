@@ -121,7 +121,7 @@ fn mac_matches(secret: &str, request: &SharedSecretRegistration) -> bool {
 }
 
 fn hex_decode(text: &str) -> Result<Vec<u8>, ()> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(());
     }
     (0..text.len())

@@ -10,6 +10,7 @@ mod acme;
 mod admin;
 mod archived;
 mod bad_input;
+mod delayed_events;
 mod e2ee;
 mod federation;
 mod forget;
