@@ -174,6 +174,22 @@ impl Services {
         Ok(())
     }
 
+    /// Cancels other users' delayed events for a piece of state `sender` just changed (MSC4140:
+    /// a change by someone else makes them moot).
+    pub(crate) async fn cancel_others_delayed_state(
+        &self,
+        room_id: &RoomId,
+        event_type: &str,
+        state_key: &str,
+        sender: &UserId,
+    ) {
+        let cancelled =
+            self.store.cancel_delayed_state_events(room_id, event_type, state_key, sender).await;
+        if let Err(error) = cancelled {
+            tracing::warn!(%error, "could not cancel delayed state events");
+        }
+    }
+
     /// Sends a scheduled event as its sender, through the same checks as any client event.
     async fn send_delayed_event(&self, record: &DelayedEventRecord) -> Result<OwnedEventId> {
         let event = NewEvent {

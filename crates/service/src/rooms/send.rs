@@ -445,6 +445,15 @@ impl Services {
             return Ok(event_id);
         }
         self.record_room_activity(room_id, &persist.event_type, persisted.stream_pos);
+        if let Some(state_key) = &persist.state_key {
+            self.cancel_others_delayed_state(
+                room_id,
+                &persist.event_type,
+                state_key,
+                &persist.sender,
+            )
+            .await;
+        }
         self.queue_pushes(room_id, &event_id, &persist.push_actions);
         if let Some((target, _)) = &redaction {
             self.forget_event(target);

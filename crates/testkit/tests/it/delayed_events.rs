@@ -211,3 +211,27 @@ async fn delayed_events_survive_a_restart() {
     wait_for_message(&alice, &room_id, "after the restart").await;
     assert!(scheduled(&alice).await.is_empty());
 }
+
+#[tokio::test]
+async fn another_users_change_cancels_delayed_state() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let body =
+        json!({ "preset": "public_chat", "power_level_content_override": { "state_default": 0 } });
+    let room_id = alice.create_room(body).await;
+    bob.join(&room_id).await;
+    let shared = state_path(&room_id, "com.example.shared", "", 60_000);
+    let other = state_path(&room_id, "com.example.other", "", 60_000);
+    alice.put(&shared, json!({ "by": "alice" })).await.ok();
+    alice.put(&other, json!({ "by": "alice" })).await.ok();
+    let now = |event_type: &str| format!("/_matrix/client/v3/rooms/{room_id}/state/{event_type}/");
+
+    // Her own change leaves her delayed events alone; someone else's cancels the one it moots.
+    alice.put(&now("com.example.shared"), json!({ "by": "alice, now" })).await.ok();
+    assert_eq!(scheduled(&alice).await.len(), 2);
+    bob.put(&now("com.example.shared"), json!({ "by": "bob" })).await.ok();
+    let left = scheduled(&alice).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["type"], "com.example.other");
+}
