@@ -9,6 +9,7 @@ pub mod auth;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod federation;
+pub mod invite_filter;
 pub mod media;
 pub mod moderation;
 pub mod notifier;

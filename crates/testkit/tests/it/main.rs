@@ -16,6 +16,7 @@ mod federation;
 mod forget;
 mod forks;
 mod integrations;
+mod invite_filtering;
 mod invites;
 mod joins;
 mod media;
