@@ -484,7 +484,7 @@ mod tests {
             Config::from_toml_and_env("[rooms]\ndefault_room_version = 11\n", Vec::new()).unwrap();
         assert_eq!(config.rooms.default_room_version, RoomVersionId::V11);
         assert!(
-            Config::from_toml_and_env("", env(&[("RHIZOME_ROOMS__DEFAULT_ROOM_VERSION", "3")]))
+            Config::from_toml_and_env("", env(&[("RHIZOME_ROOMS__DEFAULT_ROOM_VERSION", "13")]))
                 .is_err()
         );
     }
