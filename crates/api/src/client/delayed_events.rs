@@ -91,8 +91,9 @@ async fn schedule(
     };
     crate::client::events::check_client_event(requester, &event)?;
     let delay_ms = u64::try_from(body.delay.as_millis()).unwrap_or(u64::MAX);
+    let txn = Some(body.txn_id.as_str());
     let delay_id =
-        services.schedule_delayed_event(requester, &body.room_id, event, delay_ms).await?;
+        services.schedule_delayed_event(requester, &body.room_id, event, delay_ms, txn).await?;
     Ok(RumaResponse(send_delayed_event::unstable::Response::new(delay_id)))
 }
 

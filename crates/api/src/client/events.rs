@@ -123,8 +123,9 @@ async fn send_message(
     let event = NewEvent { kind, content: content_of(&body.body)?, state_key: None, redacts: None };
     check_client_event(requester, &event)?;
     if let Some(delay_ms) = requested_delay(query.as_deref())? {
+        let txn = Some(body.txn_id.as_str());
         let delay_id =
-            services.schedule_delayed_event(requester, &body.room_id, event, delay_ms).await?;
+            services.schedule_delayed_event(requester, &body.room_id, event, delay_ms, txn).await?;
         let response = delayed_message_event::unstable::Response::new(delay_id);
         return Ok(RumaResponse(response).into_response());
     }
@@ -153,8 +154,9 @@ async fn send_state(
     };
     check_client_event(requester, &event)?;
     if let Some(delay_ms) = requested_delay(query.as_deref())? {
-        let delay_id =
-            services.schedule_delayed_event(requester, &body.room_id, event, delay_ms).await?;
+        let delay_id = services
+            .schedule_delayed_event(requester, &body.room_id, event, delay_ms, None)
+            .await?;
         let response = delayed_state_event::unstable::Response::new(delay_id);
         return Ok(RumaResponse(response).into_response());
     }

@@ -4,14 +4,15 @@
 //! in the database, so a scheduled event survives a restart; one worker per server sends them.
 
 use std::{
+    collections::HashMap,
     sync::{Arc, Weak},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use parking_lot::Mutex;
 use rhizome_core::{Error, Result, clock::now_millis, error::MatrixErrorKind};
 use rhizome_storage::DelayedEventRecord;
-use ruma::{OwnedEventId, RoomId, UserId, events::TimelineEventType};
+use ruma::{OwnedDeviceId, OwnedEventId, OwnedUserId, RoomId, UserId, events::TimelineEventType};
 use serde_json::value::RawValue as RawJsonValue;
 use tokio::{sync::Notify, task::JoinHandle};
 
@@ -21,6 +22,13 @@ use crate::{Requester, Services, rooms::NewEvent};
 const DUE_BATCH: i64 = 50;
 /// The longest the worker sleeps without looking at the database.
 const IDLE_WAIT: Duration = Duration::from_secs(60);
+/// How long a repeated transaction answers the first one's delay ID.
+const TXN_MEMORY: Duration = Duration::from_secs(30 * 60);
+/// How many transactions are remembered at most.
+const TXN_CAPACITY: usize = 10_000;
+
+/// A client's transaction: its user, device and transaction key.
+type TxnKey = (OwnedUserId, OwnedDeviceId, String);
 
 /// The worker's wake-up and lifecycle.
 #[derive(Default)]
@@ -30,6 +38,27 @@ pub(crate) struct DelayedRuntime {
     /// Set at shutdown.
     stopped: Arc<Notify>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// Recent transactions and the delay IDs they made, so a retried request (a client that
+    /// missed the answer) schedules nothing new.
+    transactions: Mutex<HashMap<TxnKey, (String, Instant)>>,
+}
+
+impl DelayedRuntime {
+    fn remembered(&self, key: &TxnKey) -> Option<String> {
+        let transactions = self.transactions.lock();
+        let (delay_id, at) = transactions.get(key)?;
+        (at.elapsed() < TXN_MEMORY).then(|| delay_id.clone())
+    }
+
+    fn remember(&self, key: TxnKey, delay_id: String) {
+        let mut transactions = self.transactions.lock();
+        if transactions.len() >= TXN_CAPACITY {
+            transactions.retain(|_, (_, at)| at.elapsed() < TXN_MEMORY);
+        }
+        if transactions.len() < TXN_CAPACITY {
+            transactions.insert(key, (delay_id, Instant::now()));
+        }
+    }
 }
 
 /// What a client asks of a delayed event.
@@ -76,14 +105,23 @@ fn max_delay_exceeded(max_delay_ms: u64) -> Error {
 
 impl Services {
     /// Schedules `event` in a room the requester is in, to be sent after `delay_ms`; returns
-    /// the delay ID.
+    /// the delay ID. A transaction (`txn_id`, unique to the requester's device) repeated within
+    /// half an hour answers the first one's delay ID.
     pub async fn schedule_delayed_event(
         &self,
         requester: &Requester,
         room_id: &RoomId,
         event: NewEvent,
         delay_ms: u64,
+        txn_id: Option<&str>,
     ) -> Result<String> {
+        let txn_key = txn_id.map(|txn_id| {
+            let key = format!("{room_id}/{}/{txn_id}", event.kind);
+            (requester.user_id.clone(), requester.device_id.clone(), key)
+        });
+        if let Some(delay_id) = txn_key.as_ref().and_then(|key| self.delayed.remembered(key)) {
+            return Ok(delay_id);
+        }
         let limits = &self.config.limits;
         if delay_ms > limits.max_event_delay_ms || limits.max_event_delay_ms == 0 {
             return Err(max_delay_exceeded(limits.max_event_delay_ms));
@@ -114,6 +152,9 @@ impl Services {
         };
         self.store.add_delayed_event(&record).await?;
         self.delayed.wake.notify_one();
+        if let Some(key) = txn_key {
+            self.delayed.remember(key, record.delay_id.clone());
+        }
         Ok(record.delay_id)
     }
 

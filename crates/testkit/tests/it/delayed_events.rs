@@ -60,7 +60,7 @@ async fn delayed_messages_are_listed_then_sent_when_due() {
     let room_id = alice.create_room(json!({})).await;
 
     let content = json!({ "msgtype": "m.text", "body": "later" });
-    let answer = alice.put(&send_path(&room_id, "t1", "400"), content.clone()).await.ok();
+    let answer = alice.put(&send_path(&room_id, "t1", "1500"), content.clone()).await.ok();
     let delay_id = answer["delay_id"].as_str().unwrap().to_owned();
     assert!(answer.get("event_id").is_none(), "{answer}");
     let listed = scheduled(&alice).await;
@@ -70,9 +70,13 @@ async fn delayed_messages_are_listed_then_sent_when_due() {
     assert_eq!(entry["room_id"], room_id.as_str());
     assert_eq!(entry["type"], "m.room.message");
     assert_eq!(entry["content"], content);
-    assert_eq!(entry["delay"], 400);
+    assert_eq!(entry["delay"], 1500);
     assert!(entry.get("state_key").is_none());
     assert!(entry["running_since"].as_u64().unwrap() > 0);
+    // A retried request (the same transaction) schedules nothing new.
+    let again = alice.put(&send_path(&room_id, "t1", "1500"), content.clone()).await.ok();
+    assert_eq!(again["delay_id"], delay_id.as_str());
+    assert_eq!(scheduled(&alice).await.len(), 1);
     let one = alice.get(&format!("{UNSTABLE}/delayed_events/{delay_id}")).await.ok();
     assert_eq!(one["delay_id"], delay_id.as_str());
     assert!(!bodies(&alice, &room_id).await.contains(&"later".to_owned()), "not sent yet");
