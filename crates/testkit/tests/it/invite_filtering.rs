@@ -77,6 +77,15 @@ async fn invites_are_allowed_ignored_or_blocked_as_the_invitee_filters_them() {
     let (by_sync, by_sliding) = invited_rooms(&bob).await;
     assert_eq!(by_sync, vec![from_alice.clone()], "Carol's invite is hidden");
     assert_eq!(by_sliding, vec![from_alice.clone()]);
+    // Nor does it notify him.
+    let notifications = bob.get("/_matrix/client/v3/notifications").await.ok();
+    let notified: Vec<&Value> = notifications["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|notification| &notification["room_id"])
+        .collect();
+    assert_eq!(notified, vec![&json!(from_alice)], "{notifications}");
     // The ignored invite was made: Carol sees Bob invited.
     let members = carol
         .get(&format!("/_matrix/client/v3/rooms/{from_carol}/members?membership=invite"))
