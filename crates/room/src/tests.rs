@@ -424,3 +424,35 @@ fn concurrent_joins_on_two_branches_both_survive_resolution() {
         );
     });
 }
+
+#[test]
+fn a_ban_on_one_branch_beats_a_join_on_the_other() {
+    each_version(|version| {
+        let mut room = FixtureRoom::new(version.clone(), &alice());
+        let base = room.head();
+        let ban = room
+            .send_state(
+                std::slice::from_ref(&base),
+                &alice(),
+                "m.room.member",
+                carol().as_str(),
+                json!({"membership": "ban"}),
+            )
+            .unwrap();
+        let join = room
+            .send_state(
+                &[base],
+                &carol(),
+                "m.room.member",
+                carol().as_str(),
+                json!({"membership": "join"}),
+            )
+            .unwrap();
+        let resolved = room.state_before(&[join.clone(), ban.clone()]);
+        assert_eq!(
+            resolved.get(&(StateEventType::RoomMember, carol().to_string())),
+            Some(&ban),
+            "{version}"
+        );
+    });
+}

@@ -1,8 +1,10 @@
 //! Administration commands run against the database directly: registration tokens, stored
-//! media, accounts ([`users`]), rooms ([`rooms`]) and reports ([`reports`]). Each returns the
+//! media, accounts ([`users`]), rooms ([`rooms`]), reports ([`reports`]) and federation
+//! ([`federation`]: the signing key, destinations). Each returns the
 //! text to print, so it can be tested without a terminal.
 
 pub mod backup;
+pub mod federation;
 pub mod reports;
 pub mod rooms;
 pub mod users;

@@ -76,6 +76,34 @@ enum AdminCommand {
         #[command(subcommand)]
         command: ReportsCommand,
     },
+    /// The server's signing key.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Sending to other servers.
+    Federation {
+        #[command(subcommand)]
+        command: FederationCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Replace the signing key with a new one; the old one stays published as old, so what
+    /// it signed stays verifiable. Needs the server stopped.
+    Rotate,
+}
+
+#[derive(Subcommand)]
+enum FederationCommand {
+    /// List the servers this one sends to: last success, failures, backoff, queue lengths.
+    Destinations,
+    /// End a server's backoff: a running server tries it again within a minute.
+    Retry {
+        /// The server name.
+        server: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -194,10 +222,22 @@ enum ConfigCommand {
     Check,
 }
 
+/// Libraries whose `info` lines describe each event rather than the server's life: quiet
+/// unless a filter names them.
+const QUIET_LIBRARIES: &[&str] = &["ruma_state_res"];
+
 fn init_logging(level: &str) {
-    let filter = EnvFilter::try_from_env("RHIZOME_LOG")
+    let mut filter = EnvFilter::try_from_env("RHIZOME_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(level));
+    let named = std::env::var("RHIZOME_LOG").unwrap_or_else(|_| level.to_owned());
+    for library in QUIET_LIBRARIES {
+        if !named.contains(library)
+            && let Ok(directive) = format!("{library}=warn").parse()
+        {
+            filter = filter.add_directive(directive);
+        }
+    }
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
 }
 
@@ -224,6 +264,31 @@ async fn main() -> Result<()> {
             let result = admin::backup::backup(&store, &config.data_dir, &destination).await;
             store.close().await;
             print_lines(result?.lines(&destination));
+        }
+        Command::Admin { command: AdminCommand::Key { command: KeyCommand::Rotate } } => {
+            init_logging("warn");
+            let _lock = DataDirLock::acquire(&config.data_dir, "cannot rotate the key")?;
+            let data_dir = config.data_dir.clone();
+            let store = open_store(&config).await?;
+            let services = build_services(config, store.clone()).await?;
+            let result = admin::federation::rotate_key(&services, &data_dir).await;
+            store.close().await;
+            println!("{}", result?);
+        }
+        Command::Admin { command: AdminCommand::Federation { command } } => {
+            init_logging("warn");
+            let store = open_store(&config).await?;
+            let services = build_services(config, store.clone()).await?;
+            let result = match command {
+                FederationCommand::Destinations => {
+                    admin::federation::destinations(&services).await.map(|lines| lines.join("\n"))
+                }
+                FederationCommand::Retry { server } => {
+                    admin::federation::retry(&services, &server).await
+                }
+            };
+            store.close().await;
+            println!("{}", result?);
         }
         Command::Admin { command: AdminCommand::Token { command } } => {
             init_logging("warn");

@@ -340,6 +340,73 @@ impl Services {
         woken.sort();
         woken.dedup();
         self.notifier.notify(woken.iter().map(|user| user.as_ref()));
+        // Other servers hear of it only when the organiser shares presence.
+        if self.config.federation.send_presence && user_id.server_name() == self.server_name() {
+            self.send_presence_edu(user_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a local user's presence to the servers sharing a room with them.
+    async fn send_presence_edu(&self, user_id: &UserId) -> Result<()> {
+        let Some(entry) = self.presence(user_id) else { return Ok(()) };
+        let mut servers: Vec<ruma::OwnedServerName> = Vec::new();
+        for room in self.user_memberships_cached(user_id).await?.iter() {
+            if room.membership == "join" {
+                servers.extend(self.room_servers(&room.room_id).await?);
+            }
+        }
+        servers.sort();
+        servers.dedup();
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let now = now_millis();
+        let content = serde_json::json!({ "push": [{
+            "user_id": user_id,
+            "presence": entry.state,
+            "status_msg": entry.status_msg,
+            "last_active_ago": (now - entry.last_active_ts).max(0),
+            "currently_active": entry.state == "online",
+        }] });
+        self.queue_ephemeral_edu(&servers, "m.presence", &content);
+        Ok(())
+    }
+
+    /// Presence of a user of another server, as their server reports it.
+    pub(crate) async fn apply_remote_presence(
+        &self,
+        user_id: &UserId,
+        state: &str,
+        status_msg: Option<String>,
+        last_active_ago: i64,
+    ) -> Result<()> {
+        if !matches!(state, "online" | "unavailable" | "offline") {
+            return Err(Error::invalid_param("Presence must be online, unavailable or offline"));
+        }
+        let changed = {
+            let mut presence = self.ephemeral.presence.lock();
+            let now = now_millis();
+            let entry = presence.entry(user_id.to_owned()).or_insert_with(|| PresenceEntry {
+                state: "offline".into(),
+                status_msg: None,
+                last_active_ts: now,
+                serial: 0,
+                last_seen_ts: now,
+            });
+            let changed = entry.state != state || entry.status_msg != status_msg;
+            entry.state = state.to_owned();
+            entry.status_msg = status_msg;
+            entry.last_seen_ts = now;
+            entry.last_active_ts = now - last_active_ago.clamp(0, now);
+            if changed {
+                entry.serial = self.ephemeral.next_serial();
+            }
+            changed
+        };
+        if changed {
+            self.announce_presence(user_id).await?;
+        }
         Ok(())
     }
 

@@ -477,6 +477,14 @@ impl FederationStore for SqlStore {
         Ok(())
     }
 
+    async fn release_all_destination_leases(&self) -> Result<()> {
+        sqlx::query("UPDATE federation_destinations SET lease_owner = NULL, lease_until = 0")
+            .execute(&self.write)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
     async fn inbound_txn_response(
         &self,
         origin: &ServerName,

@@ -17,7 +17,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/0005_pushers.sql")),
     (6, include_str!("../migrations/0006_federation.sql")),
     (7, include_str!("../migrations/0007_remote_events.sql")),
-    // 8 is left to the scale-out work being done beside this.
+    (8, include_str!("../migrations/0008_device_lists.sql")),
     (9, include_str!("../migrations/0009_subscriptions_and_delays.sql")),
 ];
 

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod accounts;
+mod device_lists;
 mod e2ee;
 mod federation;
 mod media;
@@ -19,6 +20,7 @@ use std::{any::Any, sync::Arc};
 use crate::DataStore;
 
 pub use accounts::*;
+pub use device_lists::*;
 pub use e2ee::*;
 pub use federation::*;
 pub use media::*;
@@ -69,6 +71,7 @@ macro_rules! conformance_tests {
             delayed_events_are_scheduled_and_taken_once,
         );
         $crate::e2ee_conformance_tests!($make);
+        $crate::device_list_conformance_tests!($make);
         $crate::media_conformance_tests!($make);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {

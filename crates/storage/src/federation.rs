@@ -201,6 +201,10 @@ pub trait FederationStore {
     /// Gives a lease up.
     async fn release_destination_lease(&self, destination: &ServerName, owner: &str) -> Result<()>;
 
+    /// Gives up every destination's lease (at start-up on an engine only one process can use:
+    /// whoever held them is gone).
+    async fn release_all_destination_leases(&self) -> Result<()>;
+
     /// The response given to an inbound transaction already processed.
     async fn inbound_txn_response(
         &self,

@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod conformance;
+pub mod device_lists;
 pub mod e2ee;
 pub mod federation;
 pub mod media;
@@ -18,6 +19,7 @@ pub mod scheduled;
 pub mod user_data;
 
 pub use accounts::AccountStore;
+pub use device_lists::DeviceListStore;
 pub use e2ee::E2eeStore;
 pub use federation::{
     DestinationRecord, FederationStore, PendingTxnRecord, QueuedEdu, QueuedPdu, ServerKeyRecord,
@@ -43,6 +45,7 @@ pub trait DataStore:
     + RoomStore
     + UserDataStore
     + E2eeStore
+    + DeviceListStore
     + FederationStore
     + MediaStore
     + ModerationStore

@@ -203,9 +203,20 @@ impl TestServer {
 
     /// Stops the server and starts it again on the same data and port.
     pub async fn restart(&mut self) {
+        self.stop_for_now().await;
+        self.start_again().await;
+    }
+
+    /// Stops the server, keeping its data and addresses, until [`TestServer::start_again`]
+    /// (to play a server that is down for a while).
+    pub async fn stop_for_now(&mut self) {
         if let Some(running) = self.running.take() {
             running.stop().await;
         }
+    }
+
+    /// Starts a stopped server again on the same data and ports.
+    pub async fn start_again(&mut self) {
         let running = rhizome::start(self.config.clone()).await.expect("the server restarts");
         self.running = Some(running);
     }

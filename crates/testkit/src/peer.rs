@@ -6,7 +6,7 @@
 //! with its key, correctly or with one thing broken: the adversarial cases a homeserver must
 //! refuse become a few lines each.
 //!
-//! ```ignore
+//! ```text
 //! let peer = TestPeer::start().await;
 //! peer.handle(Method::GET, "/_matrix/federation/v1/query/profile", |_request| {
 //!     (200, json!({ "displayname": "Remote" }))
@@ -20,6 +20,7 @@
 
 mod client;
 mod keys;
+mod membership;
 mod pdu;
 mod server;
 
@@ -37,6 +38,7 @@ use ruma::{MilliSecondsSinceUnixEpoch, OwnedServerName, OwnedUserId, ServerName,
 use serde_json::Value;
 
 pub use client::{PeerResponse, Signing};
+pub use membership::JoinedRoom;
 pub use pdu::PduFlaw;
 
 use crate::certs::TestCertificate;

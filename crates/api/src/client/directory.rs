@@ -6,7 +6,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use rhizome_service::rooms::{
-    directory::{PublicRoomsPage, RoomSummary},
+    directory::{DirectoryQuery, PublicRoomsPage, RoomSummary},
     spaces::HierarchyQuery,
 };
 use ruma::{
@@ -25,6 +25,7 @@ use ruma::{
     serde::Raw,
 };
 
+use rhizome_service::rate_limit::Action;
 use serde_json::{Value, json};
 
 use crate::{ApiResult, AppState, Ruma, RumaResponse, error::ApiError, routes::add};
@@ -42,7 +43,7 @@ pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
 }
 
 /// A room summary as the spec's summary and hierarchy endpoints show it.
-fn summary_of(summary: RoomSummary) -> ruma::room::RoomSummary {
+pub(crate) fn summary_of(summary: RoomSummary) -> ruma::room::RoomSummary {
     let join_rule = match summary.join_rule.as_deref() {
         Some("restricted") => {
             JoinRuleSummary::Restricted(RestrictedSummary::new(summary.allowed_room_ids))
@@ -71,7 +72,8 @@ fn summary_of(summary: RoomSummary) -> ruma::room::RoomSummary {
     out
 }
 
-fn chunk(summary: RoomSummary) -> PublicRoomsChunk {
+/// A room summary as the public room directory shows it.
+pub(crate) fn chunk(summary: RoomSummary) -> PublicRoomsChunk {
     let mut chunk: PublicRoomsChunk = PublicRoomsChunkInit {
         num_joined_members: UInt::new_saturating(summary.joined_members),
         room_id: summary.room_id,
@@ -111,8 +113,8 @@ async fn alias(
     State(services): State<AppState>,
     request: Ruma<get_alias::v3::Request>,
 ) -> ApiResult<get_alias::v3::Response> {
-    let room_id = services.resolve_alias(&request.body.room_alias).await?;
-    Ok(RumaResponse(get_alias::v3::Response::new(room_id, vec![services.owned_server_name()])))
+    let (room_id, servers) = services.lookup_alias(&request.body.room_alias).await?;
+    Ok(RumaResponse(get_alias::v3::Response::new(room_id, servers)))
 }
 
 fn limit(limit: Option<UInt>) -> Option<usize> {
@@ -123,9 +125,15 @@ async fn public_rooms(
     State(services): State<AppState>,
     request: Ruma<get_public_rooms::v3::Request>,
 ) -> Result<Response, ApiError> {
-    let page = services
-        .public_rooms(limit(request.body.limit), request.body.since.as_deref(), None)
-        .await?;
+    // This endpoint takes no access token: asking another server is limited per address,
+    // as sending an event is.
+    if request.body.server.as_ref().is_some_and(|server| server != services.server_name()) {
+        services.rate_limiter.check(Action::MessagePerAddress, &request.client_key)?;
+    }
+    let body = request.body;
+    let query =
+        DirectoryQuery { limit: limit(body.limit), since: body.since, ..DirectoryQuery::default() };
+    let page = services.public_rooms_of(body.server.as_deref(), &query).await?;
     Ok(public_rooms_page(page))
 }
 
@@ -134,14 +142,19 @@ async fn public_rooms_filtered(
     request: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<Response, ApiError> {
     request.requester()?;
-    let body = &request.body;
-    let page = services
-        .public_rooms(
-            limit(body.limit),
-            body.since.as_deref(),
-            body.filter.generic_search_term.as_deref(),
-        )
-        .await?;
+    let body = request.body;
+    let query = DirectoryQuery {
+        limit: limit(body.limit),
+        since: body.since,
+        search_term: body.filter.generic_search_term,
+        room_types: body
+            .filter
+            .room_types
+            .iter()
+            .map(|kind| kind.as_str().map(str::to_owned))
+            .collect(),
+    };
+    let page = services.public_rooms_of(body.server.as_deref(), &query).await?;
     Ok(public_rooms_page(page))
 }
 

@@ -122,7 +122,10 @@ async fn presence(
     request: Ruma<get_presence::v3::Request>,
 ) -> ApiResult<get_presence::v3::Response> {
     let requester = request.requester()?;
-    services.profile(&request.body.user_id).await?;
+    // Users of this server must exist; those of others are known through shared rooms.
+    if request.body.user_id.server_name() == services.server_name() {
+        services.profile(&request.body.user_id).await?;
+    }
     if !services.may_see_presence(&requester.user_id, &request.body.user_id).await? {
         return Err(Error::forbidden("You do not share a room with this user").into());
     }

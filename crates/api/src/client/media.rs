@@ -95,9 +95,11 @@ pub(crate) fn is_inline_safe(content_type: &str) -> bool {
     INLINE_TYPES.contains(&essence.as_str())
 }
 
-/// Streams a file in 64 KiB chunks.
-fn file_body(file: tokio::fs::File) -> Body {
-    let stream = futures_util::stream::try_unfold(file, |mut file| async move {
+/// A file in 64 KiB chunks.
+pub(crate) fn file_stream(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
+    futures_util::stream::try_unfold(file, |mut file| async move {
         let mut buffer = vec![0u8; 64 * 1024];
         let read = file.read(&mut buffer).await?;
         if read == 0 {
@@ -105,8 +107,12 @@ fn file_body(file: tokio::fs::File) -> Body {
         }
         buffer.truncate(read);
         Ok(Some((Bytes::from(buffer), file)))
-    });
-    Body::from_stream(stream)
+    })
+}
+
+/// Streams a file in 64 KiB chunks.
+fn file_body(file: tokio::fs::File) -> Body {
+    Body::from_stream(file_stream(file))
 }
 
 /// The response for a download or thumbnail.
@@ -142,7 +148,7 @@ fn media_response(download: MediaDownload, filename: Option<String>) -> Response
     response
 }
 
-fn thumbnail_request(
+pub(crate) fn thumbnail_request(
     width: UInt,
     height: UInt,
     method: Option<&ruma::media::Method>,

@@ -25,7 +25,7 @@ async fn profile(
     State(services): State<AppState>,
     request: Ruma<get_profile::v3::Request>,
 ) -> ApiResult<get_profile::v3::Response> {
-    let profile = services.profile(&request.body.user_id).await?;
+    let profile = services.user_profile(&request.body.user_id).await?;
     let mut data = ruma::profile::UserProfile::new();
     if let Some(name) = profile.displayname {
         data.set("displayname".to_owned(), Value::String(name));
@@ -42,7 +42,7 @@ async fn get_field(
     State(services): State<AppState>,
     request: Ruma<get_profile_field::v3::Request>,
 ) -> ApiResult<get_profile_field::v3::Response> {
-    let profile = services.profile(&request.body.user_id).await?;
+    let profile = services.user_profile(&request.body.user_id).await?;
     let value = match request.body.field {
         ProfileFieldName::DisplayName => profile.displayname.map(ProfileFieldValue::DisplayName),
         ProfileFieldName::AvatarUrl => {

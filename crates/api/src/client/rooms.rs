@@ -275,8 +275,14 @@ async fn knock(
     request: Ruma<knock_room::v3::Request>,
 ) -> ApiResult<knock_room::v3::Response> {
     let requester = request.requester()?;
+    let body = &request.body;
     let room_id = services
-        .knock(&requester.user_id, &request.body.room_id_or_alias, request.body.reason.as_deref())
+        .knock_room_via(
+            &requester.user_id,
+            &body.room_id_or_alias,
+            body.reason.as_deref(),
+            &body.via,
+        )
         .await?;
     Ok(RumaResponse(knock_room::v3::Response::new(room_id)))
 }

@@ -46,6 +46,11 @@ pub struct FederationConfig {
     pub min_retry_interval_secs: u64,
     /// The longest wait between retries of a failing server, in seconds.
     pub max_retry_interval_secs: u64,
+    /// Whether other servers may read this server's public room directory (the rooms its
+    /// users published, `/_matrix/federation/v1/publicRooms`), so their users can find the
+    /// collective's public rooms. When false, other servers are refused with `M_FORBIDDEN`;
+    /// the rooms stay joinable by alias or invitation, and local users still see the list.
+    pub publish_room_directory: bool,
 }
 
 impl Default for FederationConfig {
@@ -61,6 +66,7 @@ impl Default for FederationConfig {
             request_timeout_secs: 60,
             min_retry_interval_secs: 30,
             max_retry_interval_secs: 86_400,
+            publish_room_directory: true,
         }
     }
 }

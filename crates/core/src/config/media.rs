@@ -13,6 +13,10 @@ pub struct MediaConfig {
     pub max_upload_bytes: u64,
     /// The most bytes of media one user may have stored; 0 means no quota.
     pub quota_bytes_per_user: u64,
+    /// The most bytes of other servers' media kept here as cached copies (fetched when a local
+    /// user asks for it, each copy at most `max_upload_bytes`); 0 means no limit. Past it,
+    /// other servers' media is still passed on to users, but not kept.
+    pub remote_cache_quota_bytes: u64,
     /// Media uploaded before this time (milliseconds since the Unix epoch) is still served by
     /// the legacy unauthenticated `/_matrix/media/v3/{download,thumbnail}` endpoints. Unset
     /// means no media is served there.
@@ -46,6 +50,7 @@ impl Default for MediaConfig {
         Self {
             max_upload_bytes: 50 * 1024 * 1024,
             quota_bytes_per_user: 0,
+            remote_cache_quota_bytes: 4 * 1024 * 1024 * 1024,
             legacy_freeze_ts: None,
             max_image_pixels: 32_000_000,
             max_decode_bytes: 256 * 1024 * 1024,

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use matrix_sdk::deserialized_responses::TimelineEvent;
 use matrix_sdk::{
     Client, Room,
     config::SyncSettings,
@@ -23,10 +24,10 @@ use serde_json::Value;
 use crate::support::{PASSWORD, register, sync};
 
 /// How many short syncs to try before giving up on something arriving.
-const ATTEMPTS: usize = 60;
+pub(crate) const ATTEMPTS: usize = 60;
 
 /// Logs in as an existing user: a new device with its own keys.
-async fn login(base_url: &str, user_id: &UserId, name: &str) -> Client {
+pub(crate) async fn login(base_url: &str, user_id: &UserId, name: &str) -> Client {
     let client = crate::support::client(base_url).await;
     client
         .matrix_auth()
@@ -38,7 +39,7 @@ async fn login(base_url: &str, user_id: &UserId, name: &str) -> Client {
     client
 }
 
-fn user_id(client: &Client) -> OwnedUserId {
+pub(crate) fn user_id(client: &Client) -> OwnedUserId {
     client.user_id().expect("logged in").to_owned()
 }
 
@@ -66,11 +67,11 @@ async fn encrypted_room(owner: &Client, members: &[&Client]) -> OwnedRoomId {
     room_id
 }
 
-fn room(client: &Client, room_id: &OwnedRoomId) -> Room {
+pub(crate) fn room(client: &Client, room_id: &OwnedRoomId) -> Room {
     client.get_room(room_id).expect("the client knows the room")
 }
 
-async fn send(client: &Client, room_id: &OwnedRoomId, text: &str) -> OwnedEventId {
+pub(crate) async fn send(client: &Client, room_id: &OwnedRoomId, text: &str) -> OwnedEventId {
     let room = room(client, room_id);
     assert!(room.latest_encryption_state().await.expect("state").is_encrypted());
     room.send(RoomMessageEventContent::text_plain(text))
@@ -80,20 +81,39 @@ async fn send(client: &Client, room_id: &OwnedRoomId, text: &str) -> OwnedEventI
         .event_id
 }
 
-/// Syncs until a message with `text` arrives in the room decrypted.
-async fn receive_decrypted(client: &Client, room_id: &OwnedRoomId, text: &str) {
+/// Syncs until a message with `text` arrives in the room decrypted. A message whose key came
+/// after it (as when another server's transaction carries both, the event first) is fetched
+/// again once the key may be there, as a client retries decryption.
+pub(crate) async fn receive_decrypted(client: &Client, room_id: &OwnedRoomId, text: &str) {
+    let mut undecrypted: Vec<OwnedEventId> = Vec::new();
     for _ in 0..ATTEMPTS {
         let response = client
             .sync_once(SyncSettings::default().timeout(Duration::from_millis(300)))
             .await
             .expect("sync succeeds");
-        let Some(joined) = response.rooms.joined.get(room_id) else { continue };
-        for event in &joined.timeline.events {
+        let mut events: Vec<TimelineEvent> = response
+            .rooms
+            .joined
+            .get(room_id)
+            .map(|joined| joined.timeline.events.clone())
+            .unwrap_or_default();
+        for event_id in &undecrypted {
+            if let Ok(event) = room(client, room_id).event(event_id, None).await {
+                events.push(event);
+            }
+        }
+        for event in &events {
             let value: Value = serde_json::from_str(event.raw().json().get()).expect("event JSON");
             if value["content"]["body"] == text {
                 assert_eq!(value["type"], "m.room.message");
                 assert!(event.encryption_info().is_some(), "the message was not encrypted");
                 return;
+            }
+            if value["type"] == "m.room.encrypted"
+                && let Some(event_id) = event.event_id()
+                && !undecrypted.contains(&event_id)
+            {
+                undecrypted.push(event_id);
             }
         }
     }
@@ -139,7 +159,7 @@ async fn encrypted_messages_flow_both_ways_and_to_a_new_device() {
 }
 
 /// Syncs `viewer` until it sees `other`'s identity as verified.
-async fn sees_verified(viewer: &Client, other: &UserId) -> bool {
+pub(crate) async fn sees_verified(viewer: &Client, other: &UserId) -> bool {
     for _ in 0..ATTEMPTS {
         sync(viewer).await;
         let identity = viewer.encryption().get_user_identity(other).await.expect("store");
@@ -262,7 +282,9 @@ async fn a_new_device_restores_history_from_key_backup() {
 }
 
 /// The seven emoji symbols a SAS verification shows.
-fn symbols(sas: &matrix_sdk::encryption::verification::SasVerification) -> Vec<&'static str> {
+pub(crate) fn symbols(
+    sas: &matrix_sdk::encryption::verification::SasVerification,
+) -> Vec<&'static str> {
     sas.emoji().map(|emoji| emoji.iter().map(|emoji| emoji.symbol).collect()).unwrap_or_default()
 }
 

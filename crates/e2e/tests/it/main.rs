@@ -6,6 +6,7 @@
 #![recursion_limit = "256"]
 
 mod e2ee;
+mod federation;
 mod invites;
 mod media;
 mod rooms;

@@ -8,12 +8,13 @@
 use std::{
     net::TcpListener,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
 
+mod federation;
 mod tls;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_rhizome");
@@ -29,6 +30,7 @@ fn command(data_dir: &Path, port: u16) -> Command {
         .env("RHIZOME_LISTEN", format!("127.0.0.1:{port}"))
         .env("RHIZOME_RATE_LIMITS__ENABLED", "false")
         .env_remove("RHIZOME_CONFIG")
+        .env_remove("RHIZOME_TEST_LOG")
         .current_dir(data_dir);
     command
 }
@@ -50,7 +52,13 @@ async fn serve(data_dir: &Path, port: u16, extra: &[(&str, &str)]) -> Server {
     for (key, value) in extra {
         command.env(key, value);
     }
-    let child = command.arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // The server's log goes to `serve.log` in its data directory, for a failing test to show.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.join("serve.log"))
+        .unwrap();
+    let child = command.arg("serve").stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
     loop {

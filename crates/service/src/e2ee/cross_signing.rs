@@ -43,12 +43,15 @@ pub struct SigningKeysUpload<'a> {
 }
 
 /// A checked cross-signing key and its canonical object.
-struct CheckedKey {
-    record: CrossSigningKeyRecord,
+pub(crate) struct CheckedKey {
+    /// The key as stored.
+    pub(crate) record: CrossSigningKeyRecord,
     object: CanonicalJsonObject,
 }
 
-fn check_key(
+/// Checks a cross-signing key of a type: the user's, for that usage, one ed25519 key named by
+/// itself.
+pub(crate) fn check_key(
     raw: &Raw<CrossSigningKey>,
     user_id: &UserId,
     key_type: CrossSigningKeyType,
@@ -170,8 +173,20 @@ impl Services {
         for (target_user, keys) in signed_keys {
             let target_keys = if target_user == me {
                 my_keys.clone()
-            } else {
+            } else if target_user.server_name() == self.server_name() {
                 self.store.cross_signing_keys(target_user).await?
+            } else {
+                match self.remote_cross_signing_keys(target_user).await {
+                    Ok(keys) => keys,
+                    Err(error) => {
+                        let unreachable = failure("M_UNKNOWN", error.message());
+                        let user_failures = failures.entry(target_user.clone()).or_default();
+                        for (key_id, _) in keys.iter() {
+                            user_failures.insert(key_id.to_owned(), unreachable.clone());
+                        }
+                        continue;
+                    }
+                }
             };
             for (key_id, raw) in keys {
                 match self

@@ -6,9 +6,9 @@ use rhizome_core::{Error, Result};
 use rhizome_storage::e2ee::{CrossSigningKeyRecord, OneTimeKeyRecord, SignatureRecord};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId,
-    OwnedUserId, UInt, UserId,
+    OwnedServerName, OwnedUserId, UInt, UserId,
     api::client::keys::{claim_keys, get_keys},
-    encryption::{DeviceKeys, OneTimeKey},
+    encryption::{CrossSigningKey, DeviceKeys, OneTimeKey},
     serde::Raw,
 };
 use serde_json::{Value, json, value::to_raw_value};
@@ -92,7 +92,7 @@ pub(crate) fn merge_signatures<'a>(
     }
 }
 
-fn raw_json<T>(value: &Value) -> Result<Raw<T>> {
+pub(crate) fn raw_json<T>(value: &Value) -> Result<Raw<T>> {
     Ok(Raw::from_json(to_raw_value(value)?))
 }
 
@@ -144,103 +144,175 @@ impl Services {
         Ok(counts)
     }
 
-    /// `/keys/query`: device keys and cross-signing keys of local users, with the signatures
-    /// the requester may see (the owner's, and the requester's own).
+    /// `/keys/query`: device keys and cross-signing keys, with the signatures the requester
+    /// may see (the owner's, and the requester's own). Other servers' users are asked of
+    /// their servers (or answered from the tracked device lists), concurrently; a server that
+    /// does not answer in time is reported in `failures`.
     pub async fn query_keys(
         &self,
         requester: &Requester,
         wanted: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
     ) -> Result<get_keys::v3::Response> {
         let mut response = get_keys::v3::Response::new();
+        let mut remote: RemoteQuery = BTreeMap::new();
         for (user_id, device_ids) in wanted {
             if user_id.server_name() != self.server_name() {
-                response.failures.insert(
-                    user_id.server_name().to_string(),
-                    json!({ "status": 503, "message": "Federation is not available" }),
-                );
+                remote
+                    .entry(user_id.server_name().to_owned())
+                    .or_default()
+                    .insert(user_id.clone(), device_ids.clone());
                 continue;
             }
-            let mut signers = vec![user_id.as_ref()];
-            if requester.user_id != *user_id {
-                signers.push(requester.user_id.as_ref());
-            }
-            let signatures = self.store.signatures_on(user_id, &signers).await?;
-            let mut devices = BTreeMap::new();
-            for record in self.store.device_keys(user_id, device_ids).await? {
-                let mut object: Value = serde_json::from_str(&record.json)?;
-                merge_signatures(
-                    &mut object,
-                    signatures.iter().filter(|s| s.target_key_id == record.device_id.as_str()),
-                );
-                if let (Some(name), Some(map)) = (&record.display_name, object.as_object_mut()) {
-                    map.insert("unsigned".into(), json!({ "device_display_name": name }));
-                }
-                devices.insert(record.device_id, raw_json(&object)?);
-            }
-            response.device_keys.insert(user_id.clone(), devices);
-            let cross = self.store.cross_signing_keys(user_id).await?;
-            if let Some(master) = &cross.master {
-                let mut object: Value = serde_json::from_str(&master.json)?;
-                merge_signatures(
-                    &mut object,
-                    signatures.iter().filter(|s| s.target_key_id == master.public_key),
-                );
-                response.master_keys.insert(user_id.clone(), raw_json(&object)?);
-            }
-            let parse = |key: &CrossSigningKeyRecord| -> Result<_> {
-                raw_json(&serde_json::from_str::<Value>(&key.json)?)
-            };
-            if let Some(key) = &cross.self_signing {
-                response.self_signing_keys.insert(user_id.clone(), parse(key)?);
-            }
-            if let Some(key) = cross.user_signing.as_ref().filter(|_| requester.user_id == *user_id)
-            {
-                response.user_signing_keys.insert(user_id.clone(), parse(key)?);
-            }
+            let keys = self.local_user_keys(user_id, device_ids, Some(&requester.user_id)).await?;
+            keys.insert_into(user_id, &mut response);
+        }
+        if !remote.is_empty() {
+            self.query_remote_keys(requester, remote, &mut response).await?;
         }
         Ok(response)
     }
 
+    /// A local user's keys as `viewer` may see them: the owner's signatures and the
+    /// viewer's own, the devices' display names and, for the owner, the user-signing key.
+    /// Without a viewer (another server asking): the owner's signatures only, no names.
+    pub(crate) async fn local_user_keys(
+        &self,
+        user_id: &UserId,
+        device_ids: &[OwnedDeviceId],
+        viewer: Option<&UserId>,
+    ) -> Result<UserKeys> {
+        let mut signers = vec![user_id];
+        if let Some(viewer) = viewer.filter(|viewer| *viewer != user_id) {
+            signers.push(viewer);
+        }
+        let signatures = self.store.signatures_on(user_id, &signers).await?;
+        let mut keys = UserKeys::default();
+        for record in self.store.device_keys(user_id, device_ids).await? {
+            let mut object: Value = serde_json::from_str(&record.json)?;
+            merge_signatures(
+                &mut object,
+                signatures.iter().filter(|s| s.target_key_id == record.device_id.as_str()),
+            );
+            if let (Some(name), Some(map), Some(_)) =
+                (&record.display_name, object.as_object_mut(), viewer)
+            {
+                map.insert("unsigned".into(), json!({ "device_display_name": name }));
+            }
+            keys.devices.insert(record.device_id, raw_json(&object)?);
+        }
+        let cross = self.store.cross_signing_keys(user_id).await?;
+        if let Some(master) = &cross.master {
+            let mut object: Value = serde_json::from_str(&master.json)?;
+            merge_signatures(
+                &mut object,
+                signatures.iter().filter(|s| s.target_key_id == master.public_key),
+            );
+            keys.master = Some(raw_json(&object)?);
+        }
+        let parse = |key: &CrossSigningKeyRecord| -> Result<_> {
+            raw_json(&serde_json::from_str::<Value>(&key.json)?)
+        };
+        if let Some(key) = &cross.self_signing {
+            keys.self_signing = Some(parse(key)?);
+        }
+        if let Some(key) = cross.user_signing.as_ref().filter(|_| viewer == Some(user_id)) {
+            keys.user_signing = Some(parse(key)?);
+        }
+        Ok(keys)
+    }
+
     /// `/keys/claim`: one key per requested device, a one-time key when one is left (each is
-    /// handed out once), else the device's fallback key.
+    /// handed out once), else the device's fallback key. Other servers' users' keys are
+    /// claimed from their servers, concurrently; a server that does not answer in time is
+    /// reported in `failures`.
     pub async fn claim_keys(
         &self,
         wanted: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
     ) -> Result<claim_keys::v3::Response> {
         let mut claimed = BTreeMap::new();
-        let mut failures = BTreeMap::new();
+        let mut remote: RemoteClaim = BTreeMap::new();
         for (user_id, devices) in wanted {
             if user_id.server_name() != self.server_name() {
-                failures.insert(
-                    user_id.server_name().to_string(),
-                    json!({ "status": 503, "message": "Federation is not available" }),
-                );
+                remote
+                    .entry(user_id.server_name().to_owned())
+                    .or_default()
+                    .insert(user_id.clone(), devices.clone());
                 continue;
             }
-            let mut user_keys = BTreeMap::new();
-            for (device_id, algorithm) in devices {
-                let Some(key) =
-                    self.store.claim_key(user_id, device_id, algorithm.as_str()).await?
-                else {
-                    continue;
-                };
-                let key_id = OwnedOneTimeKeyId::try_from(key.key_id.as_str())
-                    .map_err(|error| Error::bug(format!("stored key ID is invalid: {error}")))?;
-                let value: CanonicalJsonValue = serde_json::from_str(&key.json)?;
-                user_keys
-                    .entry(device_id.clone())
-                    .or_insert_with(BTreeMap::new)
-                    .insert(key_id, Raw::from_json(to_raw_value(&value)?));
-            }
+            let user_keys = self.claim_local_keys(user_id, devices).await?;
             if !user_keys.is_empty() {
                 claimed.insert(user_id.clone(), user_keys);
             }
         }
         let mut response = claim_keys::v3::Response::new(claimed);
-        response.failures = failures;
+        if !remote.is_empty() {
+            self.claim_remote_keys(remote, &mut response).await;
+        }
         Ok(response)
     }
+
+    /// Claims one key of each device of a local user.
+    pub(crate) async fn claim_local_keys(
+        &self,
+        user_id: &UserId,
+        devices: &BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>,
+    ) -> Result<ClaimedKeys> {
+        let mut user_keys = BTreeMap::new();
+        for (device_id, algorithm) in devices {
+            let Some(key) = self.store.claim_key(user_id, device_id, algorithm.as_str()).await?
+            else {
+                continue;
+            };
+            let key_id = OwnedOneTimeKeyId::try_from(key.key_id.as_str())
+                .map_err(|error| Error::bug(format!("stored key ID is invalid: {error}")))?;
+            let value: CanonicalJsonValue = serde_json::from_str(&key.json)?;
+            user_keys
+                .entry(device_id.clone())
+                .or_insert_with(BTreeMap::new)
+                .insert(key_id, Raw::from_json(to_raw_value(&value)?));
+        }
+        Ok(user_keys)
+    }
 }
+
+/// One user's keys as a query answers them.
+#[derive(Default)]
+pub(crate) struct UserKeys {
+    /// Device keys, by device.
+    pub(crate) devices: BTreeMap<OwnedDeviceId, Raw<DeviceKeys>>,
+    /// The master key.
+    pub(crate) master: Option<Raw<CrossSigningKey>>,
+    /// The self-signing key.
+    pub(crate) self_signing: Option<Raw<CrossSigningKey>>,
+    /// The user-signing key (for its owner only).
+    pub(crate) user_signing: Option<Raw<CrossSigningKey>>,
+}
+
+impl UserKeys {
+    /// Adds the keys to a `/keys/query` response.
+    pub(crate) fn insert_into(self, user_id: &UserId, response: &mut get_keys::v3::Response) {
+        response.device_keys.insert(user_id.to_owned(), self.devices);
+        if let Some(key) = self.master {
+            response.master_keys.insert(user_id.to_owned(), key);
+        }
+        if let Some(key) = self.self_signing {
+            response.self_signing_keys.insert(user_id.to_owned(), key);
+        }
+        if let Some(key) = self.user_signing {
+            response.user_signing_keys.insert(user_id.to_owned(), key);
+        }
+    }
+}
+
+/// Claimed keys of one user: by device, by key ID.
+pub(crate) type ClaimedKeys = BTreeMap<OwnedDeviceId, BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>>;
+
+/// Other servers' users to query, by server.
+pub(crate) type RemoteQuery = BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>>;
+
+/// Other servers' users' keys to claim, by server.
+pub(crate) type RemoteClaim =
+    BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>>;
 
 /// A canonical object's string field.
 pub(crate) fn string_field<'a>(object: &'a CanonicalJsonObject, field: &str) -> Option<&'a str> {

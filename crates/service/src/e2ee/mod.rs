@@ -10,6 +10,9 @@ pub mod backup;
 pub mod cross_signing;
 pub mod dehydrated;
 pub mod keys;
+pub mod publish;
+mod remote;
+pub mod serve;
 mod signed;
 pub mod to_device;
 
@@ -37,8 +40,10 @@ impl Services {
         self.notify_device_list_watchers(user_id).await
     }
 
-    /// Wakes the syncs of the user and of everyone who shares a room with them.
+    /// Wakes the syncs of the user and of everyone who shares a room with them; for a local
+    /// user, first sends other servers what changed.
     pub(crate) async fn notify_device_list_watchers(&self, user_id: &UserId) -> Result<()> {
+        self.publish_device_list_after_change(user_id).await;
         let mut woken = vec![user_id.to_owned()];
         for room in self.store.rooms_of_user(user_id, &["join", "invite"]).await? {
             woken.extend(self.room_members_cached(&room.room_id, true).await?);
@@ -61,6 +66,7 @@ impl Services {
         if until <= since {
             return Ok((Vec::new(), Vec::new()));
         }
+        self.resume_device_list_worker();
         let device_changes = self.store.device_list_changes(user_id, since, until).await?;
         let mut own_memberships = self.store.membership_changes_since(user_id, since).await?;
         own_memberships.retain(|membership| membership.stream_pos <= until);
@@ -114,7 +120,24 @@ impl Services {
         let left: Vec<OwnedUserId> =
             gone.into_iter().filter(|other| !shared.contains(other)).collect();
         let changed = changed.into_iter().filter(|other| !left.contains(other)).collect();
+        self.forget_left_device_lists(&left);
         Ok((changed, left))
+    }
+
+    /// Stops tracking, in the background, those other servers' users who left the last room
+    /// they shared with a local user.
+    fn forget_left_device_lists(&self, left: &[OwnedUserId]) {
+        let remote: Vec<OwnedUserId> =
+            left.iter().filter(|user| user.server_name() != self.server_name()).cloned().collect();
+        if remote.is_empty() {
+            return;
+        }
+        let Some(services) = self.arc() else { return };
+        tokio::spawn(async move {
+            if let Err(error) = services.forget_unshared_device_lists(&remote).await {
+                tracing::warn!(%error, "could not stop tracking device lists");
+            }
+        });
     }
 
     /// `/keys/changes`: the device-list changes between two sync tokens.

@@ -1,5 +1,6 @@
 //! To-device messages: `PUT /sendToDevice/{type}/{txnId}` (idempotent per sending device, `*`
-//! fanning out to every device of the recipient) and their delivery in `/sync`, where a message
+//! fanning out to every device of the recipient; other servers' users' messages sent to their
+//! servers as durable `m.direct_to_device` EDUs) and their delivery in `/sync`, where a message
 //! stays until the device shows it received it by syncing from a later token.
 
 use rhizome_core::{Error, Result};
@@ -7,13 +8,16 @@ use rhizome_storage::{
     StreamPos,
     e2ee::{ToDeviceMessage, ToDeviceRecord, ToDeviceTarget},
 };
+use std::collections::BTreeMap;
+
 use ruma::{
-    DeviceId, UserId, api::client::to_device::send_event_to_device::v3::Messages,
-    events::AnyToDeviceEvent, serde::Raw, to_device::DeviceIdOrAllDevices,
+    DeviceId, OwnedServerName, OwnedUserId, ServerName, UserId,
+    api::client::to_device::send_event_to_device::v3::Messages, events::AnyToDeviceEvent,
+    serde::Raw, to_device::DeviceIdOrAllDevices,
 };
 use serde_json::{json, value::RawValue};
 
-use crate::{Requester, Services};
+use crate::{Requester, Services, federation::random_string};
 
 /// The most to-device messages one sync delivers; the rest come in the next one.
 pub const TO_DEVICE_LIMIT: usize = 100;
@@ -27,10 +31,17 @@ pub(crate) fn event(record: &ToDeviceRecord) -> Result<Raw<AnyToDeviceEvent>> {
     Ok(Raw::from_json(serde_json::value::to_raw_value(&event)?))
 }
 
+/// Messages for one server's users: by user, by device ID (or `*`).
+type ServerMessages = BTreeMap<OwnedUserId, BTreeMap<String, Box<RawValue>>>;
+
+/// Roughly the most content one `m.direct_to_device` EDU carries; more go in several.
+const MAX_EDU_CONTENT_BYTES: usize = 48 * 1024;
+
 impl Services {
-    /// `sendToDevice`: queues the messages for local devices (remote users are skipped: there
-    /// is no federation) and wakes the recipients' syncs. A repeated transaction ID of the
-    /// same device sends nothing again.
+    /// `sendToDevice`: queues the messages for local devices and wakes the recipients'
+    /// syncs; messages for other servers' users go to their servers as durable
+    /// `m.direct_to_device` EDUs. A repeated transaction ID of the same device sends nothing
+    /// again.
     pub async fn send_to_device(
         &self,
         requester: &Requester,
@@ -39,14 +50,27 @@ impl Services {
         messages: &Messages,
     ) -> Result<()> {
         let mut queued = Vec::new();
+        let mut remote: BTreeMap<OwnedServerName, ServerMessages> = BTreeMap::new();
+        let mut count = 0usize;
         for (user_id, devices) in messages {
-            if user_id.server_name() != self.server_name() {
-                continue;
-            }
             for (target, content) in devices {
                 let content = content.json();
                 if !content.get().trim_start().starts_with('{') {
                     return Err(Error::bad_json("To-device message content must be an object"));
+                }
+                count += 1;
+                if user_id.server_name() != self.server_name() {
+                    let device = match target {
+                        DeviceIdOrAllDevices::AllDevices => "*".to_owned(),
+                        DeviceIdOrAllDevices::DeviceId(device_id) => device_id.to_string(),
+                    };
+                    remote
+                        .entry(user_id.server_name().to_owned())
+                        .or_default()
+                        .entry(user_id.clone())
+                        .or_default()
+                        .insert(device, content.to_owned());
+                    continue;
                 }
                 let target = match target {
                     DeviceIdOrAllDevices::AllDevices => ToDeviceTarget::AllDevices,
@@ -61,17 +85,56 @@ impl Services {
                 });
             }
         }
-        if queued.len() > MAX_MESSAGES_PER_REQUEST {
+        if count > MAX_MESSAGES_PER_REQUEST {
             return Err(Error::invalid_param(format!(
                 "At most {MAX_MESSAGES_PER_REQUEST} messages may be sent at once"
             )));
         }
+        // The transaction is recorded even when every message goes elsewhere, so a retry
+        // sends nothing twice.
         let sent = self
             .store
             .queue_to_device(&requester.user_id, &requester.device_id, txn_id, event_type, &queued)
             .await?;
-        if let Some((_, recipients)) = sent {
-            self.notifier.notify(recipients.iter().map(|user| user.as_ref()));
+        let Some((_, recipients)) = sent else { return Ok(()) };
+        self.notifier.notify(recipients.iter().map(|user| user.as_ref()));
+        for (server, messages) in remote {
+            self.send_to_device_remote(&requester.user_id, event_type, &server, messages).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues one server's messages as `m.direct_to_device` EDUs, each with its own
+    /// `message_id`, split by recipient when they are large.
+    async fn send_to_device_remote(
+        &self,
+        sender: &UserId,
+        event_type: &str,
+        server: &ServerName,
+        messages: ServerMessages,
+    ) -> Result<()> {
+        let mut batches: Vec<ServerMessages> = vec![ServerMessages::new()];
+        let mut size = 0;
+        for (user_id, devices) in messages {
+            let user_size: usize = devices.values().map(|content| content.get().len()).sum();
+            if size > 0 && size + user_size > MAX_EDU_CONTENT_BYTES {
+                batches.push(ServerMessages::new());
+                size = 0;
+            }
+            size += user_size;
+            if let Some(batch) = batches.last_mut() {
+                batch.insert(user_id, devices);
+            }
+        }
+        let destinations = [server.to_owned()];
+        for batch in batches.into_iter().filter(|batch| !batch.is_empty()) {
+            let content = json!({
+                "sender": sender,
+                "type": event_type,
+                "message_id": random_string(24),
+                "messages": batch,
+            });
+            self.queue_durable_edu(&destinations, "m.direct_to_device", &content).await?;
         }
         Ok(())
     }

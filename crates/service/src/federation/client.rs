@@ -258,6 +258,45 @@ impl FederationClient {
         Ok(self.execute(destination, http_request, limits).await?.into_body())
     }
 
+    /// Sends a request and returns its successful response whole, headers and body as they
+    /// came: for answers that are not JSON (media, `multipart/mixed`).
+    pub async fn send_for_response<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+        limits: RequestLimits,
+    ) -> Result<http::Response<Bytes>, FederationError>
+    where
+        R: OutgoingRequest,
+        R::Authentication: FederationAuthentication,
+        R::PathBuilder: for<'a> PathBuilder<Input<'a> = ()>,
+    {
+        let http_request = self.http_request(destination, request)?;
+        self.execute(destination, http_request, limits).await
+    }
+
+    /// Sends an unsigned `GET` of `path_and_query` (which starts with `/`) to `destination`
+    /// and returns its successful response whole: for the few unauthenticated paths other
+    /// servers serve besides the federation API (the legacy media download of servers older
+    /// than Matrix 1.11). The same policy, discovery and limits apply as to any request.
+    pub async fn get_unsigned(
+        &self,
+        destination: &ServerName,
+        path_and_query: &str,
+        limits: RequestLimits,
+    ) -> Result<http::Response<Bytes>, FederationError> {
+        self.discovery.check_policy(destination)?;
+        if !path_and_query.starts_with('/') {
+            return Err(FederationError::Request(FederationError::message_cause(
+                "a request path must start with /",
+            )));
+        }
+        let request = http::Request::get(format!("https://{destination}{path_and_query}"))
+            .body(Vec::new())
+            .map_err(|error| FederationError::Request(FederationError::cause(error)))?;
+        self.execute(destination, request, limits).await
+    }
+
     /// Builds (and signs, when the endpoint wants it) the HTTP request.
     fn http_request<R>(
         &self,

@@ -156,8 +156,8 @@ impl Discovery {
             tracing::debug!("federation request refused: federation is disabled");
             return Err(FederationError::Disabled);
         }
-        // Matched like server ACLs: on the host, without the port.
-        if !self.config.server_allowed(server_name.host()) {
+        // Patterns match the name with or without its port (`server_allowed` tries both).
+        if !self.config.server_allowed(server_name.as_str()) {
             tracing::debug!(%server_name, "federation request refused: server not allowed");
             return Err(FederationError::ServerDenied);
         }

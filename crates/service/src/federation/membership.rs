@@ -76,7 +76,7 @@ impl Services {
     /// Builds and signs this server's membership event from another server's template
     /// (`make_join`, `make_leave`, `make_knock`), with `content` as the member event's content
     /// (the template's `join_authorised_via_users_server` kept).
-    fn sign_template(
+    pub(super) fn sign_template(
         &self,
         template: &RawJsonValue,
         version: &RoomVersionId,
@@ -363,6 +363,7 @@ impl Services {
         if let Some(server) = room_id.server_name() {
             servers.insert(server.to_owned());
         }
+        servers.extend(self.stripped_state_servers(&membership.event_id).await?);
         servers.remove(self.server_name());
         let client = self.federation_client()?;
         let mut content = Map::new();

@@ -8,12 +8,23 @@
 //!   verified and cached, and the notary service.
 //! - [`sender`] sends the durable outbound queue, one task per destination.
 //! - [`transactions`] receives other servers' transactions (`/send`).
+//! - [`queries`], [`public_rooms`], [`hierarchy`] and [`media`] answer other servers' queries
+//!   (profiles, the room directory, spaces, media) and ask them for local clients.
+//! - [`history`] serves a room's history to other servers and backfills it from them.
+//! - [`knock`] knocks on rooms of other servers, and takes knocks on rooms here.
 
 pub mod client;
+pub mod devices;
 pub mod discovery;
 pub mod fetch;
+pub mod hierarchy;
+pub mod history;
 pub mod keys;
+pub mod knock;
+pub mod media;
 pub mod membership;
+pub mod public_rooms;
+pub mod queries;
 pub mod resident;
 pub mod sender;
 pub mod transactions;
@@ -42,6 +53,10 @@ pub(crate) struct FederationRuntime {
     pub(crate) keys: keys::KeyRing,
     pub(crate) sender: sender::OutboundSender,
     pub(crate) inbound: transactions::InboundState,
+    /// Other servers' answers to queries, kept a short while.
+    pub(crate) queries: queries::QueryCaches,
+    pub(crate) backfill: history::BackfillState,
+    pub(crate) devices: devices::DeviceListState,
 }
 
 impl FederationRuntime {
@@ -63,6 +78,9 @@ impl FederationRuntime {
             keys: keys::KeyRing::default(),
             sender: sender::OutboundSender::new(),
             inbound: transactions::InboundState::default(),
+            queries: queries::QueryCaches::default(),
+            backfill: history::BackfillState::default(),
+            devices: devices::DeviceListState::default(),
         }
     }
 }

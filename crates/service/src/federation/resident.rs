@@ -154,7 +154,27 @@ impl Services {
         if checked.event_id != event_id {
             return Err(Error::bad_json("The event ID does not match the event"));
         }
-        let mut pdu = self.verify_received(checked, &version).await?;
+        // A restricted join this server vouches for needs its signature before the checks
+        // (which require the vouching server's signature).
+        let unverified = Pdu::from_json(
+            checked.event_id.clone(),
+            serde_json::value::to_raw_value(&checked.object).map_err(Error::internal)?,
+            &version,
+        )
+        .map_err(|error| Error::bad_json(error.to_string()))?;
+        let vouched_here = membership == "join"
+            && unverified
+                .content_str("join_authorised_via_users_server")
+                .and_then(|user| UserId::parse(&user).ok())
+                .is_some_and(|user| user.server_name() == self.server_name());
+        let checked = if vouched_here {
+            let signed = self.countersign(&unverified, &version)?;
+            received::check_format(signed.json().get(), &version, Some(room_id))
+                .map_err(|error| Error::bad_json(error.to_string()))?
+        } else {
+            checked
+        };
+        let pdu = self.verify_received(checked, &version).await?;
         let sender_ok = pdu.sender.server_name() == origin
             && pdu.state_key.as_deref() == Some(pdu.sender.as_str())
             && pdu.kind.to_string() == "m.room.member"
@@ -163,14 +183,6 @@ impl Services {
             return Err(Error::bad_json(format!(
                 "Expected a {membership} of a user of the sending server for themselves"
             )));
-        }
-        // A restricted join this server vouches for gets its signature.
-        if membership == "join"
-            && let Some(authoriser) = pdu.content_str("join_authorised_via_users_server")
-            && let Ok(authoriser) = UserId::parse(&authoriser)
-            && authoriser.server_name() == self.server_name()
-        {
-            pdu = self.countersign(&pdu, &version)?;
         }
         let lock = self.room_lock(room_id);
         let outcome = {

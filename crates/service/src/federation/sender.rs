@@ -35,8 +35,13 @@ pub const MAX_EDUS_PER_TXN: i64 = 100;
 const CATCH_UP_THRESHOLD: i64 = 50;
 /// Ephemeral EDUs kept per destination; older ones are dropped.
 const MAX_EPHEMERAL_EDUS: usize = 500;
-/// How long a lease lasts without renewal.
-const LEASE_MS: i64 = 60_000;
+/// How long a lease lasts without renewal (another process takes a destination over after
+/// it lapses).
+const LEASE_MS: i64 = 30_000;
+/// The longest a backing-off sender sleeps before reading its destination's state again.
+const BACKOFF_RECHECK: Duration = Duration::from_secs(60);
+/// How often a process looks again at a destination another process holds.
+const LEASE_RETRY: Duration = Duration::from_secs(5);
 /// How long an idle sender task lives.
 const IDLE_EXIT: Duration = Duration::from_secs(120);
 
@@ -100,6 +105,13 @@ impl Services {
         let services = self.me.clone();
         tokio::spawn(async move {
             let Some(strong) = services.upgrade() else { return };
+            // SQLite serves one process only (the data directory is locked): leases left by
+            // a process that crashed are its own, and are taken back at once.
+            if strong.store.backend_name() == "sqlite"
+                && let Err(error) = strong.store.release_all_destination_leases().await
+            {
+                tracing::warn!(%error, "could not take back the federation leases");
+            }
             match strong.store.destinations_with_queue().await {
                 Ok(destinations) => {
                     for destination in destinations {
@@ -233,10 +245,14 @@ impl Services {
     ) -> Result<bool, SendFailure> {
         let store = &self.store;
         let mut pending = record.pending_txn.clone();
-        if pending.is_none() && record.failures > 0 && record.queued_pdus > CATCH_UP_THRESHOLD {
+        // A destination that failed with a long queue gets the latest event of each room
+        // (the pending transaction is superseded); it fetches the gap itself.
+        if record.failures > 0 && record.queued_pdus > CATCH_UP_THRESHOLD {
             let dropped =
                 store.collapse_pdu_queue(destination).await.map_err(SendFailure::Local)?;
-            tracing::info!(dropped, "a destination is back: catching up with the latest events");
+            tracing::info!(dropped, "catching a destination up with the latest events");
+            pending = None;
+            *in_flight_ephemeral = None;
         }
         let (pdus, edus) = store
             .next_transaction(destination, pending.as_ref(), MAX_PDUS_PER_TXN, MAX_EDUS_PER_TXN)
@@ -398,9 +414,12 @@ async fn destination_task(
             .await
         {
             Ok(true) => match services.store.get_destination(&destination).await {
-                Ok(Some(record)) if record.retry_at > now => {
-                    Some(Duration::from_millis(u64::try_from(record.retry_at - now).unwrap_or(0)))
-                }
+                // Backing off: look again at the latest within a minute (the administrator
+                // may end the backoff from the command line).
+                Ok(Some(record)) if record.retry_at > now => Some(
+                    Duration::from_millis(u64::try_from(record.retry_at - now).unwrap_or(0))
+                        .min(BACKOFF_RECHECK),
+                ),
                 Ok(record) => {
                     let record = record.unwrap_or_else(|| empty_record(&destination));
                     match services
@@ -430,7 +449,7 @@ async fn destination_task(
                 }
             },
             // Another process sends to it: look again when its lease may have lapsed.
-            Ok(false) => Some(Duration::from_millis(u64::try_from(LEASE_MS).unwrap_or(60_000))),
+            Ok(false) => Some(LEASE_RETRY),
             Err(error) => {
                 tracing::warn!(%error, "could not take a destination's lease");
                 Some(Duration::from_secs(5))

@@ -187,6 +187,12 @@ impl Services {
             }
             "m.receipt" => self.handle_receipt_edu(origin, content).await,
             "m.direct_to_device" => self.handle_to_device_edu(origin, content).await,
+            // Presence is taken only where the organiser shares it over federation.
+            "m.presence" if self.config.federation.send_presence => {
+                self.handle_presence_edu(origin, content).await
+            }
+            "m.device_list_update" => self.handle_device_list_update_edu(origin, content).await,
+            "m.signing_key_update" => self.handle_signing_key_update_edu(origin, content).await,
             other => {
                 tracing::debug!(edu_type = %other, "ignored an EDU of a type not handled");
                 Ok(())
@@ -296,6 +302,49 @@ impl Services {
             .await?;
         if let Some((_, recipients)) = sent {
             self.notifier.notify(recipients.iter().map(|user| user.as_ref()));
+        }
+        Ok(())
+    }
+}
+
+impl Services {
+    /// `m.presence`: the presence of users of `origin` who share a room with a local user.
+    async fn handle_presence_edu(&self, origin: &ServerName, content: &RawJsonValue) -> Result<()> {
+        #[derive(Deserialize)]
+        struct Update {
+            user_id: ruma::OwnedUserId,
+            presence: String,
+            #[serde(default)]
+            status_msg: Option<String>,
+            #[serde(default)]
+            last_active_ago: i64,
+        }
+        #[derive(Deserialize)]
+        struct Push {
+            push: Vec<serde_json::Value>,
+        }
+        let push: Push = serde_json::from_str(content.get())?;
+        for update in push.push.into_iter().take(1000) {
+            let Ok(update) = serde_json::from_value::<Update>(update) else { continue };
+            if update.user_id.server_name() != origin {
+                continue;
+            }
+            let shares_a_room = self
+                .user_memberships_cached(&update.user_id)
+                .await?
+                .iter()
+                .any(|room| room.membership == "join");
+            if !shares_a_room {
+                continue;
+            }
+            let status = update.status_msg.map(|text| text.chars().take(1024).collect());
+            self.apply_remote_presence(
+                &update.user_id,
+                &update.presence,
+                status,
+                update.last_active_ago,
+            )
+            .await?;
         }
         Ok(())
     }

@@ -2,8 +2,10 @@
 //! URL previews and the administration of stored media.
 //!
 //! Bytes live in files under `<data_dir>/media/`, named by their SHA-256 (identical uploads
-//! share one file); the database holds the metadata. Only media of this server is served:
-//! there is no federation yet to fetch remote media with.
+//! share one file); the database holds the metadata. Other servers' media is fetched over
+//! federation for authenticated downloads and kept as a copy
+//! ([`federation::media`](crate::federation::media)); the legacy unauthenticated endpoints
+//! serve this server's media only.
 
 mod fetch;
 mod files;
@@ -92,6 +94,8 @@ pub(crate) struct MediaRuntime {
     content_locks: Vec<Mutex<()>>,
     /// Held while thumbnails of one media item are made.
     thumbnail_locks: Vec<Mutex<()>>,
+    /// Held while another server's media item is fetched, so it is fetched once.
+    remote_locks: Vec<Mutex<()>>,
     /// Bounds the thumbnails made at once (each holds a decoded image in memory).
     thumbnail_permits: Semaphore,
     /// Bumped whenever an asynchronous upload receives its content.
@@ -113,6 +117,7 @@ impl MediaRuntime {
             files: FileStore::new(&config.data_dir),
             content_locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             thumbnail_locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            remote_locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             thumbnail_permits: Semaphore::new(config.media.thumbnail_concurrency.max(1)),
             uploads: watch::channel(0).0,
             unthumbnailable: SyncMutex::new(LruCache::new(
@@ -135,6 +140,10 @@ impl MediaRuntime {
     fn thumbnail_lock(&self, origin: &ServerName, media_id: &str) -> &Mutex<()> {
         Self::stripe(&self.thumbnail_locks, &(origin.as_str(), media_id))
     }
+
+    pub(crate) fn remote_lock(&self, origin: &ServerName, media_id: &str) -> &Mutex<()> {
+        Self::stripe(&self.remote_locks, &(origin.as_str(), media_id))
+    }
 }
 
 /// A fresh media ID: 24 random letters and digits.
@@ -144,7 +153,7 @@ fn new_media_id() -> String {
 }
 
 /// A `Content-Type` worth keeping: printable ASCII of the form `type/subtype[; params]`.
-fn clean_content_type(content_type: Option<&str>) -> Option<String> {
+pub(crate) fn clean_content_type(content_type: Option<&str>) -> Option<String> {
     let value = content_type?.trim();
     let essence = value.split(';').next()?.trim();
     let valid = !value.is_empty()
@@ -156,7 +165,7 @@ fn clean_content_type(content_type: Option<&str>) -> Option<String> {
 
 /// A file name worth keeping: without control characters or path separators, at most 255
 /// characters.
-fn clean_filename(filename: Option<&str>) -> Option<String> {
+pub(crate) fn clean_filename(filename: Option<&str>) -> Option<String> {
     let cleaned: String = filename?
         .chars()
         .filter(|c| !c.is_control() && *c != '/' && *c != '\\')
@@ -210,7 +219,7 @@ impl Services {
 
     /// Writes content to disk, then runs `record` (which stores the rows pointing at it)
     /// under the content lock; removes the file again if `record` leaves it unreferenced.
-    async fn store_content<T, F>(&self, bytes: Arc<Vec<u8>>, record: F) -> Result<T>
+    pub(crate) async fn store_content<T, F>(&self, bytes: Arc<Vec<u8>>, record: F) -> Result<T>
     where
         F: AsyncFnOnce(String) -> Result<T>,
     {
@@ -396,7 +405,7 @@ impl Services {
         access: MediaAccess,
     ) -> Result<(MediaRecord, MediaContent)> {
         if server_name != self.server_name() {
-            return Err(Error::not_found("Media of other servers is not available here"));
+            return self.cached_remote_media(server_name, media_id, access).await;
         }
         let deadline = tokio::time::Instant::now() + timeout.min(MAX_WAIT);
         let mut uploads = self.media.uploads.subscribe();
@@ -434,7 +443,27 @@ impl Services {
         }
     }
 
-    /// The original bytes of a media item.
+    /// The copy of another server's media held here, for authenticated access.
+    async fn cached_remote_media(
+        &self,
+        server_name: &ServerName,
+        media_id: &str,
+        access: MediaAccess,
+    ) -> Result<(MediaRecord, MediaContent)> {
+        if access == MediaAccess::Legacy {
+            return Err(Error::not_found("Media of other servers is not available here"));
+        }
+        let record =
+            self.store.get_media(server_name, media_id).await?.ok_or_else(media_not_found)?;
+        let content = record.content.clone().ok_or_else(media_not_found)?;
+        let now = now_millis();
+        if record.last_access_ts < now - TOUCH_INTERVAL_MS {
+            self.store.touch_media(server_name, media_id, now).await?;
+        }
+        Ok((record, content))
+    }
+
+    /// The original bytes of a media item; another server's is fetched (and kept) first.
     pub async fn download_media(
         &self,
         server_name: &ServerName,
@@ -442,6 +471,12 @@ impl Services {
         timeout: Duration,
         access: MediaAccess,
     ) -> Result<MediaDownload> {
+        if server_name != self.server_name()
+            && access == MediaAccess::Authenticated
+            && let Some(uncached) = self.cache_remote_media(server_name, media_id, timeout).await?
+        {
+            return Ok(uncached);
+        }
         let (_, content) = self.media_to_serve(server_name, media_id, timeout, access).await?;
         let Some((file, size)) = self.media.files.open(&content.sha256).await? else {
             tracing::error!("a media file is missing from the media directory");

@@ -187,7 +187,8 @@ impl Services {
         Ok(())
     }
 
-    /// A thumbnail of a media item of this server, made on first request.
+    /// A thumbnail of a media item, made on first request from the copy here (of this server's
+    /// media, or another's once downloaded), else asked of the media's server.
     pub async fn media_thumbnail(
         &self,
         server_name: &ServerName,
@@ -206,6 +207,17 @@ impl Services {
             method: request.method.as_str().to_owned(),
             animated: request.animated,
         };
+        if server_name != self.server_name()
+            && access == MediaAccess::Authenticated
+            && self
+                .store
+                .get_media(server_name, media_id)
+                .await?
+                .is_none_or(|m| m.content.is_none())
+        {
+            // No copy here: the other server makes the thumbnail.
+            return self.remote_thumbnail(server_name, media_id, request, timeout).await;
+        }
         let (_, content) = self.media_to_serve(server_name, media_id, timeout, access).await?;
         if let Some(failure) = self.known_failure(server_name, media_id) {
             return Err(failure_error(failure));

@@ -38,6 +38,45 @@ pub struct RoomSummary {
     pub encryption: Option<String>,
 }
 
+/// What a page of the public directory is asked for.
+#[derive(Clone, Debug, Default)]
+pub struct DirectoryQuery {
+    /// The most rooms on the page.
+    pub limit: Option<usize>,
+    /// A `next_batch` or `prev_batch` token of an earlier page.
+    pub since: Option<String>,
+    /// Only rooms whose name, topic or canonical alias contain this (case-insensitive).
+    pub search_term: Option<String>,
+    /// Only rooms of these types (`None`: rooms without a type); empty for every type.
+    pub room_types: Vec<Option<String>>,
+}
+
+impl DirectoryQuery {
+    /// Whether the query filters rooms (by term or type) rather than only paging.
+    pub fn filters(&self) -> bool {
+        self.search_term.as_deref().is_some_and(|term| !term.is_empty())
+            || !self.room_types.is_empty()
+    }
+
+    /// Whether a room passes the filter.
+    fn matches(&self, summary: &RoomSummary) -> bool {
+        let type_ok = self.room_types.is_empty() || self.room_types.contains(&summary.room_type);
+        let term_ok =
+            self.search_term.as_deref().filter(|term| !term.is_empty()).is_none_or(|term| {
+                let term = term.to_lowercase();
+                [
+                    summary.name.as_deref(),
+                    summary.topic.as_deref(),
+                    summary.canonical_alias.as_ref().map(|alias| alias.as_str()),
+                ]
+                .into_iter()
+                .flatten()
+                .any(|text| text.to_lowercase().contains(&term))
+            });
+        type_ok && term_ok
+    }
+}
+
 /// A page of the public directory.
 #[derive(Clone, Debug)]
 pub struct PublicRoomsPage {
@@ -253,35 +292,20 @@ impl Services {
         Ok(summary)
     }
 
-    /// A page of the public directory, optionally filtered by a search term.
-    pub async fn public_rooms(
-        &self,
-        limit: Option<usize>,
-        since: Option<&str>,
-        term: Option<&str>,
-    ) -> Result<PublicRoomsPage> {
-        let offset: usize = match since {
+    /// A page of this server's public directory, filtered as asked.
+    pub async fn public_rooms(&self, query: &DirectoryQuery) -> Result<PublicRoomsPage> {
+        let offset: usize = match query.since.as_deref() {
             Some(token) => token
                 .strip_prefix('p')
                 .and_then(|number| number.parse().ok())
                 .ok_or_else(|| Error::invalid_param("Invalid directory token"))?,
             None => 0,
         };
+        let limit = query.limit;
         let mut rooms = Vec::new();
         for published in self.store.published_rooms().await? {
             let summary = self.room_summary(&published.room_id).await?;
-            let matches = term.filter(|term| !term.is_empty()).is_none_or(|term| {
-                let term = term.to_lowercase();
-                [
-                    summary.name.as_deref(),
-                    summary.topic.as_deref(),
-                    summary.canonical_alias.as_ref().map(|alias| alias.as_str()),
-                ]
-                .into_iter()
-                .flatten()
-                .any(|text| text.to_lowercase().contains(&term))
-            });
-            if matches {
+            if query.matches(&summary) {
                 rooms.push(summary);
             }
         }

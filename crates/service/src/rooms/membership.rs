@@ -121,6 +121,11 @@ impl Services {
             Err(_) => (self.resolve_room(room).await?, via.to_vec()),
         };
         if self.needs_remote_join(&room_id).await? {
+            if self.room_is_shut_down(&room_id).await? {
+                return Err(Error::forbidden(
+                    "This room has been shut down by the server's administrator",
+                ));
+            }
             if let Some(invite) = self.store.get_membership(&room_id, user_id).await?
                 && let Some(event) = self.load_event(&invite.event_id).await?
             {

@@ -1,5 +1,6 @@
-//! Reading rooms: single events, `/context`, `/messages`, members and state, and
-//! `/timestamp_to_event`, each through the history visibility rules.
+//! Reading rooms: single events, `/context`, `/messages` (backfilling from other servers at
+//! the start of what is held), members and state, and `/timestamp_to_event`, each through the
+//! history visibility rules.
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -281,9 +282,21 @@ impl Services {
             Direction::Backward => (from_pos.saturating_add(1), to_pos),
             Direction::Forward => (from_pos, to_pos),
         };
-        let (events, more, last_pos) = self
+        let (mut events, mut more, mut last_pos) = self
             .page_events(requester, room_id, query_from, query_to, direction, limit, filter)
             .await?;
+        // Back at the start of what this server holds (even with a full page: without `end`
+        // the client would stop there): one round of history from the room's other servers,
+        // if there is more to have, then the page again.
+        if direction == Direction::Backward
+            && !more
+            && query_to.is_none()
+            && self.backfill_if_needed(room_id).await
+        {
+            (events, more, last_pos) = self
+                .page_events(requester, room_id, query_from, query_to, direction, limit, filter)
+                .await?;
+        }
         // Backwards, no `end` means the start of the room. Forwards there is no end to the
         // room: a page that moved on gives its `end`, to continue from when newer events come.
         let end = match direction {

@@ -77,7 +77,6 @@ pub(crate) enum Provenance {
         soft_failed: bool,
     },
     /// History fetched from another server (backfill).
-    #[allow(dead_code)] // Backfill, which fetches history, lands next.
     Historical,
 }
 
@@ -245,25 +244,51 @@ impl Services {
     /// Resolves several states of a room into one (state resolution v2 / v2.1).
     pub async fn resolve_state(
         &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        maps: &[StateMap],
+    ) -> Result<StateMap> {
+        self.resolve_state_with(room_id, version, maps, None).await
+    }
+
+    /// Resolves several states, one of which may hold `unstored`, an event being persisted
+    /// right now (its auth chain is its auth events' and itself).
+    pub(crate) async fn resolve_state_with(
+        &self,
         _room_id: &RoomId,
         version: &RoomVersionId,
         maps: &[StateMap],
+        unstored: Option<&Pdu>,
     ) -> Result<StateMap> {
         let mut auth_chains = Vec::with_capacity(maps.len());
         let mut all_ids: HashSet<OwnedEventId> = HashSet::new();
         for map in maps {
-            let ids: Vec<OwnedEventId> = map.values().cloned().collect();
-            let chain = self.store.auth_chain(&ids).await?;
+            let mut ids: Vec<OwnedEventId> = map.values().cloned().collect();
+            let mut holds_unstored = false;
+            if let Some(pdu) = unstored
+                && ids.contains(&pdu.event_id)
+            {
+                holds_unstored = true;
+                ids.retain(|id| *id != pdu.event_id);
+                ids.extend(pdu.auth_events.iter().cloned());
+            }
+            let mut chain = self.store.auth_chain(&ids).await?;
+            if holds_unstored && let Some(pdu) = unstored {
+                chain.insert(pdu.event_id.clone());
+            }
             all_ids.extend(chain.iter().cloned());
             auth_chains.push(chain);
         }
         let all_ids: Vec<OwnedEventId> = all_ids.into_iter().collect();
-        let events: HashMap<OwnedEventId, Pdu> = self
+        let mut events: HashMap<OwnedEventId, Pdu> = self
             .load_events(&all_ids)
             .await?
             .into_iter()
             .map(|event| (event.pdu.event_id.clone(), event.pdu.clone()))
             .collect();
+        if let Some(pdu) = unstored {
+            events.insert(pdu.event_id.clone(), pdu.clone());
+        }
         let version = version.clone();
         let maps = maps.to_vec();
         tokio::task::spawn_blocking(move || {
@@ -386,7 +411,7 @@ impl Services {
             for other in self.load_events(&others).await? {
                 maps.push((*self.state_map(other.record.state_after).await?).clone());
             }
-            let resolved = self.resolve_state(room_id, version, &maps).await?;
+            let resolved = self.resolve_state_with(room_id, version, &maps, Some(&pdu)).await?;
             let changes = diff_states(&old_current, &resolved);
             (CurrentState::New(StateSpec::New { base: old_current_group, changes }), resolved)
         };

@@ -2,14 +2,17 @@
 //! rooms or rooms anyone may join or knock on, members of an allowed room for restricted
 //! ones), the space hierarchy walked depth first over `m.space.child` state, and room
 //! summaries by ID or alias.
+//!
+//! Rooms of the hierarchy this server is not in are asked of the servers their
+//! `m.space.child` events name ([`federation::hierarchy`](crate::federation::hierarchy)).
 
 use std::{cmp::Ordering, collections::HashSet};
 
 use rhizome_core::{Error, Result, clock::millis_from_ts};
-use ruma::{OwnedRoomId, RoomId, RoomOrAliasId, UserId, events::StateEventType};
+use ruma::{OwnedRoomId, OwnedServerName, RoomId, RoomOrAliasId, UserId, events::StateEventType};
 use serde_json::{Value, json, value::RawValue as RawJsonValue};
 
-use crate::{Services, rooms::directory::RoomSummary};
+use crate::{Services, federation::hierarchy::HierarchyWalk, rooms::directory::RoomSummary};
 
 /// The default and largest number of rooms on one page of the hierarchy.
 const DEFAULT_HIERARCHY_LIMIT: u64 = 50;
@@ -49,11 +52,54 @@ pub struct HierarchyQuery<'a> {
 }
 
 /// A valid `m.space.child` event, with what orders it among its siblings.
-struct Child {
-    room_id: OwnedRoomId,
+pub(crate) struct Child {
+    pub(crate) room_id: OwnedRoomId,
     order: Option<String>,
     ts: i64,
-    stripped: Box<RawJsonValue>,
+    /// The servers it names to reach the child by.
+    pub(crate) via: Vec<OwnedServerName>,
+    /// The event stripped, with `origin_server_ts`.
+    pub(crate) stripped: Box<RawJsonValue>,
+}
+
+/// The child an `m.space.child` event (stripped, with `origin_server_ts`) names, if the event
+/// is valid (a room ID as state key and a non-empty `via`) and, with `suggested_only`,
+/// suggested.
+pub(crate) fn child_from_stripped(event: &Value, suggested_only: bool) -> Option<Child> {
+    if event.get("type").and_then(Value::as_str) != Some("m.space.child") {
+        return None;
+    }
+    let room_id = event
+        .get("state_key")
+        .and_then(Value::as_str)
+        .and_then(|key| OwnedRoomId::try_from(key).ok())?;
+    let content = event.get("content")?;
+    let via = content.get("via").and_then(Value::as_array)?;
+    if via.is_empty() || !via.iter().all(Value::is_string) {
+        return None;
+    }
+    let suggested = content.get("suggested").and_then(Value::as_bool) == Some(true);
+    if suggested_only && !suggested {
+        return None;
+    }
+    let order = content
+        .get("order")
+        .and_then(Value::as_str)
+        .filter(|order| valid_order(order))
+        .map(str::to_owned);
+    let ts = event.get("origin_server_ts").and_then(Value::as_i64).unwrap_or(0);
+    let via = via
+        .iter()
+        .filter_map(Value::as_str)
+        .filter_map(|server| OwnedServerName::try_from(server).ok())
+        .collect();
+    let stripped = serde_json::value::to_raw_value(event).ok()?;
+    Some(Child { room_id, order, ts, via, stripped })
+}
+
+/// Children in the spec's order.
+pub(crate) fn sort_children(children: &mut [Child]) {
+    children.sort_by(child_order);
 }
 
 /// The spec's order of children: by `order` (those without one last), then by the time of the
@@ -180,31 +226,28 @@ impl Services {
             None => 0,
         };
         let forbidden = || Error::forbidden("You are not allowed to view this room");
-        if !self.room_exists(root).await? {
-            return Err(forbidden());
-        }
-        let root_summary = self.room_summary(root).await?;
-        if !self.may_preview_room(Some(user_id), &root_summary).await? {
-            return Err(forbidden());
-        }
+        let mut walk = HierarchyWalk::new(query.suggested_only);
+        // The root's own server, when its ID names one, is where to ask for a root this server
+        // is not in.
+        let root_via: Vec<OwnedServerName> =
+            root.server_name().map(ToOwned::to_owned).into_iter().collect();
 
         let mut rooms = Vec::new();
         let mut next_batch = None;
         let mut index = 0usize;
         let mut seen = HashSet::new();
-        let mut stack = vec![(root.to_owned(), 0u64)];
-        while let Some((room_id, depth)) = stack.pop() {
-            if !seen.insert(room_id.clone()) || !self.room_exists(&room_id).await? {
+        let mut stack = vec![(root.to_owned(), 0u64, root_via)];
+        while let Some((room_id, depth, via)) = stack.pop() {
+            if !seen.insert(room_id.clone()) {
                 continue;
             }
-            let summary = self.room_summary(&room_id).await?;
-            if room_id != root && !self.may_preview_room(Some(user_id), &summary).await? {
+            let Some((summary, children)) =
+                self.hierarchy_room(&mut walk, user_id, &room_id, &via).await?
+            else {
+                if room_id == root {
+                    return Err(forbidden());
+                }
                 continue;
-            }
-            let children = if summary.room_type.as_deref() == Some("m.space") {
-                self.space_children(&room_id, query.suggested_only).await?
-            } else {
-                Vec::new()
             };
             if index >= skip {
                 if rooms.len() == limit {
@@ -217,7 +260,9 @@ impl Services {
             index += 1;
             if depth < max_depth {
                 // Pushed in reverse, so the first child is walked next.
-                stack.extend(children.into_iter().rev().map(|child| (child.room_id, depth + 1)));
+                stack.extend(
+                    children.into_iter().rev().map(|child| (child.room_id, depth + 1, child.via)),
+                );
             }
         }
         Ok(HierarchyPage { rooms, next_batch })
@@ -225,7 +270,11 @@ impl Services {
 
     /// The valid `m.space.child` events of a space (a room ID as state key and a non-empty
     /// `via`), optionally only the suggested ones, in the spec's order.
-    async fn space_children(&self, room_id: &RoomId, suggested_only: bool) -> Result<Vec<Child>> {
+    pub(crate) async fn space_children(
+        &self,
+        room_id: &RoomId,
+        suggested_only: bool,
+    ) -> Result<Vec<Child>> {
         let state = self.current_state(room_id).await?;
         let ids: Vec<_> = state
             .iter()
@@ -235,37 +284,17 @@ impl Services {
         let mut children = Vec::new();
         for event in self.load_events(&ids).await? {
             let pdu = &event.pdu;
-            let Some(Ok(child_id)) = pdu.state_key.as_deref().map(OwnedRoomId::try_from) else {
-                continue;
-            };
             let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
-            let via_ok = content
-                .get("via")
-                .and_then(Value::as_array)
-                .is_some_and(|via| !via.is_empty() && via.iter().all(Value::is_string));
-            if !via_ok {
-                continue;
-            }
-            let suggested = content.get("suggested").and_then(Value::as_bool) == Some(true);
-            if suggested_only && !suggested {
-                continue;
-            }
-            let order = content
-                .get("order")
-                .and_then(Value::as_str)
-                .filter(|order| valid_order(order))
-                .map(str::to_owned);
-            let ts = millis_from_ts(pdu.origin_server_ts);
-            let stripped = serde_json::value::to_raw_value(&json!({
+            let stripped = json!({
                 "type": pdu.kind.to_string(),
-                "state_key": child_id,
+                "state_key": pdu.state_key,
                 "content": content,
                 "sender": pdu.sender,
-                "origin_server_ts": ts,
-            }))?;
-            children.push(Child { room_id: child_id, order, ts, stripped });
+                "origin_server_ts": millis_from_ts(pdu.origin_server_ts),
+            });
+            children.extend(child_from_stripped(&stripped, suggested_only));
         }
-        children.sort_by(child_order);
+        sort_children(&mut children);
         Ok(children)
     }
 }
@@ -279,6 +308,7 @@ mod tests {
             room_id: OwnedRoomId::try_from(room).unwrap(),
             order: order.map(str::to_owned),
             ts,
+            via: Vec::new(),
             stripped: serde_json::value::to_raw_value(&json!({})).unwrap(),
         }
     }

@@ -1,5 +1,6 @@
 //! History visibility: every event that leaves the server passes [`Services::filter_visible`]
-//! (or [`Services::can_see_event`]), which applies the spec's rules to the state at the event.
+//! (or [`Services::can_see_event`]), which applies the spec's rules to the state at the event
+//! and never lets out outliers, rejected or soft-failed events.
 
 use std::sync::Arc;
 
@@ -110,6 +111,11 @@ impl Services {
         event: &LoadedEvent,
         standing: Standing,
     ) -> Result<bool> {
+        // Events outside the timeline (outliers), rejected by the auth rules or soft-failed
+        // are never shown to clients.
+        if event.record.outlier || event.record.rejected || event.record.soft_failed {
+            return Ok(false);
+        }
         let own_membership_event = event.pdu.kind == TimelineEventType::RoomMember
             && event.pdu.state_key.as_deref() == Some(user_id.as_str());
         if own_membership_event && standing != Standing::Forgotten {

@@ -2,6 +2,7 @@
 //! to-device messages and dehydrated devices ([`messages`]), and key backups ([`backup`]).
 
 mod backup;
+mod device_lists;
 mod keys;
 mod messages;
 

@@ -172,6 +172,9 @@ pub async fn destination_leases_have_one_owner(store: Arc<dyn DataStore>) {
     assert!(!store.acquire_destination_lease(destination, "p1", 300, 210).await.unwrap());
     store.release_destination_lease(destination, "p2").await.unwrap();
     assert!(store.acquire_destination_lease(destination, "p1", 300, 210).await.unwrap());
+    // After a crash of the only process, its leases are given up at once.
+    store.release_all_destination_leases().await.unwrap();
+    assert!(store.acquire_destination_lease(destination, "p3", 400, 220).await.unwrap());
 }
 
 /// Inbound transactions are remembered per origin with their answer, and pruned by age.

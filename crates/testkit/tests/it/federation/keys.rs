@@ -135,3 +135,165 @@ async fn a_rotated_key_keeps_old_signatures_verifiable() {
         .await;
     assert_eq!(request.status.as_u16(), 200);
 }
+
+/// A server unreachable for its keys is vouched for by a notary the organiser trusts (and only
+/// by one whose signature checks out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_notary_vouches_for_a_server_whose_keys_cannot_be_fetched() {
+    let notary = TestServer::start_federating("127.0.0.28").await;
+    let peer = TestPeer::start_on("127.0.0.29".parse().unwrap()).await;
+    let notary_key =
+        (notary.services().signing_key.key_id(), notary.services().signing_key.public_key_base64());
+    let server = TestServer::start_federating_with(
+        rhizome_testkit::Backend::Sqlite,
+        "127.0.0.30",
+        |config| {
+            config.federation.trusted_key_servers = vec![rhizome_core::config::TrustedKeyServer {
+                server_name: notary.config.server_name.clone(),
+                verify_keys: [notary_key.clone()].into_iter().collect(),
+            }];
+        },
+    )
+    .await;
+    // The notary learns the peer's keys while it can reach them.
+    let key_id = peer.key_id();
+    let learned = notary
+        .services()
+        .server_verify_keys(
+            peer.server_name(),
+            std::slice::from_ref(&key_id),
+            Some(rhizome_core::clock::now_millis()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(learned.len(), 1);
+    // Then the peer's key endpoint breaks.
+    peer.handle(Method::GET, "/_matrix/key/v2/server", |_| {
+        rhizome_testkit::peer::Reply::error(
+            reqwest::StatusCode::INTERNAL_SERVER_ERROR,
+            "M_UNKNOWN",
+            "broken",
+        )
+    });
+    let keys = server
+        .services()
+        .server_verify_keys(
+            peer.server_name(),
+            std::slice::from_ref(&key_id),
+            Some(rhizome_core::clock::now_millis()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        keys.get(&key_id).map(|key| key.encode()),
+        Some(peer.signing_key().public_key_base64()),
+        "the notary's answer was not used"
+    );
+    // A server trusting the notary under another key ignores its answers.
+    let wary = TestServer::start_federating_with(
+        rhizome_testkit::Backend::Sqlite,
+        "127.0.0.38",
+        |config| {
+            config.federation.trusted_key_servers = vec![rhizome_core::config::TrustedKeyServer {
+                server_name: notary.config.server_name.clone(),
+                verify_keys: [(
+                    notary_key.0.clone(),
+                    rhizome_room::SigningKey::generate().public_key_base64(),
+                )]
+                .into_iter()
+                .collect(),
+            }];
+        },
+    )
+    .await;
+    let keys = wary
+        .services()
+        .server_verify_keys(
+            peer.server_name(),
+            std::slice::from_ref(&key_id),
+            Some(rhizome_core::clock::now_millis()),
+        )
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "an answer not signed by the trusted key was used");
+}
+
+/// The organiser's lists: a denied server is refused both ways, and an allow-list closes
+/// federation to everyone else; oversized bodies are refused before anything is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_servers_are_refused_both_ways_and_bodies_are_bounded() {
+    let peer = TestPeer::start_on("127.0.0.36".parse().unwrap()).await;
+    let other = TestPeer::start_on("127.0.0.37".parse().unwrap()).await;
+    let server = TestServer::start_federating_with(
+        rhizome_testkit::Backend::Sqlite,
+        "127.0.0.35",
+        |config| {
+            config.federation.denied_servers = vec![peer.server_name().to_string()];
+        },
+    )
+    .await;
+    let base = server.tls_base_url.clone().unwrap();
+    let body =
+        |origin: &ruma::ServerName| json!({ "origin": origin, "origin_server_ts": 1, "pdus": [] });
+    let refused = peer
+        .request(
+            &server.config.server_name,
+            &base,
+            Method::PUT,
+            "/_matrix/federation/v1/send/t1",
+            Some(body(peer.server_name())),
+        )
+        .await;
+    assert_eq!((refused.status.as_u16(), refused.errcode().as_deref()), (403, Some("M_FORBIDDEN")));
+    let allowed = other
+        .request(
+            &server.config.server_name,
+            &base,
+            Method::PUT,
+            "/_matrix/federation/v1/send/t1",
+            Some(body(other.server_name())),
+        )
+        .await;
+    assert_eq!(allowed.status.as_u16(), 200);
+    // Outbound: nothing is sent to a denied server.
+    let outbound = server
+        .services()
+        .federation_client()
+        .unwrap()
+        .send(
+            peer.server_name(),
+            ruma::api::federation::discovery::get_server_version::v1::Request::new(),
+        )
+        .await;
+    assert!(outbound.is_err_and(|error| error.is_refused_by_policy()));
+    assert!(peer.received_matching(&Method::GET, "/_matrix/federation/v1/version").is_empty());
+    // A body over the limit: 413, nothing processed.
+    let huge = json!({ "origin": other.server_name(), "origin_server_ts": 1, "pdus": [], "padding": "x".repeat(9 * 1024 * 1024) });
+    let too_large = other
+        .request(
+            &server.config.server_name,
+            &base,
+            Method::PUT,
+            "/_matrix/federation/v1/send/t2",
+            Some(huge),
+        )
+        .await;
+    assert_eq!(
+        (too_large.status.as_u16(), too_large.errcode().as_deref()),
+        (413, Some("M_TOO_LARGE"))
+    );
+    // Unknown federation paths answer like unknown client paths.
+    let unknown = other
+        .request(
+            &server.config.server_name,
+            &base,
+            Method::GET,
+            "/_matrix/federation/v1/nonsense",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (unknown.status.as_u16(), unknown.errcode().as_deref()),
+        (404, Some("M_UNRECOGNIZED"))
+    );
+}

@@ -1,8 +1,31 @@
 //! Federation between real servers over HTTPS on loopback: two Rhizome servers, a test peer of
 //! our own that misbehaves on purpose, and Synapse.
+//!
+//! Loopback addresses: 127.0.0.21-39 for keys and rooms, 40-59 history, 60-79 queries, the room
+//! directory, spaces and media, 80-99 encryption, 101-106 Synapse, 111-156 the queue, misbehaving
+//! peers and convergence.
 
+mod adversarial;
+mod backfill_garbage;
+mod convergence;
+mod device_peer;
+mod device_synapse;
+mod devices;
+mod features;
+mod history;
+mod history_serving;
 mod keys;
+mod knock;
+mod media;
+mod peer_rooms;
+mod public_rooms;
+mod queries;
+mod queue;
 mod rooms;
+mod spaces;
+mod synapse;
+mod synapse_queries;
+mod synapse_rooms;
 
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,352 @@
+//! Federation figures, measured on loopback (not asserted: machines differ and share their CPU).
+//!
+//! `cargo bench -p rhizome-testkit --bench federation -- [queue|verify|latency|join] [--synapse]`
+//!
+//! - `queue`: the outbound queue's throughput, PDUs per second, to one destination and to 50.
+//! - `verify`: the added time of verifying a request's X-Matrix signature, per request.
+//! - `latency`: a message sent on one server to a long-polling `/sync` on another (median and
+//!   p90 of 100), Rhizome to Rhizome, and with `--synapse` both ways with Synapse.
+//! - `join`: with `--synapse`, a Rhizome user joining a Synapse room of 1,000 members and
+//!   10,000 events, and a Synapse user joining such a room on Rhizome.
+
+// A benchmark: a failed step ends it at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use reqwest::{Method, StatusCode};
+use rhizome_testkit::{
+    Api, TestServer, encode,
+    peer::{Reply, Signing, TestPeer},
+    synapse::Synapse,
+};
+use ruma::RoomId;
+use serde_json::{Value, json};
+
+fn main() {
+    let args: Vec<String> =
+        std::env::args().skip(1).filter(|arg| !arg.starts_with("--bench")).collect();
+    let with_synapse = args.iter().any(|arg| arg == "--synapse");
+    let wanted: Vec<&str> =
+        args.iter().map(String::as_str).filter(|arg| !arg.starts_with("--")).collect();
+    let run = |name: &str| wanted.is_empty() || wanted.contains(&name);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        if run("queue") {
+            queue_throughput(1, 2000).await;
+            queue_throughput(50, 200).await;
+        }
+        if run("verify") {
+            verification_cost().await;
+        }
+        if run("latency") {
+            latency_rhizome_to_rhizome().await;
+            if with_synapse {
+                latency_with_synapse().await;
+            }
+        }
+        if run("join") && with_synapse {
+            big_room_joins().await;
+        }
+    });
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// PDUs per second from one server to `destinations` peers: the peers hold back their first
+/// transaction while `messages` queue up, then take everything as fast as the queue sends.
+async fn queue_throughput(destinations: usize, messages: usize) {
+    let server = TestServer::start_federating("127.0.0.201").await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let room_id = <&RoomId>::try_from(room.as_str()).unwrap();
+    let received = Arc::new(Mutex::new(0usize));
+    let mut peers = Vec::new();
+    for index in 0..destinations {
+        let ip = format!("127.0.1.{}", index + 1);
+        let peer = TestPeer::start_on(ip.parse().unwrap()).await;
+        peer.join_room(
+            &server.config.server_name,
+            server.tls_base_url.as_deref().unwrap(),
+            room_id,
+            "p",
+        )
+        .await;
+        peers.push(peer);
+    }
+    let held = Arc::new(Mutex::new(true));
+    for peer in &peers {
+        let received = received.clone();
+        let held = held.clone();
+        peer.handle(Method::PUT, "/_matrix/federation/v1/send/{txn}", move |request| {
+            let count = request
+                .json()
+                .and_then(|body| {
+                    body["pdus"].as_array().map(|pdus| {
+                        pdus.iter().filter(|pdu| pdu["type"] == "m.room.message").count()
+                    })
+                })
+                .unwrap_or(0);
+            *received.lock().unwrap() += count;
+            let reply = Reply::json(StatusCode::OK, &json!({ "pdus": {} }));
+            // The first transaction waits until every message is queued.
+            if *held.lock().unwrap() { reply.after(Duration::from_secs(3)) } else { reply }
+        });
+    }
+    // Queue: the first message occupies each sender with a slow transaction.
+    alice.send_text(&room, "opening").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    *held.lock().unwrap() = false;
+    let sends: Vec<_> = (0..messages)
+        .map(|index| {
+            let alice = alice.clone();
+            let room = room.clone();
+            async move { alice.send_text(&room, &format!("m{index}")).await }
+        })
+        .collect();
+    futures_util::future::join_all(sends).await;
+    *received.lock().unwrap() = 0;
+    let started = Instant::now();
+    let expected = messages * destinations;
+    loop {
+        let count = *received.lock().unwrap();
+        if count >= expected {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "only {count} of {expected} arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "queue: {messages} PDUs to {destinations} destination(s): {expected} delivered in {:.2} s \
+         after the first transaction: {:.0} PDUs/s",
+        elapsed.as_secs_f64(),
+        expected as f64 / elapsed.as_secs_f64()
+    );
+}
+
+/// The added cost of X-Matrix verification: signed requests to `/send` with an empty
+/// transaction against unsigned ones to `/version`, interleaved on one connection.
+async fn verification_cost() {
+    let server = TestServer::start_federating("127.0.0.202").await;
+    let peer = TestPeer::start_on("127.0.0.203".parse().unwrap()).await;
+    let base = server.tls_base_url.clone().unwrap();
+    let name = server.config.server_name.clone();
+    // Warm up: the server fetches the peer's keys once.
+    let body = json!({ "origin": peer.server_name(), "origin_server_ts": 1, "pdus": [] });
+    peer.request(&name, &base, Method::PUT, "/_matrix/federation/v1/send/warm", Some(body.clone()))
+        .await;
+    let (mut signed, mut unsigned) = (Vec::new(), Vec::new());
+    for round in 0..500 {
+        let started = Instant::now();
+        let response = peer
+            .request(
+                &name,
+                &base,
+                Method::PUT,
+                &format!("/_matrix/federation/v1/send/t{round}"),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(response.status.as_u16(), 200);
+        signed.push(started.elapsed());
+        let started = Instant::now();
+        let response = peer
+            .request_with(
+                Signing::NoHeader,
+                &name,
+                &base,
+                Method::GET,
+                "/_matrix/federation/v1/version",
+                None,
+            )
+            .await;
+        assert_eq!(response.status.as_u16(), 200);
+        unsigned.push(started.elapsed());
+    }
+    signed.sort();
+    unsigned.sort();
+    let (signed, unsigned) = (percentile(&signed, 0.5), percentile(&unsigned, 0.5));
+    println!(
+        "verify: median signed /send (empty) {} µs, unsigned /version {} µs: verification and \
+         de-duplication add about {} µs per request",
+        signed.as_micros(),
+        unsigned.as_micros(),
+        signed.as_micros().saturating_sub(unsigned.as_micros())
+    );
+}
+
+/// Waits for `body` in `room` at `receiver` from `since`; returns the next batch.
+async fn wait_for(receiver: &Api, room: &str, body: &str, since: &str) -> String {
+    let mut since = since.to_owned();
+    loop {
+        let sync = receiver.sync(&format!("timeout=30000&since={since}")).await;
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        let events = sync["rooms"]["join"][room]["timeline"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if events.iter().any(|event| event["content"]["body"] == body) {
+            return since;
+        }
+    }
+}
+
+async fn measure_latency(label: &str, sender: &Api, receiver: &Api, room: &str) {
+    let mut since = receiver.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+    let mut samples = Vec::new();
+    for round in 0..100 {
+        let body = format!("ping {round}");
+        let waiter = {
+            let receiver = receiver.clone();
+            let room = room.to_owned();
+            let body = body.clone();
+            let since = since.clone();
+            tokio::spawn(async move { wait_for(&receiver, &room, &body, &since).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = Instant::now();
+        sender.send_text(room, &body).await;
+        since = waiter.await.unwrap();
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    println!(
+        "latency {label}: send to the other server's /sync, median {:.1} ms, p90 {:.1} ms (100 messages)",
+        percentile(&samples, 0.5).as_secs_f64() * 1000.0,
+        percentile(&samples, 0.9).as_secs_f64() * 1000.0
+    );
+}
+
+async fn latency_rhizome_to_rhizome() {
+    let a = TestServer::start_federating("127.0.0.204").await;
+    let b = TestServer::start_federating("127.0.0.205").await;
+    let alice = Api::new_user(&a.base_url, "alice").await;
+    let bob = Api::new_user(&b.base_url, "bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(
+        &format!("/_matrix/client/v3/join/{}?via={}", encode(&room), a.config.server_name),
+        json!({}),
+    )
+    .await
+    .ok();
+    measure_latency("Rhizome → Rhizome", &alice, &bob, &room).await;
+    measure_latency("Rhizome ← Rhizome", &bob, &alice, &room).await;
+}
+
+async fn synapse_user(synapse: &Synapse, localpart: &str) -> Api {
+    let user = synapse.register(localpart, false).await;
+    let mut api = Api::with_client(synapse.base_url(), synapse.client());
+    api.token = Some(user.access_token);
+    api.user_id = Some(user.user_id.to_string());
+    api
+}
+
+async fn latency_with_synapse() {
+    let rhizome = TestServer::start_federating("127.0.0.206").await;
+    let synapse = Synapse::start_with(
+        rhizome_testkit::synapse::SynapseOptions::default().ip("127.0.0.207".parse().unwrap()),
+    )
+    .await;
+    let alice = Api::new_user(&rhizome.base_url, "alice").await;
+    let sam = synapse_user(&synapse, "sam").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    sam.post(
+        &format!("/_matrix/client/v3/join/{}?via={}", encode(&room), rhizome.config.server_name),
+        json!({}),
+    )
+    .await
+    .ok();
+    measure_latency("Rhizome → Synapse", &alice, &sam, &room).await;
+    measure_latency("Synapse → Rhizome", &sam, &alice, &room).await;
+}
+
+/// Fills a room with `members` joined users and `events` messages, through a server's client
+/// API, `users` being fresh sessions on that server.
+async fn fill_room(creator: &Api, room: &str, members: &[Api], events: usize) {
+    for chunk in members.chunks(20) {
+        let path = format!("/_matrix/client/v3/join/{}", encode(room));
+        let joins = chunk.iter().map(|member| {
+            let path = path.clone();
+            async move { member.post(&path, json!({})).await }
+        });
+        futures_util::future::join_all(joins).await;
+    }
+    for batch in (0..events).collect::<Vec<_>>().chunks(20) {
+        let sends: Vec<_> = batch
+            .iter()
+            .map(|index| async move { creator.send_text(room, &format!("history {index}")).await })
+            .collect();
+        futures_util::future::join_all(sends).await;
+    }
+}
+
+async fn big_room_joins() {
+    let rhizome = TestServer::start_federating_with(
+        rhizome_testkit::Backend::Sqlite,
+        "127.0.0.208",
+        |config| {
+            config.federation.request_timeout_secs = 600;
+        },
+    )
+    .await;
+    let synapse = Synapse::start_with(
+        rhizome_testkit::synapse::SynapseOptions::default().ip("127.0.0.209".parse().unwrap()),
+    )
+    .await;
+    // A Synapse room of 1,000 members and 10,000 events.
+    let owner = synapse_user(&synapse, "owner").await;
+    let room = owner.create_room(json!({ "preset": "public_chat" })).await;
+    let mut members = Vec::new();
+    for index in 0..999 {
+        members.push(synapse_user(&synapse, &format!("member{index}")).await);
+    }
+    fill_room(&owner, &room, &members, 10_000).await;
+    let alice = Api::new_user(&rhizome.base_url, "alice").await;
+    let started = Instant::now();
+    let joined = alice
+        .post(
+            &format!("/_matrix/client/v3/join/{}?via={}", encode(&room), synapse.server_name()),
+            json!({}),
+        )
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(joined.status.as_u16(), 200, "{}", joined.body);
+    println!(
+        "join: a Rhizome user joined a Synapse room of 1,000 members and 10,000 events in {:.2} s",
+        elapsed.as_secs_f64()
+    );
+    // The same room on Rhizome, joined from Synapse.
+    let host = Api::new_user(&rhizome.base_url, "host").await;
+    let room = host.create_room(json!({ "preset": "public_chat" })).await;
+    let mut members = Vec::new();
+    for index in 0..999 {
+        members.push(Api::new_user(&rhizome.base_url, &format!("member{index}")).await);
+    }
+    fill_room(&host, &room, &members, 10_000).await;
+    let sam = synapse_user(&synapse, "sam").await;
+    let started = Instant::now();
+    let joined = sam
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?via={}",
+                encode(&room),
+                rhizome.config.server_name
+            ),
+            json!({}),
+        )
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(joined.status.as_u16(), 200, "{}", joined.body);
+    println!(
+        "join: a Synapse user joined a Rhizome room of 1,000 members and 10,000 events in {:.2} s",
+        elapsed.as_secs_f64()
+    );
+    let _: Value = joined.body;
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Checks the invariants ARCHITECTURE.md states, so that they fail CI rather than stay
+# sentences. Run by .ci/run; quick (cargo tree and grep only).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+failed=0
+fail() { echo "invariant broken: $*" >&2; failed=1; }
+
+# The room rules do no I/O: nothing that does reaches crates/room.
+room_deps=$(cargo tree -p rhizome-room -e normal --prefix none --locked 2>/dev/null | awk '{print $1}' | sort -u)
+for crate in tokio sqlx reqwest hyper axum rustls; do
+  if grep -qx "$crate" <<<"$room_deps"; then fail "crates/room depends on $crate"; fi
+done
+
+# The services know the storage traits but no SQL.
+service_deps=$(cargo tree -p rhizome-service -e normal --prefix none --locked 2>/dev/null | awk '{print $1}' | sort -u)
+for crate in sqlx rhizome-storage-sql axum; do
+  if grep -qx "$crate" <<<"$service_deps"; then fail "crates/service depends on $crate"; fi
+done
+
+# Only the api crate serves HTTP and maps errors to statuses. Below it, connections are made
+# only by the code that reaches out, each through the address checks of outbound.rs: the
+# federation client (the one way to other homeservers), push gateways, URL previews. HTTP
+# statuses are read only where answers of other servers or gateways are.
+connectors='crates/service/src/(federation/(client|discovery|testing)|push/gateway|media/(fetch|preview)|outbound)'
+while IFS= read -r file; do
+  if ! grep -Eq "^$connectors" <<<"$file"; then fail "$file opens HTTP connections outside the allowed modules"; fi
+done < <(grep -rlE "reqwest::|hyper::|hyper_util::" crates/service/src crates/room/src crates/storage/src crates/storage-sql/src crates/core/src | sort)
+readers='crates/service/src/(federation/|push/gateway|media/(fetch|preview)|outbound)'
+while IFS= read -r file; do
+  if ! grep -Eq "^$readers" <<<"$file"; then fail "$file handles HTTP statuses outside the allowed modules"; fi
+done < <(grep -rlE "StatusCode" crates/service/src crates/room/src crates/storage/src crates/storage-sql/src crates/core/src | sort)
+
+# Every module starts with a //! line.
+while IFS= read -r file; do
+  if ! head -n 1 "$file" | grep -q '^//!'; then fail "$file has no //! line at the top"; fi
+done < <(find crates -path '*/target' -prune -o -name '*.rs' -path '*/src/*' -print)
+
+# No message content in logs: log statements never name a body or content field.
+if grep -rnE 'tracing::(info|warn|error|debug)!\([^)]*(body|content)\s*=' crates/*/src | grep -v '^crates/bench'; then
+  fail "a log statement records message content"
+fi
+
+if [ "$failed" -ne 0 ]; then exit 1; fi
+echo "invariants hold"
