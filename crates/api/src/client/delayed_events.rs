@@ -3,20 +3,23 @@
 //! restarting, sending or cancelling one: with an access token (the action in the body), or with
 //! the delay ID alone (the action in the path).
 
-use axum::{Router, extract::State};
-use rhizome_core::{Error, clock::ts_from_millis};
+use axum::{
+    Json, Router,
+    extract::State,
+    response::{IntoResponse, Response},
+};
+use rhizome_core::Error;
 use rhizome_service::rooms::{NewEvent, delayed::DelayedAction};
 use rhizome_storage::DelayedEventRecord;
-use ruma::{
-    api::client::delayed_events::{
-        DelayedEventData, get_all_delayed_events, get_delayed_event, send_delayed_event,
-        update_delayed_event,
-    },
-    events::TimelineEventType,
-    serde::Raw,
+use ruma::api::client::delayed_events::{
+    get_all_delayed_events, get_delayed_event, send_delayed_event, update_delayed_event,
 };
+use serde_json::json;
 
-use crate::{ApiResult, AppState, Ruma, RumaResponse, client::events::content_of, routes::add};
+use crate::{
+    ApiResult, AppState, Ruma, RumaResponse, client::events::content_of, error::ApiError,
+    routes::add,
+};
 
 /// The query parameter that asks for a delay.
 const DELAY_PARAMETER: &str = "org.matrix.msc4140.delay";
@@ -45,35 +48,45 @@ pub(crate) fn requested_delay(query: Option<&str>) -> Result<Option<u64>, Error>
         .map_err(|_| Error::invalid_param("The delay must be a whole number of milliseconds"))
 }
 
-fn data(record: DelayedEventRecord) -> Result<DelayedEventData, Error> {
-    let delay = std::time::Duration::from_millis(record.delay_ms.max(0).unsigned_abs());
-    Ok(DelayedEventData::new(
-        record.delay_id,
-        record.room_id,
-        TimelineEventType::from(record.event_type),
-        record.state_key,
-        Raw::from_json_string(record.content).map_err(Error::internal)?,
-        delay,
-        ts_from_millis(record.send_ts.saturating_sub(record.delay_ms)),
-    ))
+/// A delayed event as clients see it: MSC4140's fields under their first names and their
+/// current ones (`delay_ms`, `delayed_since_ts`), as Synapse gives both.
+fn data(record: DelayedEventRecord) -> Result<serde_json::Value, Error> {
+    let running_since = record.send_ts.saturating_sub(record.delay_ms).max(0);
+    let delay = record.delay_ms.max(0);
+    let content: serde_json::Value =
+        serde_json::from_str(&record.content).map_err(Error::internal)?;
+    let mut data = json!({
+        "delay_id": record.delay_id,
+        "room_id": record.room_id,
+        "type": record.event_type,
+        "content": content,
+        "delay": delay,
+        "delay_ms": delay,
+        "running_since": running_since,
+        "delayed_since_ts": running_since,
+    });
+    if let Some(state_key) = record.state_key {
+        data["state_key"] = json!(state_key);
+    }
+    Ok(data)
 }
 
 async fn list(
     State(services): State<AppState>,
     request: Ruma<get_all_delayed_events::unstable::Request>,
-) -> ApiResult<get_all_delayed_events::unstable::Response> {
+) -> Result<Response, ApiError> {
     let records = services.delayed_events(&request.requester()?.user_id).await?;
     let events = records.into_iter().map(data).collect::<Result<Vec<_>, _>>()?;
-    Ok(RumaResponse(get_all_delayed_events::unstable::Response::new(events)))
+    Ok(Json(json!({ "delayed_events": events })).into_response())
 }
 
 async fn one(
     State(services): State<AppState>,
     request: Ruma<get_delayed_event::unstable::Request>,
-) -> ApiResult<get_delayed_event::unstable::Response> {
+) -> Result<Response, ApiError> {
     let record =
         services.delayed_event(&request.requester()?.user_id, &request.body.delay_id).await?;
-    Ok(RumaResponse(get_delayed_event::unstable::Response::new(data(record)?)))
+    Ok(Json(data(record)?).into_response())
 }
 
 async fn schedule(

@@ -1,6 +1,6 @@
 //! Delayed events (MSC4140): scheduled through `/send`, `/state` and the unstable endpoint,
 //! listed, restarted, sent early or cancelled (with a token, or by delay ID alone), sent when
-//! due, and still due after a restart.
+//! due, and still due after a restart; listed and managed as Synapse does.
 
 use std::time::Duration;
 
@@ -71,6 +71,8 @@ async fn delayed_messages_are_listed_then_sent_when_due() {
     assert_eq!(entry["type"], "m.room.message");
     assert_eq!(entry["content"], content);
     assert_eq!(entry["delay"], 1500);
+    assert_eq!(entry["delay_ms"], 1500);
+    assert_eq!(entry["delayed_since_ts"], entry["running_since"]);
     assert!(entry.get("state_key").is_none());
     assert!(entry["running_since"].as_u64().unwrap() > 0);
     // A retried request (the same transaction) schedules nothing new.
@@ -238,4 +240,56 @@ async fn another_users_change_cancels_delayed_state() {
     let left = scheduled(&alice).await;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["type"], "com.example.other");
+}
+
+/// What a client sees of a delayed event: the keys of a listed one, and the statuses of
+/// restarting and cancelling it and of sending an unknown one.
+async fn observed(
+    http: &reqwest::Client,
+    base_url: &str,
+    token: &str,
+    room_id: &str,
+) -> (Vec<String>, Vec<u16>) {
+    let url = |path: &str| format!("{base_url}{path}");
+    let content = json!({ "msgtype": "m.text", "body": "compare" });
+    let request = http.put(url(&send_path(room_id, "cmp", "60000"))).bearer_auth(token);
+    let scheduled: Value = request.json(&content).send().await.unwrap().json().await.unwrap();
+    let delay_id = scheduled["delay_id"].as_str().unwrap().to_owned();
+    let request = http.get(url(&format!("{UNSTABLE}/delayed_events"))).bearer_auth(token);
+    let listed: Value = request.send().await.unwrap().json().await.unwrap();
+    let mut keys: Vec<String> =
+        listed["delayed_events"][0].as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    let mut statuses = Vec::new();
+    let steps = [(delay_id.as_str(), "restart"), (delay_id.as_str(), "cancel"), ("none", "send")];
+    for (id, action) in steps {
+        let request = http.post(url(&format!("{UNSTABLE}/delayed_events/{id}")));
+        let response =
+            request.bearer_auth(token).json(&json!({ "action": action })).send().await.unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    (keys, statuses)
+}
+
+#[tokio::test]
+async fn delayed_events_look_as_they_do_on_synapse() {
+    use rhizome_testkit::synapse::{Synapse, SynapseOptions};
+    let options = SynapseOptions::default()
+        .ip([127, 0, 0, 178].into())
+        .config("max_event_delay_duration", json!("1h"));
+    let synapse = Synapse::start_with(options).await;
+    let user = synapse.register("delayer", false).await;
+    let request = synapse.client().post(synapse.url("/_matrix/client/v3/createRoom"));
+    let request = request.bearer_auth(&user.access_token).json(&json!({}));
+    let created: Value = request.send().await.unwrap().json().await.unwrap();
+    let synapse_room = created["room_id"].as_str().unwrap();
+    let on_synapse =
+        observed(&synapse.client(), synapse.base_url(), &user.access_token, synapse_room).await;
+
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    let token = alice.token.clone().unwrap();
+    let on_rhizome = observed(&reqwest::Client::new(), &server.base_url, &token, &room_id).await;
+    assert_eq!(on_rhizome, on_synapse);
 }

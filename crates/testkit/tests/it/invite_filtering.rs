@@ -135,8 +135,8 @@ async fn invite_blocking_refuses_every_invite_and_hides_those_before() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invites_from_another_server_are_filtered_too() {
-    let a = TestServer::start_federating("127.0.0.41").await;
-    let b = TestServer::start_federating("127.0.0.42").await;
+    let a = TestServer::start_federating("127.0.0.176").await;
+    let b = TestServer::start_federating("127.0.0.177").await;
     let alice = Api::new_user(&a.base_url, "alice").await;
     let bob = Api::new_user(&b.base_url, "bob").await;
     let a_host = a.config.server_name.host().to_owned();
