@@ -1,6 +1,6 @@
 //! Invite filtering (MSC4155) and invite blocking (spec 1.18, MSC4380): blocked invites are
 //! 403 `M_INVITE_BLOCKED`, ignored ones are made but never shown, allow lists win over block
-//! lists, users over servers; from this server and from another.
+//! lists, users over servers; from this server and from another; as Synapse does.
 
 use rhizome_testkit::{Api, TestServer};
 use serde_json::{Value, json};
@@ -157,4 +157,81 @@ async fn invites_from_another_server_are_filtered_too() {
     let mut expected = vec![ignored, welcome];
     expected.sort();
     assert_eq!(by_sync, expected);
+}
+
+/// What an invitee's filter does, seen through the client API of a server at `base_url`:
+/// the answers to an invite from a user they block and from one they ignore, and how many
+/// invites the invitee's `/sync` shows. Users are (user ID, access token).
+async fn filtered(
+    http: &reqwest::Client,
+    base_url: &str,
+    blocked: (&str, &str),
+    ignored: (&str, &str),
+    invitee: (&str, &str),
+) -> (Vec<(u16, Value)>, usize) {
+    let url = |path: &str| format!("{base_url}{path}");
+    let filter = json!({ "ignored_users": [ignored.0], "blocked_users": [blocked.0] });
+    let path = format!("/_matrix/client/v3/user/{}/account_data/{FILTER}", invitee.0);
+    let request = http.put(url(&path)).bearer_auth(invitee.1).json(&filter);
+    assert!(request.send().await.unwrap().status().is_success());
+    let mut answers = Vec::new();
+    for inviter in [blocked, ignored] {
+        let request = http.post(url("/_matrix/client/v3/createRoom")).bearer_auth(inviter.1);
+        let created: Value = request.json(&json!({})).send().await.unwrap().json().await.unwrap();
+        let room_id = created["room_id"].as_str().unwrap();
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/invite");
+        let request = http.post(url(&path)).bearer_auth(inviter.1);
+        let response = request.json(&json!({ "user_id": invitee.0 })).send().await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        answers.push((status, body["errcode"].clone()));
+    }
+    let request = http.get(url("/_matrix/client/v3/sync?timeout=0")).bearer_auth(invitee.1);
+    let sync: Value = request.send().await.unwrap().json().await.unwrap();
+    let shown = sync["rooms"]["invite"].as_object().map_or(0, serde_json::Map::len);
+    (answers, shown)
+}
+
+#[tokio::test]
+async fn invite_filters_act_as_they_do_on_synapse() {
+    use rhizome_testkit::synapse::{Synapse, SynapseOptions};
+    let options = SynapseOptions::default()
+        .ip([127, 0, 0, 179].into())
+        .config("experimental_features", json!({ "msc4155_enabled": true }));
+    let synapse = Synapse::start_with(options).await;
+    let [blocked, ignored, invitee] = [
+        synapse.register("blocked", false).await,
+        synapse.register("ignored", false).await,
+        synapse.register("invitee", false).await,
+    ];
+    let user = |user: &rhizome_testkit::synapse::RegisteredUser| {
+        (user.user_id.to_string(), user.access_token.clone())
+    };
+    let (blocked, ignored, invitee) = (user(&blocked), user(&ignored), user(&invitee));
+    let on_synapse = filtered(
+        &synapse.client(),
+        synapse.base_url(),
+        (&blocked.0, &blocked.1),
+        (&ignored.0, &ignored.1),
+        (&invitee.0, &invitee.1),
+    )
+    .await;
+    assert_eq!(on_synapse.0[0], (403, json!("M_INVITE_BLOCKED")), "Synapse: {on_synapse:?}");
+
+    let server = TestServer::start().await;
+    let [blocked, ignored, invitee] = [
+        Api::new_user(&server.base_url, "blocked").await,
+        Api::new_user(&server.base_url, "ignored").await,
+        Api::new_user(&server.base_url, "invitee").await,
+    ];
+    let token = |api: &Api| api.token.clone().unwrap();
+    let on_rhizome = filtered(
+        &reqwest::Client::new(),
+        &server.base_url,
+        (blocked.user(), &token(&blocked)),
+        (ignored.user(), &token(&ignored)),
+        (invitee.user(), &token(&invitee)),
+    )
+    .await;
+    assert_eq!(on_rhizome, on_synapse);
 }
