@@ -65,6 +65,7 @@ pub(crate) fn all(router: Router<AppState>) -> Router<AppState> {
     let router = client::integrations::routes(router);
     let router = client::synapse_admin::routes(router);
     let router = client::thread_subscriptions::routes(router);
+    let router = client::delayed_events::routes(router);
     let router = federation::routes(router);
     client::search::routes(router)
 }

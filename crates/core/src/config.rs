@@ -215,11 +215,21 @@ pub struct LimitsConfig {
     pub max_request_bytes: usize,
     /// The longest `/sync` long-poll a client may ask for, in milliseconds.
     pub max_sync_timeout_ms: u64,
+    /// The longest delay a client may give an event it schedules (delayed events, MSC4140, as
+    /// MatrixRTC calls use them), in milliseconds; 0 turns delayed events off.
+    pub max_event_delay_ms: u64,
+    /// How many delayed events one user may have scheduled at a time.
+    pub max_delayed_events_per_user: u32,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_request_bytes: 1024 * 1024, max_sync_timeout_ms: 60_000 }
+        Self {
+            max_request_bytes: 1024 * 1024,
+            max_sync_timeout_ms: 60_000,
+            max_event_delay_ms: 24 * 3600 * 1000,
+            max_delayed_events_per_user: 100,
+        }
     }
 }
 

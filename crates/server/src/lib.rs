@@ -205,6 +205,7 @@ impl RunningServer {
             }
         }
         self.services.stop_federation_sender().await;
+        self.services.stop_delayed_events_worker().await;
         self.store.close().await;
     }
 }
@@ -257,6 +258,7 @@ pub async fn start_with_options(
     let services = build_services(config, store.clone()).await?;
     services.start_push_worker();
     services.start_federation_sender();
+    services.start_delayed_events_worker();
     let app = rhizome_api::app(services.clone());
     let (shutdown, shutdown_signal) = tokio::sync::watch::channel(false);
     let stopped = |mut signal: tokio::sync::watch::Receiver<bool>| async move {

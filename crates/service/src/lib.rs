@@ -9,6 +9,7 @@ pub mod auth;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod federation;
+pub mod invite_filter;
 pub mod media;
 pub mod moderation;
 pub mod notifier;
@@ -54,6 +55,7 @@ pub struct Services {
     pub(crate) openid_tokens: users::openid::OpenIdTokens,
     pub(crate) push_queue: push::gateway::PushQueue,
     pub(crate) federation: federation::FederationRuntime,
+    pub(crate) delayed: rooms::delayed::DelayedRuntime,
     /// The services themselves, for work that outlives a call (wake-ups of senders).
     pub(crate) me: std::sync::Weak<Services>,
 }
@@ -77,6 +79,7 @@ impl Services {
             lazy_members: sync::lazy::LazyMembersSent::new(),
             openid_tokens: users::openid::OpenIdTokens::default(),
             push_queue: push::gateway::PushQueue::new(&config.push),
+            delayed: rooms::delayed::DelayedRuntime::default(),
             config,
             store,
             signing_key,

@@ -214,4 +214,25 @@ impl ScheduledStore for SqlStore {
             .map_err(db_error)?;
         Ok(result.rows_affected() > 0)
     }
+
+    async fn cancel_delayed_state_events(
+        &self,
+        room_id: &RoomId,
+        event_type: &str,
+        state_key: &str,
+        sender: &UserId,
+    ) -> Result<u64> {
+        let result = sqlx::query(
+            "DELETE FROM delayed_events WHERE room_id = $1 AND event_type = $2 \
+             AND state_key = $3 AND user_id <> $4",
+        )
+        .bind(room_id.as_str())
+        .bind(event_type)
+        .bind(state_key)
+        .bind(sender.as_str())
+        .execute(&self.write)
+        .await
+        .map_err(db_error)?;
+        Ok(result.rows_affected())
+    }
 }

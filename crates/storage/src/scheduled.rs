@@ -107,4 +107,14 @@ pub trait ScheduledStore {
     /// Removes a delayed event (cancelled or sent); `false` if it was gone already. Of two
     /// callers, exactly one gets `true`.
     async fn take_delayed_event(&self, delay_id: &str) -> Result<bool>;
+
+    /// Cancels the delayed state events of users other than `sender` for one piece of a room's
+    /// state (which `sender` just changed); returns how many.
+    async fn cancel_delayed_state_events(
+        &self,
+        room_id: &RoomId,
+        event_type: &str,
+        state_key: &str,
+        sender: &UserId,
+    ) -> Result<u64>;
 }

@@ -39,6 +39,7 @@ pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
 }
 
 async fn versions(
+    State(services): State<AppState>,
     _: Ruma<get_supported_versions::Request>,
 ) -> ApiResult<get_supported_versions::Response> {
     let mut response = get_supported_versions::Response::new(
@@ -60,6 +61,11 @@ async fn versions(
         ("org.matrix.msc4308".to_owned(), true),
         // Room summaries (stable in v1.15), on their unstable path too.
         ("im.nheko.summary".to_owned(), true),
+        // Invite filtering and blocking, enforced by the server.
+        ("org.matrix.msc4155".to_owned(), true),
+        ("org.matrix.msc4380".to_owned(), true),
+        // Delayed events, unless the organiser turned them off.
+        ("org.matrix.msc4140".to_owned(), services.config.limits.max_event_delay_ms > 0),
     ]);
     Ok(RumaResponse(response))
 }

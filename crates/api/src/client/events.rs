@@ -1,15 +1,23 @@
 //! Room events: sending (transaction-idempotent), state, redaction, single events, `/context`,
 //! `/messages`, relations, threads and `/timestamp_to_event`.
 
-use axum::{Router, extract::State};
+use axum::{
+    Router,
+    extract::{RawQuery, State},
+    response::{IntoResponse, Response},
+};
 use rhizome_core::{Error, clock::millis_from_ts};
-use rhizome_service::rooms::{NewEvent, relations::RelationsQuery};
+use rhizome_service::{
+    Requester,
+    rooms::{NewEvent, relations::RelationsQuery},
+};
 use rhizome_storage::{Direction, TxnRecord};
 use ruma::{
     api::{
         Direction as RumaDirection,
         client::{
             context::get_context,
+            delayed_events::{delayed_message_event, delayed_state_event},
             message::{get_message_events, send_message_event},
             redact::redact_event,
             relations::{
@@ -27,6 +35,8 @@ use ruma::{
 
 use crate::{
     ApiResult, AppState, Ruma, RumaResponse,
+    client::delayed_events::requested_delay,
+    error::ApiError,
     routes::{add, add_paths},
 };
 
@@ -73,61 +83,85 @@ fn direction(dir: RumaDirection) -> Direction {
     }
 }
 
-fn content_of<T>(raw: &Raw<T>) -> Result<Box<serde_json::value::RawValue>, Error> {
+pub(crate) fn content_of<T>(raw: &Raw<T>) -> Result<Box<serde_json::value::RawValue>, Error> {
     let value: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw.json().get())
         .map_err(|_| Error::bad_json("Event content must be a JSON object"))?;
     serde_json::value::to_raw_value(&value).map_err(Error::internal)
 }
 
+/// What the sending endpoints refuse outright, sent now or later: redactions, which have their
+/// own endpoint, and another user's membership, which the membership endpoints change.
+pub(crate) fn check_client_event(requester: &Requester, event: &NewEvent) -> Result<(), Error> {
+    match &event.state_key {
+        None if matches!(event.kind, TimelineEventType::RoomRedaction) => {
+            Err(Error::bad_json("Redactions are sent through the redact endpoint"))
+        }
+        Some(state_key) if matches!(event.kind, TimelineEventType::RoomMember) => {
+            // Profile updates and the like are allowed here, as the spec allows.
+            let target = ruma::UserId::parse(state_key)
+                .map_err(|_| Error::bad_json("Member state keys are user IDs"))?;
+            if target != requester.user_id {
+                return Err(Error::forbidden(
+                    "Use the membership endpoints to change another user's membership",
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn send_message(
     State(services): State<AppState>,
+    RawQuery(query): RawQuery,
     request: Ruma<send_message_event::v3::Request>,
-) -> ApiResult<send_message_event::v3::Response> {
+) -> Result<Response, ApiError> {
     let requester = request.requester()?;
     let body = &request.body;
     services.rate_limiter.check_sending(requester.user_id.as_str(), &request.client_key)?;
     let kind = TimelineEventType::from(body.event_type.to_string());
-    if matches!(kind, TimelineEventType::RoomRedaction) {
-        return Err(Error::bad_json("Redactions are sent through the redact endpoint").into());
-    }
     let event = NewEvent { kind, content: content_of(&body.body)?, state_key: None, redacts: None };
+    check_client_event(requester, &event)?;
+    if let Some(delay_ms) = requested_delay(query.as_deref())? {
+        let txn = Some(body.txn_id.as_str());
+        let delay_id =
+            services.schedule_delayed_event(requester, &body.room_id, event, delay_ms, txn).await?;
+        let response = delayed_message_event::unstable::Response::new(delay_id);
+        return Ok(RumaResponse(response).into_response());
+    }
     let txn = TxnRecord {
         user_id: requester.user_id.clone(),
         device_id: requester.device_id.clone(),
         txn_id: body.txn_id.to_string(),
     };
     let event_id = services.send_event(&requester.user_id, &body.room_id, event, Some(txn)).await?;
-    Ok(RumaResponse(send_message_event::v3::Response::new(event_id)))
+    Ok(RumaResponse(send_message_event::v3::Response::new(event_id)).into_response())
 }
 
 async fn send_state(
     State(services): State<AppState>,
+    RawQuery(query): RawQuery,
     request: Ruma<send_state_event::v3::Request>,
-) -> ApiResult<send_state_event::v3::Response> {
+) -> Result<Response, ApiError> {
     let requester = request.requester()?;
     let body = &request.body;
     services.rate_limiter.check_sending(requester.user_id.as_str(), &request.client_key)?;
-    let event_type = body.event_type.to_string();
-    if event_type == "m.room.member" {
-        // Memberships go through their own endpoints' checks, but profile updates and the like
-        // are allowed here as the spec allows.
-        let target = ruma::UserId::parse(&body.state_key)
-            .map_err(|_| Error::bad_json("Member state keys are user IDs"))?;
-        if target != requester.user_id {
-            return Err(Error::forbidden(
-                "Use the membership endpoints to change another user's membership",
-            )
-            .into());
-        }
-    }
     let event = NewEvent {
-        kind: TimelineEventType::from(event_type),
+        kind: TimelineEventType::from(body.event_type.to_string()),
         content: content_of(&body.body)?,
         state_key: Some(body.state_key.clone()),
         redacts: None,
     };
+    check_client_event(requester, &event)?;
+    if let Some(delay_ms) = requested_delay(query.as_deref())? {
+        let delay_id = services
+            .schedule_delayed_event(requester, &body.room_id, event, delay_ms, None)
+            .await?;
+        let response = delayed_state_event::unstable::Response::new(delay_id);
+        return Ok(RumaResponse(response).into_response());
+    }
     let event_id = services.send_state_event(&requester.user_id, &body.room_id, event).await?;
-    Ok(RumaResponse(send_state_event::v3::Response::new(event_id)))
+    Ok(RumaResponse(send_state_event::v3::Response::new(event_id)).into_response())
 }
 
 async fn state(

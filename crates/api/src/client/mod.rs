@@ -3,6 +3,7 @@
 
 pub mod account_data;
 pub mod backup;
+pub mod delayed_events;
 pub mod devices;
 pub mod directory;
 pub mod discovery;

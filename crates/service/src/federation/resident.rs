@@ -324,6 +324,7 @@ impl Services {
         if user.is_none_or(|user| user.deactivated) {
             return Err(Error::not_found("No such user"));
         }
+        self.check_invite_allowed(&target, &pdu.sender).await?;
         if self.server_in_room(room_id).await? {
             // This server is in the room: the invite arrives as a room event as well, but
             // it must be signed here first.

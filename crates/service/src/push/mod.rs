@@ -57,7 +57,8 @@ pub struct NotificationsPage {
 
 impl Services {
     /// The notifications a new event gives each local joined member other than its sender,
-    /// and a local user it invites (for "you were invited" on their phone).
+    /// and a local user it invites (for "you were invited" on their phone) unless they filter
+    /// out the inviter's invites.
     pub(crate) async fn push_actions_for(
         &self,
         pdu: &Pdu,
@@ -69,6 +70,9 @@ impl Services {
             && pdu.content_str("membership").as_deref() == Some("invite")
             && let Some(Ok(invitee)) = pdu.state_key.as_deref().map(ruma::UserId::parse)
             && !members.contains(&invitee)
+            // An invite the invitee ignores (or blocked after it came) does not notify them.
+            && self.invite_filter(&invitee).await?.rule(&pdu.sender)
+                == crate::invite_filter::InviteRule::Allow
         {
             members.push(invitee);
         }

@@ -252,6 +252,8 @@ impl Services {
         if self.is_joined(room_id, target).await? {
             return Err(Error::forbidden("That user is already in the room"));
         }
+        // Blocked is refused; ignored is made, and hidden from the invitee's syncs.
+        self.check_invite_allowed(target, sender).await?;
         let mut content = self.member_content(target, "invite", reason).await?;
         if is_direct {
             content["is_direct"] = json!(true);

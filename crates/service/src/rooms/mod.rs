@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod cache;
 pub mod create;
+pub mod delayed;
 pub mod directory;
 pub mod format;
 pub mod incoming;

@@ -482,6 +482,15 @@ impl Services {
         if persist.queue_pushes && persist.push_actions.iter().any(|action| action.notify) {
             self.wake_push_worker();
         }
+        if let Some(state_key) = &persist.state_key {
+            self.cancel_others_delayed_state(
+                room_id,
+                &persist.event_type,
+                state_key,
+                &persist.sender,
+            )
+            .await;
+        }
         if let Some((target, _)) = &redaction {
             self.forget_event(target);
         }

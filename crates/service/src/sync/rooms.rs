@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::{
     Requester, Services,
+    invite_filter::InviteRule,
     rooms::{
         cache::LoadedEvent,
         format::{Format, raw},
@@ -90,6 +91,7 @@ impl Services {
     ) -> Result<()> {
         let user_id = &requester.user_id;
         let ignored = self.ignored_users(user_id).await?;
+        let invite_filter = self.invite_filter(user_id).await?;
         let since_pos = window.since.map(|since| since.pos);
         let mut joined_ids: Vec<OwnedRoomId> = Vec::new();
         for membership in memberships {
@@ -102,7 +104,10 @@ impl Services {
             match membership.membership.as_str() {
                 "join" => joined_ids.push(membership.room_id.clone()),
                 "invite" if changed_in_window => {
-                    if ignored.contains(&self.membership_sender(membership).await?) {
+                    let inviter = self.membership_sender(membership).await?;
+                    if ignored.contains(&inviter)
+                        || invite_filter.rule(&inviter) != InviteRule::Allow
+                    {
                         continue;
                     }
                     let mut room = v3::InvitedRoom::new();

@@ -73,4 +73,23 @@ pub async fn delayed_events_are_scheduled_and_taken_once(store: Arc<dyn DataStor
     assert!(store.take_delayed_event("b").await.unwrap());
     assert!(!store.take_delayed_event("b").await.unwrap());
     assert!(store.delayed_event("b").await.unwrap().is_none());
+
+    // Another user's change to the same state cancels the delayed state events of others.
+    let mut bobs_topic = delayed("t", "@bob:example.org", 900);
+    bobs_topic.event_type = "m.room.topic".into();
+    bobs_topic.state_key = Some(String::new());
+    store.add_delayed_event(&bobs_topic).await.unwrap();
+    let (room, bob) = (room_id!("!r:example.org"), user_id!("@bob:example.org"));
+    let alice = user_id!("@alice:example.org");
+    assert_eq!(store.cancel_delayed_state_events(room, "m.room.topic", "", bob).await.unwrap(), 0);
+    assert_eq!(store.cancel_delayed_state_events(room, "m.room.name", "", alice).await.unwrap(), 0);
+    let other_room = room_id!("!other:example.org");
+    let cancelled = store.cancel_delayed_state_events(other_room, "m.room.topic", "", alice);
+    assert_eq!(cancelled.await.unwrap(), 0);
+    assert_eq!(
+        store.cancel_delayed_state_events(room, "m.room.topic", "", alice).await.unwrap(),
+        1
+    );
+    assert!(store.delayed_event("t").await.unwrap().is_none());
+    assert!(store.delayed_event("s").await.unwrap().is_some(), "other state untouched");
 }

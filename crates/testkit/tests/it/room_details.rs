@@ -1,5 +1,6 @@
 //! Room details clients rely on: canonical aliases that exist, the directory's join rules,
-//! rich topics, and what follows a user to an upgraded room.
+//! rich topics, what follows a user to an upgraded room, and the versions knocking and
+//! restricted joins need.
 
 use rhizome_testkit::{Api, TestServer, encode};
 use serde_json::{Value, json};
@@ -193,4 +194,46 @@ async fn push_rules_tags_and_direct_follow_a_user_to_an_upgraded_room() {
         .ok();
     assert_eq!(tags["tags"]["u.work"]["order"], 0.5);
     assert_eq!(bob.get(&direct).await.ok(), json!({ alice.user(): [room_id, new] }));
+}
+
+/// A room with the given version and join rules (`allow` for restricted rooms).
+async fn room_with_rule(api: &Api, version: &str, join_rule: Value) -> String {
+    let body = json!({ "room_version": version, "initial_state": [
+        { "type": "m.room.join_rules", "state_key": "", "content": join_rule },
+    ] });
+    api.create_room(body).await
+}
+
+#[tokio::test]
+async fn knocking_needs_version_seven_and_restricted_joins_version_eight() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let knock = |room_id: String| format!("/_matrix/client/v3/knock/{room_id}");
+    let knock_rule = json!({ "join_rule": "knock" });
+    for version in ["1", "6"] {
+        let room_id = room_with_rule(&alice, version, knock_rule.clone()).await;
+        bob.post(&knock(room_id), json!({})).await.expect_error(403, "M_FORBIDDEN");
+    }
+    for version in ["7", "12"] {
+        let room_id = room_with_rule(&alice, version, knock_rule.clone()).await;
+        bob.post(&knock(room_id.clone()), json!({})).await.ok();
+        let sync = bob.sync("").await;
+        assert!(sync["rooms"]["knock"].get(&room_id).is_some(), "{version}: {sync}");
+    }
+
+    // Bob is in the space that a restricted room allows.
+    let space = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&space).await;
+    let restricted = json!({ "join_rule": "restricted",
+        "allow": [{ "type": "m.room_membership", "room_id": space }] });
+    let room_id = room_with_rule(&alice, "7", restricted.clone()).await;
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/join");
+    bob.post(&path, json!({})).await.expect_error(403, "M_FORBIDDEN");
+    for version in ["8", "10", "12"] {
+        let room_id = room_with_rule(&alice, version, restricted.clone()).await;
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/join");
+        let joined = bob.post(&path, json!({})).await.ok();
+        assert_eq!(joined["room_id"], room_id.as_str(), "{version}");
+    }
 }

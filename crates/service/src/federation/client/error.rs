@@ -127,6 +127,7 @@ fn passes_through(kind: &MatrixErrorKind) -> bool {
             | K::UnableToGrantJoin
             | K::BadState
             | K::InvalidRoomState
+            | K::InviteBlocked
     )
 }
 

@@ -15,7 +15,7 @@ use ruma::{
 };
 
 use super::{Ctx, connection::ConnState, required_state::RequiredState, timeline_limit};
-use crate::Services;
+use crate::{Services, invite_filter::InviteRule};
 
 /// What a room is sent with: the superset of the configs that selected it.
 #[derive(Clone, Debug, Default)]
@@ -201,7 +201,11 @@ impl Services {
         for membership in memberships {
             let include = match membership.membership.as_str() {
                 "join" | "knock" => true,
-                "invite" => !ctx.ignored.contains(&self.membership_sender(membership).await?),
+                "invite" => {
+                    let inviter = self.membership_sender(membership).await?;
+                    !ctx.ignored.contains(&inviter)
+                        && ctx.invite_filter.rule(&inviter) == InviteRule::Allow
+                }
                 "leave" | "ban" => {
                     let newly_left = previous.rooms.contains_key(&membership.room_id)
                         && since.is_some_and(|since| membership.stream_pos > since);

@@ -100,6 +100,7 @@ pub(super) struct Ctx<'a> {
     /// Where this response ends.
     upper: SyncToken,
     ignored: HashSet<OwnedUserId>,
+    invite_filter: crate::invite_filter::InviteFilter,
     direct: HashSet<OwnedRoomId>,
 }
 
@@ -234,6 +235,7 @@ impl Services {
             since,
             upper,
             ignored: self.ignored_users(&requester.user_id).await?,
+            invite_filter: self.invite_filter(&requester.user_id).await?,
             direct: self.direct_rooms(&requester.user_id).await?,
         };
         let mut memberships = (*self.user_memberships_cached(&requester.user_id).await?).clone();
