@@ -1,6 +1,6 @@
 //! The `rhizome` binary itself: starting with no configuration, the admin commands, refusing
-//! unknown configuration keys, surviving a crash in the middle of writes, and reloading its
-//! TLS certificate on SIGHUP.
+//! unknown configuration keys, surviving a crash in the middle of writes, stopping in order,
+//! and reloading its TLS certificate on SIGHUP.
 
 // Test code: a failed step fails the test at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,6 +15,7 @@ use std::{
 use serde_json::{Value, json};
 
 mod federation;
+mod shutdown;
 mod tls;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_rhizome");

@@ -4,10 +4,12 @@
 //! leaves the event out), with the number of rooms they have unread notifications in.
 //!
 //! The event path only queues a job; one worker, started with the server, turns jobs into
-//! requests, at most `push.concurrency` at once. A gateway is reached only at a public
-//! address (or one the organiser allowed, see [`outbound`](crate::outbound)), without
-//! redirects, and retried with backoff when it fails or is unreachable; a pushkey it rejects
-//! loses its pusher. Nothing of the notification is logged.
+//! requests, at most `push.concurrency` at once. At shutdown the worker is drained: what is
+//! queued and in flight is sent (retries cut short) before the server closes its database.
+//! A gateway is reached only at a public address (or one the organiser allowed, see
+//! [`outbound`](crate::outbound)), without redirects, and retried with backoff when it fails
+//! or is unreachable; a pushkey it rejects loses its pusher. Nothing of the notification is
+//! logged.
 
 use std::{
     sync::{
@@ -57,16 +59,24 @@ pub(crate) struct PushQueue {
     receiver: Mutex<Option<mpsc::Receiver<PushJob>>>,
     started: AtomicBool,
     permits: Arc<Semaphore>,
+    concurrency: u32,
+    /// Set at shutdown: the worker drains the queue and ends; retries stop waiting.
+    stopping: tokio::sync::watch::Sender<bool>,
+    worker: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl PushQueue {
     pub(crate) fn new(config: &PushConfig) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE_LENGTH);
+        let concurrency = u32::try_from(config.concurrency.max(1)).unwrap_or(u32::MAX);
         Self {
             sender,
             receiver: Mutex::new(Some(receiver)),
             started: AtomicBool::new(false),
-            permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            permits: Arc::new(Semaphore::new(concurrency as usize)),
+            concurrency,
+            stopping: tokio::sync::watch::channel(false).0,
+            worker: Mutex::new(None),
         }
     }
 }
@@ -123,12 +133,45 @@ impl Services {
         // The worker holds the services weakly: when the server goes, the queue's sender goes
         // with it and the worker ends.
         let services = Arc::downgrade(self);
-        tokio::spawn(async move {
+        let mut stopping = self.push_queue.stopping.subscribe();
+        let worker = tokio::spawn(async move {
+            loop {
+                let job = tokio::select! {
+                    job = receiver.recv() => job,
+                    _ = stopping.wait_for(|stopping| *stopping) => break,
+                };
+                let Some(job) = job else { return };
+                let Some(services) = services.upgrade() else { return };
+                services.deliver_pushes(job).await;
+            }
+            // Stopping: nothing more comes in, and what is queued is still sent.
+            receiver.close();
             while let Some(job) = receiver.recv().await {
-                let Some(services) = services.upgrade() else { break };
+                let Some(services) = services.upgrade() else { return };
                 services.deliver_pushes(job).await;
             }
         });
+        *self.push_queue.worker.lock() = Some(worker);
+    }
+
+    /// Stops the push worker at shutdown, before the database closes: no more jobs are taken,
+    /// the queued ones are sent, and so are those in flight (a failing gateway gets one last
+    /// try at once instead of its backoff). Gives up after `limit`, saying so.
+    pub async fn stop_push_worker(&self, limit: Duration) {
+        self.push_queue.started.store(false, Ordering::SeqCst);
+        let _ = self.push_queue.stopping.send(true);
+        let worker = self.push_queue.worker.lock().take();
+        let deadline = Instant::now() + limit;
+        if let Some(worker) = worker
+            && tokio::time::timeout_at(deadline, worker).await.is_err()
+        {
+            tracing::warn!("the push queue was not drained in time: notifications were lost");
+            return;
+        }
+        let permits = self.push_queue.permits.acquire_many(self.push_queue.concurrency);
+        if tokio::time::timeout_at(deadline, permits).await.is_err() {
+            tracing::warn!("push notifications still being sent at shutdown were lost");
+        }
     }
 
     /// Queues the notifications of a persisted event (those of its actions that notify).
@@ -279,10 +322,18 @@ impl Services {
     }
 
     /// Sends a notification, retrying with backoff; forgets a pusher whose pushkey the gateway
-    /// rejects.
+    /// rejects. At shutdown a retry waiting for its backoff goes at once, and is the last.
     async fn send_notification(&self, pusher: &PusherRecord, url: Url, body: &Value) {
-        for wait in BACKOFF_SECS {
-            tokio::time::sleep(Duration::from_secs(wait)).await;
+        let mut stopping = self.push_queue.stopping.subscribe();
+        for (attempt, wait) in BACKOFF_SECS.into_iter().enumerate() {
+            if attempt > 0 && *stopping.borrow() {
+                break;
+            }
+            let _ = tokio::time::timeout(
+                Duration::from_secs(wait),
+                stopping.wait_for(|stopping| *stopping),
+            )
+            .await;
             match self.post_notification(&url, body).await {
                 Outcome::Delivered(rejected) => {
                     if rejected.contains(&pusher.pushkey) {
