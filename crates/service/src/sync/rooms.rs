@@ -101,47 +101,11 @@ impl Services {
         memberships: &[MembershipRecord],
         response: &mut v3::Response,
     ) -> Result<()> {
-        let user_id = &requester.user_id;
-        let ignored = self.ignored_users(user_id).await?;
+        let ignored = self.ignored_users(&requester.user_id).await?;
         let since_pos = window.since.map(|since| since.pos);
-        let mut joined_ids: Vec<OwnedRoomId> = Vec::new();
-        for membership in memberships {
-            if membership.stream_pos > window.upper.pos
-                || !filter::room_filter_passes(&request.filter.room, &membership.room_id)
-            {
-                continue;
-            }
-            let changed_in_window = since_pos.is_none_or(|since| membership.stream_pos > since);
-            match membership.membership.as_str() {
-                "join" => joined_ids.push(membership.room_id.clone()),
-                "invite" if changed_in_window => {
-                    if ignored.contains(&self.membership_sender(membership).await?) {
-                        continue;
-                    }
-                    let mut room = v3::InvitedRoom::new();
-                    room.invite_state.events =
-                        self.stripped_state(membership).await?.into_iter().map(raw).collect();
-                    response.rooms.invite.insert(membership.room_id.clone(), room);
-                }
-                "knock" if changed_in_window => {
-                    let mut room = v3::KnockedRoom::new();
-                    room.knock_state.events =
-                        self.stripped_state(membership).await?.into_iter().map(raw).collect();
-                    response.rooms.knock.insert(membership.room_id.clone(), room);
-                }
-                "leave" | "ban"
-                    if changed_in_window
-                        && (since_pos.is_some() || request.filter.room.include_leave) =>
-                {
-                    if let Some(room) =
-                        self.left_room(requester, request, window, membership).await?
-                    {
-                        response.rooms.leave.insert(membership.room_id.clone(), room);
-                    }
-                }
-                _ => {}
-            }
-        }
+        let joined_ids = self
+            .sync_other_rooms(requester, request, window, memberships, &ignored, response)
+            .await?;
         let joined = self.plan_joined(requester, request, window, memberships, &joined_ids).await?;
         let changed_rooms: HashSet<OwnedRoomId> = match since_pos {
             Some(since) if !request.full_state => self
@@ -221,6 +185,58 @@ impl Services {
             }
         }
         self.set_unread_counts(response, &requester.user_id, &with_counts, request).await
+    }
+
+    /// Invites, knocks and leaves of this sync into `response`; returns the joined rooms.
+    async fn sync_other_rooms(
+        &self,
+        requester: &Requester,
+        request: &SyncRequest,
+        window: Window,
+        memberships: &[MembershipRecord],
+        ignored: &HashSet<OwnedUserId>,
+        response: &mut v3::Response,
+    ) -> Result<Vec<OwnedRoomId>> {
+        let since_pos = window.since.map(|since| since.pos);
+        let mut joined_ids: Vec<OwnedRoomId> = Vec::new();
+        for membership in memberships {
+            if membership.stream_pos > window.upper.pos
+                || !filter::room_filter_passes(&request.filter.room, &membership.room_id)
+            {
+                continue;
+            }
+            let changed_in_window = since_pos.is_none_or(|since| membership.stream_pos > since);
+            match membership.membership.as_str() {
+                "join" => joined_ids.push(membership.room_id.clone()),
+                "invite" if changed_in_window => {
+                    if ignored.contains(&self.membership_sender(membership).await?) {
+                        continue;
+                    }
+                    let mut room = v3::InvitedRoom::new();
+                    room.invite_state.events =
+                        self.stripped_state(membership).await?.into_iter().map(raw).collect();
+                    response.rooms.invite.insert(membership.room_id.clone(), room);
+                }
+                "knock" if changed_in_window => {
+                    let mut room = v3::KnockedRoom::new();
+                    room.knock_state.events =
+                        self.stripped_state(membership).await?.into_iter().map(raw).collect();
+                    response.rooms.knock.insert(membership.room_id.clone(), room);
+                }
+                "leave" | "ban"
+                    if changed_in_window
+                        && (since_pos.is_some() || request.filter.room.include_leave) =>
+                {
+                    if let Some(room) =
+                        self.left_room(requester, request, window, membership).await?
+                    {
+                        response.rooms.leave.insert(membership.room_id.clone(), room);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(joined_ids)
     }
 
     /// Which joined rooms this sync gives in full (the first sync, full state, or a room the
