@@ -117,58 +117,31 @@ impl Services {
             _ => joined_ids.iter().cloned().collect(),
         };
         let mut receipts = self.sync_receipts(requester, window, &joined).await?;
-        // First every room's timeline and state, then what they need from the database in one
-        // query for all rooms (which events have relations to bundle), then the formatting.
-        let mut parts = Vec::new();
-        for plan in &joined {
-            let part = if plan.full || changed_rooms.contains(&plan.room_id) {
-                let timeline = self
-                    .timeline_part(
-                        requester,
-                        request,
-                        window,
-                        &plan.room_id,
-                        plan.from_start,
-                        &ignored,
-                    )
-                    .await?;
-                let state = self
-                    .state_part(requester, request, window, &plan.room_id, &timeline, plan.full)
-                    .await?;
-                Some((timeline, state))
-            } else {
-                None
-            };
-            parts.push(part);
-        }
-        let related = self
-            .events_with_relations(
-                parts.iter().flatten().flat_map(|(timeline, _)| timeline.events.iter()),
-            )
-            .await?;
         let mut with_counts = Vec::new();
-        for (plan, part) in joined.iter().zip(parts) {
+        for plan in &joined {
             let room_id = &plan.room_id;
             let mut room = v3::JoinedRoom::new();
             let mut has_data = false;
-            if let Some((timeline, state)) = part {
+            if plan.full || changed_rooms.contains(room_id) {
                 has_data = true;
+                let timeline = self
+                    .timeline_part(requester, request, window, room_id, plan.from_start, &ignored)
+                    .await?;
+                let state = self
+                    .state_part(requester, request, window, room_id, &timeline, plan.full)
+                    .await?;
                 let format =
                     Format { viewer: Some(requester), with_room_id: false, bundle_relations: true };
                 room.timeline.events = self
-                    .format_events_related(&timeline.events, format, &related)
+                    .format_events(&timeline.events, format)
                     .await?
                     .into_iter()
                     .map(raw)
                     .collect();
                 room.timeline.limited = timeline.limited;
                 room.timeline.prev_batch = Some(timeline.prev_batch);
-                let state_events = self
-                    .format_events_related(&state, format, &related)
-                    .await?
-                    .into_iter()
-                    .map(raw)
-                    .collect();
+                let state_events =
+                    self.format_events(&state, format).await?.into_iter().map(raw).collect();
                 room.state = if request.use_state_after {
                     v3::State::After(v3::StateEvents::with_events(state_events))
                 } else {
