@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Benchmarks Rhizome against Synapse (SQLite and PostgreSQL) on loopback, in one run.
+# Benchmarks Rhizome against Synapse (SQLite and PostgreSQL) on loopback, in one run: every
+# server is started first, then `rhizome-bench run` measures each workload on all of them in
+# interleaved rounds.
 #
 # Usage: bash scripts/bench.sh [--quick] [--servers LIST] [--fresh] [-- RUN_ARGS...]
 #   --quick         small sizes and short durations (development; under 3 minutes)
 #   --servers LIST  comma-separated subset of rhizome,synapse-sqlite,synapse-postgres
+#                   (default), plus rhizome-postgres (Rhizome on the same PostgreSQL cluster)
 #   --fresh         reinstall Synapse's virtual environment even if one is there
-#   -- RUN_ARGS     passed to every `rhizome-bench run` (e.g. --workloads latency)
+#   -- RUN_ARGS     passed to `rhizome-bench run` (e.g. --workloads latency --rounds 3)
 #
 # Working dirs go under target/bench/; the combined results go to bench-results/<stamp>.json
 # (override with BENCH_RESULTS_DIR). See crates/bench/README.md.
@@ -50,14 +53,14 @@ free_port() {
 # 500 concurrent long-polls need as many sockets on both sides.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
-SERVER_PID=""
+declare -A PIDS=()
 PG_DATA=""
 PG_USER=""
 PG_BIN=""
 cleanup() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-    fi
+    for pid in "${PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null || true
+    done
     if [ -n "$PG_DATA" ] && [ -f "$PG_DATA/postmaster.pid" ]; then
         as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null 2>&1 || true
     fi
@@ -81,12 +84,6 @@ stop_server() {
     wait "$pid" 2>/dev/null || true
 }
 
-# Writes a results file that only records why a server could not be measured.
-failed_result() {
-    python3 -c 'import json, sys; print(json.dumps({"server": sys.argv[1], "errors": {"server": sys.argv[2]}}))' \
-        "$1" "$2" >"$3"
-}
-
 # Waits until a started server accepts connections; fails early if it exits. NAME PORT PID LOG
 wait_listening() {
     local name=$1 port=$2 pid=$3 logfile=$4
@@ -103,32 +100,13 @@ wait_listening() {
     return 1
 }
 
-# Runs the workloads against a started server; NAME PORT PID [DB_PID].
-run_bench() {
-    local name=$1 port=$2 pid=$3 db_pid=${4:-}
-    local logfile="$RUN_DIR/$name/stdout.log"
-    if ! wait_listening "$name" "$port" "$pid" "$logfile"; then
-        failed_result "$name" "the server did not start, see $name/stdout.log" "$RUN_DIR/$name.json"
-        return 0
-    fi
-    local args=(run --server "$name" --base-url "http://127.0.0.1:$port" --pid "$pid"
-        --out "$RUN_DIR/$name.json")
-    [ "$QUICK" = 1 ] && args+=(--quick)
-    [ -n "$db_pid" ] && args+=(--db-pid "$db_pid")
-    log "running workloads against $name (pid $pid, port $port)"
-    if ! "$BENCH" "${args[@]}" "${RUN_ARGS[@]}" 2> >(tee "$RUN_DIR/$name.bench.log" >&2); then
-        log "$name: the bench run failed (see $RUN_DIR/$name.bench.log)"
-        [ -f "$RUN_DIR/$name.json" ] ||
-            failed_result "$name" "bench run failed, see $name.bench.log" "$RUN_DIR/$name.json"
-    fi
-}
-
 # ---------------------------------------------------------------- builds
 log "building rhizome-bench (release)"
 cargo build --release -p rhizome-bench --manifest-path "$ROOT/Cargo.toml"
+FAILED=()
 RHIZOME_OK=0
 RHIZOME_STALE=""
-if has_server rhizome; then
+if has_server rhizome || has_server rhizome-postgres; then
     log "building rhizome (release)"
     if cargo build --release -p rhizome --manifest-path "$ROOT/Cargo.toml" >"$RUN_DIR/rhizome-build.log" 2>&1 \
         && [ -x "$RHIZOME" ]; then
@@ -140,8 +118,9 @@ if has_server rhizome; then
         log "$RHIZOME_STALE"
     else
         log "rhizome could not be built; it is skipped (see $RUN_DIR/rhizome-build.log)"
-        failed_result rhizome "cargo build --release -p rhizome failed: $(tail -n 3 "$RUN_DIR/rhizome-build.log" | tr '\n' ' ')" \
-            "$RUN_DIR/rhizome.json"
+        for name in rhizome rhizome-postgres; do
+            has_server "$name" && FAILED+=(--failed "$name=cargo build --release -p rhizome failed: $(tail -n 3 "$RUN_DIR/rhizome-build.log" | tr '\n' ' ')")
+        done
     fi
 fi
 BUILD_S=$((SECONDS - START_S))
@@ -161,58 +140,10 @@ if has_server synapse-sqlite || has_server synapse-postgres; then
     log "Synapse $("$VENV/bin/python" -c 'import synapse; print(synapse.__version__)')"
 fi
 
-start_synapse() { # NAME PORT [postgres args...]; sets SERVER_PID
-    local name=$1 port=$2
-    shift 2
-    local dir="$RUN_DIR/$name"
-    mkdir -p "$dir"
-    (cd "$dir" && "$VENV/bin/python" -m synapse.app.homeserver --server-name bench.local \
-        --config-path homeserver.yaml --data-directory "$dir" --generate-config \
-        --report-stats=no >"$dir/generate.log" 2>&1)
-    "$VENV/bin/python" "$ROOT/scripts/bench/synapse_config.py" "$dir/homeserver.yaml" "$port" "$@"
-    (cd "$dir" && exec "$VENV/bin/python" -m synapse.app.homeserver -c homeserver.yaml \
-        >"$dir/stdout.log" 2>&1) &
-    SERVER_PID=$!
-}
-
-# ---------------------------------------------------------------- Rhizome
-if has_server rhizome && [ "$RHIZOME_OK" = 1 ]; then
-    port=$(free_port)
-    dir="$RUN_DIR/rhizome"
-    mkdir -p "$dir"
-    log "starting rhizome on 127.0.0.1:$port"
-    RHIZOME_DATA_DIR="$dir" RHIZOME_LISTEN="127.0.0.1:$port" RHIZOME_SERVER_NAME=bench.local \
-        RHIZOME_REGISTRATION__MODE=open RHIZOME_RATE_LIMITS__ENABLED=false \
-        "$RHIZOME" serve >"$dir/stdout.log" 2>&1 &
-    SERVER_PID=$!
-    run_bench rhizome "$port" "$SERVER_PID"
-    if [ -n "$RHIZOME_STALE" ]; then
-        python3 - "$RUN_DIR/rhizome.json" "$RHIZOME_STALE" <<'PY'
-import json, sys
-path, note = sys.argv[1], sys.argv[2]
-with open(path, encoding="utf-8") as f:
-    result = json.load(f)
-result.setdefault("errors", {})["build"] = note
-with open(path, "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=2)
-PY
-    fi
-    stop_server "$SERVER_PID"
-    SERVER_PID=""
-fi
-
-# ---------------------------------------------------------------- Synapse on SQLite
-if has_server synapse-sqlite; then
-    port=$(free_port)
-    log "starting synapse-sqlite on 127.0.0.1:$port"
-    start_synapse synapse-sqlite "$port"
-    run_bench synapse-sqlite "$port" "$SERVER_PID"
-    stop_server "$SERVER_PID"
-    SERVER_PID=""
-fi
-
-# ---------------------------------------------------------------- Synapse on PostgreSQL
-if has_server synapse-postgres; then
+# ---------------------------------------------------------------- PostgreSQL
+PG_PORT=""
+PG_PID=""
+if has_server synapse-postgres || has_server rhizome-postgres; then
     PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
     if [ -z "$PG_BIN" ]; then
         log "installing PostgreSQL from Debian's packages"
@@ -232,34 +163,112 @@ if has_server synapse-postgres; then
             chown "$PG_USER" "$PG_DATA"
         fi
     fi
-    pg_port=$(free_port)
-    log "starting a private PostgreSQL cluster ($PG_BIN) in $PG_DATA on port $pg_port"
+    PG_PORT=$(free_port)
+    log "starting a private PostgreSQL cluster ($PG_BIN) in $PG_DATA on port $PG_PORT"
     as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --locale=C --no-sync \
         >"$RUN_DIR/initdb.log" 2>&1
     as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/postgres.log" -w \
-        -o "-p $pg_port -k $PG_DATA -c listen_addresses=127.0.0.1" start >/dev/null
-    psql=("$PG_BIN/psql" -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres)
-    "${psql[@]}" -c "CREATE USER synapse PASSWORD 'synapse'"
-    "${psql[@]}" -c "CREATE DATABASE synapse OWNER synapse ENCODING 'UTF8' LC_COLLATE='C' LC_CTYPE='C' TEMPLATE template0"
-    pg_pid="$(head -n 1 "$PG_DATA/postmaster.pid")"
-    port=$(free_port)
-    log "starting synapse-postgres on 127.0.0.1:$port"
-    start_synapse synapse-postgres "$port" 127.0.0.1 "$pg_port" synapse synapse synapse
-    run_bench synapse-postgres "$port" "$SERVER_PID" "$pg_pid"
-    stop_server "$SERVER_PID"
-    SERVER_PID=""
-    as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null
+        -o "-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1" start >/dev/null
+    psql=("$PG_BIN/psql" -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres)
+    for db in synapse rhizome; do
+        "${psql[@]}" -c "CREATE USER $db PASSWORD '$db'"
+        "${psql[@]}" -c "CREATE DATABASE $db OWNER $db ENCODING 'UTF8' LC_COLLATE='C' LC_CTYPE='C' TEMPLATE template0"
+    done
+    PG_PID="$(head -n 1 "$PG_DATA/postmaster.pid")"
 fi
 
-# ---------------------------------------------------------------- report
-files=()
-for name in rhizome synapse-sqlite synapse-postgres; do
-    has_server "$name" && [ -f "$RUN_DIR/$name.json" ] && files+=("$RUN_DIR/$name.json")
+# ---------------------------------------------------------------- servers
+declare -A PORTS=()
+start_rhizome() { # NAME [DATABASE_URL]
+    local name=$1 url=${2:-} port
+    port=$(free_port)
+    local dir="$RUN_DIR/$name"
+    mkdir -p "$dir"
+    log "starting $name on 127.0.0.1:$port"
+    RHIZOME_DATA_DIR="$dir" RHIZOME_LISTEN="127.0.0.1:$port" RHIZOME_SERVER_NAME=bench.local \
+        RHIZOME_REGISTRATION__MODE=open RHIZOME_RATE_LIMITS__ENABLED=false \
+        RHIZOME_DATABASE__URL="$url" \
+        "$RHIZOME" serve >"$dir/stdout.log" 2>&1 &
+    PIDS[$name]=$!
+    PORTS[$name]=$port
+}
+
+start_synapse() { # NAME [postgres args...]
+    local name=$1 port
+    shift
+    port=$(free_port)
+    local dir="$RUN_DIR/$name"
+    mkdir -p "$dir"
+    log "starting $name on 127.0.0.1:$port"
+    (cd "$dir" && "$VENV/bin/python" -m synapse.app.homeserver --server-name bench.local \
+        --config-path homeserver.yaml --data-directory "$dir" --generate-config \
+        --report-stats=no >"$dir/generate.log" 2>&1)
+    "$VENV/bin/python" "$ROOT/scripts/bench/synapse_config.py" "$dir/homeserver.yaml" "$port" "$@"
+    (cd "$dir" && exec "$VENV/bin/python" -m synapse.app.homeserver -c homeserver.yaml \
+        >"$dir/stdout.log" 2>&1) &
+    PIDS[$name]=$!
+    PORTS[$name]=$port
+}
+
+ORDER=()
+for name in rhizome synapse-sqlite synapse-postgres rhizome-postgres; do
+    has_server "$name" || continue
+    case "$name" in
+        rhizome) [ "$RHIZOME_OK" = 1 ] && start_rhizome rhizome ;;
+        rhizome-postgres) [ "$RHIZOME_OK" = 1 ] &&
+            start_rhizome rhizome-postgres "postgres://rhizome:rhizome@127.0.0.1:$PG_PORT/rhizome" ;;
+        synapse-sqlite) start_synapse synapse-sqlite ;;
+        synapse-postgres) start_synapse synapse-postgres 127.0.0.1 "$PG_PORT" synapse synapse synapse ;;
+    esac
+    [ -n "${PIDS[$name]:-}" ] || continue
+    # One at a time: start-ups do not compete for the CPU.
+    if wait_listening "$name" "${PORTS[$name]}" "${PIDS[$name]}" "$RUN_DIR/$name/stdout.log"; then
+        ORDER+=("$name")
+    else
+        FAILED+=(--failed "$name=the server did not start, see $name/stdout.log")
+        unset "PIDS[$name]"
+    fi
 done
-[ "${#files[@]}" -gt 0 ] || { log "no results"; exit 1; }
+
+TARGETS=()
+for name in "${ORDER[@]}"; do
+    spec="$name=http://127.0.0.1:${PORTS[$name]},pid=${PIDS[$name]}"
+    [[ "$name" == *-postgres ]] && spec+=",db-pid=$PG_PID"
+    TARGETS+=(--target "$spec")
+done
+
+# ---------------------------------------------------------------- measure
+RAW="$RUN_DIR/results.json"
+if [ "${#TARGETS[@]}" -gt 0 ]; then
+    args=(run "${TARGETS[@]}" "${FAILED[@]}" --out "$RAW")
+    [ "$QUICK" = 1 ] && args+=(--quick)
+    log "measuring ${ORDER[*]} in interleaved rounds"
+    "$BENCH" "${args[@]}" "${RUN_ARGS[@]}" 2> >(tee "$RUN_DIR/bench.log" >&2) ||
+        log "the bench run failed (see $RUN_DIR/bench.log)"
+fi
+
+# ---------------------------------------------------------------- stop
+META=()
+for name in "${ORDER[@]}"; do
+    stop_server "${PIDS[$name]}"
+    unset "PIDS[$name]"
+    if [[ "$name" == rhizome* ]]; then
+        # An orderly shutdown leaves no warning or error in the log.
+        count=$(grep -cE '^[^ ]+ +(WARN|ERROR) ' "$RUN_DIR/$name/stdout.log" || true)
+        META+=(--meta "${name}_log_warnings=$count" --meta "${name}_log_lines=$(wc -l <"$RUN_DIR/$name/stdout.log")")
+        [ "$count" = 0 ] || log "$name logged $count warnings or errors (see $name/stdout.log)"
+    fi
+done
+if [ -n "$PG_DATA" ] && [ -f "$PG_DATA/postmaster.pid" ]; then
+    as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null
+fi
+[ -n "$RHIZOME_STALE" ] && META+=(--meta "rhizome_build=$RHIZOME_STALE")
+
+# ---------------------------------------------------------------- report
+[ -f "$RAW" ] || { log "no results"; exit 1; }
 TOTAL_S=$((SECONDS - START_S))
-"$BENCH" report --out "$RESULTS_DIR/$STAMP.json" \
+"$BENCH" report "$RAW" --out "$RESULTS_DIR/$STAMP.json" \
     --meta "quick=$QUICK" --meta "build_s=$BUILD_S" --meta "wall_s=$TOTAL_S" \
-    --meta "run_dir=$RUN_DIR" "${files[@]}" | tee "$RUN_DIR/table.txt"
-log "results: $RESULTS_DIR/$STAMP.json (per-server files and logs in $RUN_DIR)"
+    --meta "run_dir=$RUN_DIR" "${META[@]}" | tee "$RUN_DIR/table.txt"
+log "results: $RESULTS_DIR/$STAMP.json (logs and the raw results in $RUN_DIR)"
 log "total elapsed: ${TOTAL_S}s (of which builds ${BUILD_S}s)"

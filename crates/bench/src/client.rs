@@ -147,6 +147,23 @@ impl Api {
         Ok(User { api: self.clone(), user_id, token, txn: AtomicU64::new(0) })
     }
 
+    /// Logs a registered user in again: a new device with a new access token, so a server's
+    /// cached sync answers for the old one cannot serve the next initial sync.
+    pub async fn login(&self, user_id: &str, password: &str) -> Result<User> {
+        let body = json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": user_id },
+            "password": password,
+            "initial_device_display_name": "rhizome-bench",
+        });
+        let resp = self
+            .call(Method::POST, "/_matrix/client/v3/login", None, Some(&body), SETUP_RETRIES)
+            .await
+            .with_context(|| format!("logging {user_id} in"))?;
+        let token = str_field(&resp, "access_token")?;
+        Ok(User { api: self.clone(), user_id: user_id.to_owned(), token, txn: AtomicU64::new(0) })
+    }
+
     /// Waits until `/_matrix/client/versions` answers, or fails after `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;

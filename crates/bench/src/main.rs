@@ -1,14 +1,18 @@
 //! rhizome-bench: a load generator for Matrix homeservers.
 //!
 //! It speaks only the Client-Server API over HTTP, so it can drive any homeserver. `run`
-//! measures one server and writes its results JSON; `report` merges several into a table.
+//! measures several servers in interleaved rounds and writes a results JSON; `report` turns
+//! one into a table and the combined JSON kept under bench-results/.
 
 mod client;
+mod labels;
+mod plan;
 mod procfs;
 mod report;
 mod results;
 mod run;
 mod stats;
+mod summary;
 mod workloads;
 
 use anyhow::Result;
@@ -23,9 +27,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the workloads against one server and write its results JSON.
-    Run(Box<run::RunArgs>),
-    /// Merge results files into one table (stdout) and a combined JSON.
+    /// Run the workloads against the servers, interleaved, and write the results JSON.
+    Run(Box<plan::RunArgs>),
+    /// Turn a results file into the table (stdout) and a combined JSON.
     Report(report::ReportArgs),
 }
 

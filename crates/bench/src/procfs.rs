@@ -1,4 +1,5 @@
-//! Resource usage of server processes, read from /proc/<pid>/status and /proc/<pid>/stat.
+//! Resource usage of server processes, read from /proc/<pid>/status and /proc/<pid>/stat,
+//! and the machine's CPU steal, read from /proc/stat.
 
 use std::fs;
 
@@ -119,6 +120,40 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// The machine's CPU time counters (all CPUs together), from the first line of /proc/stat.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemCpu {
+    /// Every tick counted, steal included (guest time is already inside user time).
+    total: f64,
+    /// Ticks a virtual CPU wanted to run while the hypervisor ran something else.
+    steal: f64,
+}
+
+impl SystemCpu {
+    /// Reads /proc/stat now.
+    pub fn read() -> Result<Self> {
+        let raw = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        parse_system_cpu(&raw).context("parsing /proc/stat")
+    }
+
+    /// Steal as a percentage of all CPU time between `self` and a later reading.
+    pub fn steal_pct_until(&self, later: &SystemCpu) -> f64 {
+        let total = later.total - self.total;
+        if total <= 0.0 { 0.0 } else { 100.0 * (later.steal - self.steal) / total }
+    }
+}
+
+fn parse_system_cpu(raw: &str) -> Option<SystemCpu> {
+    let line = raw.lines().find(|l| l.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]
+    let fields: Vec<f64> =
+        line.split_whitespace().skip(1).map(|f| f.parse::<f64>().ok()).collect::<Option<_>>()?;
+    if fields.len() < 8 {
+        return None;
+    }
+    Some(SystemCpu { total: fields[..8].iter().sum(), steal: fields[7] })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +164,17 @@ mod tests {
         let s = parse_stat(raw).unwrap();
         assert_eq!(s.ppid, 1);
         assert_eq!((s.utime, s.stime, s.cutime, s.cstime), (250.0, 50.0, 7.0, 3.0));
+    }
+
+    #[test]
+    fn steal_is_a_share_of_all_ticks() {
+        let before = parse_system_cpu("cpu  100 0 50 800 10 0 0 40 0 0\ncpu0 1 2 3").unwrap();
+        let after = parse_system_cpu("cpu  160 0 70 880 10 0 0 80 5 0\n").unwrap();
+        // 200 ticks passed, 40 of them stolen.
+        assert_eq!(before.steal_pct_until(&after), 20.0);
+        assert_eq!(after.steal_pct_until(&after), 0.0);
+        assert!(parse_system_cpu("cpu 1 2 3").is_none());
+        assert!(SystemCpu::read().is_ok());
     }
 
     #[test]

@@ -1,290 +1,354 @@
-//! The `run` command: drives the workloads against one server and writes its results file.
+//! The `run` command: sets every workload up on every server, then measures it in rounds, the
+//! servers taking turns in an order that rotates from round to round, so a change in the
+//! machine's load (CPU steal on a shared host) falls on all of them alike. Around every
+//! measured run it reads the server's CPU time and the machine's steal.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Result, bail};
-use clap::Args;
 use serde_json::json;
 
 use crate::client::{Api, ROOM_ID_COLLISIONS};
-use crate::procfs::{Monitor, Snapshot};
-use crate::results::{ServerResult, unix_now};
+use crate::plan::{Plan, RunArgs, Step, Target};
+use crate::procfs::{Monitor, SystemCpu};
+use crate::results::{Measurement, RunResults, ServerResult, unix_now};
+use crate::workloads::scaling::{self, Dimension};
 use crate::workloads::{Ctx, Outcome, fanout, initial_sync, latency, log, throughput};
 
-/// The workloads, in the order they run.
-pub const WORKLOADS: [&str; 4] = ["latency", "throughput", "initial_sync", "fanout"];
-
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// Name of the server's column in the report (e.g. rhizome, synapse-sqlite).
-    #[arg(long)]
-    server: String,
-    /// Base URL of the Client-Server API, e.g. http://127.0.0.1:8008.
-    #[arg(long)]
-    base_url: String,
-    /// PID of the server process, for RSS and CPU readings from /proc.
-    #[arg(long)]
-    pid: Option<u32>,
-    /// PID of a database server's main process (e.g. PostgreSQL's postmaster), whose CPU
-    /// time (with its children) is reported separately.
-    #[arg(long)]
-    db_pid: Option<u32>,
-    /// Where to write this server's results JSON.
-    #[arg(long)]
-    out: PathBuf,
-    /// Small sizes and short durations, for development.
-    #[arg(long)]
-    quick: bool,
-    /// Comma-separated workloads to run (default: all).
-    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(WORKLOADS))]
-    workloads: Vec<String>,
-    /// Concurrent requests while setting up users and rooms.
-    #[arg(long, default_value_t = 16)]
-    concurrency: usize,
-    /// Seconds to let the server settle before the idle reading.
-    #[arg(long)]
-    idle_secs: Option<u64>,
-    /// Latency: sender/receiver pairs [default: 10, quick 5].
-    #[arg(long)]
-    latency_pairs: Option<usize>,
-    /// Latency: seconds of measurement [default: 20, quick 6].
-    #[arg(long)]
-    latency_secs: Option<u64>,
-    /// Latency: mean milliseconds between a pair's messages [default: 500].
-    #[arg(long, default_value_t = 500)]
-    latency_interval_ms: u64,
-    /// Throughput: concurrent senders [default: 20, quick 10].
-    #[arg(long)]
-    tp_senders: Option<usize>,
-    /// Throughput: rooms the senders are spread over [default: 10, quick 5].
-    #[arg(long)]
-    tp_rooms: Option<usize>,
-    /// Throughput: seconds of sending [default: 30, quick 10].
-    #[arg(long)]
-    tp_secs: Option<u64>,
-    /// Initial sync: rooms the user is in [default: 300, quick 30].
-    #[arg(long)]
-    sync_rooms: Option<usize>,
-    /// Initial sync: messages of history per room [default: 10, quick 5].
-    #[arg(long)]
-    sync_history: Option<usize>,
-    /// Initial sync: incremental syncs measured, each after 5 new messages [default: 5]
-    /// (more gives a profiler something to see).
-    #[arg(long)]
-    sync_rounds: Option<usize>,
-    /// Fan-out: members of the room, all long-polling [default: 500, quick 100].
-    #[arg(long)]
-    fanout_members: Option<usize>,
-    /// Fan-out: messages sent, one per round [default: 3, quick 2].
-    #[arg(long)]
-    fanout_rounds: Option<usize>,
+/// One server under test: how to reach it, and what its workloads set up.
+struct Server {
+    ctx: Ctx,
+    state: States,
+    /// False once its process is gone: it is skipped from then on.
+    alive: bool,
 }
 
-/// Every workload's settings, resolved from the defaults, `--quick` and overrides.
-struct Plan {
-    latency: latency::Params,
-    throughput: throughput::Params,
-    initial_sync: initial_sync::Params,
-    fanout: fanout::Params,
+/// What each workload set up on a server, kept for its rounds.
+#[derive(Default)]
+struct States {
+    latency: Option<latency::Prepared>,
+    throughput: Option<throughput::Prepared>,
+    initial_sync: Option<initial_sync::Prepared>,
+    fanout: Option<fanout::Prepared>,
+    rooms: Option<scaling::Prepared>,
+    members: Option<scaling::Prepared>,
 }
 
-impl Plan {
-    fn from_args(a: &RunArgs) -> Self {
-        let q = a.quick;
-        let pick =
-            |v: Option<usize>, full: usize, quick: usize| v.unwrap_or(if q { quick } else { full });
-        let secs = |v: Option<u64>, full: u64, quick: u64| {
-            Duration::from_secs(v.unwrap_or(if q { quick } else { full }))
-        };
-        Self {
-            latency: latency::Params {
-                pairs: pick(a.latency_pairs, 10, 5),
-                duration: secs(a.latency_secs, 20, 6),
-                warmup: 3,
-                interval: Duration::from_millis(a.latency_interval_ms),
-                max_per_pair: 10_000,
-            },
-            throughput: throughput::Params {
-                senders: pick(a.tp_senders, 20, 10),
-                rooms: pick(a.tp_rooms, 10, 5),
-                duration: secs(a.tp_secs, 30, 10),
-                max_per_sender: 1_000_000,
-            },
-            initial_sync: initial_sync::Params {
-                rooms: pick(a.sync_rooms, 300, 30),
-                history: pick(a.sync_history, 10, 5),
-                incremental_rounds: a.sync_rounds.unwrap_or(5),
-            },
-            fanout: fanout::Params {
-                members: pick(a.fanout_members, 500, 100),
-                rounds: pick(a.fanout_rounds, 3, 2),
-                settle: Duration::from_millis(if q { 1000 } else { 2000 }),
-                round_timeout: Duration::from_secs(120),
-            },
+impl States {
+    fn scaling(&mut self, dim: Dimension) -> &mut Option<scaling::Prepared> {
+        match dim {
+            Dimension::Rooms => &mut self.rooms,
+            Dimension::Members => &mut self.members,
         }
     }
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let started = Instant::now();
-    let plan = Plan::from_args(&args);
-    let selected: Vec<&str> = if args.workloads.is_empty() {
-        WORKLOADS.to_vec()
-    } else {
-        WORKLOADS.into_iter().filter(|w| args.workloads.iter().any(|s| s == w)).collect()
-    };
-    let api = Api::new(&args.base_url)?;
-    let mut result = ServerResult {
-        server: args.server.clone(),
-        base_url: args.base_url.clone(),
+    let plan = Plan::from_args(&args)?;
+    let mut results = RunResults {
         unix_time: unix_now(),
         quick: args.quick,
-        ..ServerResult::default()
+        rounds: plan.rounds,
+        params: plan.describe(),
+        ..RunResults::default()
     };
-    api.wait_ready(Duration::from_secs(60)).await?;
-    let monitor = match args.pid {
-        Some(pid) => Some(Monitor::new(pid, args.db_pid)?),
-        None => None,
-    };
-    let snap = |m: &Option<Monitor>| m.as_ref().map(Monitor::snapshot).transpose();
-
-    let idle = Duration::from_secs(args.idle_secs.unwrap_or(if args.quick { 1 } else { 3 }));
-    tokio::time::sleep(idle).await;
-    if let Some(s) = snap(&monitor)? {
-        log(&format!(
-            "{}: idle RSS {:.1} MiB, {:.2} CPU s since start",
-            args.server, s.rss_mb, s.cpu_s
-        ));
-        result.set("rss.idle_mb", s.rss_mb);
-        result.set("cpu.startup_s", s.cpu_s);
-        if let Some(db) = s.db_cpu_s {
-            result.set("db_cpu.startup_s", db);
-        }
-        result.details.insert("idle".into(), json!(s));
-    }
-    result.save(&args.out)?;
-
-    let ctx = Ctx { api, run_id: run_id(), concurrency: args.concurrency.max(1) };
-    for name in selected {
-        log(&format!("{}: workload {name}", args.server));
-        let before = snap(&monitor)?;
-        let w_started = Instant::now();
-        match run_workload(&ctx, &plan, name, &monitor).await {
-            Ok((outcome, setup_end)) => {
-                let after = snap(&monitor)?;
-                record(&mut result, name, outcome, before, setup_end, after);
-            }
+    let run_id = run_id();
+    let mut servers = Vec::new();
+    for target in &plan.servers {
+        let mut result = ServerResult {
+            server: target.name.clone(),
+            base_url: target.base_url.clone(),
+            ..ServerResult::default()
+        };
+        match connect(target, &run_id, args.concurrency).await {
+            Ok(ctx) => servers.push(Server { ctx, state: States::default(), alive: true }),
             Err(e) => {
-                log(&format!("{}: workload {name} failed: {e:#}", args.server));
-                result.errors.insert(name.to_owned(), format!("{e:#}"));
-                if monitor.is_some() && snap(&monitor).is_err() {
-                    result.save(&args.out)?;
-                    bail!("the server process has exited");
-                }
+                log(&format!("{}: {e:#}", target.name));
+                result.errors.insert("server".into(), format!("{e:#}"));
             }
         }
-        log(&format!(
-            "{}: workload {name} took {:.1}s",
-            args.server,
-            w_started.elapsed().as_secs_f64()
-        ));
-        result.save(&args.out)?;
+        results.servers.push(result);
     }
-    if let Some(s) = snap(&monitor)? {
-        result.set("rss.peak_mb", s.peak_rss_mb);
-        result.set("cpu.total_s", s.cpu_s);
-        if let Some(db) = s.db_cpu_s {
-            result.set("db_cpu.total_s", db);
+    for (name, reason) in &args.failed {
+        results.servers.push(ServerResult {
+            server: name.clone(),
+            errors: [("server".to_owned(), reason.clone())].into(),
+            ..ServerResult::default()
+        });
+    }
+    if servers.is_empty() {
+        results.save(&args.out)?;
+        bail!("no server could be reached");
+    }
+
+    tokio::time::sleep(plan.idle).await;
+    for server in &servers {
+        record_idle(server, &mut results);
+    }
+    results.save(&args.out)?;
+
+    for step in &plan.steps {
+        for server in servers.iter_mut().filter(|s| s.alive) {
+            setup_step(server, &plan, *step, &mut results).await;
+            results.save(&args.out)?;
+        }
+        for round in 0..plan.rounds {
+            let alive: Vec<usize> = (0..servers.len()).filter(|i| servers[*i].alive).collect();
+            for position in 0..alive.len() {
+                let index = alive[(position + round) % alive.len()];
+                tokio::time::sleep(plan.pause).await;
+                profile_hook(args.profile_hook.as_deref(), "on");
+                let run = measure_step(&mut servers[index], &plan, *step, round, position).await;
+                profile_hook(args.profile_hook.as_deref(), "off");
+                results.runs.push(run);
+                results.save(&args.out)?;
+            }
+        }
+        for server in servers.iter().filter(|s| s.alive) {
+            if let Some(snap) = server.ctx.monitor.as_ref().and_then(|m| m.snapshot().ok())
+                && let Some(result) = results.server_mut(&server.ctx.server)
+            {
+                result.set(&format!("rss.after_{}_mb", step.name()), snap.rss_mb);
+            }
         }
     }
-    let collisions = ROOM_ID_COLLISIONS.load(Ordering::Relaxed);
-    if collisions > 0 {
-        let msg = format!(
-            "{collisions} createRoom requests were refused with M_ROOM_IN_USE (room ID \
-             collision between concurrent requests of one user) and retried"
-        );
-        log(&format!("{}: {msg}", args.server));
-        result.errors.insert("create_room".into(), msg);
-    }
-    result.set("bench.elapsed_s", started.elapsed().as_secs_f64());
-    // The load generator shares the machine with the server: say how much CPU it took.
-    if let Ok(own) = Monitor::new(std::process::id(), None).and_then(|m| m.snapshot()) {
-        result.set("bench.cpu_s", own.cpu_s);
-    }
-    result.save(&args.out)?;
+    finish(&servers, &mut results, started);
+    results.save(&args.out)?;
     log(&format!(
-        "{}: done in {:.1}s, results in {}",
-        args.server,
+        "done in {:.1}s, results in {}",
         started.elapsed().as_secs_f64(),
         args.out.display()
     ));
     Ok(())
 }
 
-/// Sets one workload up and measures it; returns the outcome and the reading between both.
-async fn run_workload(
-    ctx: &Ctx,
-    plan: &Plan,
-    name: &str,
-    monitor: &Option<Monitor>,
-) -> Result<(Outcome, Option<Snapshot>)> {
-    let snap = || monitor.as_ref().map(Monitor::snapshot).transpose();
-    match name {
-        "latency" => {
-            let prepared = latency::setup(ctx, &plan.latency).await?;
-            let mid = snap()?;
-            Ok((latency::measure(ctx, &plan.latency, prepared).await?, mid))
-        }
-        "throughput" => {
-            let prepared = throughput::setup(ctx, &plan.throughput).await?;
-            let mid = snap()?;
-            Ok((throughput::measure(ctx, &plan.throughput, prepared).await?, mid))
-        }
-        "initial_sync" => {
-            let prepared = initial_sync::setup(ctx, &plan.initial_sync).await?;
-            let mid = snap()?;
-            Ok((initial_sync::measure(ctx, &plan.initial_sync, prepared).await?, mid))
-        }
-        "fanout" => {
-            let prepared = fanout::setup(ctx, &plan.fanout).await?;
-            let mid = snap()?;
-            Ok((fanout::measure(ctx, &plan.fanout, prepared).await?, mid))
-        }
-        other => bail!("unknown workload {other}"),
+/// Runs the profiling hook, if any, with `on` or `off`.
+fn profile_hook(hook: Option<&str>, switch: &str) {
+    let Some(hook) = hook else { return };
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{hook} {switch}"))
+        .stdout(std::process::Stdio::null())
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        log(&format!("the profile hook `{hook} {switch}` failed"));
     }
 }
 
-/// Stores a workload's metrics and the resources it used (measured phase and setup).
-fn record(
-    result: &mut ServerResult,
-    name: &str,
-    outcome: Outcome,
-    before: Option<Snapshot>,
-    mid: Option<Snapshot>,
-    after: Option<Snapshot>,
-) {
-    for (k, v) in &outcome.metrics {
-        result.set(k, *v);
+/// Waits until a server answers and starts watching its process.
+async fn connect(target: &Target, run_id: &str, concurrency: usize) -> Result<Ctx> {
+    let api = Api::new(&target.base_url)?;
+    api.wait_ready(std::time::Duration::from_secs(60)).await?;
+    let monitor = match target.pid {
+        Some(pid) => Some(Monitor::new(pid, target.db_pid)?),
+        None => None,
+    };
+    Ok(Ctx {
+        server: target.name.clone(),
+        api,
+        run_id: run_id.to_owned(),
+        concurrency: concurrency.max(1),
+        monitor,
+    })
+}
+
+fn record_idle(server: &Server, results: &mut RunResults) {
+    let Some(snap) = server.ctx.monitor.as_ref().and_then(|m| m.snapshot().ok()) else { return };
+    log(&format!(
+        "{}: idle RSS {:.1} MiB, {:.2} CPU s since start",
+        server.ctx.server, snap.rss_mb, snap.cpu_s
+    ));
+    let Some(result) = results.server_mut(&server.ctx.server) else { return };
+    result.set("rss.idle_mb", snap.rss_mb);
+    result.set("cpu.startup_s", snap.cpu_s);
+    if let Some(db) = snap.db_cpu_s {
+        result.set("db_cpu.startup_s", db);
     }
-    let mut details = outcome.details;
-    if let (Some(b), Some(m), Some(a)) = (before, mid, after) {
-        result.set(&format!("rss.after_{name}_mb"), a.rss_mb);
-        result.set(&format!("cpu.{name}_s"), a.cpu_s - m.cpu_s);
-        result.set(&format!("cpu.{name}_setup_s"), m.cpu_s - b.cpu_s);
-        if let (Some(db_m), Some(db_a)) = (m.db_cpu_s, a.db_cpu_s) {
-            result.set(&format!("db_cpu.{name}_s"), db_a - db_m);
+    result.details.insert("idle".into(), json!(snap));
+}
+
+/// Readings taken before and after a phase.
+struct Readings {
+    at: Instant,
+    system: Option<SystemCpu>,
+    process: Option<crate::procfs::Snapshot>,
+}
+
+impl Readings {
+    fn now(ctx: &Ctx) -> Self {
+        Self {
+            at: Instant::now(),
+            system: SystemCpu::read().ok(),
+            process: ctx.monitor.as_ref().and_then(|m| m.snapshot().ok()),
         }
-        if name == "throughput"
-            && let Some(events) = details.get("events").and_then(|v| v.as_f64())
-            && events > 0.0
-        {
-            result.set("throughput.cpu_ms_per_event", 1000.0 * (a.cpu_s - m.cpu_s) / events);
-        }
-        details["resources"] = json!({ "before_setup": b, "before_measure": m, "after": a });
     }
-    result.details.insert(name.to_owned(), details);
+
+    /// Wall seconds, server CPU, database CPU and steal percentage from `self` to `later`.
+    fn until(&self, later: &Readings) -> (f64, Option<f64>, Option<f64>, Option<f64>) {
+        let wall = later.at.duration_since(self.at).as_secs_f64();
+        let (cpu, db) = match (&self.process, &later.process) {
+            (Some(a), Some(b)) => {
+                (Some(b.cpu_s - a.cpu_s), a.db_cpu_s.zip(b.db_cpu_s).map(|(a, b)| b - a))
+            }
+            _ => (None, None),
+        };
+        let steal = self.system.zip(later.system).map(|(a, b)| a.steal_pct_until(&b));
+        (wall, cpu, db, steal)
+    }
+}
+
+/// Sets a step up on one server, recording its cost; a failure is recorded, not fatal.
+async fn setup_step(server: &mut Server, plan: &Plan, step: Step, results: &mut RunResults) {
+    let name = step.name();
+    server.ctx.log(&format!("setting up {name}"));
+    let before = Readings::now(&server.ctx);
+    let outcome = match step {
+        Step::Latency => {
+            latency::setup(&server.ctx, &plan.latency).await.map(|p| server.state.latency = Some(p))
+        }
+        Step::Throughput => throughput::setup(&server.ctx, &plan.throughput)
+            .await
+            .map(|p| server.state.throughput = Some(p)),
+        Step::InitialSync => initial_sync::setup(&server.ctx, &plan.initial_sync)
+            .await
+            .map(|p| server.state.initial_sync = Some(p)),
+        Step::Fanout => {
+            fanout::setup(&server.ctx, &plan.fanout).await.map(|p| server.state.fanout = Some(p))
+        }
+        Step::Scale(dim, size) => {
+            let previous = server.state.scaling(dim).take();
+            scaling::grow(&server.ctx, dim, previous, size)
+                .await
+                .map(|p| *server.state.scaling(dim) = Some(p))
+        }
+    };
+    let after = Readings::now(&server.ctx);
+    let (wall, cpu, db, steal) = before.until(&after);
+    server.ctx.log(&format!("{name} set up in {wall:.1}s"));
+    let alive = after.process.is_some() || server.ctx.monitor.is_none();
+    let Some(result) = results.server_mut(&server.ctx.server) else { return };
+    if let Err(e) = outcome {
+        server.ctx.log(&format!("setting up {name} failed: {e:#}"));
+        result.errors.insert(format!("{name} setup"), format!("{e:#}"));
+    }
+    if let Some(cpu) = cpu {
+        result.set(&format!("cpu.{name}_setup_s"), cpu);
+    }
+    if let Some(db) = db {
+        result.set(&format!("db_cpu.{name}_setup_s"), db);
+    }
+    result.details.insert(
+        format!("{name} setup"),
+        json!({ "wall_s": wall, "cpu_s": cpu, "db_cpu_s": db, "steal_pct": steal }),
+    );
+    if !alive {
+        result.errors.insert("server".into(), format!("the process exited during {name} setup"));
+        server.alive = false;
+    }
+}
+
+/// Measures one run of a step on one server.
+async fn measure_step(
+    server: &mut Server,
+    plan: &Plan,
+    step: Step,
+    round: usize,
+    position: usize,
+) -> Measurement {
+    let before = Readings::now(&server.ctx);
+    let outcome = measure_outcome(server, plan, step).await;
+    let after = Readings::now(&server.ctx);
+    let (wall, cpu, db, steal) = before.until(&after);
+    if server.ctx.monitor.is_some() && after.process.is_none() {
+        server.alive = false;
+    }
+    let mut run = Measurement {
+        step: step.name(),
+        round,
+        position,
+        server: server.ctx.server.clone(),
+        cpu_s: cpu,
+        db_cpu_s: db,
+        wall_s: wall,
+        steal_pct: steal,
+        ..Measurement::default()
+    };
+    match outcome {
+        Ok(outcome) => {
+            run.metrics = outcome.metrics.into_iter().filter(|(_, v)| v.is_finite()).collect();
+            run.details = outcome.details;
+        }
+        Err(e) => {
+            server.ctx.log(&format!("{} round {round} failed: {e:#}", step.name()));
+            run.error = Some(format!("{e:#}"));
+        }
+    }
+    server.ctx.log(&format!(
+        "{} round {round}: {wall:.1}s, CPU {}, steal {}",
+        step.name(),
+        cpu.map_or("-".into(), |c| format!("{c:.2}s")),
+        steal.map_or("-".into(), |s| format!("{s:.0}%")),
+    ));
+    run
+}
+
+async fn measure_outcome(server: &mut Server, plan: &Plan, step: Step) -> Result<Outcome> {
+    let (ctx, state) = (&server.ctx, &mut server.state);
+    let missing = || anyhow::anyhow!("{} was not set up on this server", step.name());
+    match step {
+        Step::Latency => {
+            let prepared = state.latency.as_mut().ok_or_else(missing)?;
+            latency::measure(ctx, &plan.latency, prepared).await
+        }
+        Step::Throughput => {
+            let prepared = state.throughput.as_ref().ok_or_else(missing)?;
+            throughput::measure(ctx, &plan.throughput, prepared).await
+        }
+        Step::InitialSync => {
+            let prepared = state.initial_sync.as_mut().ok_or_else(missing)?;
+            initial_sync::measure(ctx, &plan.initial_sync, prepared).await
+        }
+        Step::Fanout => {
+            let prepared = state.fanout.as_mut().ok_or_else(missing)?;
+            fanout::measure(ctx, &plan.fanout, prepared).await
+        }
+        Step::Scale(dim, _) => {
+            let prepared = state.scaling(dim).as_mut().ok_or_else(missing)?;
+            scaling::measure(ctx, &plan.scaling, dim, prepared).await
+        }
+    }
+}
+
+/// The whole run's figures: peak RSS, total CPU, the load generator's own CPU.
+fn finish(servers: &[Server], results: &mut RunResults, started: Instant) {
+    for server in servers {
+        let snap = server.ctx.monitor.as_ref().and_then(|m| m.snapshot().ok());
+        let Some(result) = results.server_mut(&server.ctx.server) else { continue };
+        if let Some(s) = snap {
+            result.set("rss.peak_mb", s.peak_rss_mb);
+            result.set("cpu.total_s", s.cpu_s);
+            if let Some(db) = s.db_cpu_s {
+                result.set("db_cpu.total_s", db);
+            }
+        }
+    }
+    let collisions = ROOM_ID_COLLISIONS.load(Ordering::Relaxed);
+    if collisions > 0 {
+        log(&format!(
+            "{collisions} createRoom requests were refused with M_ROOM_IN_USE (room ID \
+             collision between concurrent requests of one user) and retried"
+        ));
+        results.meta.insert("room_id_collisions".into(), collisions.to_string());
+    }
+    results
+        .meta
+        .insert("bench_elapsed_s".into(), format!("{:.0}", started.elapsed().as_secs_f64()));
+    // The load generator shares the machine with the servers: say how much CPU it took.
+    if let Ok(own) = Monitor::new(std::process::id(), None).and_then(|m| m.snapshot()) {
+        results.meta.insert("bench_cpu_s".into(), format!("{:.1}", own.cpu_s));
+    }
 }
 
 /// A short, run-unique prefix for user names, so reruns against one server never collide.

@@ -4,6 +4,7 @@
 
 pub mod acme;
 pub mod admin;
+pub mod shutdown;
 pub mod tls;
 
 use std::{
@@ -172,6 +173,8 @@ pub struct RunningServer {
     /// The services.
     pub services: Arc<Services>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Ends the requests still running after the grace period.
+    end_requests: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     tls: Option<Arc<tls::TlsCertificates>>,
     store: Arc<SqlStore>,
@@ -194,19 +197,31 @@ impl RunningServer {
         self.tls.as_ref().and_then(|certificates| certificates.resolver.certificate_chain())
     }
 
-    /// Stops serving on both listeners, waits for requests in flight and closes the database.
+    /// Stops in order: the listeners take no more connections or requests; requests in flight
+    /// get [`shutdown::GRACE`] to finish, then are ended (long-polling syncs, mostly); the
+    /// federation senders stop and the push queue is drained; then the database closes.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
-        // Long-polling syncs may hold the graceful shutdown; give them a moment, then stop.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        let deadline = tokio::time::Instant::now() + shutdown::GRACE;
+        let mut running = Vec::new();
         for mut task in self.tasks {
             if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                running.push(task);
+            }
+        }
+        let _ = self.end_requests.send(true);
+        let deadline = tokio::time::Instant::now() + shutdown::CLOSE;
+        for mut task in running {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::debug!("a listener still had connections open; stopping it");
                 task.abort();
             }
         }
         self.services.stop_federation_sender().await;
         self.services.stop_delayed_events_worker().await;
+        self.services.stop_push_worker(shutdown::PUSH_DRAIN).await;
         self.store.close().await;
+        tracing::info!("stopped");
     }
 }
 
@@ -259,7 +274,9 @@ pub async fn start_with_options(
     services.start_push_worker();
     services.start_federation_sender();
     services.start_delayed_events_worker();
-    let app = rhizome_api::app(services.clone());
+    let (end_requests, requests_ended) = tokio::sync::watch::channel(false);
+    let app = rhizome_api::app(services.clone())
+        .layer(axum::middleware::from_fn_with_state(requests_ended, shutdown::end_at_shutdown));
     let (shutdown, shutdown_signal) = tokio::sync::watch::channel(false);
     let stopped = |mut signal: tokio::sync::watch::Receiver<bool>| async move {
         let _ = signal.wait_for(|stopped| *stopped).await;
@@ -302,6 +319,7 @@ pub async fn start_with_options(
         tls_address,
         services,
         shutdown,
+        end_requests,
         tasks,
         tls: tls_certificates,
         store,

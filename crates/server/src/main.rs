@@ -246,7 +246,9 @@ fn init_logging(level: &str) {
             filter = filter.add_directive(directive);
         }
     }
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    // Colours for a terminal only: a log file or journal gets plain lines to read and grep.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
 }
 
 #[tokio::main]

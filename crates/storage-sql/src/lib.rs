@@ -77,9 +77,13 @@ impl SqlStore {
             Backend::Sqlite => {
                 let url =
                     if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
+                // An SQLite connection is a file handle: it cannot go stale the way a network
+                // connection can, so it is not pinged before each use. (The ping would double
+                // the round trips to the connection's thread, which dominate a sync's cost.)
                 let write = AnyPoolOptions::new()
                     .max_connections(1)
                     .min_connections(1)
+                    .test_before_acquire(false)
                     .after_connect(|connection, _| {
                         Box::pin(async move {
                             connection
@@ -96,6 +100,7 @@ impl SqlStore {
                     .map_err(db_error)?;
                 let read = AnyPoolOptions::new()
                     .max_connections(max_connections.max(1))
+                    .test_before_acquire(false)
                     .after_connect(|connection, _| {
                         Box::pin(async move {
                             connection

@@ -1,12 +1,14 @@
 //! Per-user data in SQL: account data, filters, receipts, pushers and notification counts.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use rhizome_core::Result;
 use rhizome_storage::{
     AccountDataRecord, NotificationRecord, PusherRecord, ReceiptRecord, StreamPos, UnreadCounts,
     UserDataStore,
 };
-use ruma::{EventId, OwnedDeviceId, OwnedEventId, RoomId, UserId};
+use ruma::{EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, UserId};
 use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{SqlStore, db_error, flag, parse_id, placeholders};
@@ -202,6 +204,45 @@ impl UserDataStore for SqlStore {
             notifications: total.notifications + counts.notifications,
             highlights: total.highlights + counts.highlights,
         }))
+    }
+
+    async fn unread_counts_in_rooms(
+        &self,
+        user_id: &UserId,
+        room_ids: &[&RoomId],
+    ) -> Result<HashMap<OwnedRoomId, UnreadCounts>> {
+        let mut counts = HashMap::new();
+        for chunk in room_ids.chunks(500) {
+            let sql = format!(
+                concat!(
+                    "SELECT a.room_id, \
+                            CAST(COALESCE(SUM(a.notify), 0) AS BIGINT) AS notifications, \
+                            CAST(COALESCE(SUM(a.highlight), 0) AS BIGINT) AS highlights \
+                     FROM event_push_actions a \
+                     WHERE a.user_id = $1 AND a.room_id IN ({}) AND a.stream_pos > ",
+                    last_read!(),
+                    " GROUP BY a.room_id",
+                ),
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(user_id.as_str());
+            for room_id in chunk {
+                query = query.bind(room_id.as_str());
+            }
+            for row in query.fetch_all(&self.read).await.map_err(db_error)? {
+                let room_id: OwnedRoomId = parse_id(row.try_get("room_id").map_err(db_error)?)?;
+                let notifications: i64 = row.try_get("notifications").map_err(db_error)?;
+                let highlights: i64 = row.try_get("highlights").map_err(db_error)?;
+                if notifications > 0 || highlights > 0 {
+                    let room_counts = UnreadCounts {
+                        notifications: notifications.max(0).unsigned_abs(),
+                        highlights: highlights.max(0).unsigned_abs(),
+                    };
+                    counts.insert(room_id, room_counts);
+                }
+            }
+        }
+        Ok(counts)
     }
 
     async fn unread_counts_by_thread(

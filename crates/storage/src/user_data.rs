@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 use rhizome_core::Result;
-use ruma::{EventId, OwnedEventId, RoomId, UserId};
+use std::collections::HashMap;
+
+use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, UserId};
 
 use crate::{
     AccountDataRecord, NotificationRecord, PusherRecord, ReceiptRecord, StreamPos, UnreadCounts,
@@ -62,6 +64,14 @@ pub trait UserDataStore {
 
     /// Notification counts of the user in the room since their latest read receipt.
     async fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts>;
+
+    /// The same counts for many rooms at once (what one sync needs), in one query rather than
+    /// one per room. Rooms without unread notifications are left out.
+    async fn unread_counts_in_rooms(
+        &self,
+        user_id: &UserId,
+        room_ids: &[&RoomId],
+    ) -> Result<HashMap<OwnedRoomId, UnreadCounts>>;
 
     /// The same counts split by thread: `None` for the main timeline, the thread root's ID for
     /// each thread with unread notifications. Threads and timeline with none are left out.

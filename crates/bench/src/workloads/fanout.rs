@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{Ctx, Outcome, create_public_room, log, ms_between, parallel, register_users};
+use super::{Ctx, Outcome, create_public_room, ms_between, parallel, register_users};
 use crate::client::{SyncReq, User, next_batch, timeline_has_body};
 use crate::stats::{Summary, median};
 
@@ -16,7 +16,8 @@ use crate::stats::{Summary, median};
 #[derive(Debug, Clone)]
 pub struct Params {
     pub members: usize,
-    pub rounds: usize,
+    /// Messages sent per measured run, one at a time.
+    pub messages: usize,
     /// Pause after every member has issued its long-poll, before the message is sent.
     pub settle: Duration,
     /// How long a round waits for the last member.
@@ -27,6 +28,8 @@ pub struct Params {
 pub struct Prepared {
     room: String,
     members: Vec<(Arc<User>, String)>,
+    /// Measured runs so far.
+    runs: usize,
 }
 
 /// Registers the members, has them join one room and gives each an initial sync.
@@ -41,7 +44,7 @@ pub async fn setup(ctx: &Ctx, p: &Params) -> Result<Prepared> {
     })
     .await
     .context("joining the fan-out room")?;
-    log(&format!(
+    ctx.log(&format!(
         "fan-out: {} members joined in {:.1}s",
         users.len(),
         started.elapsed().as_secs_f64()
@@ -58,19 +61,26 @@ pub async fn setup(ctx: &Ctx, p: &Params) -> Result<Prepared> {
     })
     .await
     .context("initial syncs of fan-out members")?;
-    Ok(Prepared { room, members })
+    Ok(Prepared { room, members, runs: 0 })
 }
 
-/// Runs the rounds: every member long-polls, one message is sent, arrivals are timed.
-pub async fn measure(ctx: &Ctx, p: &Params, prepared: Prepared) -> Result<Outcome> {
-    let Prepared { room, members } = prepared;
+/// Sends the run's messages: every member long-polls, one message is sent, arrivals are
+/// timed; then the next.
+pub async fn measure(ctx: &Ctx, p: &Params, prepared: &mut Prepared) -> Result<Outcome> {
+    let cpu_before = ctx.cpu_s();
+    let members = std::mem::take(&mut prepared.members);
     let n = members.len();
-    let sender = members[0].0.clone();
+    let Some(sender) = members.first().map(|(user, _)| user.clone()) else {
+        bail!("fan-out: no members left from an earlier failed run");
+    };
     let ready = Arc::new(Semaphore::new(0));
     let (arrived_tx, mut arrived_rx) = mpsc::unbounded_channel::<(usize, Instant)>();
-    let markers: Arc<Vec<String>> =
-        Arc::new((0..p.rounds).map(|r| format!("fanout {} round {r}", ctx.run_id)).collect());
-    let overall = p.round_timeout * u32::try_from(p.rounds + 1).unwrap_or(u32::MAX);
+    let run = prepared.runs;
+    prepared.runs += 1;
+    let markers: Arc<Vec<String>> = Arc::new(
+        (0..p.messages).map(|r| format!("fanout {} run {run} message {r}", ctx.run_id)).collect(),
+    );
+    let overall = p.round_timeout * u32::try_from(p.messages + 1).unwrap_or(u32::MAX);
     let mut tasks = Vec::with_capacity(n);
     for (user, since) in members {
         let (ready, tx, markers) = (ready.clone(), arrived_tx.clone(), markers.clone());
@@ -86,11 +96,11 @@ pub async fn measure(ctx: &Ctx, p: &Params, prepared: Prepared) -> Result<Outcom
         // Wait until every member has (re)issued its long-poll for this round.
         match tokio::time::timeout(p.round_timeout, ready.acquire_many(n as u32)).await {
             Ok(permit) => permit.context("fan-out ready semaphore closed")?.forget(),
-            Err(_) => bail!("fan-out round {r}: members did not all start polling"),
+            Err(_) => bail!("fan-out message {r}: members did not all start polling"),
         }
         tokio::time::sleep(p.settle).await;
         let t0 = Instant::now();
-        sender.send_text(&room, marker, 0).await.context("sending the fan-out message")?;
+        sender.send_text(&prepared.room, marker, 0).await.context("sending the fan-out message")?;
         let mut delays = Vec::with_capacity(n);
         let round_deadline = tokio::time::Instant::now() + p.round_timeout;
         while delays.len() < n {
@@ -101,45 +111,52 @@ pub async fn measure(ctx: &Ctx, p: &Params, prepared: Prepared) -> Result<Outcom
             }
         }
         let summary = Summary::of(&delays);
-        log(&format!(
-            "fan-out round {r}: {}/{n} received, p50 {:.0} ms, last {:.0} ms",
+        ctx.log(&format!(
+            "fan-out message {r}: {}/{n} received, p50 {:.0} ms, last {:.0} ms",
             delays.len(),
             summary.as_ref().map_or(f64::NAN, |s| s.p50),
             summary.as_ref().map_or(f64::NAN, |s| s.max),
         ));
         if delays.len() < n {
             bail!(
-                "fan-out round {r}: only {}/{n} members received the message within {:?}",
+                "fan-out message {r}: only {}/{n} members received the message within {:?}",
                 delays.len(),
                 p.round_timeout
             );
         }
         rounds.push(summary);
     }
+    // Every member has had the last message: its listener ends and hands its token back.
     for t in tasks {
-        t.abort();
+        let member = t.await.context("fan-out listener panicked")?;
+        let member = member.context("a fan-out listener timed out")??;
+        prepared.members.push(member);
     }
+    let cpu_after = ctx.cpu_s();
     let lasts: Vec<f64> = rounds.iter().flatten().map(|s| s.max).collect();
     let p50s: Vec<f64> = rounds.iter().flatten().map(|s| s.p50).collect();
     let mut out = Outcome::default();
     out.metric("fanout.last_ms", median(&lasts));
     out.metric("fanout.p50_ms", median(&p50s));
+    // The settle pauses cost an idle server nothing: this is the work of delivering.
+    out.cpu_per_op("fanout.cpu_ms_per_delivery", cpu_before, cpu_after, n * p.messages);
     out.details = json!({
-        "params": { "members": n, "rounds": p.rounds, "settle_ms": p.settle.as_millis() as u64 },
-        "rounds_ms": rounds,
-        "note": "metrics are the median over rounds of each round's last and p50 arrival",
+        "params": { "members": n, "messages": p.messages, "settle_ms": p.settle.as_millis() as u64 },
+        "messages_ms": rounds,
+        "note": "metrics are the median over the run's messages of each one's last and p50 arrival",
     });
     Ok(out)
 }
 
-/// One member: for each round, announce the long-poll and sync until that round's message.
+/// One member: for each message, announce the long-poll and sync until it arrives; returns
+/// the member with its latest sync token.
 async fn listen(
     user: Arc<User>,
     mut since: String,
     markers: Arc<Vec<String>>,
     ready: Arc<Semaphore>,
     arrived: mpsc::UnboundedSender<(usize, Instant)>,
-) -> Result<()> {
+) -> Result<(Arc<User>, String)> {
     let filter = super::small_sync_filter();
     for (r, marker) in markers.iter().enumerate() {
         ready.add_permits(1);
@@ -148,7 +165,7 @@ async fn listen(
             let resp = match user.sync(&req, 0).await {
                 Ok(resp) => resp,
                 Err(e) => {
-                    log(&format!("fan-out sync of {} failed: {e:#}", user.user_id));
+                    super::log(&format!("fan-out sync of {} failed: {e:#}", user.user_id));
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
@@ -163,5 +180,5 @@ async fn listen(
             }
         }
     }
-    Ok(())
+    Ok((user, since))
 }

@@ -1,7 +1,7 @@
 //! Initial sync: one user in many rooms, each with history and a couple of other members.
 //!
-//! Measures a first `/sync` with lazy-loaded members, then incremental syncs after a few
-//! new messages.
+//! Measures a first `/sync` with lazy-loaded members (of a new login each run), then
+//! incremental syncs after a few new messages.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use super::{Ctx, Outcome, create_public_room, log, ms_between, parallel, register_users};
+use super::{Ctx, Outcome, PASSWORD, create_public_room, ms_between, parallel, register_users};
 use crate::client::{SyncReq, User, joined_room_count, next_batch};
 use crate::stats::median;
 
@@ -18,7 +18,7 @@ use crate::stats::median;
 pub struct Params {
     pub rooms: usize,
     pub history: usize,
-    /// Incremental syncs measured (each after new messages in a few rooms).
+    /// Incremental syncs measured per run (each after new messages in a few rooms).
     pub incremental_rounds: usize,
 }
 
@@ -27,6 +27,8 @@ pub struct Prepared {
     target: Arc<User>,
     member: Arc<User>,
     rooms: Vec<String>,
+    /// Measured runs so far.
+    runs: usize,
 }
 
 /// Creates the rooms, joins the target user and a second member, and writes the history.
@@ -61,28 +63,35 @@ pub async fn setup(ctx: &Ctx, p: &Params) -> Result<Prepared> {
     .await
     .context("creating rooms with history")?;
     let rooms: Vec<String> = per_owner.into_iter().flatten().collect();
-    log(&format!(
+    ctx.log(&format!(
         "initial sync: {} rooms with {history} messages each set up in {:.1}s",
         rooms.len(),
         started.elapsed().as_secs_f64()
     ));
-    Ok(Prepared { target, member, rooms })
+    Ok(Prepared { target, member, rooms, runs: 0 })
 }
 
-/// Times the first sync and the incremental ones.
-pub async fn measure(ctx: &Ctx, p: &Params, prepared: Prepared) -> Result<Outcome> {
+/// Times a first sync of a new login of the user, then incremental syncs after new messages.
+///
+/// A new login each run keeps a server's cached answer for an earlier device's sync from
+/// standing in for the work. CPU is read around each sync only, not around the sends.
+pub async fn measure(ctx: &Ctx, p: &Params, prepared: &mut Prepared) -> Result<Outcome> {
     let filter = json!({
         "room": { "state": { "lazy_load_members": true }, "timeline": { "limit": 20 } }
     })
     .to_string();
-    let Prepared { target, member, rooms } = prepared;
+    let Prepared { target, member, rooms, runs } = prepared;
+    let target = ctx.api.login(&target.user_id, PASSWORD).await?;
 
+    let cpu_before = ctx.cpu_s();
     let t0 = Instant::now();
     let raw = target
         .sync_raw(&SyncReq { since: None, timeout_ms: 0, filter: &filter }, 0)
         .await
         .context("initial sync")?;
     let initial_ms = ms_between(t0, Instant::now());
+    let mut out = Outcome::default();
+    out.cpu_per_op("initial_sync.cpu_ms", cpu_before, ctx.cpu_s(), 1);
     let body: serde_json::Value = serde_json::from_slice(&raw).context("initial sync JSON")?;
     let joined = joined_room_count(&body);
     if joined != rooms.len() {
@@ -91,30 +100,42 @@ pub async fn measure(ctx: &Ctx, p: &Params, prepared: Prepared) -> Result<Outcom
     let mut since = next_batch(&body)?;
 
     let mut incremental = Vec::new();
+    let mut incremental_cpu = Some(0.0);
     let per_round = rooms.len().min(5);
     for round in 0..p.incremental_rounds {
         for k in 0..per_round {
-            let room = &rooms[(round * 37 + k * 11) % rooms.len()];
-            let text = format!("incremental {} {round} {k}", ctx.run_id);
+            let room = &rooms[(round * 37 + k * 11 + *runs * 7) % rooms.len()];
+            let text = format!("incremental {} {runs} {round} {k}", ctx.run_id);
             member.send_text(room, &text, crate::client::SETUP_RETRIES).await?;
         }
+        let cpu_before = ctx.cpu_s();
         let t0 = Instant::now();
         let raw = target
             .sync_raw(&SyncReq { since: Some(&since), timeout_ms: 0, filter: &filter }, 0)
             .await
             .context("incremental sync")?;
         incremental.push(ms_between(t0, Instant::now()));
+        incremental_cpu = match (incremental_cpu, cpu_before, ctx.cpu_s()) {
+            (Some(sum), Some(before), Some(after)) => Some(sum + after - before),
+            _ => None,
+        };
         let body: serde_json::Value = serde_json::from_slice(&raw)?;
         since = next_batch(&body)?;
     }
+    *runs += 1;
     let incremental_ms = median(&incremental);
-    log(&format!(
+    ctx.log(&format!(
         "initial sync: first {initial_ms:.0} ms ({} KiB), incremental median {incremental_ms:.1} ms",
         raw.len() / 1024
     ));
-    let mut out = Outcome::default();
     out.metric("initial_sync.initial_ms", initial_ms);
     out.metric("initial_sync.incremental_ms", incremental_ms);
+    out.cpu_per_op(
+        "initial_sync.incremental_cpu_ms",
+        Some(0.0),
+        incremental_cpu,
+        incremental.len(),
+    );
     out.details = json!({
         "params": { "rooms": p.rooms, "history": p.history, "incremental_rounds": p.incremental_rounds },
         "initial_ms": initial_ms,

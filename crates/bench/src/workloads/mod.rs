@@ -1,8 +1,14 @@
-//! The workloads and the helpers they share: user registration and bounded parallelism.
+//! The workloads and the helpers they share: user registration, bounded parallelism and the
+//! server's CPU meter.
+//!
+//! Every workload is split in two: `setup` (users, rooms, history; done once per server) and
+//! `measure` (the timed part, run once per round on state `setup` left, so the rounds of all
+//! servers can be interleaved).
 
 pub mod fanout;
 pub mod initial_sync;
 pub mod latency;
+pub mod scaling;
 pub mod throughput;
 
 use std::future::Future;
@@ -15,13 +21,35 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::client::{Api, User};
+use crate::procfs::Monitor;
 
-/// What every workload needs: the server, a run-unique name prefix and setup concurrency.
+/// The password of every user the workloads register.
+pub const PASSWORD: &str = "bench-password-1";
+
+/// What every workload needs: the server, a run-unique name prefix, setup concurrency and
+/// the server's process (for CPU readings).
 #[derive(Clone)]
 pub struct Ctx {
+    /// The server's name in the report.
+    pub server: String,
     pub api: Api,
     pub run_id: String,
     pub concurrency: usize,
+    pub monitor: Option<Monitor>,
+}
+
+impl Ctx {
+    /// CPU seconds the server has used so far, its database's included (PostgreSQL runs in
+    /// processes of its own; SQLite's work is already the server's).
+    pub fn cpu_s(&self) -> Option<f64> {
+        let snap = self.monitor.as_ref()?.snapshot().ok()?;
+        Some(snap.cpu_s + snap.db_cpu_s.unwrap_or(0.0))
+    }
+
+    /// Progress output about this server.
+    pub fn log(&self, msg: &str) {
+        log(&format!("{}: {msg}", self.server));
+    }
 }
 
 /// The measured outcome of one workload: flat metrics for the table, details for the JSON.
@@ -34,6 +62,15 @@ pub struct Outcome {
 impl Outcome {
     pub fn metric(&mut self, key: &str, value: f64) {
         self.metrics.push((key.to_owned(), value));
+    }
+
+    /// Records the server's CPU milliseconds per operation between two readings.
+    pub fn cpu_per_op(&mut self, key: &str, before: Option<f64>, after: Option<f64>, ops: usize) {
+        if let (Some(before), Some(after)) = (before, after)
+            && ops > 0
+        {
+            self.metric(key, 1000.0 * (after - before) / ops as f64);
+        }
     }
 }
 
@@ -92,11 +129,11 @@ pub async fn register_users(ctx: &Ctx, label: &str, n: usize) -> Result<Vec<Arc<
     let users = parallel(n, ctx.concurrency, |i| {
         let api = ctx.api.clone();
         let name = format!("bench{}{label}{i}", ctx.run_id);
-        async move { api.register(&name, "bench-password-1").await.map(Arc::new) }
+        async move { api.register(&name, PASSWORD).await.map(Arc::new) }
     })
     .await
     .with_context(|| format!("registering {n} {label} users"))?;
-    log(&format!("registered {n} {label} users in {:.1}s", started.elapsed().as_secs_f64()));
+    ctx.log(&format!("registered {n} {label} users in {:.1}s", started.elapsed().as_secs_f64()));
     Ok(users)
 }
 

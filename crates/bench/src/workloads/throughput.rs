@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{Ctx, Outcome, create_public_room, log, ms_between, parallel, register_users};
+use super::{Ctx, Outcome, create_public_room, ms_between, parallel, register_users};
 use crate::client::User;
 use crate::stats::Summary;
 
@@ -18,6 +18,7 @@ use crate::stats::Summary;
 pub struct Params {
     pub senders: usize,
     pub rooms: usize,
+    /// How long one measured run lasts.
     pub duration: Duration,
     /// Upper bound on messages per sender, whatever the duration.
     pub max_per_sender: usize,
@@ -59,11 +60,12 @@ struct SenderRun {
 }
 
 /// Sends until the duration is up; reports persisted events per second and errors.
-pub async fn measure(ctx: &Ctx, p: &Params, prepared: Prepared) -> Result<Outcome> {
+pub async fn measure(ctx: &Ctx, p: &Params, prepared: &Prepared) -> Result<Outcome> {
+    let cpu_before = ctx.cpu_s();
     let started = Instant::now();
     let deadline = started + p.duration;
     let mut handles = Vec::new();
-    for (i, (user, room)) in prepared.senders.into_iter().enumerate() {
+    for (i, (user, room)) in prepared.senders.iter().cloned().enumerate() {
         let run_id = ctx.run_id.clone();
         let max = p.max_per_sender;
         handles.push(tokio::spawn(async move {
@@ -98,11 +100,12 @@ pub async fn measure(ctx: &Ctx, p: &Params, prepared: Prepared) -> Result<Outcom
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = ctx.cpu_s();
     let rate = total.ok as f64 / elapsed;
     let attempts = (total.ok + total.errors).max(1);
     let error_pct = 100.0 * total.errors as f64 / attempts as f64;
     let summary = Summary::of(&total.send_ms);
-    log(&format!(
+    ctx.log(&format!(
         "throughput: {} events in {elapsed:.1}s = {rate:.1} ev/s, {} errors{}",
         total.ok,
         total.errors,
@@ -116,6 +119,7 @@ pub async fn measure(ctx: &Ctx, p: &Params, prepared: Prepared) -> Result<Outcom
         out.metric("throughput.send_p50_ms", s.p50);
         out.metric("throughput.send_p99_ms", s.p99);
     }
+    out.cpu_per_op("throughput.cpu_ms_per_event", cpu_before, cpu_after, total.ok);
     out.details = json!({
         "params": { "senders": p.senders, "rooms": p.rooms, "duration_s": p.duration.as_secs_f64() },
         "events": total.ok,

@@ -1,7 +1,7 @@
 //! The `rhizome` binary itself: starting with no configuration, the admin commands, refusing
-//! unknown configuration keys, surviving a crash in the middle of writes, and reloading its
-//! TLS certificate on SIGHUP; several processes serving one homeserver from one PostgreSQL
-//! database.
+//! unknown configuration keys, surviving a crash in the middle of writes, stopping in order,
+//! and reloading its TLS certificate on SIGHUP; several processes serving one homeserver from
+//! one PostgreSQL database.
 
 // Test code: a failed step fails the test at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -20,6 +20,7 @@ mod federation;
 mod migrate_db;
 mod scale_out;
 mod scale_out_kill;
+mod shutdown;
 mod tls;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_rhizome");

@@ -6,7 +6,8 @@
 //! The event path queues a job durably (in the transaction that persists the event); one
 //! worker among all the processes sharing the database, under a lease ([`super::worker`]),
 //! turns jobs into requests, at most `push.concurrency` at once, and deletes a job once its
-//! requests are done. A gateway is reached only at a public
+//! requests are done; at shutdown it takes no more jobs and lets the deliveries under way
+//! finish before the database closes. A gateway is reached only at a public
 //! address (or one the organiser allowed, see [`outbound`](crate::outbound)), without
 //! redirects, and retried with backoff when it fails or is unreachable; a pushkey it rejects
 //! loses its pusher. Nothing of the notification is logged.
@@ -39,6 +40,12 @@ pub(crate) struct PushQueue {
     pub(super) wake: tokio::sync::Notify,
     /// Whether the worker was started here.
     pub(super) started: std::sync::atomic::AtomicBool,
+    /// Set at shutdown: the worker takes no more jobs.
+    pub(super) stopping: std::sync::atomic::AtomicBool,
+    /// The deliveries under way in this process.
+    pub(super) deliveries: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The worker's name in the lease.
+    pub(super) holder: parking_lot::Mutex<Option<String>>,
     permits: Arc<Semaphore>,
 }
 
@@ -47,6 +54,9 @@ impl PushQueue {
         Self {
             wake: tokio::sync::Notify::new(),
             started: std::sync::atomic::AtomicBool::new(false),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            deliveries: parking_lot::Mutex::new(Vec::new()),
+            holder: parking_lot::Mutex::new(None),
             permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
         }
     }

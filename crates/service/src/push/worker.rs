@@ -35,15 +35,42 @@ impl Services {
         let services = Arc::downgrade(self);
         // The process ID names the holder for an operator looking at the table.
         let holder = crate::auth::generate_token(&format!("push-{}", std::process::id()));
+        *self.push_queue.holder.lock() = Some(holder.clone());
         tokio::spawn(async move {
             let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
             loop {
                 let Some(strong) = services.upgrade() else { break };
+                if strong.push_queue.stopping.load(Ordering::SeqCst) {
+                    break;
+                }
                 strong.push_worker_step(&holder, &in_flight).await;
                 let wake = async { strong.push_queue.wake.notified().await };
                 let _ = tokio::time::timeout(TICK, wake).await;
             }
         });
+    }
+
+    /// Stops the push worker at shutdown, before the database closes: no more jobs are taken
+    /// and the deliveries under way finish (within `limit`; those cut off stay queued in the
+    /// database and are sent after the next start, or by another process, as the lease is
+    /// given up).
+    pub async fn stop_push_worker(&self, limit: Duration) {
+        self.push_queue.stopping.store(true, Ordering::SeqCst);
+        self.push_queue.wake.notify_one();
+        let deliveries = std::mem::take(&mut *self.push_queue.deliveries.lock());
+        let aborts: Vec<_> = deliveries.iter().map(|task| task.abort_handle()).collect();
+        if tokio::time::timeout(limit, futures_util::future::join_all(deliveries)).await.is_err() {
+            for abort in &aborts {
+                abort.abort();
+            }
+            tracing::info!("push notifications still being sent stay queued for the next start");
+        }
+        let holder = self.push_queue.holder.lock().take();
+        if let Some(holder) = holder
+            && let Err(error) = self.store.release_job_lease(LEASE, &holder).await
+        {
+            tracing::warn!(%error, "could not give up the push worker's lease");
+        }
     }
 
     /// Wakes this process's push worker (an event here queued notifications).
@@ -74,19 +101,21 @@ impl Services {
                 return;
             }
         };
+        let mut deliveries = self.push_queue.deliveries.lock();
+        deliveries.retain(|task| !task.is_finished());
         for job in jobs {
-            if !in_flight.lock().insert(job.id) {
+            if self.push_queue.stopping.load(Ordering::SeqCst) || !in_flight.lock().insert(job.id) {
                 continue;
             }
             let services = self.clone();
             let in_flight = in_flight.clone();
-            tokio::spawn(async move {
+            deliveries.push(tokio::spawn(async move {
                 services.deliver_pushes(&job).await;
                 if let Err(error) = services.store.delete_queued_push(job.id).await {
                     tracing::warn!(%error, "could not remove a sent push job");
                 }
                 in_flight.lock().remove(&job.id);
-            });
+            }));
         }
     }
 }

@@ -2,13 +2,13 @@
 //! device's transaction ID, the viewer's membership at the event, the state replaced, the
 //! redaction, bundled relations).
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
 use rhizome_core::{
     Result,
     clock::{millis_from_ts, now_millis},
 };
-use ruma::{events::StateEventType, serde::Raw};
+use ruma::{OwnedEventId, events::StateEventType, serde::Raw};
 use serde_json::{Map, Value, value::RawValue as RawJsonValue};
 
 use crate::{Requester, Services, rooms::cache::LoadedEvent};
@@ -92,11 +92,38 @@ impl Services {
     ) -> Result<Vec<Box<RawJsonValue>>> {
         // One query finds the few events that have relations; only those get bundles.
         let related = if format.bundle_relations {
-            let ids: Vec<_> = events.iter().map(|event| event.pdu.event_id.clone()).collect();
-            self.store.events_with_relations(&ids).await?
+            self.events_with_relations(events.iter()).await?
         } else {
             Default::default()
         };
+        self.format_events_related(events, format, &related).await
+    }
+
+    /// Of the events, those some other event relates to: the only ones that can have relations
+    /// to bundle (state events never get any). One query for all, however many rooms they
+    /// come from.
+    pub async fn events_with_relations<'a>(
+        &self,
+        events: impl Iterator<Item = &'a Arc<LoadedEvent>>,
+    ) -> Result<HashSet<OwnedEventId>> {
+        let ids: Vec<OwnedEventId> = events
+            .filter(|event| !event.pdu.is_state())
+            .map(|event| event.pdu.event_id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        self.store.events_with_relations(&ids).await
+    }
+
+    /// Formats events for a client, in order, bundling relations only for those in `related`
+    /// (see [`Self::events_with_relations`]).
+    pub async fn format_events_related(
+        &self,
+        events: &[Arc<LoadedEvent>],
+        format: Format<'_>,
+        related: &HashSet<OwnedEventId>,
+    ) -> Result<Vec<Box<RawJsonValue>>> {
         let mut formatted = Vec::with_capacity(events.len());
         for event in events {
             let bundle = format.bundle_relations && related.contains(&event.pdu.event_id);

@@ -1,11 +1,14 @@
 //! The rooms part of `/sync`: joined rooms (timeline, state, ephemeral events, summary and
 //! unread counts), invites, knocks and leaves.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use rhizome_core::Result;
 use rhizome_room::StateMap;
-use rhizome_storage::{Direction, MembershipRecord, StateGroupId, UnreadCounts};
+use rhizome_storage::{Direction, MembershipRecord, ReceiptRecord, StateGroupId, UnreadCounts};
 use ruma::{
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
     api::client::{
@@ -54,6 +57,16 @@ fn timeline_limit(request: &SyncRequest) -> usize {
         .min(500)
 }
 
+/// How one joined room appears in a sync.
+struct JoinedPlan {
+    room_id: OwnedRoomId,
+    /// Whether its timeline starts at the beginning (a first sync, or a room new to the
+    /// client) rather than at `since`.
+    from_start: bool,
+    /// Whether it is given in full: state, all its receipts, typing, even without changes.
+    full: bool,
+}
+
 /// What one room's timeline for a sync takes.
 pub(super) struct TimelineQuery<'a> {
     /// The newest stream position to include.
@@ -89,9 +102,77 @@ impl Services {
         memberships: &[MembershipRecord],
         response: &mut v3::Response,
     ) -> Result<()> {
-        let user_id = &requester.user_id;
-        let ignored = self.ignored_users(user_id).await?;
-        let invite_filter = self.invite_filter(user_id).await?;
+        let ignored = self.ignored_users(&requester.user_id).await?;
+        let since_pos = window.since.map(|since| since.pos);
+        let joined_ids = self
+            .sync_other_rooms(requester, request, window, memberships, &ignored, response)
+            .await?;
+        let joined = self.plan_joined(requester, request, window, memberships, &joined_ids).await?;
+        let changed_rooms: HashSet<OwnedRoomId> = match since_pos {
+            Some(since) if !request.full_state => self
+                .store
+                .rooms_with_events_between(&joined_ids, since, window.upper.pos)
+                .await?
+                .into_iter()
+                .collect(),
+            _ => joined_ids.iter().cloned().collect(),
+        };
+        let mut receipts = self.sync_receipts(requester, window, &joined).await?;
+        let mut with_counts = Vec::new();
+        for plan in &joined {
+            let room_id = &plan.room_id;
+            let mut room = v3::JoinedRoom::new();
+            let mut has_data = false;
+            if plan.full || changed_rooms.contains(room_id) {
+                let timeline = self
+                    .timeline_part(requester, request, window, room_id, plan.from_start, &ignored)
+                    .await?;
+                let state = self
+                    .state_part(requester, request, window, room_id, &timeline, plan.full)
+                    .await?;
+                // New events the filters hide entirely are no news.
+                has_data = !timeline.events.is_empty() || !state.is_empty() || timeline.limited;
+                let format =
+                    Format { viewer: Some(requester), with_room_id: false, bundle_relations: true };
+                room.timeline.events = self
+                    .format_events(&timeline.events, format)
+                    .await?
+                    .into_iter()
+                    .map(raw)
+                    .collect();
+                room.timeline.limited = timeline.limited;
+                room.timeline.prev_batch = Some(timeline.prev_batch);
+                let state_events =
+                    self.format_events(&state, format).await?.into_iter().map(raw).collect();
+                room.state = if request.use_state_after {
+                    v3::State::After(v3::StateEvents::with_events(state_events))
+                } else {
+                    v3::State::Before(v3::StateEvents::with_events(state_events))
+                };
+                self.fill_summary(&mut room, room_id, &requester.user_id).await?;
+            }
+            let room_receipts = receipts.remove(room_id).unwrap_or_default();
+            self.fill_ephemeral(&mut room, request, window, plan, room_receipts)?;
+            has_data |= !room.ephemeral.events.is_empty();
+            if has_data || plan.full {
+                with_counts.push(room_id);
+                response.rooms.join.insert(room_id.clone(), room);
+            }
+        }
+        self.set_unread_counts(response, &requester.user_id, &with_counts, request).await
+    }
+
+    /// Invites, knocks and leaves of this sync into `response`; returns the joined rooms.
+    async fn sync_other_rooms(
+        &self,
+        requester: &Requester,
+        request: &SyncRequest,
+        window: Window,
+        memberships: &[MembershipRecord],
+        ignored: &HashSet<OwnedUserId>,
+        response: &mut v3::Response,
+    ) -> Result<Vec<OwnedRoomId>> {
+        let invite_filter = self.invite_filter(&requester.user_id).await?;
         let since_pos = window.since.map(|since| since.pos);
         let mut joined_ids: Vec<OwnedRoomId> = Vec::new();
         for membership in memberships {
@@ -136,7 +217,7 @@ impl Services {
         }
         if let Some(since) = since_pos {
             // A room left in this window and forgotten since still shows the leave once.
-            for change in self.store.membership_changes_since(user_id, since).await? {
+            for change in self.store.membership_changes_since(&requester.user_id, since).await? {
                 let forgotten = matches!(change.membership.as_str(), "leave" | "ban")
                     && change.stream_pos <= window.upper.pos
                     && !memberships.iter().any(|member| member.room_id == change.room_id)
@@ -148,23 +229,22 @@ impl Services {
                 }
             }
         }
-        let receipts = match window.since {
-            Some(since) => {
-                let ids: Vec<&RoomId> = joined_ids.iter().map(|id| id.as_ref()).collect();
-                self.store.receipts_since(&ids, Some(since.pos)).await?
-            }
-            None => Vec::new(),
-        };
-        let changed_rooms: HashSet<OwnedRoomId> = match since_pos {
-            Some(since) if !request.full_state => self
-                .store
-                .rooms_with_events_between(&joined_ids, since, window.upper.pos)
-                .await?
-                .into_iter()
-                .collect(),
-            _ => joined_ids.iter().cloned().collect(),
-        };
-        for room_id in &joined_ids {
+        Ok(joined_ids)
+    }
+
+    /// Which joined rooms this sync gives in full (the first sync, full state, or a room the
+    /// user joined since the last one) and whose timeline starts at the beginning.
+    async fn plan_joined(
+        &self,
+        requester: &Requester,
+        request: &SyncRequest,
+        window: Window,
+        memberships: &[MembershipRecord],
+        joined_ids: &[OwnedRoomId],
+    ) -> Result<Vec<JoinedPlan>> {
+        let since_pos = window.since.map(|since| since.pos);
+        let mut plans = Vec::with_capacity(joined_ids.len());
+        for room_id in joined_ids {
             let membership = memberships.iter().find(|member| &member.room_id == room_id);
             let newly_joined = match (since_pos, membership) {
                 (Some(since), Some(member)) if member.stream_pos > since => {
@@ -176,78 +256,78 @@ impl Services {
             // new to this client.
             let from_start = since_pos.is_none() || newly_joined;
             let full = from_start || request.full_state;
-            let mut room = v3::JoinedRoom::new();
-            let mut has_data = false;
-            if full || changed_rooms.contains(room_id) {
-                let timeline = self
-                    .timeline_part(requester, request, window, room_id, from_start, &ignored)
-                    .await?;
-                let state =
-                    self.state_part(requester, request, window, room_id, &timeline, full).await?;
-                // New events the filters hide entirely are no news.
-                has_data = !timeline.events.is_empty() || !state.is_empty() || timeline.limited;
-                let format =
-                    Format { viewer: Some(requester), with_room_id: false, bundle_relations: true };
-                room.timeline.events = self
-                    .format_events(&timeline.events, format)
-                    .await?
-                    .into_iter()
-                    .map(raw)
-                    .collect();
-                room.timeline.limited = timeline.limited;
-                room.timeline.prev_batch = Some(timeline.prev_batch);
-                let state_events =
-                    self.format_events(&state, format).await?.into_iter().map(raw).collect();
-                room.state = if request.use_state_after {
-                    v3::State::After(v3::StateEvents::with_events(state_events))
-                } else {
-                    v3::State::Before(v3::StateEvents::with_events(state_events))
-                };
-                self.fill_summary(&mut room, room_id, &requester.user_id).await?;
+            plans.push(JoinedPlan { room_id: room_id.clone(), from_start, full });
+        }
+        Ok(plans)
+    }
+
+    /// The receipts each joined room shows, in at most two queries for all rooms: all of them
+    /// in the rooms given in full, those changed since the last sync in the others. Private
+    /// receipts only the user's own.
+    async fn sync_receipts(
+        &self,
+        requester: &Requester,
+        window: Window,
+        joined: &[JoinedPlan],
+    ) -> Result<HashMap<OwnedRoomId, Vec<ReceiptRecord>>> {
+        let full: Vec<&RoomId> =
+            joined.iter().filter(|plan| plan.full).map(|plan| plan.room_id.as_ref()).collect();
+        let mut found = if full.is_empty() {
+            Vec::new()
+        } else {
+            self.store.receipts_since(&full, None).await?
+        };
+        if let Some(since) = window.since {
+            let others: Vec<&RoomId> =
+                joined.iter().filter(|plan| !plan.full).map(|plan| plan.room_id.as_ref()).collect();
+            if !others.is_empty() {
+                found.extend(self.store.receipts_since(&others, Some(since.pos)).await?);
             }
-            // Ephemeral events: receipts and typing.
-            let room_receipts: Vec<_> = if full {
-                self.store.receipts_since(&[room_id.as_ref()], None).await?
-            } else {
-                receipts.iter().filter(|receipt| &receipt.room_id == room_id).cloned().collect()
-            };
-            let room_receipts: Vec<_> = room_receipts
-                .into_iter()
-                .filter(|receipt| receipt.stream_pos <= window.upper.pos)
-                .filter(|receipt| {
-                    receipt.receipt_type != "m.read.private" || receipt.user_id == requester.user_id
-                })
-                .collect();
-            if !room_receipts.is_empty()
-                && filter::room_event_type_passes(&request.filter.room.ephemeral, "m.receipt")
+        }
+        let mut by_room: HashMap<OwnedRoomId, Vec<ReceiptRecord>> = HashMap::new();
+        for receipt in found {
+            if receipt.stream_pos <= window.upper.pos
+                && (receipt.receipt_type != "m.read.private"
+                    || receipt.user_id == requester.user_id)
             {
-                let event =
-                    json!({ "type": "m.receipt", "content": receipt_content(&room_receipts) });
-                room.ephemeral.events.push(raw(serde_json::value::to_raw_value(&event)?));
+                by_room.entry(receipt.room_id.clone()).or_default().push(receipt);
             }
-            let typing_since = if full { None } else { window.since.map(|since| since.ephemeral) };
-            if let Some(users) = self.typing_since(room_id, typing_since)
-                && filter::room_event_type_passes(&request.filter.room.ephemeral, "m.typing")
-            {
-                let event = json!({ "type": "m.typing", "content": { "user_ids": users } });
-                room.ephemeral.events.push(raw(serde_json::value::to_raw_value(&event)?));
-            }
-            has_data |= !room.ephemeral.events.is_empty();
-            if has_data || full {
-                self.set_unread_counts(&mut room, &requester.user_id, room_id, request).await?;
-                response.rooms.join.insert(room_id.clone(), room);
-            }
+        }
+        Ok(by_room)
+    }
+
+    /// A joined room's ephemeral events: its receipts and who is typing.
+    fn fill_ephemeral(
+        &self,
+        room: &mut v3::JoinedRoom,
+        request: &SyncRequest,
+        window: Window,
+        plan: &JoinedPlan,
+        receipts: Vec<ReceiptRecord>,
+    ) -> Result<()> {
+        let ephemeral_filter = &request.filter.room.ephemeral;
+        if !receipts.is_empty() && filter::room_event_type_passes(ephemeral_filter, "m.receipt") {
+            let event = json!({ "type": "m.receipt", "content": receipt_content(&receipts) });
+            room.ephemeral.events.push(raw(serde_json::value::to_raw_value(&event)?));
+        }
+        let typing_since = if plan.full { None } else { window.since.map(|since| since.ephemeral) };
+        if let Some(users) = self.typing_since(&plan.room_id, typing_since)
+            && filter::room_event_type_passes(ephemeral_filter, "m.typing")
+        {
+            let event = json!({ "type": "m.typing", "content": { "user_ids": users } });
+            room.ephemeral.events.push(raw(serde_json::value::to_raw_value(&event)?));
         }
         Ok(())
     }
 
-    /// A joined room's unread counts: in all, or (when the filter asks for
-    /// `unread_thread_notifications`) of the main timeline and of each thread apart.
+    /// The joined rooms' unread counts: in all, for every room in one query, or (when the
+    /// filter asks for `unread_thread_notifications`) of the main timeline and of each thread
+    /// apart.
     async fn set_unread_counts(
         &self,
-        room: &mut v3::JoinedRoom,
+        response: &mut v3::Response,
         user_id: &UserId,
-        room_id: &RoomId,
+        room_ids: &[&OwnedRoomId],
         request: &SyncRequest,
     ) -> Result<()> {
         let count = |counts: UnreadCounts| {
@@ -257,15 +337,22 @@ impl Services {
             count
         };
         if !request.filter.room.timeline.unread_thread_notifications {
-            room.unread_notifications = count(self.store.unread_counts(user_id, room_id).await?);
+            let ids: Vec<&RoomId> = room_ids.iter().map(|room_id| room_id.as_ref()).collect();
+            let mut counts = self.store.unread_counts_in_rooms(user_id, &ids).await?;
+            for (room_id, room) in response.rooms.join.iter_mut() {
+                room.unread_notifications = count(counts.remove(room_id).unwrap_or_default());
+            }
             return Ok(());
         }
-        room.unread_notifications = count(UnreadCounts::default());
-        for (thread, counts) in self.store.unread_counts_by_thread(user_id, room_id).await? {
-            match thread {
-                None => room.unread_notifications = count(counts),
-                Some(root) => {
-                    room.unread_thread_notifications.insert(root, count(counts));
+        for room_id in room_ids {
+            let Some(room) = response.rooms.join.get_mut(*room_id) else { continue };
+            room.unread_notifications = count(UnreadCounts::default());
+            for (thread, counts) in self.store.unread_counts_by_thread(user_id, room_id).await? {
+                match thread {
+                    None => room.unread_notifications = count(counts),
+                    Some(root) => {
+                        room.unread_thread_notifications.insert(root, count(counts));
+                    }
                 }
             }
         }

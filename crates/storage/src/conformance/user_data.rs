@@ -57,6 +57,10 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
     }
     let counts = store.unread_counts(bob, &room.room_id).await.unwrap();
     assert_eq!(counts, UnreadCounts { notifications: 4, highlights: 1 });
+    // Many rooms in one query: the same counts, and nothing for a room without any.
+    let quiet = room_id!("!quiet:example.org");
+    let batched = store.unread_counts_in_rooms(bob, &[quiet, &room.room_id]).await.unwrap();
+    assert_eq!(batched, [(room.room_id.clone(), counts)].into());
     assert_eq!(store.rooms_with_unread_notifications(bob).await.unwrap(), 1);
     let before = store.current_stream_pos();
     store.set_receipt(&room.room_id, "m.read", bob, None, &ids[1], 5).await.unwrap();
@@ -64,8 +68,11 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
         store.unread_counts(bob, &room.room_id).await.unwrap(),
         UnreadCounts { notifications: 2, highlights: 1 }
     );
+    let partly = store.unread_counts_in_rooms(bob, &[&room.room_id]).await.unwrap();
+    assert_eq!(partly[&room.room_id], UnreadCounts { notifications: 2, highlights: 1 });
     store.set_receipt(&room.room_id, "m.read.private", bob, None, &ids[3], 6).await.unwrap();
     assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap(), UnreadCounts::default());
+    assert!(store.unread_counts_in_rooms(bob, &[&room.room_id]).await.unwrap().is_empty());
     assert_eq!(store.rooms_with_unread_notifications(bob).await.unwrap(), 0);
     assert_eq!(
         store.unread_counts(user_id!("@alice:example.org"), &room.room_id).await.unwrap(),
@@ -97,6 +104,8 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
     let main_id = main.event_id.clone();
     room.persist(main).await;
     assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap().notifications, 2);
+    let batched = store.unread_counts_in_rooms(bob, &[&room.room_id]).await.unwrap();
+    assert_eq!(batched[&room.room_id].notifications, 2);
     let one = UnreadCounts { notifications: 1, highlights: 0 };
     assert_eq!(
         store.unread_counts_by_thread(bob, &room.room_id).await.unwrap(),
@@ -108,6 +117,8 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
         .unwrap();
     assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap().notifications, 1);
     assert_eq!(store.unread_counts_by_thread(bob, &room.room_id).await.unwrap(), vec![(None, one)]);
+    let batched = store.unread_counts_in_rooms(bob, &[&room.room_id]).await.unwrap();
+    assert_eq!(batched[&room.room_id], one);
     store.set_receipt(&room.room_id, "m.read", bob, Some("main"), &main_id, 8).await.unwrap();
     assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap().notifications, 0);
 

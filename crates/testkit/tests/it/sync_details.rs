@@ -1,5 +1,5 @@
 //! `/sync` details real clients rely on: full state that leaves the timeline where `since` put
-//! it, and the shape of joined rooms.
+//! it, the shape of joined rooms, and what each room gets when many come in one sync.
 
 use rhizome_testkit::{Api, TestServer};
 use serde_json::{Value, json};
@@ -300,4 +300,92 @@ async fn lazy_loaded_members_are_not_sent_again_unless_asked_for() {
     assert!(
         members.contains(&dave.user().to_owned()) && members.contains(&alice.user().to_owned())
     );
+}
+
+fn unread(room: &Value) -> (u64, u64) {
+    let counts = &room["unread_notifications"];
+    (counts["notification_count"].as_u64().unwrap(), counts["highlight_count"].as_u64().unwrap())
+}
+
+fn receipt_readers(room: &Value) -> Vec<String> {
+    let Some(events) = room["ephemeral"]["events"].as_array() else { return Vec::new() };
+    let mut readers: Vec<String> = events
+        .iter()
+        .filter(|event| event["type"] == "m.receipt")
+        .filter_map(|event| event["content"].as_object())
+        .flat_map(|content| content.values())
+        .filter_map(|by_type| by_type["m.read"].as_object())
+        .flat_map(|by_user| by_user.keys().cloned())
+        .collect();
+    readers.sort();
+    readers
+}
+
+/// Receipts, unread counts and bundled relations are fetched for all the rooms of a sync at
+/// once: each room still gets its own, in a first sync and in an incremental one.
+#[tokio::test]
+async fn one_sync_over_many_rooms_gives_each_room_its_own_receipts_counts_and_relations() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let mut rooms = Vec::new();
+    for _ in 0..3 {
+        let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+        bob.join(&room_id).await;
+        rooms.push(room_id);
+    }
+    let (busy, edited, quiet) = (&rooms[0], &rooms[1], &rooms[2]);
+    // Two unread messages in `busy`, and Alice's receipt there; one edited message in `edited`.
+    alice.send_text(busy, "one").await;
+    let two = alice.send_text(busy, "two").await;
+    alice
+        .post(&format!("/_matrix/client/v3/rooms/{busy}/receipt/m.read/{two}"), json!({}))
+        .await
+        .ok();
+    let root = alice.send_text(edited, "agenda?").await;
+    let edit = json!({
+        "msgtype": "m.text", "body": "* agenda for Friday?",
+        "m.new_content": { "msgtype": "m.text", "body": "agenda for Friday?" },
+        "m.relates_to": { "rel_type": "m.replace", "event_id": root },
+    });
+    alice
+        .put(&format!("/_matrix/client/v3/rooms/{edited}/send/m.room.message/e1"), edit)
+        .await
+        .ok();
+
+    let first = bob.sync("timeout=0").await;
+    assert_eq!(unread(joined(&first, busy)), (2, 0));
+    // Edits do not notify (`.m.rule.suppress_edits`).
+    assert_eq!(unread(joined(&first, edited)), (1, 0));
+    assert_eq!(unread(joined(&first, quiet)), (0, 0));
+    assert_eq!(receipt_readers(joined(&first, busy)), vec![alice.user().to_owned()]);
+    assert!(receipt_readers(joined(&first, edited)).is_empty());
+    assert!(receipt_readers(joined(&first, quiet)).is_empty());
+    let timeline = joined(&first, edited)["timeline"]["events"].as_array().unwrap();
+    let bundled: Vec<&str> = timeline
+        .iter()
+        .filter(|event| event["unsigned"]["m.relations"]["m.replace"].is_object())
+        .filter_map(|event| event["event_id"].as_str())
+        .collect();
+    assert_eq!(bundled, vec![root.as_str()]);
+    for room_id in [busy, quiet] {
+        let events = joined(&first, room_id)["timeline"]["events"].as_array().unwrap();
+        assert!(events.iter().all(|event| event["unsigned"]["m.relations"].is_null()));
+    }
+
+    // Bob reads `edited`, a message arrives in `quiet`: only the rooms that changed come, each
+    // with its own counts and receipts.
+    let since = first["next_batch"].as_str().unwrap();
+    bob.post(&format!("/_matrix/client/v3/rooms/{edited}/receipt/m.read/{root}"), json!({}))
+        .await
+        .ok();
+    alice.send_text(edited, "after").await;
+    alice.send_text(quiet, "hello").await;
+    alice.send_text(quiet, "again").await;
+    let next = bob.sync(&format!("since={since}&timeout=0")).await;
+    assert!(next["rooms"]["join"][busy.as_str()].is_null(), "{next}");
+    assert_eq!(unread(joined(&next, edited)), (1, 0));
+    assert_eq!(receipt_readers(joined(&next, edited)), vec![bob.user().to_owned()]);
+    assert_eq!(unread(joined(&next, quiet)), (2, 0));
+    assert!(receipt_readers(joined(&next, quiet)).is_empty());
 }

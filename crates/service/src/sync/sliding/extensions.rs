@@ -267,17 +267,33 @@ impl Services {
     ) -> Result<bool> {
         let me = &ctx.requester.user_id;
         let mut has_data = false;
+        let wanted = |room_id: &OwnedRoomId, relevant: &Relevant| {
+            relevant.membership.membership == "join" && in_scope(lists, rooms, room_id, relevant)
+        };
+        // The rooms sent in full: all their receipts, in one query.
+        let full: Vec<&RoomId> = input
+            .selection
+            .rooms
+            .iter()
+            .filter(|(room_id, relevant)| {
+                wanted(room_id, relevant) && input.full_timelines.contains_key(*room_id)
+            })
+            .map(|(room_id, _)| room_id.as_ref())
+            .collect();
+        let mut in_full: HashMap<OwnedRoomId, Vec<ReceiptRecord>> = HashMap::new();
+        if !full.is_empty() {
+            for receipt in self.store.receipts_since(&full, None).await? {
+                in_full.entry(receipt.room_id.clone()).or_default().push(receipt);
+            }
+        }
         for (room_id, relevant) in &input.selection.rooms {
-            if relevant.membership.membership != "join"
-                || !in_scope(lists, rooms, room_id, relevant)
-            {
+            if !wanted(room_id, relevant) {
                 continue;
             }
             let receipts: Vec<ReceiptRecord> = match input.full_timelines.get(room_id) {
-                Some(timeline) => self
-                    .store
-                    .receipts_since(&[room_id.as_ref()], None)
-                    .await?
+                Some(timeline) => in_full
+                    .remove(room_id)
+                    .unwrap_or_default()
                     .into_iter()
                     .filter(|receipt| receipt.stream_pos <= ctx.upper.pos)
                     .filter(|receipt| {

@@ -31,7 +31,7 @@ use std::{
 };
 
 use rhizome_core::{Error, Result, error::MatrixErrorKind};
-use rhizome_storage::{MembershipRecord, ReceiptRecord, StreamPos};
+use rhizome_storage::{MembershipRecord, ReceiptRecord, StreamPos, UnreadCounts};
 use ruma::{
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, api::client::sync::sync_events::v5,
     presence::PresenceState,
@@ -102,6 +102,9 @@ pub(super) struct Ctx<'a> {
     ignored: HashSet<OwnedUserId>,
     invite_filter: crate::invite_filter::InviteFilter,
     direct: HashSet<OwnedRoomId>,
+    /// The unread counts of the selected joined rooms, read in one query (rooms without any
+    /// are left out).
+    unread: HashMap<OwnedRoomId, UnreadCounts>,
 }
 
 /// One computed response and the connection state it leaves.
@@ -229,7 +232,7 @@ impl Services {
         since: Option<SyncToken>,
         upper: SyncToken,
     ) -> Result<Computed> {
-        let ctx = Ctx {
+        let mut ctx = Ctx {
             requester,
             request,
             since,
@@ -237,11 +240,21 @@ impl Services {
             ignored: self.ignored_users(&requester.user_id).await?,
             invite_filter: self.invite_filter(&requester.user_id).await?,
             direct: self.direct_rooms(&requester.user_id).await?,
+            unread: HashMap::new(),
         };
         let mut memberships = (*self.user_memberships_cached(&requester.user_id).await?).clone();
         // A membership newer than `upper` is seen by the next response.
         memberships.retain(|membership| membership.stream_pos <= upper.pos);
         let selection = self.select_rooms(&ctx, previous, &memberships).await?;
+        let joined: Vec<&RoomId> = selection
+            .rooms
+            .iter()
+            .filter(|(_, relevant)| relevant.membership.membership == "join")
+            .map(|(room_id, _)| room_id.as_ref())
+            .collect();
+        if !joined.is_empty() {
+            ctx.unread = self.store.unread_counts_in_rooms(&requester.user_id, &joined).await?;
+        }
         let receipts = self.receipts_for_rooms(&ctx, previous, &selection).await?;
         let mut response = v5::Response::new(String::new());
         let mut state =

@@ -462,7 +462,7 @@ impl Services {
             self.fill_members(&ctx.requester.user_id, job.room_id, name.is_none(), room).await?;
         }
         if joined {
-            let counts = self.store.unread_counts(&ctx.requester.user_id, job.room_id).await?;
+            let counts = ctx.unread.get(job.room_id).copied().unwrap_or_default();
             room.unread_notifications.notification_count =
                 Some(UInt::new_saturating(counts.notifications));
             room.unread_notifications.highlight_count =
