@@ -36,16 +36,18 @@ const CATCH_UP_THRESHOLD: i64 = 50;
 /// Ephemeral EDUs kept per destination; older ones are dropped.
 const MAX_EPHEMERAL_EDUS: usize = 500;
 /// How long a lease lasts without renewal (another process takes a destination over after
-/// it lapses).
-const LEASE_MS: i64 = 30_000;
+/// it lapses). It is renewed before every transaction; a transaction that outlasts it may be
+/// sent again by the process that takes over, under the same ID, which the destination
+/// de-duplicates.
+const LEASE_MS: i64 = 10_000;
 /// The longest a backing-off sender sleeps before reading its destination's state again.
 const BACKOFF_RECHECK: Duration = Duration::from_secs(60);
 /// How often a process looks again at a destination another process holds.
-const LEASE_RETRY: Duration = Duration::from_secs(5);
+const LEASE_RETRY: Duration = Duration::from_secs(2);
 /// How long an idle sender task lives.
 const IDLE_EXIT: Duration = Duration::from_secs(120);
 /// With other processes: how often queues left by a process that died are looked for.
-const TAKEOVER_SWEEP: Duration = Duration::from_secs(15);
+const TAKEOVER_SWEEP: Duration = Duration::from_secs(5);
 
 /// One destination's in-memory part.
 #[derive(Default)]
