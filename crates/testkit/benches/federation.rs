@@ -48,8 +48,10 @@ fn main() {
                 latency_with_synapse().await;
             }
         }
-        if run("join") && with_synapse {
-            big_room_joins().await;
+        if (run("join") || run("join-to-synapse") || run("join-to-rhizome")) && with_synapse {
+            let to_synapse = run("join") || run("join-to-synapse");
+            let to_rhizome = run("join") || run("join-to-rhizome");
+            big_room_joins(to_synapse, to_rhizome).await;
         }
     });
 }
@@ -298,6 +300,7 @@ async fn latency_with_synapse() {
 /// Fills a room with `members` joined users and `events` messages, through a server's client
 /// API, `users` being fresh sessions on that server.
 async fn fill_room(creator: &Api, room: &str, members: &[Api], events: usize) {
+    let started = Instant::now();
     for chunk in members.chunks(20) {
         let path = format!("/_matrix/client/v3/join/{}", encode(room));
         let joins = chunk.iter().map(|member| {
@@ -306,6 +309,8 @@ async fn fill_room(creator: &Api, room: &str, members: &[Api], events: usize) {
         });
         futures_util::future::join_all(joins).await;
     }
+    println!("join: {} members joined in {:.0} s", members.len(), started.elapsed().as_secs_f64());
+    let started = Instant::now();
     for batch in (0..events).collect::<Vec<_>>().chunks(20) {
         let sends: Vec<_> = batch
             .iter()
@@ -313,9 +318,10 @@ async fn fill_room(creator: &Api, room: &str, members: &[Api], events: usize) {
             .collect();
         futures_util::future::join_all(sends).await;
     }
+    println!("join: {events} messages sent in {:.0} s", started.elapsed().as_secs_f64());
 }
 
-async fn big_room_joins() {
+async fn big_room_joins(to_synapse: bool, to_rhizome: bool) {
     let rhizome = TestServer::start_federating_with(
         rhizome_testkit::Backend::Sqlite,
         "127.0.0.208",
@@ -331,12 +337,20 @@ async fn big_room_joins() {
             .config("bcrypt_rounds", json!(4)),
     )
     .await;
-    // A Synapse room of 1,000 members and 10,000 events.
-    let owner = synapse_user(&synapse, "owner").await;
+    if to_synapse {
+        join_a_synapse_room(&rhizome, &synapse).await;
+    }
+    if to_rhizome {
+        join_a_rhizome_room(&rhizome, &synapse).await;
+    }
+}
+
+/// A Rhizome user joins a Synapse room of 1,000 members and 10,000 events.
+async fn join_a_synapse_room(rhizome: &TestServer, synapse: &Synapse) {
+    let owner = synapse_user(synapse, "owner").await;
     let room = owner.create_room(json!({ "preset": "public_chat" })).await;
     let mut members = Vec::new();
     for chunk in (0..999).collect::<Vec<_>>().chunks(20) {
-        let synapse = &synapse;
         let sign_ups = chunk
             .iter()
             .map(|index| async move { synapse_user(synapse, &format!("member{index}")).await });
@@ -358,7 +372,10 @@ async fn big_room_joins() {
         "join: a Rhizome user joined a Synapse room of 1,000 members and 10,000 events in {:.2} s",
         elapsed.as_secs_f64()
     );
-    // The same room on Rhizome, joined from Synapse.
+}
+
+/// A Synapse user joins a Rhizome room of 1,000 members and 10,000 events.
+async fn join_a_rhizome_room(rhizome: &TestServer, synapse: &Synapse) {
     let host = Api::new_user(&rhizome.base_url, "host").await;
     let room = host.create_room(json!({ "preset": "public_chat" })).await;
     let mut members = Vec::new();
@@ -371,7 +388,7 @@ async fn big_room_joins() {
     }
     println!("join: the Rhizome room is being filled");
     fill_room(&host, &room, &members, 10_000).await;
-    let sam = synapse_user(&synapse, "sam").await;
+    let sam = synapse_user(synapse, "sam").await;
     let started = Instant::now();
     let joined = sam
         .post(
