@@ -387,7 +387,13 @@ async fn join_a_rhizome_room(rhizome: &TestServer, synapse: &Synapse) {
         members.extend(futures_util::future::join_all(sign_ups).await);
     }
     println!("join: the Rhizome room is being filled");
-    fill_room(&host, &room, &members, 10_000).await;
+    // FEDERATION_BENCH_MESSAGES shortens the history (the join transfers the state and the
+    // auth chain, whose size the members set, not the messages).
+    let messages = std::env::var("FEDERATION_BENCH_MESSAGES")
+        .ok()
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(10_000);
+    fill_room(&host, &room, &members, messages).await;
     let sam = synapse_user(synapse, "sam").await;
     let started = Instant::now();
     let joined = sam
@@ -403,7 +409,8 @@ async fn join_a_rhizome_room(rhizome: &TestServer, synapse: &Synapse) {
     let elapsed = started.elapsed();
     assert_eq!(joined.status.as_u16(), 200, "{}", joined.body);
     println!(
-        "join: a Synapse user joined a Rhizome room of 1,000 members and 10,000 events in {:.2} s",
+        "join: a Synapse user joined a Rhizome room of 1,000 members and {messages} messages in \
+         {:.2} s",
         elapsed.as_secs_f64()
     );
     let _: Value = joined.body;
