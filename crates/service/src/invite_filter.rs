@@ -54,27 +54,7 @@ fn globs(content: &Value, field: &str) -> Vec<String> {
 /// Whether `text` matches the glob `pattern` (`*` any run, `?` one character), ignoring ASCII
 /// case.
 pub fn glob_matches(pattern: &str, text: &str) -> bool {
-    let pattern: Vec<char> = pattern.chars().map(|c| c.to_ascii_lowercase()).collect();
-    let text: Vec<char> = text.chars().map(|c| c.to_ascii_lowercase()).collect();
-    let (mut p, mut t) = (0, 0);
-    // Where the last `*` was, and the text position it is matched up to.
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
-            p += 1;
-            t += 1;
-        } else if p < pattern.len() && pattern[p] == '*' {
-            star = Some((p, t));
-            p += 1;
-        } else if let Some((star_p, star_t)) = star {
-            p = star_p + 1;
-            t = star_t + 1;
-            star = Some((star_p, star_t + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|c| *c == '*')
+    rhizome_core::config::glob_match(&pattern.to_ascii_lowercase(), &text.to_ascii_lowercase())
 }
 
 fn any_matches(globs: &[String], text: &str) -> bool {
