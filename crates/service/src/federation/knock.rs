@@ -5,7 +5,7 @@
 //! checked like any membership, answered with the room's stripped state). A knock is accepted
 //! with an invite, which arrives as any invite from another server does.
 
-use rhizome_core::{Error, Result, clock::now_millis, error::MatrixErrorKind};
+use rhizome_core::{Error, Result, clock::now_millis};
 use rhizome_room::{Pdu, versions};
 use ruma::{
     OwnedRoomId, OwnedServerName, RoomId, RoomOrAliasId, RoomVersionId, ServerName, UserId,
@@ -142,16 +142,8 @@ impl Services {
             .await
             .map_err(Error::from)?;
         let version = template.room_version;
-        if versions::rules(&version).is_none() {
-            return Err(Error::matrix(
-                MatrixErrorKind::UnsupportedRoomVersion,
-                format!("Room version {version} is not supported by this server"),
-            ));
-        }
-        let knock = self.sign_template(&template.event, &version, user_id, "knock", content)?;
-        if knock.room_id != room_id {
-            return Err(Error::forbidden("The remote server's template is for another room"));
-        }
+        let knock =
+            self.sign_template(&template.event, &version, room_id, user_id, "knock", content)?;
         let request = create_knock_event::v1::Request::new(
             room_id.to_owned(),
             knock.event_id.clone(),

@@ -75,15 +75,23 @@ impl Services {
 
     /// Builds and signs this server's membership event from another server's template
     /// (`make_join`, `make_leave`, `make_knock`), with `content` as the member event's content
-    /// (the template's `join_authorised_via_users_server` kept).
+    /// (the template's `join_authorised_via_users_server` kept). The room version must be one
+    /// this server supports and the template must be for `room_id`.
     pub(super) fn sign_template(
         &self,
         template: &RawJsonValue,
         version: &RoomVersionId,
+        room_id: &RoomId,
         user_id: &UserId,
         membership: &str,
         mut content: Map<String, Value>,
     ) -> Result<Pdu> {
+        if versions::rules(version).is_none() {
+            return Err(Error::matrix(
+                MatrixErrorKind::UnsupportedRoomVersion,
+                format!("Room version {version} is not supported by this server"),
+            ));
+        }
         let bad = |reason: &str| {
             Error::matrix(
                 MatrixErrorKind::Unknown,
@@ -96,6 +104,9 @@ impl Services {
             version,
         )
         .map_err(|_| bad("it is not an event of its room version"))?;
+        if parsed.room_id != room_id {
+            return Err(Error::forbidden("The remote server's template is for another room"));
+        }
         if parsed.sender != user_id
             || parsed.state_key.as_deref() != Some(user_id.as_str())
             || parsed.kind.to_string() != "m.room.member"
@@ -179,16 +190,8 @@ impl Services {
             .await
             .map_err(Error::from)?;
         let version = template.room_version.unwrap_or(RoomVersionId::V1);
-        if versions::rules(&version).is_none() {
-            return Err(Error::matrix(
-                MatrixErrorKind::UnsupportedRoomVersion,
-                format!("Room version {version} is not supported by this server"),
-            ));
-        }
-        let join = self.sign_template(&template.event, &version, user_id, "join", content)?;
-        if join.room_id != room_id {
-            return Err(Error::forbidden("The remote server's template is for another room"));
-        }
+        let join =
+            self.sign_template(&template.event, &version, room_id, user_id, "join", content)?;
         let request = create_join_event::v2::Request::new(
             room_id.to_owned(),
             join.event_id.clone(),
@@ -386,6 +389,7 @@ impl Services {
                 let leave = self.sign_template(
                     &template.event,
                     &version,
+                    room_id,
                     user_id,
                     "leave",
                     content.clone(),
