@@ -9,10 +9,17 @@ use rhizome_storage_sql::{SqlStore, testing::shared_postgres};
 use ruma::{room_id, user_id};
 
 async fn two_stores() -> (Arc<SqlStore>, Arc<SqlStore>) {
+    let (first, second, _) = two_stores_on_a_database().await;
+    (first, second)
+}
+
+/// Two stores on a fresh database, and that database's name.
+async fn two_stores_on_a_database() -> (Arc<SqlStore>, Arc<SqlStore>, String) {
     let url = shared_postgres().create_database().await.unwrap();
     let first = SqlStore::connect(&url, 4).await.unwrap();
     let second = SqlStore::connect(&url, 4).await.unwrap();
-    (Arc::new(first), Arc::new(second))
+    let database = url.rsplit('/').next().unwrap_or_default().to_owned();
+    (Arc::new(first), Arc::new(second), database)
 }
 
 async fn write_account_data(store: &SqlStore, n: usize) -> i64 {
@@ -62,7 +69,7 @@ async fn readers_stop_below_a_position_still_being_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_position_rolled_back_or_abandoned_holds_nobody_back() {
-    let (first, second) = two_stores().await;
+    let (first, second, database) = two_stores_on_a_database().await;
     let held = first.hold_stream_position().await.unwrap();
     let skipped = held.pos();
     drop(held);
@@ -70,15 +77,18 @@ async fn a_position_rolled_back_or_abandoned_holds_nobody_back() {
     assert!(next > skipped);
     wait_until(&first, next).await;
 
-    // A process that dies mid-write: its connection goes, and so does its position.
+    // A process that dies mid-write: its connection goes, and so does its position. Only
+    // this test's database: other tests run on the same PostgreSQL at the same time.
     let held = first.hold_stream_position().await.unwrap();
     let abandoned = held.pos();
     let url = shared_postgres().url("postgres");
     let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.unwrap();
     let killed: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_locks \
-         WHERE locktype = 'advisory' AND objsubid = 1 AND granted",
+         WHERE locktype = 'advisory' AND objsubid = 1 AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = $1)",
     )
+    .bind(database)
     .fetch_all(&mut admin)
     .await
     .unwrap();
