@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Rhizome test. The storage and server tests start their own throwaway PostgreSQL
 # server, and the ACME test its own pebble, so both are installed from Debian's packages when
-# missing; the federation tests run Synapse, installed from PyPI by scripts/synapse-venv.sh.
+# missing; the federation tests run Synapse, installed from PyPI by scripts/synapse-venv.sh, and
+# the object-store media test moto's S3 server, installed from PyPI by scripts/s3-venv.sh.
 # Then the interoperability tests with matrix-js-sdk (scripts/interop-js.sh), which need npm;
 # SKIP_INTEROP=1 skips them for a quick local run.
 set -euo pipefail
@@ -30,6 +31,11 @@ fi
 # its path from SYNAPSE_VENV (and runs the same script itself when that is unset).
 SYNAPSE_VENV="$(bash scripts/synapse-venv.sh)"
 export SYNAPSE_VENV
+
+# moto, the local S3-compatible stand-in of the object-store media test, from PyPI the same way
+# (the test reads S3_VENV, and runs the script itself when that is unset).
+S3_VENV="$(bash scripts/s3-venv.sh)"
+export S3_VENV
 
 cargo test --workspace --locked "$@"
 

@@ -21,7 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use federation::{FederationConfig, TrustedKeyServer, glob_match};
-pub use media::{MediaConfig, ThumbnailMethod, ThumbnailSize, UrlPreviewConfig};
+pub use media::{MediaConfig, S3Config, ThumbnailMethod, ThumbnailSize, UrlPreviewConfig};
 pub use push::PushConfig;
 pub use tls::{AcmeConfig, TlsConfig};
 pub use voip::VoipConfig;
@@ -372,6 +372,7 @@ impl Config {
                     .to_owned(),
             ));
         }
+        self.media.s3.validate().map_err(ConfigError::Invalid)?;
         if self.voip.turn_user_lifetime_secs == 0 {
             return Err(ConfigError::Invalid(
                 "voip.turn_user_lifetime_secs must be greater than zero".to_owned(),
@@ -453,6 +454,8 @@ impl Config {
         &[
             "database.url_file",
             "media.legacy_freeze_ts",
+            "media.s3.secret_access_key",
+            "media.s3.secret_access_key_file",
             "voip.turn_shared_secret_file",
             "tls.listen",
             "tls.certificate_file",
@@ -564,6 +567,26 @@ mod tests {
         .unwrap();
         assert_eq!(config.voip.turn_shared_secret_file, Some(PathBuf::from("/run/turn")));
         assert_eq!(config.voip.turn_user_lifetime_secs, 86_400);
+    }
+
+    #[test]
+    fn an_enabled_s3_media_store_is_checked() {
+        let base = "[media.s3]\nenabled = true\n";
+        let error = Config::from_toml_and_env(base, Vec::new()).unwrap_err();
+        assert!(error.to_string().contains("media.s3.bucket"), "{error}");
+        let with_bucket = format!("{base}bucket = \"media\"\naccess_key_id = \"AK\"\n");
+        let error = Config::from_toml_and_env(&with_bucket, Vec::new()).unwrap_err();
+        assert!(error.to_string().contains("secret_access_key_file"), "{error}");
+        let plain_http = format!(
+            "{with_bucket}endpoint = \"http://127.0.0.1:9000\"\nregion = \"x\"\n"
+        );
+        let secret = [("RHIZOME_MEDIA__S3__SECRET_ACCESS_KEY", "very-secret")];
+        let error = Config::from_toml_and_env(&plain_http, env(&secret)).unwrap_err();
+        assert!(error.to_string().contains("allow_http"), "{error}");
+        let allowed = format!("{plain_http}allow_http = true\n");
+        let config = Config::from_toml_and_env(&allowed, env(&secret)).unwrap();
+        assert_eq!(config.media.s3.secret_access_key.as_deref(), Some("very-secret"));
+        assert!(!format!("{config:?}").contains("very-secret"));
     }
 
     #[test]

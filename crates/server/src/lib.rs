@@ -112,6 +112,8 @@ pub async fn open_store(config: &Config) -> Result<Arc<SqlStore>> {
 /// Builds the services over an opened store.
 pub async fn build_services(config: Config, store: Arc<SqlStore>) -> Result<Arc<Services>> {
     let key = load_or_create_signing_key(&config.data_dir)?;
+    rhizome_service::media::check_store(&config)
+        .map_err(|error| anyhow::anyhow!("media.s3: {error:?}"))?;
     let store: Arc<dyn DataStore> = store;
     Ok(Services::new(config, store, key))
 }

@@ -46,7 +46,8 @@ enum Command {
 enum AdminCommand {
     /// Copy the database (SQLite), signing key and media into a directory, while the server
     /// runs. The copy is a data directory: to restore, start Rhizome with it as `data_dir`.
-    /// Backing up into the same directory again copies only new media.
+    /// Backing up into the same directory again copies only new media. Media in an S3 bucket
+    /// (`media.s3`) is not copied: it stays in the bucket, and the report says so.
     Backup {
         /// Where the copy goes (outside the data directory).
         destination: PathBuf,
@@ -271,7 +272,10 @@ async fn main() -> Result<()> {
         Command::Admin { command: AdminCommand::Backup { destination } } => {
             init_logging("warn");
             let store = open_store(&config).await?;
-            let result = admin::backup::backup(&store, &config.data_dir, &destination).await;
+            let s3 = &config.media.s3;
+            let bucket = s3.enabled.then_some(s3.bucket.as_str());
+            let result =
+                admin::backup::backup(&store, &config.data_dir, bucket, &destination).await;
             store.close().await;
             print_lines(result?.lines(&destination));
         }

@@ -34,7 +34,6 @@ use ruma::{
     },
     http_headers::{ContentDisposition, ContentDispositionType},
 };
-use tokio::io::AsyncReadExt;
 
 use crate::{ApiResult, AppState, Ruma, RumaResponse, error::ApiError, routes::add};
 
@@ -95,26 +94,6 @@ pub(crate) fn is_inline_safe(content_type: &str) -> bool {
     INLINE_TYPES.contains(&essence.as_str())
 }
 
-/// A file in 64 KiB chunks.
-pub(crate) fn file_stream(
-    file: tokio::fs::File,
-) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
-    futures_util::stream::try_unfold(file, |mut file| async move {
-        let mut buffer = vec![0u8; 64 * 1024];
-        let read = file.read(&mut buffer).await?;
-        if read == 0 {
-            return Ok::<_, std::io::Error>(None);
-        }
-        buffer.truncate(read);
-        Ok(Some((Bytes::from(buffer), file)))
-    })
-}
-
-/// Streams a file in 64 KiB chunks.
-fn file_body(file: tokio::fs::File) -> Body {
-    Body::from_stream(file_stream(file))
-}
-
 /// The response for a download or thumbnail.
 fn media_response(download: MediaDownload, filename: Option<String>) -> Response {
     let content_type = download
@@ -134,7 +113,7 @@ fn media_response(download: MediaDownload, filename: Option<String>) -> Response
             let length = bytes.len() as u64;
             (Body::from(bytes), length)
         }
-        MediaBody::File { file, size } => (file_body(file), size),
+        MediaBody::Stream { stream, size } => (Body::from_stream(stream), size),
     };
     let mut response = Response::new(body);
     let headers = response.headers_mut();

@@ -24,7 +24,7 @@ use ruma::{
 
 use crate::{
     AppState, Ruma,
-    client::media::{file_stream, is_inline_safe, thumbnail_request},
+    client::media::{is_inline_safe, thumbnail_request},
     error::ApiError,
     routes::add,
 };
@@ -56,7 +56,7 @@ fn multipart_response(download: MediaDownload) -> Response {
             let size = bytes.len() as u64;
             (stream::once(async move { Ok(Bytes::from(bytes)) }).boxed(), size)
         }
-        MediaBody::File { file, size } => (file_stream(file).boxed(), size),
+        MediaBody::Stream { stream, size } => (stream, size),
     };
     let length = framing.head.len() as u64 + size + framing.tail.len() as u64;
     let head = stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(framing.head)) });

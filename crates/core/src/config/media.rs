@@ -43,6 +43,9 @@ pub struct MediaConfig {
     pub pending_upload_lifetime_secs: u64,
     /// URL previews.
     pub url_preview: UrlPreviewConfig,
+    /// Where media bytes live: the data directory (`<data_dir>/media/`, the default), or an
+    /// S3-compatible object store that every Rhizome process of a deployment shares.
+    pub s3: S3Config,
 }
 
 impl Default for MediaConfig {
@@ -67,6 +70,7 @@ impl Default for MediaConfig {
             max_pending_uploads: 10,
             pending_upload_lifetime_secs: 24 * 3600,
             url_preview: UrlPreviewConfig::default(),
+            s3: S3Config::default(),
         }
     }
 }
@@ -131,5 +135,110 @@ impl Default for UrlPreviewConfig {
             cache_secs: 3600,
             allowed_addresses: Vec::new(),
         }
+    }
+}
+
+/// Media in an S3-compatible object store (AWS S3, MinIO, Garage, Ceph, …) instead of the data
+/// directory: every process that shares the database must use the same bucket and prefix.
+/// The credentials are never logged; prefer `secret_access_key_file` (or the environment
+/// variable `RHIZOME_MEDIA__S3__SECRET_ACCESS_KEY`) to writing the secret here.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Whether media is stored in the bucket below rather than in the data directory.
+    pub enabled: bool,
+    /// The store's URL, e.g. `https://s3.eu-west-1.amazonaws.com` or `http://minio:9000`.
+    /// Empty means AWS S3 in `region`.
+    pub endpoint: String,
+    /// The bucket (it must exist).
+    pub bucket: String,
+    /// The region; most stores other than AWS accept any value.
+    pub region: String,
+    /// The access key ID.
+    pub access_key_id: String,
+    /// The secret access key. Prefer `secret_access_key_file`.
+    pub secret_access_key: Option<String>,
+    /// A file holding the secret access key (its surrounding whitespace ignored).
+    pub secret_access_key_file: Option<std::path::PathBuf>,
+    /// A prefix of every object's key (`rhizome/` puts media under `rhizome/ab/cd/abcd…`).
+    pub prefix: String,
+    /// Whether the bucket is addressed in the path (`endpoint/bucket/key`, what MinIO and most
+    /// self-hosted stores want) rather than as a sub-domain (`bucket.endpoint/key`).
+    pub path_style: bool,
+    /// Whether a plain `http://` endpoint is allowed (a store on the local network).
+    pub allow_http: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: String::new(),
+            bucket: String::new(),
+            region: "us-east-1".to_owned(),
+            access_key_id: String::new(),
+            secret_access_key: None,
+            secret_access_key_file: None,
+            prefix: String::new(),
+            path_style: false,
+            allow_http: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("enabled", &self.enabled)
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("prefix", &self.prefix)
+            .field("path_style", &self.path_style)
+            .field("allow_http", &self.allow_http)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Config {
+    /// Checks an enabled store's settings (the secret file is read at start-up).
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.bucket.trim().is_empty() {
+            return Err("media.s3.enabled needs media.s3.bucket".to_owned());
+        }
+        if self.access_key_id.trim().is_empty() {
+            return Err("media.s3.enabled needs media.s3.access_key_id".to_owned());
+        }
+        if self.secret_access_key.is_none() && self.secret_access_key_file.is_none() {
+            return Err("media.s3.enabled needs media.s3.secret_access_key_file (or \
+                        media.s3.secret_access_key)"
+                .to_owned());
+        }
+        if self.secret_access_key.is_some() && self.secret_access_key_file.is_some() {
+            return Err("set only one of media.s3.secret_access_key and \
+                        media.s3.secret_access_key_file"
+                .to_owned());
+        }
+        if self.endpoint.is_empty() && self.region.trim().is_empty() {
+            return Err("media.s3.enabled needs media.s3.endpoint or media.s3.region".to_owned());
+        }
+        if !self.endpoint.is_empty() {
+            let scheme_ok = self.endpoint.starts_with("https://")
+                || (self.allow_http && self.endpoint.starts_with("http://"));
+            if !scheme_ok {
+                return Err(format!(
+                    "media.s3.endpoint must be an https:// URL (or http:// with \
+                     media.s3.allow_http = true), not {:?}",
+                    self.endpoint
+                ));
+            }
+        }
+        if self.prefix.starts_with('/') || self.prefix.split('/').any(|part| part == "..") {
+            return Err("media.s3.prefix must not start with / nor contain ..".to_owned());
+        }
+        Ok(())
     }
 }

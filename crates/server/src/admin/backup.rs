@@ -5,6 +5,10 @@
 //! Media files are named by their content, so they are copied only when missing: backing up
 //! into the same directory again copies only what is new. They are copied before and after the
 //! database snapshot, so every file the snapshot refers to is in the copy.
+//!
+//! Media kept in an S3-compatible bucket (`media.s3.enabled`) is not copied: it stays in the
+//! bucket, which is backed up (or versioned) with the object store's own tools, and the report
+//! says so.
 
 use std::{
     fs,
@@ -23,18 +27,28 @@ pub struct BackupReport {
     pub media_bytes: u64,
     /// Whether the database was copied (SQLite only).
     pub database: bool,
+    /// The bucket media stays in, when it is in an object store (then no media is copied).
+    pub media_bucket: Option<String>,
 }
 
 impl BackupReport {
     /// What to tell the organiser.
     pub fn lines(&self, destination: &Path) -> Vec<String> {
+        let media = match &self.media_bucket {
+            Some(_) => "no media (it is in the object store)".to_owned(),
+            None => format!("{} new media files ({} bytes)", self.media_files, self.media_bytes),
+        };
         let mut lines = vec![format!(
-            "backed up to {}: signing key, {} new media files ({} bytes){}",
+            "backed up to {}: signing key, {media}{}",
             destination.display(),
-            self.media_files,
-            self.media_bytes,
             if self.database { ", database" } else { "" }
         )];
+        if let Some(bucket) = &self.media_bucket {
+            lines.push(format!(
+                "media stays in the S3 bucket {bucket} (media.s3): back the bucket up with the \
+                 object store's tools (this copy does not hold it)"
+            ));
+        }
         if !self.database {
             lines.push(
                 "the database is PostgreSQL: back it up with pg_dump (it is not in this copy)"
@@ -45,9 +59,14 @@ impl BackupReport {
     }
 }
 
-/// Copies the signing key, the media and (on SQLite) the database of `data_dir` into
-/// `destination`.
-pub async fn backup(store: &SqlStore, data_dir: &Path, destination: &Path) -> Result<BackupReport> {
+/// Copies the signing key, the media (unless it is in a bucket, named by `media_bucket`) and
+/// (on SQLite) the database of `data_dir` into `destination`.
+pub async fn backup(
+    store: &SqlStore,
+    data_dir: &Path,
+    media_bucket: Option<&str>,
+    destination: &Path,
+) -> Result<BackupReport> {
     let data_dir = fs::canonicalize(data_dir)
         .with_context(|| format!("reading the data directory {}", data_dir.display()))?;
     fs::create_dir_all(destination)
@@ -56,10 +75,14 @@ pub async fn backup(store: &SqlStore, data_dir: &Path, destination: &Path) -> Re
     if destination == data_dir || destination.starts_with(&data_dir) {
         bail!("the backup must go outside the data directory");
     }
-    let mut report = BackupReport::default();
+    let mut report =
+        BackupReport { media_bucket: media_bucket.map(str::to_owned), ..BackupReport::default() };
+    let copies_media = media_bucket.is_none();
 
     copy_file(&data_dir.join("signing.key"), &destination.join("signing.key"))?;
-    copy_media(&data_dir.join("media"), &destination.join("media"), &mut report)?;
+    if copies_media {
+        copy_media(&data_dir.join("media"), &destination.join("media"), &mut report)?;
+    }
     if store.backend() == Backend::Sqlite {
         let partial = destination.join("rhizome.db.partial");
         if partial.exists() {
@@ -69,8 +92,10 @@ pub async fn backup(store: &SqlStore, data_dir: &Path, destination: &Path) -> Re
         fs::rename(&partial, destination.join("rhizome.db"))?;
         report.database = true;
     }
-    // Media uploaded while the database was copied.
-    copy_media(&data_dir.join("media"), &destination.join("media"), &mut report)?;
+    if copies_media {
+        // Media uploaded while the database was copied.
+        copy_media(&data_dir.join("media"), &destination.join("media"), &mut report)?;
+    }
     Ok(report)
 }
 

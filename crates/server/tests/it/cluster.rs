@@ -42,6 +42,11 @@ impl Cluster {
     /// Starts `count` processes at once (they apply the migrations and make the signing key
     /// together) and the proxy in front of them.
     pub async fn start(count: usize) -> Self {
+        Self::start_with(count, "").await
+    }
+
+    /// Like [`start`](Self::start), with more configuration (TOML appended to the file).
+    pub async fn start_with(count: usize, extra_toml: &str) -> Self {
         let database_url = shared_postgres().create_database().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("cluster.toml");
@@ -49,7 +54,7 @@ impl Cluster {
             &config,
             format!(
                 "[database]\nurl = \"{database_url}\"\nmax_connections = 6\n\n\
-                 [push]\nallowed_addresses = [\"127.0.0.1\"]\n"
+                 [push]\nallowed_addresses = [\"127.0.0.1\"]\n{extra_toml}"
             ),
         )
         .unwrap();

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 mod cluster;
 mod federation;
 mod migrate_db;
+mod s3_media;
 mod scale_out;
 mod scale_out_kill;
 mod shutdown;

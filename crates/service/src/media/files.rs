@@ -1,4 +1,4 @@
-//! Media bytes on disk: one file per distinct content under `<data_dir>/media/`, named by its
+//! Media bytes in the data directory (the default [`BlobStore`](super::blobs::BlobStore)): one file per distinct content under `<data_dir>/media/`, named by its
 //! SHA-256 (`ab/cd/abcd…`), so identical uploads are stored once. Files are written to a
 //! temporary name and renamed into place, so a reader never sees a partial file.
 
@@ -17,7 +17,7 @@ pub(crate) struct FileStore {
 }
 
 /// Whether a string is a SHA-256 in lowercase hex (so it is safe as a file name).
-fn is_sha256_hex(hash: &str) -> bool {
+pub(crate) fn is_sha256_hex(hash: &str) -> bool {
     hash.len() == 64 && hash.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
 }
 

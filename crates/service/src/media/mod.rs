@@ -1,12 +1,14 @@
 //! The media repository: uploads (direct and asynchronous), downloads, thumbnails, quotas,
 //! URL previews and the administration of stored media.
 //!
-//! Bytes live in files under `<data_dir>/media/`, named by their SHA-256 (identical uploads
-//! share one file); the database holds the metadata. Other servers' media is fetched over
+//! Bytes live in a [blob store](blobs): files under `<data_dir>/media/` or objects in an
+//! S3-compatible bucket, named by their SHA-256 (identical uploads share one blob); the database
+//! holds the metadata. Other servers' media is fetched over
 //! federation for authenticated downloads and kept as a copy
 //! ([`federation::media`](crate::federation::media)); the legacy unauthenticated endpoints
 //! serve this server's media only.
 
+mod blobs;
 mod fetch;
 mod files;
 pub mod imaging;
@@ -30,7 +32,8 @@ use tokio::sync::{Mutex, Semaphore, watch};
 pub use thumbnail::ThumbnailRequest;
 
 use crate::{Requester, Services};
-use files::FileStore;
+use blobs::BlobStore;
+pub use blobs::MediaStream;
 
 /// How a download was asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,11 +50,12 @@ pub enum MediaAccess {
 pub enum MediaBody {
     /// Bytes in memory (thumbnails).
     Bytes(Vec<u8>),
-    /// An open file and its length (original media, streamed).
-    File {
-        /// The file.
-        file: tokio::fs::File,
-        /// Its length in bytes.
+    /// A stream of the stored bytes and their length (original media and stored thumbnails,
+    /// from a file or the object store).
+    Stream {
+        /// The bytes.
+        stream: MediaStream,
+        /// Their length in bytes.
         size: u64,
     },
 }
@@ -72,7 +76,7 @@ pub struct MediaDownload {
 pub struct PurgeReport {
     /// Media items deleted.
     pub media: u64,
-    /// Files removed from disk.
+    /// Blobs removed from the media store.
     pub files: u64,
     /// Lapsed asynchronous-upload reservations removed.
     pub pending: u64,
@@ -89,7 +93,7 @@ const MAX_WAIT: Duration = Duration::from_secs(120);
 
 /// The media repository's in-memory state.
 pub(crate) struct MediaRuntime {
-    files: FileStore,
+    files: BlobStore,
     /// Held while a content file is written or removed together with its database rows.
     content_locks: Vec<Mutex<()>>,
     /// Held while thumbnails of one media item are made.
@@ -114,7 +118,7 @@ pub(crate) enum ThumbnailFailure {
 impl MediaRuntime {
     pub(crate) fn new(config: &rhizome_core::Config) -> Self {
         Self {
-            files: FileStore::new(&config.data_dir),
+            files: BlobStore::from_config_or_unusable(config),
             content_locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             thumbnail_locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             remote_locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -144,6 +148,12 @@ impl MediaRuntime {
     pub(crate) fn remote_lock(&self, origin: &ServerName, media_id: &str) -> &Mutex<()> {
         Self::stripe(&self.remote_locks, &(origin.as_str(), media_id))
     }
+}
+
+/// Sets up the configured media store, so a server refuses to start on settings it cannot use
+/// (an unreadable secret file, an endpoint the client refuses).
+pub fn check_store(config: &rhizome_core::Config) -> Result<()> {
+    BlobStore::from_config(config).map(drop)
 }
 
 /// A fresh media ID: 24 random letters and digits.
@@ -486,14 +496,14 @@ impl Services {
             return Ok(uncached);
         }
         let (_, content) = self.media_to_serve(server_name, media_id, timeout, access).await?;
-        let Some((file, size)) = self.media.files.open(&content.sha256).await? else {
-            tracing::error!("a media file is missing from the media directory");
+        let Some((stream, size)) = self.media.files.open(&content.sha256).await? else {
+            tracing::error!("a media blob is missing from the media store");
             return Err(media_not_found());
         };
         Ok(MediaDownload {
             content_type: content.content_type,
             filename: content.filename,
-            body: MediaBody::File { file, size },
+            body: MediaBody::Stream { stream, size },
         })
     }
 

@@ -125,13 +125,13 @@ impl Services {
         let Some(record) = self.store.get_thumbnail(server_name, media_id, key).await? else {
             return Ok(None);
         };
-        let Some((file, size)) = self.media.files.open(&record.sha256).await? else {
+        let Some((stream, size)) = self.media.files.open(&record.sha256).await? else {
             return Ok(None);
         };
         Ok(Some(MediaDownload {
             content_type: Some(record.content_type),
             filename: None,
-            body: MediaBody::File { file, size },
+            body: MediaBody::Stream { stream, size },
         }))
     }
 
@@ -143,18 +143,22 @@ impl Services {
         specs: Vec<ThumbnailSpec>,
         animated: bool,
     ) -> Result<Result<Vec<Thumbnail>, ThumbnailError>> {
-        let path = self.media.files.path(sha256)?;
+        // The content as a local file (a temporary copy of an object, removed after use).
+        let blob = self.media.files.local(sha256).await?.ok_or_else(|| {
+            Error::internal("a media blob to make thumbnails from is missing from the media store")
+        })?;
         let limits = self.decode_limits();
         let _permit = self.media.thumbnail_permits.acquire().await.map_err(Error::internal)?;
         // A panic inside a decoder ends this blocking task only: it becomes an internal error.
         tokio::task::spawn_blocking(move || {
+            let path = blob.path();
             if animated && let Some(spec) = specs.first() {
-                let file = BufReader::new(File::open(&path)?);
+                let file = BufReader::new(File::open(path)?);
                 if let Some(thumbnail) = imaging::make_animated_thumbnail(file, *spec, limits)? {
                     return Ok(vec![thumbnail]);
                 }
             }
-            let file = BufReader::new(File::open(&path)?);
+            let file = BufReader::new(File::open(path)?);
             imaging::make_thumbnails(file, &specs, limits)
         })
         .await

@@ -1,0 +1,311 @@
+//! Media in an S3-compatible object store: two `rhizome serve` processes on one PostgreSQL
+//! database keep their media in one bucket of a local S3 stand-in (moto's server, installed from
+//! PyPI by `scripts/s3-venv.sh`). An upload through one process downloads byte for byte and
+//! thumbnails through the other; the objects are in the bucket (listed with the S3 API) and
+//! none in the data directory; deleting the media removes them; the backup says media stays in
+//! the bucket; an unreachable store gives `500 M_UNKNOWN` quickly; bad settings stop start-up.
+
+use std::{
+    io::Cursor,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use super::{cluster::Cluster, command, free_port};
+
+/// The environment variable naming the virtual environment moto is installed in.
+const VENV_VARIABLE: &str = "S3_VENV";
+const BUCKET: &str = "rhizome-media";
+const PREFIX: &str = "media";
+
+/// The virtual environment moto is installed in: `$S3_VENV`, or the one `scripts/s3-venv.sh`
+/// installs (it reuses an installed one at once).
+fn venv() -> PathBuf {
+    if let Some(path) = std::env::var_os(VENV_VARIABLE).filter(|path| !path.is_empty()) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.join("bin/moto_server").exists(),
+            "{VENV_VARIABLE}={} holds no moto_server (run scripts/s3-venv.sh)",
+            path.display()
+        );
+        return path;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/s3-venv.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{} failed", script.display());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    PathBuf::from(stdout.lines().last().unwrap().trim())
+}
+
+/// A moto S3 server on a loopback port, killed when dropped.
+struct Moto {
+    child: Option<Child>,
+    endpoint: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Moto {
+    async fn start(log: &Path) -> Self {
+        let port = free_port();
+        let log = std::fs::File::create(log).unwrap();
+        let child = Command::new(venv().join("bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let moto = Self {
+            child: Some(child),
+            endpoint: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        };
+        let started = Instant::now();
+        while moto.http.get(&moto.endpoint).send().await.is_err() {
+            assert!(started.elapsed() < Duration::from_secs(60), "moto_server did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        moto
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn create_bucket(&self) {
+        let response = self.http.put(format!("{}/{BUCKET}", self.endpoint)).send().await.unwrap();
+        assert!(response.status().is_success(), "{:?}", response.text().await);
+    }
+
+    /// The keys in the bucket (ListObjectsV2).
+    async fn keys(&self) -> Vec<String> {
+        let url = format!("{}/{BUCKET}?list-type=2", self.endpoint);
+        let response = self.http.get(url).send().await.unwrap();
+        assert!(response.status().is_success());
+        let xml = response.text().await.unwrap();
+        xml.split("<Key>")
+            .skip(1)
+            .filter_map(|part| part.split_once("</Key>").map(|(key, _)| key.to_owned()))
+            .collect()
+    }
+}
+
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+    });
+    let mut bytes = Vec::new();
+    image.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+    bytes
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Every file under a directory.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+fn s3_settings(endpoint: &str, secret_file: &Path) -> String {
+    format!(
+        "\n[media.s3]\nenabled = true\nendpoint = \"{endpoint}\"\nbucket = \"{BUCKET}\"\n\
+         region = \"us-east-1\"\naccess_key_id = \"testing\"\n\
+         secret_access_key_file = \"{}\"\nprefix = \"{PREFIX}\"\npath_style = true\n\
+         allow_http = true\n",
+        secret_file.display()
+    )
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or_default()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+async fn request(request: reqwest::RequestBuilder) -> Answer {
+    let response = request.timeout(Duration::from_secs(60)).send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.unwrap().to_vec();
+    Answer { status, headers, body }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_keep_media_in_one_s3_bucket() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut moto = Moto::start(&scratch.path().join("moto.log")).await;
+    moto.create_bucket().await;
+    let secret_file = scratch.path().join("s3-secret");
+    std::fs::write(&secret_file, "testing-secret\n").unwrap();
+    let cluster = Cluster::start_with(2, &s3_settings(&moto.endpoint, &secret_file)).await;
+    let token = cluster.admin(&["token", "create", "--uses", "1"]).trim().to_owned();
+    let alice = cluster.sign_up("alice", &token).await;
+    let http = reqwest::Client::new();
+
+    // Upload through the first process.
+    let bytes = png(200, 150);
+    let upload = request(
+        http.post(format!("{}/_matrix/media/v3/upload?filename=cat.png", cluster.base(0)))
+            .bearer_auth(&alice.token)
+            .header("content-type", "image/png")
+            .body(bytes.clone()),
+    )
+    .await;
+    assert_eq!(upload.status, 200, "{:?}", upload.json());
+    let mxc = upload.json()["content_uri"].as_str().unwrap().to_owned();
+    let path = mxc.strip_prefix("mxc://").unwrap().to_owned();
+
+    // Download and thumbnail through the second.
+    let url = format!("{}/_matrix/client/v1/media/download/{path}", cluster.base(1));
+    let download = request(http.get(&url).bearer_auth(&alice.token)).await;
+    assert_eq!(download.status, 200);
+    assert!(download.body == bytes, "the download differs from the upload");
+    assert_eq!(download.header("content-type"), "image/png");
+    assert_eq!(download.header("content-length"), bytes.len().to_string());
+    let disposition = download.header("content-disposition");
+    assert!(disposition.starts_with("inline") && disposition.contains("cat.png"), "{disposition}");
+    let url = format!(
+        "{}/_matrix/client/v1/media/thumbnail/{path}?width=40&height=40&method=crop",
+        cluster.base(1)
+    );
+    let thumbnail = request(http.get(&url).bearer_auth(&alice.token)).await;
+    assert_eq!(thumbnail.status, 200, "{:?}", thumbnail.json());
+    let decoded = image::load_from_memory(&thumbnail.body).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (40, 40));
+
+    // The objects are in the bucket, under the prefix, named by their content; the data
+    // directory holds no media.
+    let hash = sha256_hex(&bytes);
+    let original = format!("{PREFIX}/{}/{}/{hash}", &hash[0..2], &hash[2..4]);
+    let thumbnail_key = {
+        let hash = sha256_hex(&thumbnail.body);
+        format!("{PREFIX}/{}/{}/{hash}", &hash[0..2], &hash[2..4])
+    };
+    let keys = moto.keys().await;
+    assert!(keys.contains(&original), "{keys:?}");
+    assert!(keys.contains(&thumbnail_key), "{keys:?}");
+    assert!(keys.iter().all(|key| key.starts_with("media/")), "{keys:?}");
+    let media_files = files_under(&cluster.dir.path().join("media"));
+    assert!(media_files.is_empty(), "media in the data directory: {media_files:?}");
+
+    // The backup says media stays in the bucket, and copies none.
+    let backup_dir = scratch.path().join("backup");
+    let report = cluster.admin(&["backup", backup_dir.to_str().unwrap()]);
+    assert!(report.contains(&format!("media stays in the S3 bucket {BUCKET}")), "{report}");
+    assert!(files_under(&backup_dir.join("media")).is_empty());
+
+    // Deleting the media removes its objects (the configured thumbnails made in the
+    // background too).
+    let deleted = cluster.admin(&["media", "delete", &mxc]);
+    assert!(!deleted.is_empty());
+    let started = Instant::now();
+    loop {
+        let keys = moto.keys().await;
+        if keys.is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "left in the bucket: {keys:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let url = format!("{}/_matrix/client/v1/media/download/{path}", cluster.base(0));
+    let gone = request(http.get(&url).bearer_auth(&alice.token)).await;
+    assert_eq!(gone.status, 404);
+
+    // Another upload, then the store goes away: uploads and downloads fail cleanly and fast.
+    let other = png(20, 20);
+    let upload = request(
+        http.post(format!("{}/_matrix/media/v3/upload", cluster.base(1)))
+            .bearer_auth(&alice.token)
+            .header("content-type", "image/png")
+            .body(other.clone()),
+    )
+    .await;
+    assert_eq!(upload.status, 200, "{:?}", upload.json());
+    let other_path = upload.json()["content_uri"].as_str().unwrap()[6..].to_owned();
+    moto.stop();
+    let started = Instant::now();
+    let url = format!("{}/_matrix/client/v1/media/download/{other_path}", cluster.base(0));
+    let failed = request(http.get(&url).bearer_auth(&alice.token)).await;
+    assert_eq!(failed.status, 500);
+    assert_eq!(failed.json()["errcode"], "M_UNKNOWN");
+    let failed = request(
+        http.post(format!("{}/_matrix/media/v3/upload", cluster.base(0)))
+            .bearer_auth(&alice.token)
+            .header("content-type", "image/png")
+            .body(png(30, 30)),
+    )
+    .await;
+    assert_eq!(failed.status, 500);
+    assert_eq!(failed.json()["errcode"], "M_UNKNOWN");
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    // The processes still serve.
+    let versions = request(http.get(format!("{}/_matrix/client/versions", cluster.base(1)))).await;
+    assert_eq!(versions.status, 200);
+}
+
+#[test]
+fn start_up_refuses_unusable_s3_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = command(dir.path(), free_port())
+        .env("RHIZOME_MEDIA__S3__ENABLED", "true")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("media.s3.enabled needs media.s3.bucket"), "{stderr}");
+
+    let missing = dir.path().join("no-such-secret");
+    let output = command(dir.path(), free_port())
+        .env("RHIZOME_MEDIA__S3__ENABLED", "true")
+        .env("RHIZOME_MEDIA__S3__BUCKET", "media")
+        .env("RHIZOME_MEDIA__S3__ACCESS_KEY_ID", "AKID")
+        .env("RHIZOME_MEDIA__S3__SECRET_ACCESS_KEY_FILE", &missing)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("secret_access_key_file"), "{stderr}");
+    assert!(files_under(&dir.path().join("media")).is_empty());
+}
