@@ -46,7 +46,6 @@ pub enum MediaAccess {
 }
 
 /// The body of a download.
-#[derive(Debug)]
 pub enum MediaBody {
     /// Bytes in memory (thumbnails).
     Bytes(Vec<u8>),
@@ -58,6 +57,15 @@ pub enum MediaBody {
         /// Their length in bytes.
         size: u64,
     },
+}
+
+impl std::fmt::Debug for MediaBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bytes(bytes) => f.debug_tuple("Bytes").field(&bytes.len()).finish(),
+            Self::Stream { size, .. } => f.debug_struct("Stream").field("size", size).finish(),
+        }
+    }
 }
 
 /// Media ready to be served.
