@@ -15,7 +15,6 @@ use axum::{
     extract::State,
     response::{IntoResponse, Response},
 };
-use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use rhizome_core::{Error, clock::ts_from_millis, config::ThumbnailMethod};
 use rhizome_service::media::{MediaAccess, MediaBody, MediaDownload, ThumbnailRequest};

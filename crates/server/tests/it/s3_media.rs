@@ -281,6 +281,14 @@ async fn two_processes_keep_media_in_one_s3_bucket() {
     // The processes still serve.
     let versions = request(http.get(format!("{}/_matrix/client/versions", cluster.base(1)))).await;
     assert_eq!(versions.status, 200);
+    // The failure is logged, the secret never.
+    let logs: String = (0..2)
+        .map(|index| {
+            std::fs::read_to_string(cluster.dir.path().join(format!("serve-{index}.log"))).unwrap()
+        })
+        .collect();
+    assert!(logs.contains("media object store"), "{logs}");
+    assert!(!logs.contains("testing-secret"));
 }
 
 #[test]
