@@ -577,9 +577,8 @@ mod tests {
         let with_bucket = format!("{base}bucket = \"media\"\naccess_key_id = \"AK\"\n");
         let error = Config::from_toml_and_env(&with_bucket, Vec::new()).unwrap_err();
         assert!(error.to_string().contains("secret_access_key_file"), "{error}");
-        let plain_http = format!(
-            "{with_bucket}endpoint = \"http://127.0.0.1:9000\"\nregion = \"x\"\n"
-        );
+        let plain_http =
+            format!("{with_bucket}endpoint = \"http://127.0.0.1:9000\"\nregion = \"x\"\n");
         let secret = [("RHIZOME_MEDIA__S3__SECRET_ACCESS_KEY", "very-secret")];
         let error = Config::from_toml_and_env(&plain_http, env(&secret)).unwrap_err();
         assert!(error.to_string().contains("allow_http"), "{error}");

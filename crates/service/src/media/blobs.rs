@@ -226,11 +226,8 @@ impl S3Store {
             return Err(Error::bug("a media content hash is malformed"));
         }
         let relative = format!("{}/{}/{sha256}", &sha256[0..2], &sha256[2..4]);
-        let key = if self.prefix.is_empty() {
-            relative
-        } else {
-            format!("{}/{relative}", self.prefix)
-        };
+        let key =
+            if self.prefix.is_empty() { relative } else { format!("{}/{relative}", self.prefix) };
         ObjectPath::parse(key).map_err(|_| Error::bug("a media object key is malformed"))
     }
 
