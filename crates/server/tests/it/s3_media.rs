@@ -170,6 +170,30 @@ async fn request(request: reqwest::RequestBuilder) -> Answer {
     Answer { status, headers, body }
 }
 
+/// Uploads a PNG through the process at `base`; the media's `server/id` path and the answer.
+async fn upload(base: &str, token: &str, bytes: Vec<u8>, query: &str) -> (String, Answer) {
+    let answer = request(
+        reqwest::Client::new()
+            .post(format!("{base}/_matrix/media/v3/upload{query}"))
+            .bearer_auth(token)
+            .header("content-type", "image/png")
+            .body(bytes),
+    )
+    .await;
+    let path = answer.json()["content_uri"].as_str().unwrap_or_default().replacen("mxc://", "", 1);
+    (path, answer)
+}
+
+async fn get(url: String, token: &str) -> Answer {
+    request(reqwest::Client::new().get(url).bearer_auth(token)).await
+}
+
+/// The object key of content under the test's prefix.
+fn key_of(bytes: &[u8]) -> String {
+    let hash = sha256_hex(bytes);
+    format!("{PREFIX}/{}/{}/{hash}", &hash[0..2], &hash[2..4])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_keep_media_in_one_s3_bucket() {
     let scratch = tempfile::tempdir().unwrap();
@@ -180,50 +204,33 @@ async fn two_processes_keep_media_in_one_s3_bucket() {
     let cluster = Cluster::start_with(2, &s3_settings(&moto.endpoint, &secret_file)).await;
     let token = cluster.admin(&["token", "create", "--uses", "1"]).trim().to_owned();
     let alice = cluster.sign_up("alice", &token).await;
-    let http = reqwest::Client::new();
 
-    // Upload through the first process.
+    // Upload through the first process; download and thumbnail through the second.
     let bytes = png(200, 150);
-    let upload = request(
-        http.post(format!("{}/_matrix/media/v3/upload?filename=cat.png", cluster.base(0)))
-            .bearer_auth(&alice.token)
-            .header("content-type", "image/png")
-            .body(bytes.clone()),
-    )
-    .await;
-    assert_eq!(upload.status, 200, "{:?}", upload.json());
-    let mxc = upload.json()["content_uri"].as_str().unwrap().to_owned();
-    let path = mxc.strip_prefix("mxc://").unwrap().to_owned();
-
-    // Download and thumbnail through the second.
-    let url = format!("{}/_matrix/client/v1/media/download/{path}", cluster.base(1));
-    let download = request(http.get(&url).bearer_auth(&alice.token)).await;
+    let (path, uploaded) =
+        upload(&cluster.base(0), &alice.token, bytes.clone(), "?filename=cat.png").await;
+    assert_eq!(uploaded.status, 200, "{:?}", uploaded.json());
+    let base = cluster.base(1);
+    let download =
+        get(format!("{base}/_matrix/client/v1/media/download/{path}"), &alice.token).await;
     assert_eq!(download.status, 200);
     assert!(download.body == bytes, "the download differs from the upload");
     assert_eq!(download.header("content-type"), "image/png");
     assert_eq!(download.header("content-length"), bytes.len().to_string());
     let disposition = download.header("content-disposition");
     assert!(disposition.starts_with("inline") && disposition.contains("cat.png"), "{disposition}");
-    let url = format!(
-        "{}/_matrix/client/v1/media/thumbnail/{path}?width=40&height=40&method=crop",
-        cluster.base(1)
-    );
-    let thumbnail = request(http.get(&url).bearer_auth(&alice.token)).await;
+    let query = "width=40&height=40&method=crop";
+    let url = format!("{base}/_matrix/client/v1/media/thumbnail/{path}?{query}");
+    let thumbnail = get(url, &alice.token).await;
     assert_eq!(thumbnail.status, 200, "{:?}", thumbnail.json());
     let decoded = image::load_from_memory(&thumbnail.body).unwrap();
     assert_eq!((decoded.width(), decoded.height()), (40, 40));
 
     // The objects are in the bucket, under the prefix, named by their content; the data
     // directory holds no media.
-    let hash = sha256_hex(&bytes);
-    let original = format!("{PREFIX}/{}/{}/{hash}", &hash[0..2], &hash[2..4]);
-    let thumbnail_key = {
-        let hash = sha256_hex(&thumbnail.body);
-        format!("{PREFIX}/{}/{}/{hash}", &hash[0..2], &hash[2..4])
-    };
     let keys = moto.keys().await;
-    assert!(keys.contains(&original), "{keys:?}");
-    assert!(keys.contains(&thumbnail_key), "{keys:?}");
+    assert!(keys.contains(&key_of(&bytes)), "{keys:?}");
+    assert!(keys.contains(&key_of(&thumbnail.body)), "{keys:?}");
     assert!(keys.iter().all(|key| key.starts_with("media/")), "{keys:?}");
     let media_files = files_under(&cluster.dir.path().join("media"));
     assert!(media_files.is_empty(), "media in the data directory: {media_files:?}");
@@ -236,7 +243,7 @@ async fn two_processes_keep_media_in_one_s3_bucket() {
 
     // Deleting the media removes its objects (the configured thumbnails made in the
     // background too).
-    let deleted = cluster.admin(&["media", "delete", &mxc]);
+    let deleted = cluster.admin(&["media", "delete", &format!("mxc://{path}")]);
     assert!(!deleted.is_empty());
     let started = Instant::now();
     loop {
@@ -248,40 +255,30 @@ async fn two_processes_keep_media_in_one_s3_bucket() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let url = format!("{}/_matrix/client/v1/media/download/{path}", cluster.base(0));
-    let gone = request(http.get(&url).bearer_auth(&alice.token)).await;
-    assert_eq!(gone.status, 404);
+    assert_eq!(get(url, &alice.token).await.status, 404);
 
-    // Another upload, then the store goes away: uploads and downloads fail cleanly and fast.
-    let other = png(20, 20);
-    let upload = request(
-        http.post(format!("{}/_matrix/media/v3/upload", cluster.base(1)))
-            .bearer_auth(&alice.token)
-            .header("content-type", "image/png")
-            .body(other.clone()),
-    )
-    .await;
-    assert_eq!(upload.status, 200, "{:?}", upload.json());
-    let other_path = upload.json()["content_uri"].as_str().unwrap()[6..].to_owned();
+    unreachable_store_fails_cleanly(&cluster, &mut moto, &alice.token).await;
+}
+
+/// Another upload, then the store goes away: uploads and downloads fail with `500 M_UNKNOWN`,
+/// fast; the processes still serve; the failure is logged, the secret never.
+async fn unreachable_store_fails_cleanly(cluster: &Cluster, moto: &mut Moto, token: &str) {
+    let (path, uploaded) = upload(&cluster.base(1), token, png(20, 20), "").await;
+    assert_eq!(uploaded.status, 200, "{:?}", uploaded.json());
     moto.stop();
     let started = Instant::now();
-    let url = format!("{}/_matrix/client/v1/media/download/{other_path}", cluster.base(0));
-    let failed = request(http.get(&url).bearer_auth(&alice.token)).await;
+    let url = format!("{}/_matrix/client/v1/media/download/{path}", cluster.base(0));
+    let failed = get(url, token).await;
     assert_eq!(failed.status, 500);
     assert_eq!(failed.json()["errcode"], "M_UNKNOWN");
-    let failed = request(
-        http.post(format!("{}/_matrix/media/v3/upload", cluster.base(0)))
-            .bearer_auth(&alice.token)
-            .header("content-type", "image/png")
-            .body(png(30, 30)),
-    )
-    .await;
+    let (_, failed) = upload(&cluster.base(0), token, png(30, 30), "").await;
     assert_eq!(failed.status, 500);
     assert_eq!(failed.json()["errcode"], "M_UNKNOWN");
     assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
-    // The processes still serve.
-    let versions = request(http.get(format!("{}/_matrix/client/versions", cluster.base(1)))).await;
+    let versions =
+        request(reqwest::Client::new().get(format!("{}/_matrix/client/versions", cluster.base(1))))
+            .await;
     assert_eq!(versions.status, 200);
-    // The failure is logged, the secret never.
     let logs: String = (0..2)
         .map(|index| {
             std::fs::read_to_string(cluster.dir.path().join(format!("serve-{index}.log"))).unwrap()
