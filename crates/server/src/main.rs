@@ -439,8 +439,13 @@ fn print_lines(lines: Vec<String>) {
     }
 }
 
+/// The effective configuration as TOML, the object store's secret key hidden.
 fn toml_of(config: &rhizome_core::Config) -> Result<String> {
-    Ok(rhizome_core::config::to_toml(config)?)
+    let mut shown = config.clone();
+    if shown.media.s3.secret_access_key.is_some() {
+        shown.media.s3.secret_access_key = Some("(hidden)".to_owned());
+    }
+    Ok(rhizome_core::config::to_toml(&shown)?)
 }
 
 /// Waits for SIGINT or SIGTERM, reloading the TLS certificate on every SIGHUP meanwhile.

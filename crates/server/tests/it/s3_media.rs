@@ -3,7 +3,8 @@
 //! PyPI by `scripts/s3-venv.sh`). An upload through one process downloads byte for byte and
 //! thumbnails through the other; the objects are in the bucket (listed with the S3 API) and
 //! none in the data directory; deleting the media removes them; the backup says media stays in
-//! the bucket; an unreachable store gives `500 M_UNKNOWN` quickly; bad settings stop start-up.
+//! the bucket; an unreachable store gives `500 M_UNKNOWN` quickly; bad settings stop start-up,
+//! and the secret is never shown.
 
 use std::{
     io::Cursor,
@@ -313,4 +314,18 @@ fn start_up_refuses_unusable_s3_settings() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("secret_access_key_file"), "{stderr}");
     assert!(files_under(&dir.path().join("media")).is_empty());
+
+    // The effective configuration shown to the organiser hides the secret.
+    let output = command(dir.path(), free_port())
+        .env("RHIZOME_MEDIA__S3__ENABLED", "true")
+        .env("RHIZOME_MEDIA__S3__BUCKET", "media")
+        .env("RHIZOME_MEDIA__S3__ACCESS_KEY_ID", "AKID")
+        .env("RHIZOME_MEDIA__S3__SECRET_ACCESS_KEY", "very-secret")
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("bucket = \"media\"") && stdout.contains("(hidden)"), "{stdout}");
+    assert!(!stdout.contains("very-secret"));
 }
