@@ -6,7 +6,8 @@
 #   bash scripts/s3-venv.sh [DIR]
 #
 # DIR defaults to $S3_VENV, else `${CARGO_TARGET_DIR:-target}/s3-venv`. The version is pinned
-# below, so every machine runs the same stand-in. Idempotent: an environment that holds this
+# below, and its dependencies by scripts/s3-constraints.txt (a frozen, known-good set), so every
+# machine runs the same stand-in. Idempotent: an environment that holds this
 # exact pin is reused at once. Safe to call from several processes at the same time: an
 # exclusive lock (flock) on DIR.lock serialises installs, and the environment is marked complete
 # only after a successful install, so an interrupted one is redone from scratch.
@@ -19,10 +20,11 @@ target_dir="${CARGO_TARGET_DIR:-$root/target}"
 case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
 venv="${1:-${S3_VENV:-$target_dir/s3-venv}}"
 case "$venv" in /*) ;; *) venv="$PWD/$venv" ;; esac
+constraints="$root/scripts/s3-constraints.txt"
 
 # What the environment must hold, and where (a virtual environment cannot move: a copied one is
 # reinstalled); it is written to the marker once the install succeeded.
-wanted="moto[server]==$MOTO_VERSION $venv"
+wanted="moto[server]==$MOTO_VERSION $(sha256sum "$constraints" | cut -d' ' -f1) $venv"
 marker="$venv/.rhizome-installed"
 
 log() { echo "s3-venv: $*" >&2; }
@@ -51,7 +53,8 @@ if ! "$python" -m venv "$venv" >&2; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3-venv >&2
   "$python" -m venv "$venv" >&2
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
+"$venv/bin/pip" install --quiet --disable-pip-version-check \
+  --constraint "$constraints" "moto[server]==$MOTO_VERSION" >&2
 "$venv/bin/python" -c 'import moto.server' >&2
 echo "$wanted" >"$marker"
 log "installed moto[server] $MOTO_VERSION in $(($(date +%s) - started)) s"
