@@ -292,7 +292,10 @@ mod tests {
     #[test]
     fn targets_parse() {
         let t = parse_target("rhizome=http://127.0.0.1:8008,pid=12,db-pid=34").unwrap();
-        assert_eq!((t.name.as_str(), t.base_urls.as_slice()), ("rhizome", &["http://127.0.0.1:8008".to_owned()][..]));
+        assert_eq!(
+            (t.name.as_str(), t.base_urls.as_slice()),
+            ("rhizome", &["http://127.0.0.1:8008".to_owned()][..])
+        );
         assert_eq!((t.pids.as_slice(), t.db_pid), (&[12][..], Some(34)));
         let t = parse_target("x=http://h:1").unwrap();
         assert_eq!((t.pids.len(), t.db_pid), (0, None));
