@@ -7,6 +7,8 @@
 #   --quick         small sizes and short durations (development; under 3 minutes)
 #   --servers LIST  comma-separated subset of rhizome,synapse-sqlite,synapse-postgres
 #                   (default), plus rhizome-postgres (Rhizome on the same PostgreSQL cluster)
+#                   and rhizome-postgres-2, rhizome-postgres-3 (2 or 3 Rhizome processes on
+#                   one database of that cluster, the bench's users spread over them)
 #   --fresh         reinstall Synapse's virtual environment even if one is there
 #   -- RUN_ARGS     passed to `rhizome-bench run` (e.g. --workloads latency --rounds 3)
 #
@@ -25,7 +27,7 @@ while [ $# -gt 0 ]; do
         --servers) SERVERS="${2:?--servers needs a list}"; shift ;;
         --servers=*) SERVERS="${1#--servers=}" ;;
         --) shift; RUN_ARGS=("$@"); break ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -106,7 +108,10 @@ cargo build --release -p rhizome-bench --manifest-path "$ROOT/Cargo.toml"
 FAILED=()
 RHIZOME_OK=0
 RHIZOME_STALE=""
-if has_server rhizome || has_server rhizome-postgres; then
+RHIZOME_KINDS=(rhizome rhizome-postgres rhizome-postgres-2 rhizome-postgres-3)
+has_rhizome() { for k in "${RHIZOME_KINDS[@]}"; do has_server "$k" && return 0; done; return 1; }
+has_rhizome_postgres() { has_server rhizome-postgres || has_server rhizome-postgres-2 || has_server rhizome-postgres-3; }
+if has_rhizome; then
     log "building rhizome (release)"
     if cargo build --release -p rhizome --manifest-path "$ROOT/Cargo.toml" >"$RUN_DIR/rhizome-build.log" 2>&1 \
         && [ -x "$RHIZOME" ]; then
@@ -118,7 +123,7 @@ if has_server rhizome || has_server rhizome-postgres; then
         log "$RHIZOME_STALE"
     else
         log "rhizome could not be built; it is skipped (see $RUN_DIR/rhizome-build.log)"
-        for name in rhizome rhizome-postgres; do
+        for name in "${RHIZOME_KINDS[@]}"; do
             has_server "$name" && FAILED+=(--failed "$name=cargo build --release -p rhizome failed: $(tail -n 3 "$RUN_DIR/rhizome-build.log" | tr '\n' ' ')")
         done
     fi
@@ -143,7 +148,7 @@ fi
 # ---------------------------------------------------------------- PostgreSQL
 PG_PORT=""
 PG_PID=""
-if has_server synapse-postgres || has_server rhizome-postgres; then
+if has_server synapse-postgres || has_rhizome_postgres; then
     PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
     if [ -z "$PG_BIN" ]; then
         log "installing PostgreSQL from Debian's packages"
@@ -168,9 +173,11 @@ if has_server synapse-postgres || has_server rhizome-postgres; then
     as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --locale=C --no-sync \
         >"$RUN_DIR/initdb.log" 2>&1
     as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/postgres.log" -w \
-        -o "-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1" start >/dev/null
+        -o "-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1 -c max_connections=300" \
+        start >/dev/null
     psql=("$PG_BIN/psql" -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres)
-    for db in synapse rhizome; do
+    # One database per server kind: rhizome-postgres-N uses rhizome_N.
+    for db in synapse rhizome rhizome_2 rhizome_3; do
         "${psql[@]}" -c "CREATE USER $db PASSWORD '$db'"
         "${psql[@]}" -c "CREATE DATABASE $db OWNER $db ENCODING 'UTF8' LC_COLLATE='C' LC_CTYPE='C' TEMPLATE template0"
     done
@@ -179,18 +186,27 @@ fi
 
 # ---------------------------------------------------------------- servers
 declare -A PORTS=()
-start_rhizome() { # NAME [DATABASE_URL]
-    local name=$1 url=${2:-} port
+# Process N (from 1) of a Rhizome server kind; a kind of several processes (rhizome-postgres-2
+# and -3) shares one data directory and database, only the listening port differs. The first
+# process is PIDS[NAME], the others PIDS[NAME#N] (their logs stdout-N.log).
+start_rhizome() { # NAME INDEX [DATABASE_URL]
+    local name=$1 index=$2 url=${3:-} port key=$1 logname=stdout.log
+    [ "$index" = 1 ] || { key="$name#$index"; logname="stdout-$index.log"; }
     port=$(free_port)
     local dir="$RUN_DIR/$name"
     mkdir -p "$dir"
-    log "starting $name on 127.0.0.1:$port"
+    log "starting $name (process $index) on 127.0.0.1:$port"
     RHIZOME_DATA_DIR="$dir" RHIZOME_LISTEN="127.0.0.1:$port" RHIZOME_SERVER_NAME=bench.local \
         RHIZOME_REGISTRATION__MODE=open RHIZOME_RATE_LIMITS__ENABLED=false \
         RHIZOME_DATABASE__URL="$url" \
-        "$RHIZOME" serve >"$dir/stdout.log" 2>&1 &
-    PIDS[$name]=$!
-    PORTS[$name]=$port
+        "$RHIZOME" serve >"$dir/$logname" 2>&1 &
+    PIDS[$key]=$!
+    PORTS[$key]=$port
+}
+
+# How many processes a server kind has (rhizome-postgres-3: 3).
+processes_of() {
+    case "$1" in rhizome-postgres-[0-9]) echo "${1##*-}" ;; *) echo 1 ;; esac
 }
 
 start_synapse() { # NAME [postgres args...]
@@ -211,29 +227,54 @@ start_synapse() { # NAME [postgres args...]
 }
 
 ORDER=()
-for name in rhizome synapse-sqlite synapse-postgres rhizome-postgres; do
+# Starts a Rhizome server kind's processes one after the other (the first applies the
+# migrations and makes the signing key); fails if any does not start.
+start_rhizome_kind() { # NAME [DATABASE_URL]
+    local name=$1 url=${2:-} n index key logname
+    n=$(processes_of "$name")
+    for index in $(seq 1 "$n"); do
+        key=$name logname=stdout.log
+        [ "$index" = 1 ] || { key="$name#$index"; logname="stdout-$index.log"; }
+        start_rhizome "$name" "$index" "$url"
+        wait_listening "$name" "${PORTS[$key]}" "${PIDS[$key]}" "$RUN_DIR/$name/$logname" || return 1
+    done
+}
+
+pg_url() { echo "postgres://$1:$1@127.0.0.1:$PG_PORT/$1"; }
+
+ORDER=()
+for name in rhizome synapse-sqlite synapse-postgres "${RHIZOME_KINDS[@]:1}"; do
     has_server "$name" || continue
+    ok=1
     case "$name" in
-        rhizome) [ "$RHIZOME_OK" = 1 ] && start_rhizome rhizome ;;
+        rhizome) [ "$RHIZOME_OK" = 1 ] && { start_rhizome_kind rhizome || ok=0; } ;;
         rhizome-postgres) [ "$RHIZOME_OK" = 1 ] &&
-            start_rhizome rhizome-postgres "postgres://rhizome:rhizome@127.0.0.1:$PG_PORT/rhizome" ;;
+            { start_rhizome_kind rhizome-postgres "$(pg_url rhizome)" || ok=0; } ;;
+        rhizome-postgres-*) [ "$RHIZOME_OK" = 1 ] &&
+            { start_rhizome_kind "$name" "$(pg_url "rhizome_${name##*-}")" || ok=0; } ;;
         synapse-sqlite) start_synapse synapse-sqlite ;;
         synapse-postgres) start_synapse synapse-postgres 127.0.0.1 "$PG_PORT" synapse synapse synapse ;;
     esac
     [ -n "${PIDS[$name]:-}" ] || continue
     # One at a time: start-ups do not compete for the CPU.
-    if wait_listening "$name" "${PORTS[$name]}" "${PIDS[$name]}" "$RUN_DIR/$name/stdout.log"; then
+    if [ "$ok" = 1 ] &&
+        wait_listening "$name" "${PORTS[$name]}" "${PIDS[$name]}" "$RUN_DIR/$name/stdout.log"; then
         ORDER+=("$name")
     else
-        FAILED+=(--failed "$name=the server did not start, see $name/stdout.log")
-        unset "PIDS[$name]"
+        FAILED+=(--failed "$name=the server did not start, see $name/stdout*.log")
+        for key in "${!PIDS[@]}"; do
+            [[ "$key" == "$name" || "$key" == "$name#"* ]] && stop_server "${PIDS[$key]}" && unset "PIDS[$key]"
+        done
     fi
 done
 
 TARGETS=()
 for name in "${ORDER[@]}"; do
     spec="$name=http://127.0.0.1:${PORTS[$name]},pid=${PIDS[$name]}"
-    [[ "$name" == *-postgres ]] && spec+=",db-pid=$PG_PID"
+    for index in $(seq 2 "$(processes_of "$name")"); do
+        spec+=",url=http://127.0.0.1:${PORTS[$name#$index]},pid=${PIDS[$name#$index]}"
+    done
+    [[ "$name" == *-postgres* ]] && spec+=",db-pid=$PG_PID"
     TARGETS+=(--target "$spec")
 done
 
@@ -250,12 +291,15 @@ fi
 # ---------------------------------------------------------------- stop
 META=()
 for name in "${ORDER[@]}"; do
-    stop_server "${PIDS[$name]}"
-    unset "PIDS[$name]"
+    for key in "${!PIDS[@]}"; do
+        [[ "$key" == "$name" || "$key" == "$name#"* ]] || continue
+        stop_server "${PIDS[$key]}"
+        unset "PIDS[$key]"
+    done
     if [[ "$name" == rhizome* ]]; then
-        # An orderly shutdown leaves no warning or error in the log.
-        count=$(grep -cE '^[^ ]+ +(WARN|ERROR) ' "$RUN_DIR/$name/stdout.log" || true)
-        META+=(--meta "${name}_log_warnings=$count" --meta "${name}_log_lines=$(wc -l <"$RUN_DIR/$name/stdout.log")")
+        # An orderly shutdown leaves no warning or error in the log (of any process).
+        count=$(cat "$RUN_DIR/$name"/stdout*.log | grep -cE '^[^ ]+ +(WARN|ERROR) ' || true)
+        META+=(--meta "${name}_log_warnings=$count" --meta "${name}_log_lines=$(cat "$RUN_DIR/$name"/stdout*.log | wc -l)")
         [ "$count" = 0 ] || log "$name logged $count warnings or errors (see $name/stdout.log)"
     fi
 done

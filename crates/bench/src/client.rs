@@ -13,16 +13,23 @@ pub const SETUP_RETRIES: u32 = 5;
 /// How many `createRoom` requests the server refused with `M_ROOM_IN_USE` (then retried).
 pub static ROOM_ID_COLLISIONS: AtomicU64 = AtomicU64::new(0);
 
-/// A shared HTTP client bound to one homeserver's base URL.
+/// A shared HTTP client bound to one homeserver's base URL. A server made of several
+/// processes has one base URL per process: the client talks to the first, and
+/// [`Api::pinned`] gives the one a user is assigned to.
 #[derive(Clone)]
 pub struct Api {
     client: Client,
     base: String,
+    bases: std::sync::Arc<[String]>,
 }
 
 impl Api {
-    /// Builds a client sized for many concurrent long-polls against one host.
-    pub fn new(base_url: &str) -> Result<Self> {
+    /// Builds a client sized for many concurrent long-polls against one host (one or more
+    /// processes of one server, each with its base URL).
+    pub fn new(base_urls: &[String]) -> Result<Self> {
+        let bases: std::sync::Arc<[String]> =
+            base_urls.iter().map(|b| b.trim_end_matches('/').to_owned()).collect();
+        let base = bases.first().cloned().context("a server needs at least one base URL")?;
         let client = Client::builder()
             .no_proxy()
             .tcp_nodelay(true)
@@ -32,7 +39,19 @@ impl Api {
             .timeout(Duration::from_secs(120))
             .build()
             .context("building HTTP client")?;
-        Ok(Self { client, base: base_url.trim_end_matches('/').to_owned() })
+        Ok(Self { client, base, bases })
+    }
+
+    /// The same client talking to process `index` (round-robin over the server's processes),
+    /// sharing the connection pool.
+    pub fn pinned(&self, index: usize) -> Self {
+        let base = self.bases[index % self.bases.len()].clone();
+        Self { client: self.client.clone(), base, bases: self.bases.clone() }
+    }
+
+    /// How many processes (base URLs) the server has.
+    pub fn processes(&self) -> usize {
+        self.bases.len()
     }
 
     fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url> {
@@ -164,8 +183,16 @@ impl Api {
         Ok(User { api: self.clone(), user_id: user_id.to_owned(), token, txn: AtomicU64::new(0) })
     }
 
-    /// Waits until `/_matrix/client/versions` answers, or fails after `timeout`.
+    /// Waits until `/_matrix/client/versions` answers on every process, or fails after
+    /// `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        for i in 0..self.processes() {
+            self.pinned(i).wait_ready_one(timeout).await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_ready_one(&self, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let res = self.call(Method::GET, "/_matrix/client/versions", None, None, 0).await;
@@ -232,6 +259,11 @@ pub struct SyncReq<'a> {
 }
 
 impl User {
+    /// Logs this user in again on the same process (see [`Api::login`]).
+    pub async fn login_again(&self, password: &str) -> Result<User> {
+        self.api.login(&self.user_id, password).await
+    }
+
     /// Creates a room. A server that derives room IDs from the create event (room version
     /// 12) may answer `M_ROOM_IN_USE` when one user creates rooms concurrently; such requests
     /// are retried a few times and counted in [`ROOM_ID_COLLISIONS`], so the report shows them.

@@ -15,9 +15,12 @@ pub const WORKLOADS: [&str; 5] = ["latency", "throughput", "initial_sync", "fano
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// A server to measure: NAME=URL[,pid=PID][,db-pid=PID] (repeat for each server). PID is
-    /// the server's process, for RSS and CPU from /proc; db-pid a database server's main
-    /// process (PostgreSQL's postmaster), whose CPU (with its children) is counted too.
+    /// A server to measure: NAME=URL[,url=URL...][,pid=PID...][,db-pid=PID] (repeat for each
+    /// server). PID is the server's process, for RSS and CPU from /proc; db-pid a database
+    /// server's main process (PostgreSQL's postmaster), whose CPU (with its children) is
+    /// counted too. A server of several processes on one database gives every process's URL
+    /// (its users are spread over them round-robin) and every process's pid (their CPU and
+    /// RSS are summed).
     #[arg(long = "target", required = true, value_parser = parse_target)]
     targets: Vec<Target>,
     /// A server that could not be started: NAME=REASON (recorded, not measured).
@@ -98,25 +101,36 @@ pub struct RunArgs {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub name: String,
-    pub base_url: String,
-    pub pid: Option<u32>,
+    /// One base URL per process of the server (usually one).
+    pub base_urls: Vec<String>,
+    /// The server's processes (none when not watched).
+    pub pids: Vec<u32>,
     pub db_pid: Option<u32>,
 }
 
 fn parse_target(s: &str) -> Result<Target, String> {
-    let (name, rest) = s.split_once('=').ok_or("expected NAME=URL[,pid=PID][,db-pid=PID]")?;
+    const USAGE: &str = "expected NAME=URL[,url=URL...][,pid=PID...][,db-pid=PID]";
+    let (name, rest) = s.split_once('=').ok_or(USAGE)?;
     let mut parts = rest.split(',');
     let base_url = parts.next().unwrap_or_default().to_owned();
     if name.is_empty() || !base_url.starts_with("http") {
-        return Err(format!("`{s}`: expected NAME=URL[,pid=PID][,db-pid=PID]"));
+        return Err(format!("`{s}`: {USAGE}"));
     }
-    let mut target = Target { name: name.to_owned(), base_url, pid: None, db_pid: None };
+    let mut target =
+        Target { name: name.to_owned(), base_urls: vec![base_url], pids: Vec::new(), db_pid: None };
     for part in parts {
         let (key, value) =
-            part.split_once('=').ok_or_else(|| format!("`{part}`: expected KEY=PID"))?;
+            part.split_once('=').ok_or_else(|| format!("`{part}`: expected KEY=VALUE"))?;
+        if key == "url" {
+            if !value.starts_with("http") {
+                return Err(format!("`{value}` is not an http(s) URL"));
+            }
+            target.base_urls.push(value.to_owned());
+            continue;
+        }
         let pid = value.parse::<u32>().map_err(|_| format!("`{value}` is not a process ID"))?;
         match key {
-            "pid" => target.pid = Some(pid),
+            "pid" => target.pids.push(pid),
             "db-pid" => target.db_pid = Some(pid),
             _ => return Err(format!("unknown target option `{key}`")),
         }
@@ -278,10 +292,17 @@ mod tests {
     #[test]
     fn targets_parse() {
         let t = parse_target("rhizome=http://127.0.0.1:8008,pid=12,db-pid=34").unwrap();
-        assert_eq!((t.name.as_str(), t.base_url.as_str()), ("rhizome", "http://127.0.0.1:8008"));
-        assert_eq!((t.pid, t.db_pid), (Some(12), Some(34)));
+        assert_eq!(
+            (t.name.as_str(), t.base_urls.as_slice()),
+            ("rhizome", &["http://127.0.0.1:8008".to_owned()][..])
+        );
+        assert_eq!((t.pids.as_slice(), t.db_pid), (&[12][..], Some(34)));
         let t = parse_target("x=http://h:1").unwrap();
-        assert_eq!((t.pid, t.db_pid), (None, None));
+        assert_eq!((t.pids.len(), t.db_pid), (0, None));
+        let t = parse_target("x=http://h:1,url=http://h:2,pid=1,pid=2,db-pid=3").unwrap();
+        assert_eq!(t.base_urls, ["http://h:1", "http://h:2"]);
+        assert_eq!(t.pids, [1, 2]);
+        assert!(parse_target("x=http://h:1,url=h:2").is_err());
         assert!(parse_target("http://h:1").is_err());
         assert!(parse_target("x=http://h:1,pid=abc").is_err());
         assert!(parse_target("x=http://h:1,cpu=1").is_err());

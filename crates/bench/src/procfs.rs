@@ -6,12 +6,12 @@ use std::fs;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-/// One reading of a server's resource usage.
+/// One reading of a server's resource usage (summed over its processes when it has several).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Snapshot {
     /// Resident set size in MiB.
     pub rss_mb: f64,
-    /// Peak resident set size (VmHWM) in MiB.
+    /// Peak resident set size (VmHWM) in MiB (the sum of each process's peak).
     pub peak_rss_mb: f64,
     /// User + system CPU time consumed so far, in seconds.
     pub cpu_s: f64,
@@ -19,33 +19,40 @@ pub struct Snapshot {
     pub db_cpu_s: Option<f64>,
 }
 
-/// Watches a server process and optionally a database server (e.g. a PostgreSQL postmaster).
+/// Watches a server's processes (one, or several on one database) and optionally a database
+/// server (e.g. a PostgreSQL postmaster).
 #[derive(Debug, Clone)]
 pub struct Monitor {
-    pid: u32,
+    pids: Vec<u32>,
     db_pid: Option<u32>,
     ticks_per_s: f64,
 }
 
 impl Monitor {
-    pub fn new(pid: u32, db_pid: Option<u32>) -> Result<Self> {
-        let monitor = Self { pid, db_pid, ticks_per_s: clock_ticks() };
+    pub fn new(pids: Vec<u32>, db_pid: Option<u32>) -> Result<Self> {
+        let monitor = Self { pids, db_pid, ticks_per_s: clock_ticks() };
         monitor.snapshot().context("reading server process stats")?;
         Ok(monitor)
     }
 
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .with_context(|| format!("process {} is gone", self.pid))?;
-        let stat = read_stat(self.pid)?;
+        let (mut rss_kb, mut peak_kb, mut ticks) = (0.0, 0.0, 0.0);
+        for pid in &self.pids {
+            let status = fs::read_to_string(format!("/proc/{pid}/status"))
+                .with_context(|| format!("process {pid} is gone"))?;
+            let stat = read_stat(*pid)?;
+            rss_kb += status_kb(&status, "VmRSS:");
+            peak_kb += status_kb(&status, "VmHWM:");
+            ticks += stat.utime + stat.stime;
+        }
         let db_cpu_s = match self.db_pid {
             Some(pid) => Some(tree_cpu_ticks(pid)? / self.ticks_per_s),
             None => None,
         };
         Ok(Snapshot {
-            rss_mb: status_kb(&status, "VmRSS:") / 1024.0,
-            peak_rss_mb: status_kb(&status, "VmHWM:") / 1024.0,
-            cpu_s: (stat.utime + stat.stime) / self.ticks_per_s,
+            rss_mb: rss_kb / 1024.0,
+            peak_rss_mb: peak_kb / 1024.0,
+            cpu_s: ticks / self.ticks_per_s,
             db_cpu_s,
         })
     }
@@ -179,7 +186,7 @@ mod tests {
 
     #[test]
     fn reads_own_process() {
-        let m = Monitor::new(std::process::id(), None).unwrap();
+        let m = Monitor::new(vec![std::process::id()], None).unwrap();
         let s = m.snapshot().unwrap();
         assert!(s.rss_mb > 0.0 && s.cpu_s >= 0.0);
     }

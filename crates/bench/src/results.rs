@@ -36,6 +36,7 @@ pub struct RunResults {
 pub struct ServerResult {
     /// The column name, e.g. `rhizome` or `synapse-sqlite`.
     pub server: String,
+    /// The server's base URL; for a server of several processes, each one's, space-separated.
     #[serde(default)]
     pub base_url: String,
     /// Metrics measured once: RSS, startup and setup CPU, the whole run's CPU.

@@ -59,7 +59,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     for target in &plan.servers {
         let mut result = ServerResult {
             server: target.name.clone(),
-            base_url: target.base_url.clone(),
+            base_url: target.base_urls.join(" "),
             ..ServerResult::default()
         };
         match connect(target, &run_id, args.concurrency).await {
@@ -139,11 +139,11 @@ fn profile_hook(hook: Option<&str>, switch: &str) {
 
 /// Waits until a server answers and starts watching its process.
 async fn connect(target: &Target, run_id: &str, concurrency: usize) -> Result<Ctx> {
-    let api = Api::new(&target.base_url)?;
+    let api = Api::new(&target.base_urls)?;
     api.wait_ready(std::time::Duration::from_secs(60)).await?;
-    let monitor = match target.pid {
-        Some(pid) => Some(Monitor::new(pid, target.db_pid)?),
-        None => None,
+    let monitor = match target.pids.is_empty() {
+        false => Some(Monitor::new(target.pids.clone(), target.db_pid)?),
+        true => None,
     };
     Ok(Ctx {
         server: target.name.clone(),
@@ -346,7 +346,7 @@ fn finish(servers: &[Server], results: &mut RunResults, started: Instant) {
         .meta
         .insert("bench_elapsed_s".into(), format!("{:.0}", started.elapsed().as_secs_f64()));
     // The load generator shares the machine with the servers: say how much CPU it took.
-    if let Ok(own) = Monitor::new(std::process::id(), None).and_then(|m| m.snapshot()) {
+    if let Ok(own) = Monitor::new(vec![std::process::id()], None).and_then(|m| m.snapshot()) {
         results.meta.insert("bench_cpu_s".into(), format!("{:.1}", own.cpu_s));
     }
 }

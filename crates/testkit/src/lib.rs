@@ -221,6 +221,24 @@ impl TestServer {
         self.running = Some(running);
     }
 
+    /// Moves a server on SQLite to a fresh database on the shared throwaway PostgreSQL server,
+    /// as an operator would: stops it, runs `rhizome admin migrate-db --to <url>` (its code,
+    /// in this process) and starts it again on the same data directory (signing key, media)
+    /// and port, now on PostgreSQL. The command's output lines.
+    pub async fn move_to_postgres(&mut self) -> Vec<String> {
+        self.stop_for_now().await;
+        let url = rhizome_storage_sql::testing::shared_postgres()
+            .create_database()
+            .await
+            .expect("a fresh PostgreSQL database");
+        let lines = rhizome::admin::migrate::migrate_db(&self.config, &url)
+            .await
+            .expect("migrate-db copies the database");
+        self.config.database.url = url;
+        self.start_again().await;
+        lines
+    }
+
     /// Stops the server.
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {

@@ -81,7 +81,7 @@ pub async fn measure(ctx: &Ctx, p: &Params, prepared: &mut Prepared) -> Result<O
     })
     .to_string();
     let Prepared { target, member, rooms, runs } = prepared;
-    let target = ctx.api.login(&target.user_id, PASSWORD).await?;
+    let target = target.login_again(PASSWORD).await?;
 
     let cpu_before = ctx.cpu_s();
     let t0 = Instant::now();

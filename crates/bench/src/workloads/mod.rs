@@ -127,7 +127,9 @@ where
 pub async fn register_users(ctx: &Ctx, label: &str, n: usize) -> Result<Vec<Arc<User>>> {
     let started = Instant::now();
     let users = parallel(n, ctx.concurrency, |i| {
-        let api = ctx.api.clone();
+        // A server of several processes gets its users round-robin: user i talks to process
+        // i mod P, so a latency pair's sender and receiver are on different processes.
+        let api = ctx.api.pinned(i);
         let name = format!("bench{}{label}{i}", ctx.run_id);
         async move { api.register(&name, PASSWORD).await.map(Arc::new) }
     })

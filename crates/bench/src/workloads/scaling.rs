@@ -139,7 +139,7 @@ pub async fn measure(
     };
     let key = |what: &str| format!("scaling.{}_{size}.{what}", dim.name());
     let filter = small_sync_filter();
-    let user = ctx.api.login(&prepared.user.user_id, PASSWORD).await?;
+    let user = prepared.user.login_again(PASSWORD).await?;
     let mut out = Outcome::default();
 
     let cpu_before = ctx.cpu_s();

@@ -44,7 +44,7 @@ pub(crate) fn user_id(client: &Client) -> OwnedUserId {
 }
 
 /// An encrypted private room with the given users invited; they join it.
-async fn encrypted_room(owner: &Client, members: &[&Client]) -> OwnedRoomId {
+pub(crate) async fn encrypted_room(owner: &Client, members: &[&Client]) -> OwnedRoomId {
     let mut request = CreateRoomRequest::new();
     request.preset = Some(RoomPreset::PrivateChat);
     request.invite = members.iter().map(|member| user_id(member)).collect();

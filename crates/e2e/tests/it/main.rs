@@ -9,6 +9,7 @@ mod e2ee;
 mod federation;
 mod invites;
 mod media;
+mod migrate;
 mod rooms;
 mod sliding_sync;
 mod support;
