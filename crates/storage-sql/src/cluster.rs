@@ -2,8 +2,8 @@
 //! (`LISTEN rhizome_stream, rhizome_bus`) that moves the stream watermark forward when another
 //! process commits, and carries messages between processes (the services' wake-ups, typing,
 //! presence and cache invalidations; the store's own membership changes, announced inside the
-//! transaction that makes them); and one sender task that publishes this process's messages
-//! in order (`pg_notify`). Messages are handed to the services' handler in the order they
+//! transaction that makes them); one sender task that publishes this process's messages
+//! in order (`pg_notify`), and one that announces the stream positions it committed. Messages are handed to the services' handler in the order they
 //! were committed, each before any later stream position is read. SQLite has one process, so
 //! none of this runs there.
 
@@ -69,8 +69,10 @@ impl Cluster {
         let pending = Arc::new(AtomicUsize::new(0));
         let sender = send(pool.clone(), outgoing_receiver, instance.clone(), pending.clone());
         let send = tokio::spawn(sender);
+        let announce = tokio::spawn(announce(pool.clone(), stream.subscribe_committed()));
         let poll = tokio::spawn(poll(pool, stream));
-        Ok(Self { instance, outgoing, pending, handler, tasks: vec![listen, send, poll] })
+        let tasks = vec![listen, send, announce, poll];
+        Ok(Self { instance, outgoing, pending, handler, tasks })
     }
 
     /// Queues a message for the other processes (sent in order, best effort).
@@ -268,6 +270,24 @@ async fn send(
             }
         }
         pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Announces this process's commits to the others, outside their transactions: the latest
+/// position only when several commits came while one announcement was on its way (readers
+/// read the watermark again, so the latest says all). A lost announcement costs the others at
+/// most [`POLL_INTERVAL`].
+async fn announce(pool: AnyPool, mut committed: tokio::sync::watch::Receiver<i64>) {
+    while committed.changed().await.is_ok() {
+        let pos = *committed.borrow_and_update();
+        let result = sqlx::query("SELECT CAST(pg_notify($1, $2) AS TEXT)")
+            .bind(STREAM_CHANNEL)
+            .bind(pos.to_string())
+            .execute(&pool)
+            .await;
+        if let Err(error) = result {
+            tracing::debug!(%error, "could not announce a stream position");
+        }
     }
 }
 

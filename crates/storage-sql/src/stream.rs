@@ -5,8 +5,12 @@
 //! position from a sequence and holds an advisory lock on it until its transaction ends; the
 //! position readers may read up to (the "persisted up to" watermark) is the lowest position
 //! still in flight minus one (`rhizome_stream_watermark()`, migration 8). A reader therefore
-//! never skips a position a slower writer commits later. Each commit notifies the other
-//! processes (`NOTIFY rhizome_stream`), which then read the watermark again.
+//! never skips a position a slower writer commits later. Commits are announced to the other
+//! processes (`NOTIFY rhizome_stream`), which then read the watermark again. The announcement is
+//! sent after the commit, by one task per process that sends only the latest position when
+//! several commits came meanwhile: a `NOTIFY` inside a transaction takes a database-wide lock at
+//! its commit and holds it through the WAL flush, which made every process's event commits wait
+//! for one another.
 
 use std::{
     sync::atomic::{AtomicI64, Ordering},
@@ -34,6 +38,8 @@ pub(crate) struct StreamPositions {
     changed: watch::Sender<StreamPos>,
     /// One watermark read at a time.
     refreshing: Mutex<()>,
+    /// PostgreSQL: the last position this process committed, for the announcing task.
+    committed: watch::Sender<StreamPos>,
 }
 
 impl StreamPositions {
@@ -43,6 +49,7 @@ impl StreamPositions {
             current: AtomicI64::new(start),
             changed: watch::channel(start).0,
             refreshing: Mutex::new(()),
+            committed: watch::channel(start).0,
         }
     }
 
@@ -66,6 +73,20 @@ impl StreamPositions {
                 moved
             });
         }
+    }
+
+    /// Follows the positions this process committed (PostgreSQL), for announcing them.
+    pub(crate) fn subscribe_committed(&self) -> watch::Receiver<StreamPos> {
+        self.committed.subscribe()
+    }
+
+    /// Records a committed position for the announcing task (never moves back).
+    fn committed(&self, pos: StreamPos) {
+        self.committed.send_if_modified(|last| {
+            let moved = pos > *last;
+            *last = (*last).max(pos);
+            moved
+        });
     }
 
     /// PostgreSQL: reads the watermark from the database and moves forward to it.
@@ -167,12 +188,8 @@ impl StreamWrite<'_> {
                 stream.advance(self.pos);
             }
             None => {
-                sqlx::query("SELECT CAST(pg_notify('rhizome_stream', $1) AS TEXT)")
-                    .bind(self.pos.to_string())
-                    .execute(&mut *self.transaction)
-                    .await
-                    .map_err(db_error)?;
                 self.transaction.commit().await.map_err(db_error)?;
+                stream.committed(self.pos);
                 stream.catch_up(&self.store.write, self.pos).await?;
             }
         }
