@@ -172,7 +172,8 @@ impl Services {
         ignored: &HashSet<OwnedUserId>,
         response: &mut v3::Response,
     ) -> Result<Vec<OwnedRoomId>> {
-        let invite_filter = self.invite_filter(&requester.user_id).await?;
+        // Read only when there is an invite to show (a woken sync seldom has one).
+        let mut invite_filter = None;
         let since_pos = window.since.map(|since| since.pos);
         let mut joined_ids: Vec<OwnedRoomId> = Vec::new();
         for membership in memberships {
@@ -186,9 +187,14 @@ impl Services {
                 "join" => joined_ids.push(membership.room_id.clone()),
                 "invite" if changed_in_window => {
                     let inviter = self.membership_sender(membership).await?;
-                    if ignored.contains(&inviter)
-                        || invite_filter.rule(&inviter) != InviteRule::Allow
-                    {
+                    if ignored.contains(&inviter) {
+                        continue;
+                    }
+                    let invite_filter = match &mut invite_filter {
+                        Some(filter) => filter,
+                        None => invite_filter.insert(self.invite_filter(&requester.user_id).await?),
+                    };
+                    if invite_filter.rule(&inviter) != InviteRule::Allow {
                         continue;
                     }
                     let mut room = v3::InvitedRoom::new();
