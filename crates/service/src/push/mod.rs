@@ -323,3 +323,73 @@ async fn first_matching_actions<'a>(
     }
     &[]
 }
+
+#[cfg(test)]
+mod tests {
+    use ruma::{push::Ruleset, room_id, user_id};
+    use serde_json::json;
+
+    use super::*;
+
+    /// The actions of the event flattened once are those ruma gives flattening it itself, for
+    /// mentions by name, by ID and of the room, DMs, notices, member events, own events and a
+    /// user rule that mutes the room.
+    #[tokio::test]
+    async fn one_flattening_gives_rumas_actions() {
+        let bob = user_id!("@bob:example.org");
+        let room = room_id!("!room:example.org");
+        let mut muted = Ruleset::server_default(bob);
+        muted.room.insert(
+            ruma::push::SimplePushRuleInit {
+                actions: Vec::new(),
+                default: false,
+                enabled: true,
+                rule_id: room.to_owned(),
+            }
+            .into(),
+        );
+        let events = [
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.text", "body": "hello" } }),
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.text", "body": "hey Bobby Tables, look" } }),
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.text", "body": "@room look",
+                    "m.mentions": { "room": true } } }),
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.text", "body": "you",
+                    "m.mentions": { "user_ids": ["@bob:example.org"] } } }),
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.notice", "body": "bot" } }),
+            json!({ "type": "m.room.member", "sender": "@alice:example.org",
+                "state_key": "@bob:example.org", "content": { "membership": "invite" } }),
+            json!({ "type": "m.room.message", "sender": "@bob:example.org",
+                "content": { "msgtype": "m.text", "body": "mine, Bobby Tables" } }),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for members in [2_u32, 30] {
+            for ruleset in [Ruleset::server_default(bob), muted.clone()] {
+                for event in &events {
+                    let raw: Raw<Value> = Raw::new(event).unwrap();
+                    let context = PushConditionRoomCtx::new(
+                        room.to_owned(),
+                        UInt::from(members),
+                        bob.to_owned(),
+                        "Bobby Tables".to_owned(),
+                    );
+                    let flattened = FlattenedJson::from_raw(&raw);
+                    let ours = first_matching_actions(&ruleset, &flattened, &context).await;
+                    let theirs = ruleset.get_actions(&raw, &context).await;
+                    assert_eq!(
+                        serde_json::to_value(ours).unwrap(),
+                        serde_json::to_value(theirs).unwrap(),
+                        "{event}"
+                    );
+                    seen.insert(serde_json::to_string(ours).unwrap());
+                }
+            }
+        }
+        // The cases differ: no notification, a notification, and a highlight at least.
+        assert!(seen.len() >= 3, "{seen:?}");
+    }
+}
