@@ -266,7 +266,7 @@ pub async fn push_actions_of_a_big_room(store: Arc<dyn DataStore>) {
         assert_eq!(counts, expected, "member {index}");
     }
     // Rows on both sides of every boundary a store might split its writes at.
-    for index in [1, 255, 256, 257, 510, 512, 600] {
+    for index in [1, 31, 32, 33, 64, 255, 256, 257, 510, 512, 600] {
         let found = store.notifications(&members[index], None, false, 10).await.unwrap();
         assert_eq!(found.len(), 1, "member {index}");
         assert_eq!(found[0].event_id, event_id);
