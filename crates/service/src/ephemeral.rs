@@ -578,6 +578,30 @@ impl Services {
         self.ephemeral.presence.lock().get(user_id).cloned()
     }
 
+    /// Presence of these users (who may come more than once) changed after `since`, by user
+    /// ID; only the entries that changed are copied.
+    pub(crate) fn presence_changed_among<'a>(
+        &self,
+        user_ids: impl IntoIterator<Item = &'a UserId>,
+        since: Option<i64>,
+    ) -> Vec<(OwnedUserId, PresenceEntry)> {
+        let mut found: Vec<(OwnedUserId, PresenceEntry)> = {
+            let presence = self.ephemeral.presence.lock();
+            user_ids
+                .into_iter()
+                .filter_map(|user| {
+                    let entry = presence.get(user)?;
+                    since
+                        .is_none_or(|since| entry.serial > since)
+                        .then(|| (user.to_owned(), entry.clone()))
+                })
+                .collect()
+        };
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.dedup_by(|a, b| a.0 == b.0);
+        found
+    }
+
     /// Presence of these users changed after `since`.
     pub fn presence_since(
         &self,

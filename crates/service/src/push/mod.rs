@@ -12,9 +12,12 @@ use rhizome_core::{Error, Result};
 use rhizome_room::{Pdu, StateMap};
 use rhizome_storage::{PushAction, PusherRecord, StreamPos};
 use ruma::{
-    OwnedEventId, OwnedRoomId, UInt,
+    OwnedEventId, OwnedRoomId, UInt, UserId,
     events::StateEventType,
-    push::{Action, HighlightTweakValue, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Tweak},
+    push::{
+        Action, FlattenedJson, HighlightTweakValue, PushConditionPowerLevelsCtx,
+        PushConditionRoomCtx, Tweak,
+    },
     serde::Raw,
 };
 use serde_json::{Value, value::RawValue as RawJsonValue};
@@ -59,83 +62,65 @@ impl Services {
     /// The notifications a new event gives each local joined member other than its sender,
     /// and a local user it invites (for "you were invited" on their phone) unless they filter
     /// out the inviter's invites.
+    ///
+    /// A big room makes this a large part of the send, so the event is flattened once for all
+    /// members (not once per member, as `Ruleset::get_actions` would), and memberships and
+    /// rulesets come from their caches.
     pub(crate) async fn push_actions_for(
         &self,
         pdu: &Pdu,
         state: &StateMap,
     ) -> Result<Vec<PushAction>> {
-        let mut members = self.room_members_cached(&pdu.room_id, false).await?;
+        let memberships = self.room_memberships_cached(&pdu.room_id).await?;
+        let mut members: Vec<&UserId> = memberships
+            .iter()
+            .filter(|member| member.membership == "join")
+            .map(|member| member.user_id.as_ref())
+            .collect();
         let member_count = UInt::new_saturating(u64::try_from(members.len()).unwrap_or(u64::MAX));
-        if pdu.kind.to_string() == "m.room.member"
-            && pdu.content_str("membership").as_deref() == Some("invite")
-            && let Some(Ok(invitee)) = pdu.state_key.as_deref().map(ruma::UserId::parse)
-            && !members.contains(&invitee)
+        let invitee = match pdu.state_key.as_deref() {
+            Some(key)
+                if pdu.kind.to_string() == "m.room.member"
+                    && pdu.content_str("membership").as_deref() == Some("invite") =>
+            {
+                ruma::UserId::parse(key).ok()
+            }
+            _ => None,
+        };
+        if let Some(invitee) = &invitee
+            && !members.contains(&invitee.as_ref())
             // An invite the invitee ignores (or blocked after it came) does not notify them.
-            && self.invite_filter(&invitee).await?.rule(&pdu.sender)
+            && self.invite_filter(invitee).await?.rule(&pdu.sender)
                 == crate::invite_filter::InviteRule::Allow
         {
             members.push(invitee);
         }
-        let power_levels: Option<PushConditionPowerLevelsCtx> =
-            match self.store.get_room(&pdu.room_id).await? {
-                Some(_) => {
-                    let version = self.room_version(&pdu.room_id).await?;
-                    let rules =
-                        version.rules().ok_or_else(|| Error::bug("room of an unknown version"))?;
-                    let pl_event =
-                        match state.get(&(StateEventType::RoomPowerLevels, String::new())) {
-                            Some(id) => self.load_event(id).await?,
-                            None => None,
-                        };
-                    let content: Option<
-                        ruma::events::room::power_levels::RoomPowerLevelsEventContent,
-                    > = pl_event.and_then(|event| event.pdu.content_as().ok());
-                    let mut creators = Vec::new();
-                    if let Some(create_id) = state.get(&(StateEventType::RoomCreate, String::new()))
-                        && let Some(create) = self.load_event(create_id).await?
-                    {
-                        creators.push(create.pdu.sender.clone());
-                    }
-                    let levels = ruma::events::room::power_levels::RoomPowerLevels::new(
-                        ruma::events::room::power_levels::RoomPowerLevelsSource::from(content),
-                        &rules.authorization,
-                        creators,
-                    );
-                    Some(levels.into())
-                }
-                None => None,
-            };
+        let power_levels = self.push_power_levels(pdu, state).await?;
         let raw: Raw<Value> = Raw::from_json(pdu.client_event(true, None));
+        let event = FlattenedJson::from_raw(&raw);
         let thread_id = thread_of(pdu);
         let mut actions = Vec::new();
         for member in members
-            .iter()
-            .filter(|member| **member != pdu.sender && member.server_name() == self.server_name())
+            .into_iter()
+            .filter(|member| *member != pdu.sender && member.server_name() == self.server_name())
         {
-            let display_name = match state.get(&(StateEventType::RoomMember, member.to_string())) {
-                Some(id) => self
-                    .load_event(id)
-                    .await?
-                    .and_then(|event| event.pdu.content_str("displayname")),
-                None => None,
-            }
-            .unwrap_or_else(|| member.localpart().to_owned());
+            let display_name = self.push_display_name(state, member).await?;
             let mut context = PushConditionRoomCtx::new(
                 pdu.room_id.clone(),
                 member_count,
-                member.clone(),
+                member.to_owned(),
                 display_name,
             );
             context.power_levels = power_levels.clone();
             let ruleset = self.push_rules_cached(member).await?;
-            let rule_actions = ruleset.get_actions(&raw, &context).await;
+            let rule_actions = first_matching_actions(&ruleset, &event, &context).await;
             let notify = rule_actions.iter().any(|action| matches!(action, Action::Notify));
             let highlight = rule_actions.iter().any(|action| {
                 matches!(action, Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes)))
             });
             if notify || highlight {
                 actions.push(PushAction {
-                    user_id: member.clone(),
+                    user_id: member.to_owned(),
                     notify,
                     highlight,
                     thread_id: thread_id.clone(),
@@ -144,6 +129,51 @@ impl Services {
             }
         }
         Ok(actions)
+    }
+
+    /// The member's display name in `state` (their localpart without one), from their member
+    /// event as it is now (a redacted one has none). Not from the membership rows: they keep
+    /// the name of a member event redacted since.
+    async fn push_display_name(&self, state: &StateMap, member: &UserId) -> Result<String> {
+        let name = match state.get(&(StateEventType::RoomMember, member.to_string())) {
+            Some(id) => {
+                self.load_event(id).await?.and_then(|event| event.pdu.content_str("displayname"))
+            }
+            None => None,
+        };
+        Ok(name.unwrap_or_else(|| member.localpart().to_owned()))
+    }
+
+    /// The power levels push rules see (`sender_notification_permission`), when the room is
+    /// known.
+    async fn push_power_levels(
+        &self,
+        pdu: &Pdu,
+        state: &StateMap,
+    ) -> Result<Option<PushConditionPowerLevelsCtx>> {
+        if self.store.get_room(&pdu.room_id).await?.is_none() {
+            return Ok(None);
+        }
+        let version = self.room_version(&pdu.room_id).await?;
+        let rules = version.rules().ok_or_else(|| Error::bug("room of an unknown version"))?;
+        let pl_event = match state.get(&(StateEventType::RoomPowerLevels, String::new())) {
+            Some(id) => self.load_event(id).await?,
+            None => None,
+        };
+        let content: Option<ruma::events::room::power_levels::RoomPowerLevelsEventContent> =
+            pl_event.and_then(|event| event.pdu.content_as().ok());
+        let mut creators = Vec::new();
+        if let Some(create_id) = state.get(&(StateEventType::RoomCreate, String::new()))
+            && let Some(create) = self.load_event(create_id).await?
+        {
+            creators.push(create.pdu.sender.clone());
+        }
+        let levels = ruma::events::room::power_levels::RoomPowerLevels::new(
+            ruma::events::room::power_levels::RoomPowerLevelsSource::from(content),
+            &rules.authorization,
+            creators,
+        );
+        Ok(Some(levels.into()))
     }
 
     /// The requester's notifications, newest first, from a `next_token` of an earlier page;
@@ -273,4 +303,93 @@ pub(crate) fn thread_of(pdu: &Pdu) -> Option<OwnedEventId> {
         return None;
     }
     OwnedEventId::try_from(relates_to.get("event_id")?.as_str()?).ok()
+}
+
+/// The actions of the first rule of `ruleset` that applies to the (already flattened) event,
+/// as ruma's `Ruleset::get_actions` gives them, without flattening the event again for every
+/// member of the room.
+async fn first_matching_actions<'a>(
+    ruleset: &'a ruma::push::Ruleset,
+    event: &FlattenedJson,
+    context: &PushConditionRoomCtx,
+) -> &'a [Action] {
+    if event.get_str("sender").is_some_and(|sender| sender == context.user_id) {
+        return &[];
+    }
+    for rule in ruleset {
+        if rule.applies(event, context).await {
+            return rule.actions();
+        }
+    }
+    &[]
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{push::Ruleset, room_id, user_id};
+    use serde_json::json;
+
+    use super::*;
+
+    /// The actions of the event flattened once are those ruma gives flattening it itself, for
+    /// mentions by name, by ID and of the room, DMs, notices, member events, own events and a
+    /// user rule that mutes the room.
+    #[tokio::test]
+    async fn one_flattening_gives_rumas_actions() {
+        let bob = user_id!("@bob:example.org");
+        let room = room_id!("!room:example.org");
+        let mut muted = Ruleset::server_default(bob);
+        muted.room.insert(
+            ruma::push::SimplePushRuleInit {
+                actions: Vec::new(),
+                default: false,
+                enabled: true,
+                rule_id: room.to_owned(),
+            }
+            .into(),
+        );
+        let events = [
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.text", "body": "hello" } }),
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.text", "body": "hey Bobby Tables, look" } }),
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.text", "body": "@room look",
+                    "m.mentions": { "room": true } } }),
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.text", "body": "you",
+                    "m.mentions": { "user_ids": ["@bob:example.org"] } } }),
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.notice", "body": "bot" } }),
+            json!({ "type": "m.room.member", "sender": "@alice:example.org",
+                "state_key": "@bob:example.org", "content": { "membership": "invite" } }),
+            json!({ "type": "m.room.message", "sender": "@bob:example.org",
+                "content": { "msgtype": "m.text", "body": "mine, Bobby Tables" } }),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for members in [2_u32, 30] {
+            for ruleset in [Ruleset::server_default(bob), muted.clone()] {
+                for event in &events {
+                    let raw: Raw<Value> = Raw::new(event).unwrap();
+                    let context = PushConditionRoomCtx::new(
+                        room.to_owned(),
+                        UInt::from(members),
+                        bob.to_owned(),
+                        "Bobby Tables".to_owned(),
+                    );
+                    let flattened = FlattenedJson::from_raw(&raw);
+                    let ours = first_matching_actions(&ruleset, &flattened, &context).await;
+                    let theirs = ruleset.get_actions(&raw, &context).await;
+                    assert_eq!(
+                        serde_json::to_value(ours).unwrap(),
+                        serde_json::to_value(theirs).unwrap(),
+                        "{event}"
+                    );
+                    seen.insert(serde_json::to_string(ours).unwrap());
+                }
+            }
+        }
+        // The cases differ: no notification, a notification, and a highlight at least.
+        assert!(seen.len() >= 3, "{seen:?}");
+    }
 }

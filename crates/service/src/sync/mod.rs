@@ -224,14 +224,21 @@ impl Services {
         if request.filter.presence.types.as_ref().is_some_and(Vec::is_empty) {
             return Ok(());
         }
-        // The user's own presence, and that of everyone they share a joined room with.
-        let mut users: Vec<OwnedUserId> = vec![user_id.to_owned()];
+        // The user's own presence, and that of everyone they share a joined room with: read
+        // from the cached member lists in place (a woken sync in a big room is no reason to
+        // copy the room's members).
+        let mut rooms = Vec::new();
         for room in memberships.iter().filter(|member| member.membership == "join") {
-            users.extend(self.room_members_cached(&room.room_id, false).await?);
+            rooms.push(self.room_memberships_cached(&room.room_id).await?);
         }
-        users.sort();
-        users.dedup();
-        let mut entries = self.presence_since(&users, window.since.map(|since| since.ephemeral));
+        let sharing = std::iter::once(user_id).chain(rooms.iter().flat_map(|members| {
+            members
+                .iter()
+                .filter(|member| member.membership == "join")
+                .map(|member| member.user_id.as_ref())
+        }));
+        let mut entries =
+            self.presence_changed_among(sharing, window.since.map(|since| since.ephemeral));
         if window.since.is_some() {
             // Those the user newly shares a room with: their presence, however old.
             let newly_shared = self.newly_shared_users(user_id, response).await?;

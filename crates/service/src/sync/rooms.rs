@@ -172,7 +172,8 @@ impl Services {
         ignored: &HashSet<OwnedUserId>,
         response: &mut v3::Response,
     ) -> Result<Vec<OwnedRoomId>> {
-        let invite_filter = self.invite_filter(&requester.user_id).await?;
+        // Read only when there is an invite to show (a woken sync seldom has one).
+        let mut invite_filter = None;
         let since_pos = window.since.map(|since| since.pos);
         let mut joined_ids: Vec<OwnedRoomId> = Vec::new();
         for membership in memberships {
@@ -186,9 +187,14 @@ impl Services {
                 "join" => joined_ids.push(membership.room_id.clone()),
                 "invite" if changed_in_window => {
                     let inviter = self.membership_sender(membership).await?;
-                    if ignored.contains(&inviter)
-                        || invite_filter.rule(&inviter) != InviteRule::Allow
-                    {
+                    if ignored.contains(&inviter) {
+                        continue;
+                    }
+                    let invite_filter = match &mut invite_filter {
+                        Some(filter) => filter,
+                        None => invite_filter.insert(self.invite_filter(&requester.user_id).await?),
+                    };
+                    if invite_filter.rule(&inviter) != InviteRule::Allow {
                         continue;
                     }
                     let mut room = v3::InvitedRoom::new();
@@ -545,12 +551,16 @@ impl Services {
                 },
             };
         let target = self.state_map(target_group).await?;
-        let since_state: Arc<StateMap> = match (full, window.since) {
-            (false, Some(since)) => match self.store.last_event_at(room_id, since.pos).await? {
-                Some(event) => self.state_map(event.state_after).await?,
-                None => Arc::new(StateMap::new()),
-            },
-            _ => Arc::new(StateMap::new()),
+        let since_group = match (full, window.since) {
+            (false, Some(since)) => {
+                self.store.last_event_at(room_id, since.pos).await?.map(|event| event.state_after)
+            }
+            _ => None,
+        };
+        let since_state: Arc<StateMap> = match since_group {
+            Some(group) if group == target_group => target.clone(),
+            Some(group) => self.state_map(group).await?,
+            None => Arc::new(StateMap::new()),
         };
         let lazy = !request.filter.room.state.lazy_load_options.is_disabled();
         // Members the device already has are left out of incremental syncs, unless asked for.
@@ -571,40 +581,39 @@ impl Services {
             .map(|event| event.pdu.sender.to_string())
             .chain(std::iter::once(requester.user_id.to_string()))
             .collect();
+        let wanted = |key: &String, id: &OwnedEventId| {
+            wanted_members.contains(key)
+                && dedupe
+                    .is_none_or(|since| !self.lazy_members.has(requester, room_id, key, id, since))
+        };
         // Every change since the last sync that the timeline does not show: those of a gap,
         // those a timeline filter hides, and those state resolution made.
-        let ids: Vec<OwnedEventId> = target
-            .iter()
-            .filter(|(_, id)| !in_timeline.contains(id))
-            .filter(|((kind, key), id)| {
-                let is_member = *kind == StateEventType::RoomMember;
-                let changed = since_state.get(&(kind.clone(), key.clone())) != Some(*id);
-                if lazy && is_member {
-                    wanted_members.contains(key)
-                        && dedupe.is_none_or(|since| {
-                            !self.lazy_members.has(requester, room_id, key, id, since)
-                        })
-                } else {
-                    changed
-                }
-            })
-            .map(|(_, id)| id.clone())
-            .collect();
-        if lazy {
-            // What this response gives the device: the members in its state and timeline.
-            let sending: HashSet<&OwnedEventId> = ids.iter().collect();
-            let sent = target
+        let ids: Vec<OwnedEventId> = if lazy && since_group == Some(target_group) {
+            // The state did not change (new messages only, the common case of a woken sync):
+            // the members the timeline needs, looked up, not the room's state walked.
+            wanted_members
                 .iter()
-                .filter(|((kind, _), id)| {
-                    *kind == StateEventType::RoomMember && sending.contains(id)
+                .filter_map(|key| {
+                    let id = target.get(&(StateEventType::RoomMember, key.clone()))?;
+                    (!in_timeline.contains(id) && wanted(key, id)).then(|| id.clone())
                 })
-                .map(|((_, key), id)| (key.clone(), id.clone()))
-                .chain(timeline.events.iter().filter_map(|event| {
-                    let key = event.pdu.state_key.as_ref()?;
-                    (event.pdu.kind.to_string() == "m.room.member")
-                        .then(|| (key.clone(), event.pdu.event_id.clone()))
-                }));
-            self.lazy_members.record(requester, room_id, sent, window.upper);
+                .collect()
+        } else {
+            target
+                .iter()
+                .filter(|(_, id)| !in_timeline.contains(id))
+                .filter(|(pair, id)| {
+                    if lazy && pair.0 == StateEventType::RoomMember {
+                        wanted(&pair.1, id)
+                    } else {
+                        since_state.get(*pair) != Some(*id)
+                    }
+                })
+                .map(|(_, id)| id.clone())
+                .collect()
+        };
+        if lazy {
+            self.record_lazy_members(requester, room_id, &target, &ids, timeline, window);
         }
         let events = self.load_events(&ids).await?;
         let state_filter = &request.filter.room.state;
@@ -612,6 +621,37 @@ impl Services {
             .into_iter()
             .filter(|event| filter::room_event_passes(state_filter, &event.pdu))
             .collect())
+    }
+
+    /// Records the members this response gives the device: those in its state and timeline.
+    fn record_lazy_members(
+        &self,
+        requester: &Requester,
+        room_id: &RoomId,
+        target: &StateMap,
+        ids: &[OwnedEventId],
+        timeline: &TimelinePart,
+        window: Window,
+    ) {
+        let sending: HashSet<&OwnedEventId> = ids.iter().collect();
+        // The state is walked only when it gives something (a big room's woken sync seldom).
+        let in_state: Vec<(String, OwnedEventId)> = if sending.is_empty() {
+            Vec::new()
+        } else {
+            target
+                .iter()
+                .filter(|((kind, _), id)| {
+                    *kind == StateEventType::RoomMember && sending.contains(id)
+                })
+                .map(|((_, key), id)| (key.clone(), id.clone()))
+                .collect()
+        };
+        let sent = in_state.into_iter().chain(timeline.events.iter().filter_map(|event| {
+            let key = event.pdu.state_key.as_ref()?;
+            (event.pdu.kind.to_string() == "m.room.member")
+                .then(|| (key.clone(), event.pdu.event_id.clone()))
+        }));
+        self.lazy_members.record(requester, room_id, sent, window.upper);
     }
 
     /// Room summary: heroes and member counts.

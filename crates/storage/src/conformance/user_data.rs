@@ -233,3 +233,47 @@ pub async fn pushers_are_stored_per_user(store: Arc<dyn DataStore>) {
     assert!(store.list_pushers(alice).await.unwrap().is_empty());
     assert_eq!(store.list_pushers(bob).await.unwrap().len(), 1);
 }
+
+/// An event that notifies every member of a big room keeps every member's action, whatever
+/// the number of rows the store writes at once: counts, highlights, threads and actions.
+pub async fn push_actions_of_a_big_room(store: Arc<dyn DataStore>) {
+    let mut room = RoomBuilder::new(store.clone(), "big").await;
+    let thread = ruma::owned_event_id!("$root:example.org");
+    let members: Vec<ruma::OwnedUserId> = (0..601)
+        .map(|index| ruma::UserId::parse(format!("@m{index}:example.org")).unwrap())
+        .collect();
+    let mut event =
+        room.template("@alice:example.org", "m.room.message", None, json!({"body": "all"}));
+    event.push_actions = members
+        .iter()
+        .enumerate()
+        .map(|(index, member)| PushAction {
+            user_id: member.clone(),
+            notify: index % 7 != 0,
+            highlight: index % 5 == 0,
+            thread_id: (index % 3 == 0).then(|| thread.clone()),
+            actions: format!("[\"notify\",{{\"n\":{index}}}]"),
+        })
+        .collect();
+    let event_id = event.event_id.clone();
+    room.persist(event).await;
+    for (index, member) in members.iter().enumerate() {
+        let counts = store.unread_counts(member, &room.room_id).await.unwrap();
+        let expected = UnreadCounts {
+            notifications: u64::from(index % 7 != 0),
+            highlights: u64::from(index % 5 == 0),
+        };
+        assert_eq!(counts, expected, "member {index}");
+    }
+    // Rows on both sides of every boundary a store might split its writes at.
+    for index in [1, 31, 32, 33, 64, 255, 256, 257, 510, 512, 600] {
+        let found = store.notifications(&members[index], None, false, 10).await.unwrap();
+        assert_eq!(found.len(), 1, "member {index}");
+        assert_eq!(found[0].event_id, event_id);
+        assert_eq!(found[0].highlight, index % 5 == 0, "member {index}");
+        let expected = format!("[\"notify\",{{\"n\":{index}}}]");
+        assert_eq!(found[0].actions.as_deref(), Some(expected.as_str()), "member {index}");
+    }
+    let none = store.unread_counts(user_id!("@outsider:example.org"), &room.room_id).await;
+    assert_eq!(none.unwrap(), UnreadCounts::default());
+}
