@@ -93,8 +93,10 @@ pub(crate) async fn queue_pushes(
         return Ok(());
     }
     // Who has a pusher, in a few queries however big the room (inside the write transaction).
+    // Short lists: binding a parameter costs sqlx-over-SQLite a walk of the statement's
+    // parameter names, so a statement's binding grows with the square of its parameters.
     let mut has_pusher = std::collections::HashSet::new();
-    for chunk in users.chunks(500) {
+    for chunk in users.chunks(64) {
         let sql = format!(
             "SELECT DISTINCT user_id FROM pushers WHERE user_id IN ({})",
             crate::placeholders(1, chunk.len())

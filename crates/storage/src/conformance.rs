@@ -49,6 +49,7 @@ macro_rules! conformance_tests {
             client_sessions_expire_and_are_replaced,
             job_leases_have_one_holder,
             pushes_are_queued_with_their_event,
+            pushes_of_a_big_room_are_queued_for_the_users_with_pushers,
             events_persist_with_state_extremities_and_positions,
             state_groups_stay_correct_across_snapshots,
             a_failed_persist_changes_nothing,

@@ -72,3 +72,49 @@ pub async fn pushes_are_queued_with_their_event(store: Arc<dyn DataStore>) {
     store.delete_queued_push(jobs[0].id).await.unwrap();
     assert!(store.queued_pushes(10).await.unwrap().is_empty());
 }
+
+/// In a big room, exactly the notified users who have a pusher are queued, in the actions'
+/// order, however the lookup is split into statements.
+pub async fn pushes_of_a_big_room_are_queued_for_the_users_with_pushers(store: Arc<dyn DataStore>) {
+    let members: Vec<ruma::OwnedUserId> = (0..200)
+        .map(|n| ruma::OwnedUserId::try_from(format!("@member{n}:example.org")).unwrap())
+        .collect();
+    let with_pusher = [0, 63, 64, 127, 128, 150, 199];
+    for n in with_pusher {
+        let pusher = PusherRecord {
+            user_id: members[n].clone(),
+            pushkey: format!("key{n}"),
+            app_id: "app".into(),
+            json: "{}".into(),
+            device_id: None,
+            created_ts: 1,
+        };
+        store.set_pusher(&pusher, false).await.unwrap();
+    }
+    let mut room = RoomBuilder::new(store.clone(), "bigpushq").await;
+    room.send("@alice:example.org", "m.room.create", Some(""), json!({})).await;
+    let mut event =
+        room.template("@alice:example.org", "m.room.message", None, json!({"body": "a"}));
+    event.push_actions = members
+        .iter()
+        .enumerate()
+        .map(|(n, user)| PushAction {
+            user_id: user.clone(),
+            notify: n != 150,
+            highlight: false,
+            thread_id: None,
+            actions: format!("[\"notify\",{n}]"),
+        })
+        .collect();
+    event.queue_pushes = true;
+    room.persist(event).await;
+
+    let jobs = store.queued_pushes(10).await.unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let expected: Vec<(ruma::OwnedUserId, String)> = with_pusher
+        .into_iter()
+        .filter(|n| *n != 150)
+        .map(|n| (members[n].clone(), format!("[\"notify\",{n}]")))
+        .collect();
+    assert_eq!(jobs[0].users, expected, "the notified users with a pusher, in order");
+}
