@@ -15,8 +15,6 @@ use matrix_sdk::{
     room::MessagesOptions,
     ruma::{
         OwnedRoomId, UInt,
-        api::client::account::register,
-        api::client::uiaa::{AuthData, Dummy},
         events::room::{MediaSource, message::MessageType},
     },
     store::RoomLoadSettings,
@@ -25,7 +23,7 @@ use rhizome_testkit::TestServer;
 use serde_json::Value;
 
 use crate::e2ee::{encrypted_room, receive_decrypted, room, send};
-use crate::support::{PASSWORD, sync};
+use crate::support::{register_client, sync};
 
 /// A client whose state and crypto stores are SQLite files in `dir`.
 async fn client_on_disk(base_url: &str, dir: &Path) -> Client {
@@ -39,13 +37,7 @@ async fn client_on_disk(base_url: &str, dir: &Path) -> Client {
 
 /// Registers `name` with a client that keeps its stores in `dir`.
 async fn register_on_disk(base_url: &str, dir: &Path, name: &str) -> Client {
-    let client = client_on_disk(base_url, dir).await;
-    let mut request = register::v3::Request::new();
-    request.username = Some(name.to_owned());
-    request.password = Some(PASSWORD.to_owned());
-    request.auth = Some(AuthData::Dummy(Dummy::new()));
-    client.matrix_auth().register(request).await.expect("registration succeeds");
-    client
+    register_client(client_on_disk(base_url, dir).await, name).await
 }
 
 /// A client on the stores in `dir`, back in `session` (no new login, no new device).

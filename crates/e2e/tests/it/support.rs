@@ -21,7 +21,11 @@ pub async fn client(base_url: &str) -> Client {
 
 /// Registers `name` through open registration (`m.login.dummy`) and returns the logged-in client.
 pub async fn register(base_url: &str, name: &str) -> Client {
-    let client = client(base_url).await;
+    register_client(client(base_url).await, name).await
+}
+
+/// Registers `name` through open registration with `client` (one built with stores of its own).
+pub async fn register_client(client: Client, name: &str) -> Client {
     let mut request = register::v3::Request::new();
     request.username = Some(name.to_owned());
     request.password = Some(PASSWORD.to_owned());
