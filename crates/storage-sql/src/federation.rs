@@ -10,7 +10,7 @@ use rhizome_storage::{
 use ruma::{EventId, OwnedServerName, RoomId, RoomVersionId, ServerName};
 use sqlx::{AnyConnection, Row, any::AnyRow};
 
-use crate::{SqlStore, db_error, parse_id};
+use crate::{SqlStore, db_error, parse_id, recent::Touch};
 
 /// Makes sure a destination has its row (queue lengths are counted against it).
 pub(crate) async fn ensure_destination(
@@ -575,6 +575,7 @@ impl FederationStore for SqlStore {
         .execute(&mut *connection)
         .await
         .map_err(db_error)?;
+        write.touch(Touch::Membership(event.room_id.clone(), change.user_id.clone()));
         if let Some(cluster) = &self.cluster {
             let users = [change.user_id.clone()];
             cluster.announce_memberships(write.connection(), &event.room_id, &users).await?;

@@ -14,6 +14,7 @@ mod jobs;
 mod media;
 mod migrations;
 mod moderation;
+mod recent;
 mod rooms;
 mod rooms_query;
 mod scheduled;
@@ -59,6 +60,8 @@ pub struct SqlStore {
     stream: Arc<StreamPositions>,
     /// PostgreSQL: the other processes on the database.
     cluster: Option<cluster::Cluster>,
+    /// SQLite: what changed lately, for answering "nothing new" without a query.
+    recent: Arc<recent::Recent>,
 }
 
 impl SqlStore {
@@ -139,6 +142,7 @@ impl SqlStore {
             locks,
             stream: Arc::new(StreamPositions::new(0)),
             cluster: None,
+            recent: Arc::new(recent::Recent::new(false, 0)),
         };
         migrations::apply(&store).await?;
         match backend {
@@ -148,6 +152,7 @@ impl SqlStore {
                     .await
                     .map_err(db_error)?;
                 store.stream = Arc::new(StreamPositions::new(pos));
+                store.recent = Arc::new(recent::Recent::new(true, pos));
             }
             Backend::Postgres => {
                 store.stream.refresh(&store.write).await?;

@@ -13,7 +13,8 @@ use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomAliasId, RoomId, RoomVersionI
 use sqlx::{AnyConnection, AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{
-    SqlStore, db_error, flag, is_unique_violation, parse_id, placeholders, rooms_query, state,
+    SqlStore, db_error, flag, is_unique_violation, parse_id, placeholders, recent::Touch,
+    rooms_query, state,
 };
 
 pub(crate) const EVENT_COLUMNS: &str = "e.event_id, e.room_id, e.stream_pos, e.json, e.rejected, \
@@ -396,6 +397,15 @@ impl RoomStore for SqlStore {
         let mut write = self.stream_write_in(transaction).await?;
         let pos = write.pos();
         let persisted = persist_in_transaction(write.connection(), event, pos).await?;
+        if !event.rejected && !event.soft_failed {
+            write.touch(Touch::RoomEvent(event.room_id.clone()));
+        }
+        if !matches!(event.current_state, CurrentState::Unchanged) {
+            // What persisting wrote to `room_memberships` (only with a new current state).
+            for change in &event.membership_changes {
+                write.touch(Touch::Membership(event.room_id.clone(), change.user_id.clone()));
+            }
+        }
         crate::jobs::queue_pushes(write.connection(), event, rhizome_core::clock::now_millis())
             .await?;
         if let Some(cluster) = &self.cluster
@@ -607,6 +617,7 @@ impl RoomStore for SqlStore {
         until: StreamPos,
     ) -> Result<Vec<OwnedRoomId>> {
         let mut found = Vec::new();
+        let room_ids = self.recent.rooms_maybe_with_events(room_ids, since);
         for chunk in room_ids.chunks(500) {
             let sql = format!(
                 "SELECT DISTINCT room_id FROM events WHERE stream_pos > $1 AND stream_pos <= $2 \
@@ -655,6 +666,9 @@ impl RoomStore for SqlStore {
         user_id: &UserId,
         since: StreamPos,
     ) -> Result<Vec<MembershipRecord>> {
+        if self.recent.no_memberships_since(user_id, since) {
+            return Ok(Vec::new());
+        }
         rooms_query::membership_changes_since(self, user_id, since).await
     }
 

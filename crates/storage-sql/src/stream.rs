@@ -22,7 +22,7 @@ use rhizome_storage::StreamPos;
 use sqlx::{AnyConnection, AnyPool};
 use tokio::sync::{Mutex, MutexGuard, watch};
 
-use crate::{Backend, SqlStore, db_error};
+use crate::{Backend, SqlStore, db_error, recent::Touch};
 
 /// How long a writer waits, after its commit, for the positions before its own to be
 /// committed (by other processes) before it answers anyway.
@@ -139,14 +139,20 @@ impl SqlStore {
             Backend::Sqlite => {
                 let guard = self.stream.local.lock().await;
                 let pos = *guard + 1;
-                Ok(StreamWrite { guard: Some(guard), transaction, pos, store: self })
+                Ok(StreamWrite {
+                    guard: Some(guard),
+                    transaction,
+                    pos,
+                    store: self,
+                    touched: Vec::new(),
+                })
             }
             Backend::Postgres => {
                 let pos: i64 = sqlx::query_scalar("SELECT rhizome_take_stream_pos()")
                     .fetch_one(&mut *transaction)
                     .await
                     .map_err(db_error)?;
-                Ok(StreamWrite { guard: None, transaction, pos, store: self })
+                Ok(StreamWrite { guard: None, transaction, pos, store: self, touched: Vec::new() })
             }
         }
     }
@@ -159,12 +165,20 @@ pub(crate) struct StreamWrite<'a> {
     transaction: sqlx::Transaction<'static, sqlx::Any>,
     pos: StreamPos,
     store: &'a SqlStore,
+    /// What the write changes, recorded at its commit (see [`crate::recent`]).
+    touched: Vec<Touch>,
 }
 
 impl StreamWrite<'_> {
     /// The position this write takes.
     pub(crate) fn pos(&self) -> StreamPos {
         self.pos
+    }
+
+    /// Names something this write changes, for [`crate::recent`]. Every write to a table
+    /// whose changes a sync asks about must name what it changes.
+    pub(crate) fn touch(&mut self, touch: Touch) {
+        self.touched.push(touch);
     }
 
     /// The transaction's connection.
@@ -185,6 +199,8 @@ impl StreamWrite<'_> {
                     .map_err(db_error)?;
                 self.transaction.commit().await.map_err(db_error)?;
                 *guard = self.pos;
+                // Known here before the position is readable.
+                self.store.recent.record(self.pos, &self.touched);
                 stream.advance(self.pos);
             }
             None => {

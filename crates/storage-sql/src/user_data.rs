@@ -11,7 +11,7 @@ use rhizome_storage::{
 use ruma::{EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, UserId};
 use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
-use crate::{SqlStore, db_error, flag, parse_id, placeholders};
+use crate::{SqlStore, db_error, flag, parse_id, placeholders, recent::Touch};
 
 /// The stream position up to which the user has read the notification `a` (a row of
 /// `event_push_actions`): their latest read receipt, private or public, that covers it (an
@@ -73,7 +73,10 @@ impl UserDataStore for SqlStore {
                     .execute(write.connection())
                     .await
                     .map_err(db_error)?;
-        write.commit().await
+        write.touch(Touch::AccountData(user_id.to_owned()));
+        let pos = write.commit().await?;
+        self.recent.values_changed(user_id);
+        Ok(pos)
     }
 
     async fn get_account_data(
@@ -82,6 +85,14 @@ impl UserDataStore for SqlStore {
         room_id: Option<&RoomId>,
         data_type: &str,
     ) -> Result<Option<AccountDataRecord>> {
+        // A user's global account data is read by every sync (ignored users): remembered.
+        let generation = match room_id {
+            None => match self.recent.account_data(user_id, data_type) {
+                Some(record) => return Ok(record),
+                None => Some(self.recent.generation(user_id)),
+            },
+            Some(_) => None,
+        };
         let row = sqlx::query(
             "SELECT room_id, data_type, content, stream_pos FROM account_data \
              WHERE user_id = $1 AND room_id = $2 AND data_type = $3",
@@ -92,7 +103,11 @@ impl UserDataStore for SqlStore {
         .fetch_optional(&self.read)
         .await
         .map_err(db_error)?;
-        row.as_ref().map(account_data_from_row).transpose()
+        let record = row.as_ref().map(account_data_from_row).transpose()?;
+        if let Some(generation) = generation {
+            self.recent.remember_account_data(user_id, data_type, generation, record.clone());
+        }
+        Ok(record)
     }
 
     async fn account_data_since(
@@ -100,6 +115,9 @@ impl UserDataStore for SqlStore {
         user_id: &UserId,
         since: Option<StreamPos>,
     ) -> Result<Vec<AccountDataRecord>> {
+        if self.recent.no_account_data_since(user_id, since) {
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(
             "SELECT room_id, data_type, content, stream_pos FROM account_data \
              WHERE user_id = $1 AND stream_pos > $2 ORDER BY stream_pos",
@@ -171,6 +189,7 @@ impl UserDataStore for SqlStore {
                     .execute(write.connection())
                     .await
                     .map_err(db_error)?;
+        write.touch(Touch::Receipt(room_id.to_owned()));
         write.commit().await
     }
 
@@ -180,6 +199,7 @@ impl UserDataStore for SqlStore {
         since: Option<StreamPos>,
     ) -> Result<Vec<ReceiptRecord>> {
         let mut receipts = Vec::new();
+        let room_ids = self.recent.rooms_maybe_with_receipts(room_ids, since);
         for chunk in room_ids.chunks(500) {
             let sql = format!(
                 "SELECT room_id, receipt_type, user_id, thread_id, event_id, ts, stream_pos \

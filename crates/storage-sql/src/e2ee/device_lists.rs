@@ -183,7 +183,7 @@ impl DeviceListStore for SqlStore {
         let mut write = self.begin_stream_write().await?;
         let pos = write.pos();
         write_remote_list(write.connection(), list).await?;
-        record_change(write.connection(), list.user_id.as_str(), "", pos).await?;
+        record_change(&mut write, list.user_id.as_str(), "", pos).await?;
         write.commit().await.map(Some)
     }
 
@@ -221,7 +221,7 @@ impl DeviceListStore for SqlStore {
                 .map_err(db_error)?;
             }
         }
-        record_change(write.connection(), user, "", pos).await?;
+        record_change(&mut write, user, "", pos).await?;
         write.commit().await.map(Some)
     }
 
@@ -248,7 +248,7 @@ impl DeviceListStore for SqlStore {
         if tracked == 0 {
             return Ok(None);
         }
-        record_change(write.connection(), user_id.as_str(), "", pos).await?;
+        record_change(&mut write, user_id.as_str(), "", pos).await?;
         write.commit().await.map(Some)
     }
 

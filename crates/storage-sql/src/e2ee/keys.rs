@@ -9,9 +9,9 @@ use rhizome_storage::{
     },
 };
 use ruma::{DeviceId, OwnedDeviceId, UserId};
-use sqlx::{AnyConnection, AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Row};
 
-use crate::{SqlStore, db_error, parse_id, placeholders};
+use crate::{SqlStore, db_error, parse_id, placeholders, recent::Touch, stream::StreamWrite};
 
 /// How often a claim retries after losing a race for the same one-time key.
 const CLAIM_ATTEMPTS: usize = 100;
@@ -19,11 +19,12 @@ const CLAIM_ATTEMPTS: usize = 100;
 /// Records a device-list change of `user_id` at `pos`, for everyone (`viewer` = "") or one
 /// viewer.
 pub(super) async fn record_change(
-    connection: &mut AnyConnection,
+    write: &mut StreamWrite<'_>,
     user_id: &str,
     viewer: &str,
     pos: StreamPos,
 ) -> Result<()> {
+    write.touch(Touch::DeviceLists);
     sqlx::query(
         "INSERT INTO e2ee_device_list_changes (user_id, viewer, stream_pos) VALUES ($1, $2, $3) \
          ON CONFLICT (user_id, viewer) DO UPDATE SET stream_pos = excluded.stream_pos",
@@ -31,7 +32,7 @@ pub(super) async fn record_change(
     .bind(user_id)
     .bind(viewer)
     .bind(pos)
-    .execute(connection)
+    .execute(write.connection())
     .await
     .map_err(db_error)?;
     Ok(())
@@ -67,7 +68,7 @@ pub(super) async fn set_device_keys(
     .execute(write.connection())
     .await
     .map_err(db_error)?;
-    record_change(write.connection(), user_id.as_str(), "", pos).await?;
+    record_change(&mut write, user_id.as_str(), "", pos).await?;
     write.commit().await.map(Some)
 }
 
@@ -337,7 +338,7 @@ pub(super) async fn set_cross_signing_keys(
         .await
         .map_err(db_error)?;
     }
-    record_change(write.connection(), user_id.as_str(), "", pos).await?;
+    record_change(&mut write, user_id.as_str(), "", pos).await?;
     write.commit().await
 }
 
@@ -373,7 +374,7 @@ pub(super) async fn add_signatures(
     }
     for target in targets {
         let viewer = if target == signer { "" } else { signer.as_str() };
-        record_change(write.connection(), target.as_str(), viewer, pos).await?;
+        record_change(&mut write, target.as_str(), viewer, pos).await?;
     }
     write.commit().await
 }

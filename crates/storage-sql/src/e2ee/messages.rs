@@ -10,7 +10,7 @@ use ruma::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, UserId};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::keys::record_change;
-use crate::{SqlStore, db_error, parse_id, placeholders};
+use crate::{SqlStore, db_error, parse_id, placeholders, recent::Touch};
 
 pub(super) async fn record_device_list_change(
     store: &SqlStore,
@@ -18,7 +18,7 @@ pub(super) async fn record_device_list_change(
 ) -> Result<StreamPos> {
     let mut write = store.begin_stream_write().await?;
     let pos = write.pos();
-    record_change(write.connection(), user_id.as_str(), "", pos).await?;
+    record_change(&mut write, user_id.as_str(), "", pos).await?;
     write.commit().await
 }
 
@@ -182,6 +182,7 @@ pub(super) async fn queue_to_device(
             query = query.bind(device.as_str());
         }
         let inserted = query.execute(write.connection()).await.map_err(db_error)?.rows_affected();
+        write.touch(Touch::ToDevice(message.user_id.clone()));
         if inserted > 0 && !recipients.contains(&message.user_id) {
             recipients.push(message.user_id.clone());
         }
@@ -260,6 +261,7 @@ pub(super) async fn defer_to_device_messages(
     .execute(write.connection())
     .await
     .map_err(db_error)?;
+    write.touch(Touch::ToDevice(user_id.to_owned()));
     write.commit().await
 }
 

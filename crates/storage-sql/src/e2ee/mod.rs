@@ -45,7 +45,9 @@ impl E2eeStore for SqlStore {
         device_id: &DeviceId,
         keys: &[OneTimeKeyRecord],
     ) -> Result<()> {
-        keys::add_one_time_keys(self, user_id, device_id, keys).await
+        let result = keys::add_one_time_keys(self, user_id, device_id, keys).await;
+        self.recent.values_changed(user_id);
+        result
     }
 
     async fn set_fallback_keys(
@@ -54,7 +56,9 @@ impl E2eeStore for SqlStore {
         device_id: &DeviceId,
         keys: &[OneTimeKeyRecord],
     ) -> Result<()> {
-        keys::set_fallback_keys(self, user_id, device_id, keys).await
+        let result = keys::set_fallback_keys(self, user_id, device_id, keys).await;
+        self.recent.values_changed(user_id);
+        result
     }
 
     async fn one_time_key_counts(
@@ -62,7 +66,13 @@ impl E2eeStore for SqlStore {
         user_id: &UserId,
         device_id: &DeviceId,
     ) -> Result<Vec<(String, i64)>> {
-        keys::one_time_key_counts(self, user_id, device_id).await
+        if let Some(counts) = self.recent.one_time_key_counts(user_id, device_id) {
+            return Ok(counts);
+        }
+        let generation = self.recent.generation(user_id);
+        let counts = keys::one_time_key_counts(self, user_id, device_id).await?;
+        self.recent.remember_keys(user_id, device_id, generation, Some(counts.clone()), None);
+        Ok(counts)
     }
 
     async fn unused_fallback_key_algorithms(
@@ -70,7 +80,13 @@ impl E2eeStore for SqlStore {
         user_id: &UserId,
         device_id: &DeviceId,
     ) -> Result<Vec<String>> {
-        keys::unused_fallback_key_algorithms(self, user_id, device_id).await
+        if let Some(algorithms) = self.recent.fallback_keys(user_id, device_id) {
+            return Ok(algorithms);
+        }
+        let generation = self.recent.generation(user_id);
+        let algorithms = keys::unused_fallback_key_algorithms(self, user_id, device_id).await?;
+        self.recent.remember_keys(user_id, device_id, generation, None, Some(algorithms.clone()));
+        Ok(algorithms)
     }
 
     async fn claim_key(
@@ -79,7 +95,9 @@ impl E2eeStore for SqlStore {
         device_id: &DeviceId,
         algorithm: &str,
     ) -> Result<Option<OneTimeKeyRecord>> {
-        keys::claim_key(self, user_id, device_id, algorithm).await
+        let result = keys::claim_key(self, user_id, device_id, algorithm).await;
+        self.recent.values_changed(user_id);
+        result
     }
 
     async fn cross_signing_keys(&self, user_id: &UserId) -> Result<CrossSigningKeys> {
@@ -120,6 +138,9 @@ impl E2eeStore for SqlStore {
         since: StreamPos,
         until: StreamPos,
     ) -> Result<Vec<OwnedUserId>> {
+        if self.recent.no_device_lists_since(since) {
+            return Ok(Vec::new());
+        }
         messages::device_list_changes(self, viewer, since, until).await
     }
 
@@ -129,15 +150,20 @@ impl E2eeStore for SqlStore {
         since: StreamPos,
         until: StreamPos,
     ) -> Result<Vec<MembershipRecord>> {
-        messages::memberships_changed_between(self, room_ids, since, until).await
+        let room_ids = self.recent.rooms_maybe_with_memberships(room_ids, since);
+        messages::memberships_changed_between(self, &room_ids, since, until).await
     }
 
     async fn remove_deleted_devices_e2ee(&self, user_id: &UserId) -> Result<u64> {
-        messages::remove_deleted_devices_e2ee(self, user_id).await
+        let result = messages::remove_deleted_devices_e2ee(self, user_id).await;
+        self.recent.values_changed(user_id);
+        result
     }
 
     async fn delete_user_e2ee(&self, user_id: &UserId) -> Result<()> {
-        messages::delete_user_e2ee(self, user_id).await
+        let result = messages::delete_user_e2ee(self, user_id).await;
+        self.recent.values_changed(user_id);
+        result
     }
 
     async fn queue_to_device(
@@ -158,7 +184,14 @@ impl E2eeStore for SqlStore {
         until: StreamPos,
         limit: i64,
     ) -> Result<Vec<ToDeviceRecord>> {
-        messages::to_device_messages(self, user_id, device_id, until, limit).await
+        if self.recent.no_to_device_waiting(user_id, device_id) {
+            return Ok(Vec::new());
+        }
+        let records = messages::to_device_messages(self, user_id, device_id, until, limit).await?;
+        if records.is_empty() {
+            self.recent.to_device_found_empty(user_id, device_id, until);
+        }
+        Ok(records)
     }
 
     async fn delete_to_device_messages(

@@ -40,6 +40,7 @@ mod synapse;
 mod synapse_admin;
 mod sync;
 mod sync_details;
+mod sync_memory;
 mod thread_subscriptions;
 mod tls;
 mod upgrades;
