@@ -142,18 +142,27 @@ impl Recent {
         }
     }
 
-    /// The rooms of `rooms` that may have had timeline events after `since`.
-    pub(crate) fn rooms_maybe_with_events(
+    /// Of `rooms`, those known to have a timeline event after `since` and at or before
+    /// `until` (their latest), and those that may have one (to be asked of the database).
+    pub(crate) fn rooms_with_events(
         &self,
         rooms: &[OwnedRoomId],
         since: StreamPos,
-    ) -> Vec<OwnedRoomId> {
+        until: StreamPos,
+    ) -> (Vec<OwnedRoomId>, Vec<OwnedRoomId>) {
         let positions = self.positions();
-        rooms
-            .iter()
-            .filter(|room| !self.unchanged(Some(since), positions.room_events.get(*room).copied()))
-            .cloned()
-            .collect()
+        let (mut known, mut maybe) = (Vec::new(), Vec::new());
+        for room in rooms {
+            let latest = positions.room_events.get(room).copied();
+            if self.unchanged(Some(since), latest) {
+                continue;
+            }
+            match latest {
+                Some(latest) if since >= self.floor && latest <= until => known.push(room.clone()),
+                _ => maybe.push(room.clone()),
+            }
+        }
+        (known, maybe)
     }
 
     /// The rooms of `rooms` whose memberships may have changed after `since`.
@@ -372,8 +381,9 @@ mod tests {
         recent.record(7, &[Touch::Membership(room.clone(), owned_user_id!("@b:x"))]);
         let other = owned_room_id!("!other:x");
         let both = [room.clone(), other.clone()];
-        assert_eq!(recent.rooms_maybe_with_events(&both, 4), vec![room.clone()]);
-        assert!(recent.rooms_maybe_with_events(&both, 5).is_empty());
+        assert_eq!(recent.rooms_with_events(&both, 4, 5), (vec![room.clone()], vec![]));
+        assert_eq!(recent.rooms_with_events(&both, 4, 4), (vec![], vec![room.clone()]));
+        assert_eq!(recent.rooms_with_events(&both, 5, 9), (vec![], vec![]));
         assert_eq!(recent.rooms_maybe_with_memberships(&[room.clone()], 6), vec![room.clone()]);
         assert!(recent.rooms_maybe_with_memberships(&[room.clone()], 7).is_empty());
         assert!(!recent.no_memberships_since(user_id!("@b:x"), 6));
@@ -381,7 +391,7 @@ mod tests {
         assert!(recent.rooms_maybe_with_receipts(&[&room], Some(5)).is_empty());
         // An older write recorded late never lowers what is known.
         recent.record(3, &[Touch::RoomEvent(room.clone())]);
-        assert_eq!(recent.rooms_maybe_with_events(&both, 4), vec![room.clone()]);
+        assert_eq!(recent.rooms_with_events(&both, 4, 9), (vec![room.clone()], vec![]));
         assert!(recent.no_device_lists_since(0));
         recent.record(9, &[Touch::DeviceLists]);
         assert!(!recent.no_device_lists_since(8));

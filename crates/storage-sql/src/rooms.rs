@@ -616,8 +616,8 @@ impl RoomStore for SqlStore {
         since: StreamPos,
         until: StreamPos,
     ) -> Result<Vec<OwnedRoomId>> {
-        let mut found = Vec::new();
-        let room_ids = self.recent.rooms_maybe_with_events(room_ids, since);
+        // Rooms whose latest event falls in the window need no query, nor those without one.
+        let (mut found, room_ids) = self.recent.rooms_with_events(room_ids, since, until);
         for chunk in room_ids.chunks(500) {
             let sql = format!(
                 "SELECT DISTINCT room_id FROM events WHERE stream_pos > $1 AND stream_pos <= $2 \
