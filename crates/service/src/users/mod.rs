@@ -540,9 +540,13 @@ impl Services {
         self.deactivate_user(&requester.user_id).await
     }
 
-    /// Deactivates an account (without asking the user: the administrator's way): leaves
-    /// every room, ends every session, and keeps the ID reserved forever.
+    /// Deactivates an account (without asking the user: the administrator's way): cancels its
+    /// delayed events, leaves every room, ends every session, and keeps the ID reserved
+    /// forever.
     pub async fn deactivate_user(&self, user_id: &UserId) -> Result<()> {
+        // Before leaving: a delayed join sent after it would bring the account back. Those
+        // scheduled while leaving go with the account in the store's deactivation.
+        self.cancel_all_delayed_events(user_id).await?;
         for membership in self.store.rooms_of_user(user_id, &["join", "invite", "knock"]).await? {
             if let Err(error) = self.leave_room(user_id, &membership.room_id, None).await {
                 tracing::warn!(%error, "could not leave a room while deactivating an account");
