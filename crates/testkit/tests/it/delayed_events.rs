@@ -362,3 +362,41 @@ async fn deactivation_cancels_delayed_events() {
         alice.get(&state).await.expect_error(404, "M_NOT_FOUND");
     }
 }
+
+#[tokio::test]
+async fn managing_delayed_events_is_rate_limited() {
+    let server = TestServer::start_with(rhizome_testkit::Backend::Sqlite, |config| {
+        use rhizome_core::config::RateLimit;
+        config.rate_limits.enabled = true;
+        config.rate_limits.delayed_event_management = RateLimit { per_second: 0.001, burst: 2 };
+        config.rate_limits.delayed_event_management_per_address =
+            RateLimit { per_second: 0.001, burst: 3 };
+    })
+    .await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    let content = json!({ "msgtype": "m.text", "body": "x" });
+    let answer = alice.put(&send_path(&room_id, "limited", "60000"), content).await.ok();
+    let owned = format!("{UNSTABLE}/delayed_events/{}", answer["delay_id"].as_str().unwrap());
+
+    // With a token: per user.
+    for _ in 0..2 {
+        alice.post(&owned, json!({ "action": "restart" })).await.ok();
+    }
+    let limited = alice.post(&owned, json!({ "action": "restart" })).await;
+    limited.expect_error(429, "M_LIMIT_EXCEEDED");
+    assert!(limited.body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{}", limited.body);
+
+    // By delay ID alone: per client address, known IDs and guessed ones alike, so IDs cannot
+    // be guessed at speed.
+    let anonymous = Api::new(&server.base_url);
+    anonymous.post(&format!("{owned}/restart"), json!({})).await.ok();
+    for guess in ["syd_a", "syd_b"] {
+        let path = format!("{UNSTABLE}/delayed_events/{guess}/send");
+        anonymous.post(&path, json!({})).await.expect_error(404, "M_NOT_FOUND");
+    }
+    let limited = anonymous.post(&format!("{owned}/restart"), json!({})).await;
+    limited.expect_error(429, "M_LIMIT_EXCEEDED");
+    assert!(limited.body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{}", limited.body);
+    assert_eq!(scheduled(&alice).await.len(), 1, "the refused requests changed nothing");
+}
