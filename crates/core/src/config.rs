@@ -260,6 +260,13 @@ pub struct RateLimitsConfig {
     /// Messages, state events and redactions sent, per client address (everyone behind one
     /// address together, so keep it well above `message`).
     pub message_per_address: RateLimit,
+    /// Restarting, sending or cancelling a delayed event with an access token, per user (a
+    /// call's client restarts its delayed "left the call" event every few seconds).
+    pub delayed_event_management: RateLimit,
+    /// Restarting, sending or cancelling a delayed event by its delay ID alone, without an
+    /// access token, per client address (a call's server may act for many users from one
+    /// address, so keep it well above `delayed_event_management`).
+    pub delayed_event_management_per_address: RateLimit,
     /// Reverse proxies in front of Rhizome. For connections from these addresses, the client's
     /// address is read from the `X-Forwarded-For` header they add (the last address in it that
     /// is not itself a trusted proxy). Empty: every client is the address it connects from.
@@ -275,6 +282,8 @@ impl Default for RateLimitsConfig {
             registration_token_validity: RateLimit { per_second: 0.1, burst: 5 },
             message: RateLimit { per_second: 5.0, burst: 30 },
             message_per_address: RateLimit { per_second: 50.0, burst: 200 },
+            delayed_event_management: RateLimit { per_second: 1.0, burst: 10 },
+            delayed_event_management_per_address: RateLimit { per_second: 10.0, burst: 50 },
             trusted_proxies: Vec::new(),
         }
     }

@@ -25,6 +25,10 @@ pub enum Action {
     Message,
     /// Sending an event, per client address.
     MessagePerAddress,
+    /// Restarting, sending or cancelling a delayed event with an access token, per user.
+    DelayedEventManagement,
+    /// Restarting, sending or cancelling a delayed event by its ID alone, per client address.
+    DelayedEventManagementPerAddress,
 }
 
 struct Bucket {
@@ -51,6 +55,10 @@ impl RateLimiter {
             Action::RegistrationTokenValidity => self.config.registration_token_validity,
             Action::Message => self.config.message,
             Action::MessagePerAddress => self.config.message_per_address,
+            Action::DelayedEventManagement => self.config.delayed_event_management,
+            Action::DelayedEventManagementPerAddress => {
+                self.config.delayed_event_management_per_address
+            }
         }
     }
 

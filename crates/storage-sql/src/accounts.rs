@@ -106,7 +106,7 @@ impl AccountStore for SqlStore {
         .execute(&mut *transaction)
         .await
         .map_err(db_error)?;
-        for table in ["access_tokens", "devices", "pushers"] {
+        for table in ["access_tokens", "devices", "pushers", "delayed_events"] {
             sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE user_id = $1")))
                 .bind(user_id.as_str())
                 .execute(&mut *transaction)

@@ -21,7 +21,8 @@ pub trait AccountStore {
     /// Replaces the password hash.
     async fn set_password_hash(&self, user_id: &UserId, password_hash: &str) -> Result<()>;
 
-    /// Marks the account deactivated, drops its password, profile, devices and tokens.
+    /// Marks the account deactivated, drops its password, profile, devices, tokens, pushers
+    /// and delayed events.
     async fn deactivate_user(&self, user_id: &UserId) -> Result<()>;
 
     /// Sets the display name (`None` removes it).

@@ -1,12 +1,14 @@
 //! Test support (dev only): a real Rhizome server started in this process on a free loopback
 //! port, over SQLite (a temporary data directory) or PostgreSQL (a throwaway server), and a
-//! small HTTP client speaking JSON to it. For federation: Synapse as a real peer ([`synapse`])
+//! small HTTP client speaking JSON to it; a push gateway that records what it is sent
+//! ([`RecordingPushGateway`]). For federation: Synapse as a real peer ([`synapse`])
 //! and a scriptable federation peer of our own ([`peer`]).
 
 pub mod certs;
 mod client;
 mod media;
 pub mod peer;
+mod push_gateway;
 pub mod synapse;
 
 use std::{sync::Arc, sync::Once};
@@ -17,6 +19,7 @@ use rhizome_service::Services;
 
 pub use client::{Api, Response, encode};
 pub use media::{RawResponse, mxc_parts};
+pub use push_gateway::RecordingPushGateway;
 
 /// The database a test server uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Delayed events (MSC4140) on their unstable paths: `?org.matrix.msc4140.delay=` on `/send`
 //! and `/state` (read by `events`), the list of a user's scheduled events, one of them, and
 //! restarting, sending or cancelling one: with an access token (the action in the body), or with
-//! the delay ID alone (the action in the path).
+//! the delay ID alone (the action in the path), each rate limited (per user, per client address).
 
 use axum::{
     Json, Router,
@@ -9,7 +9,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use rhizome_core::Error;
-use rhizome_service::rooms::{NewEvent, delayed::DelayedAction};
+use rhizome_service::{
+    rate_limit::Action,
+    rooms::{NewEvent, delayed::DelayedAction},
+};
 use rhizome_storage::DelayedEventRecord;
 use ruma::api::client::delayed_events::{
     get_all_delayed_events, get_delayed_event, send_delayed_event, update_delayed_event,
@@ -115,6 +118,7 @@ async fn update(
     request: Ruma<update_delayed_event::unstable_v1::Request>,
 ) -> ApiResult<update_delayed_event::unstable_v1::Response> {
     let requester = request.requester()?;
+    services.rate_limiter.check(Action::DelayedEventManagement, requester.user_id.as_str())?;
     let action = DelayedAction::parse(request.body.action.as_str())?;
     services.update_delayed_event(Some(&requester.user_id), &request.body.delay_id, action).await?;
     Ok(RumaResponse(update_delayed_event::unstable_v1::Response::new()))
@@ -124,6 +128,9 @@ async fn update_by_id(
     State(services): State<AppState>,
     request: Ruma<update_delayed_event::unstable_v2::Request>,
 ) -> ApiResult<update_delayed_event::unstable_v2::Response> {
+    // Before the delay ID is looked up: it is all this endpoint asks for, so guesses are
+    // limited too.
+    services.rate_limiter.check(Action::DelayedEventManagementPerAddress, &request.client_key)?;
     let action = DelayedAction::parse(request.body.action.as_str())?;
     services.update_delayed_event(None, &request.body.delay_id, action).await?;
     Ok(RumaResponse(update_delayed_event::unstable_v2::Response::new()))

@@ -11,59 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use parking_lot::Mutex;
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rhizome_testkit::RecordingPushGateway;
+use serde_json::json;
 
 use super::cluster::{Client, Cluster};
-
-/// A push gateway on loopback: the event IDs it was told of, in order.
-async fn gateway() -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/_matrix/push/v1/notify", listener.local_addr().unwrap());
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let log = received.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let body = loop {
-                    let read = stream.read(&mut chunk).await.unwrap_or(0);
-                    if read == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..read]);
-                    let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|line| line.strip_prefix("content-length:"))
-                        .and_then(|value| value.trim().parse().ok())
-                        .unwrap_or(0);
-                    if buffer.len() >= end + 4 + length {
-                        break buffer[end + 4..end + 4 + length].to_vec();
-                    }
-                };
-                let notification: Value = serde_json::from_slice(&body).unwrap_or_default();
-                if let Some(event_id) = notification["notification"]["event_id"].as_str() {
-                    log.lock().push(event_id.to_owned());
-                }
-                let answer = "{\"rejected\":[]}";
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-            });
-        }
-    });
-    (url, received)
-}
 
 /// The push worker's lease holder (`push-<pid>_…`), if any.
 async fn push_lease_holder(database_url: &str) -> Option<String> {
@@ -121,7 +72,7 @@ async fn follow(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_process_loses_no_acknowledged_event_and_its_push_work_moves() {
     let mut cluster = Cluster::start(3).await;
-    let (gateway_url, pushed) = gateway().await;
+    let gateway = RecordingPushGateway::start().await;
     let token = cluster.admin(&["token", "create", "--uses", "2"]).trim().to_owned();
     let mut alice = cluster.sign_up("alice", &token).await;
     let mut bob = cluster.sign_up("bob", &token).await;
@@ -130,7 +81,7 @@ async fn a_killed_process_loses_no_acknowledged_event_and_its_push_work_moves() 
     let pusher = json!({
         "pushkey": "bob-phone", "kind": "http", "app_id": "org.example.chat",
         "app_display_name": "Chat", "device_display_name": "phone", "lang": "en",
-        "data": { "url": gateway_url },
+        "data": { "url": gateway.url() },
     });
     let (status, body) = bob.post("/_matrix/client/v3/pushers/set", pusher).await;
     assert_eq!(status, 200, "{body}");
@@ -166,7 +117,7 @@ async fn a_killed_process_loses_no_acknowledged_event_and_its_push_work_moves() 
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let victim = push_worker(&cluster, &[0, 1, 2]).await;
-    let before_kill = pushed.lock().len();
+    let before_kill = gateway.event_ids().len();
     cluster.kill(victim);
     let killed = Instant::now();
     let alive: Vec<usize> = (0..3).filter(|index| *index != victim).collect();
@@ -192,7 +143,7 @@ async fn a_killed_process_loses_no_acknowledged_event_and_its_push_work_moves() 
     // Every notification reaches the gateway, sent by the process that took the lease over.
     let started = Instant::now();
     let missing = loop {
-        let received: HashSet<String> = pushed.lock().iter().cloned().collect();
+        let received: HashSet<String> = gateway.event_ids().into_iter().collect();
         let missing: Vec<&String> =
             acknowledged.iter().filter(|event_id| !received.contains(*event_id)).collect();
         if missing.is_empty() || started.elapsed() > Duration::from_secs(60) {
@@ -201,7 +152,7 @@ async fn a_killed_process_loses_no_acknowledged_event_and_its_push_work_moves() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(missing, 0, "notifications lost with the killed process");
-    let received = pushed.lock().clone();
+    let received = gateway.event_ids();
     let mut counts: HashMap<&String, usize> = HashMap::new();
     for event_id in &received {
         *counts.entry(event_id).or_default() += 1;

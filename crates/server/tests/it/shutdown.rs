@@ -3,54 +3,17 @@
 
 use std::{
     process::Command,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use axum::{Json, Router, extract::State, routing};
+use rhizome_testkit::RecordingPushGateway;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 
 use super::{free_port, post, register, serve};
 
-/// A push gateway on loopback that takes its time: one notification every `delay`.
-#[derive(Clone)]
-struct SlowGateway {
-    received: Arc<Mutex<Vec<Value>>>,
-    delay: Duration,
-}
-
-impl SlowGateway {
-    /// Serves the gateway; returns it and its notify URL.
-    async fn start(delay: Duration) -> (Self, String) {
-        let gateway = Self { received: Arc::default(), delay };
-        let app = Router::new()
-            .route("/_matrix/push/v1/notify", routing::post(notify))
-            .with_state(gateway.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (gateway, format!("http://127.0.0.1:{port}/_matrix/push/v1/notify"))
-    }
-
-    async fn event_ids(&self) -> Vec<String> {
-        let received = self.received.lock().await;
-        received
-            .iter()
-            .filter_map(|n| n["notification"]["event_id"].as_str().map(str::to_owned))
-            .collect()
-    }
-}
-
-async fn notify(State(gateway): State<SlowGateway>, Json(body): Json<Value>) -> Json<Value> {
-    tokio::time::sleep(gateway.delay).await;
-    gateway.received.lock().await.push(body);
-    Json(json!({ "rejected": [] }))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_server_delivers_the_notifications_it_queued_and_warns_of_nothing() {
-    let (gateway, url) = SlowGateway::start(Duration::from_millis(150)).await;
+    let gateway = RecordingPushGateway::start_slow(Duration::from_millis(150)).await;
     let dir = tempfile::tempdir().unwrap();
     // One notification at a time, so most of them are still queued when the server stops.
     let env = [
@@ -81,7 +44,7 @@ async fn a_stopped_server_delivers_the_notifications_it_queued_and_warns_of_noth
     let pusher = json!({
         "pushkey": "bobs-phone", "kind": "http", "app_id": "org.example.chat",
         "app_display_name": "Chat", "device_display_name": "phone", "lang": "en",
-        "data": { "url": url },
+        "data": { "url": gateway.url() },
     });
     let url_pusher = format!("{base}/_matrix/client/v3/pushers/set");
     let (status, set) = post(&client, url_pusher, Some(bob_token), pusher).await;
@@ -101,7 +64,7 @@ async fn a_stopped_server_delivers_the_notifications_it_queued_and_warns_of_noth
         let body: Value = response.json().await.unwrap();
         sent.push(body["event_id"].as_str().unwrap().to_owned());
     }
-    let before_stop = gateway.event_ids().await;
+    let before_stop = gateway.event_ids();
     let queued = sent.iter().filter(|id| !before_stop.contains(id)).count();
     assert!(queued >= 5, "only {queued} notifications were queued at the stop: no test");
 
@@ -118,7 +81,7 @@ async fn a_stopped_server_delivers_the_notifications_it_queued_and_warns_of_noth
     };
     assert!(status.success(), "the server exited with {status}");
 
-    let delivered = gateway.event_ids().await;
+    let delivered = gateway.event_ids();
     for event_id in &sent {
         assert!(delivered.contains(event_id), "the notification of {event_id} was lost");
     }

@@ -231,8 +231,18 @@ impl Services {
         }
     }
 
-    /// Sends a scheduled event as its sender, through the same checks as any client event.
+    /// Cancels every event the user scheduled (their account is being deactivated).
+    pub(crate) async fn cancel_all_delayed_events(&self, user_id: &UserId) -> Result<()> {
+        for record in self.store.delayed_events_of(user_id).await? {
+            self.store.take_delayed_event(&record.delay_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a scheduled event as its sender, through the same checks as any client event,
+    /// unless the sender's account is gone.
     async fn send_delayed_event(&self, record: &DelayedEventRecord) -> Result<OwnedEventId> {
+        self.active_account(&record.user_id).await?;
         let event = NewEvent {
             kind: TimelineEventType::from(record.event_type.clone()),
             content: RawJsonValue::from_string(record.content.clone())?,

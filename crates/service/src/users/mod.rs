@@ -62,13 +62,14 @@ pub struct RegisterRequest {
     pub auth: Option<AuthData>,
 }
 
-/// A registration request's own parameters, as its UIA session keeps them.
+/// A registration request's own parameters, as its UIA session keeps them: the password only
+/// as the hash the account will get, since the session is stored between requests.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct RegisterParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    password: Option<String>,
+    password_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     device_id: Option<OwnedDeviceId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,11 +80,12 @@ struct RegisterParams {
     refresh_token: bool,
 }
 
-impl From<&RegisterRequest> for RegisterParams {
-    fn from(request: &RegisterRequest) -> Self {
+impl RegisterParams {
+    /// The request's parameters, its password given as `password_hash`.
+    fn new(request: &RegisterRequest, password_hash: Option<String>) -> Self {
         Self {
             username: request.username.clone(),
-            password: request.password.clone(),
+            password_hash,
             device_id: request.device_id.clone(),
             initial_device_display_name: request.initial_device_display_name.clone(),
             inhibit_login: request.inhibit_login,
@@ -202,9 +204,15 @@ impl Services {
         if let Some(username) = &request.username {
             self.check_username_available(&username.to_lowercase()).await?;
         }
-        if let Some(password) = request.password.as_deref() {
-            self.check_password_strength(password)?;
-        }
+        // Hashed as soon as it is given: the session keeps only the hash, which the account
+        // then gets as it is.
+        let password_hash = match request.password.clone() {
+            Some(password) => {
+                self.check_password_strength(&password)?;
+                Some(hash_password(&self.password_permits, password).await?)
+            }
+            None => None,
+        };
         // Authentication comes before the password is required: clients (Element among them)
         // learn the flows from a first request that carries neither.
         let outcome = self
@@ -212,7 +220,7 @@ impl Services {
                 request.auth.as_ref(),
                 self.registration_flows(),
                 UiaPurpose::Register,
-                serde_json::to_value(RegisterParams::from(&request))?,
+                serde_json::to_value(RegisterParams::new(&request, password_hash))?,
             )
             .await?;
         let params: RegisterParams = serde_json::from_value(outcome.params.clone())
@@ -221,10 +229,9 @@ impl Services {
             Some(username) => self.check_username_available(&username.to_lowercase()).await?,
             None => self.free_generated_user_id().await,
         };
-        let password = params.password.as_deref().ok_or_else(|| {
+        let password_hash = params.password_hash.clone().ok_or_else(|| {
             Error::matrix(MatrixErrorKind::MissingParam, "A password is required")
         })?;
-        self.check_password_strength(password)?;
         if self.config.registration.mode == RegistrationMode::Token {
             let token = outcome
                 .registration_token
@@ -233,7 +240,6 @@ impl Services {
                 return Err(Error::forbidden("The registration token is no longer valid"));
             }
         }
-        let password_hash = hash_password(&self.password_permits, password.to_owned()).await?;
         self.store
             .create_user(&UserRecord {
                 user_id: user_id.clone(),
@@ -540,9 +546,13 @@ impl Services {
         self.deactivate_user(&requester.user_id).await
     }
 
-    /// Deactivates an account (without asking the user: the administrator's way): leaves
-    /// every room, ends every session, and keeps the ID reserved forever.
+    /// Deactivates an account (without asking the user: the administrator's way): cancels its
+    /// delayed events, leaves every room, ends every session, and keeps the ID reserved
+    /// forever.
     pub async fn deactivate_user(&self, user_id: &UserId) -> Result<()> {
+        // Before leaving: a delayed join sent after it would bring the account back. Those
+        // scheduled while leaving go with the account in the store's deactivation.
+        self.cancel_all_delayed_events(user_id).await?;
         for membership in self.store.rooms_of_user(user_id, &["join", "invite", "knock"]).await? {
             if let Err(error) = self.leave_room(user_id, &membership.room_id, None).await {
                 tracing::warn!(%error, "could not leave a room while deactivating an account");

@@ -33,7 +33,7 @@ struct Session {
     completed: Vec<AuthType>,
     registration_token: Option<String>,
     /// The request's own parameters as the session's first request gave them (a client may
-    /// leave them out of later stages).
+    /// leave them out of later stages); a registration's password only as its hash.
     #[serde(default)]
     params: Value,
     /// When it began (ms since the epoch); it lasts `sessions.uia_session_lifetime_secs`.

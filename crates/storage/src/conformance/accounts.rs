@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use ruma::{device_id, owned_device_id, user_id};
 
-use crate::{DataStore, NewAccessToken, RegistrationTokenRecord, UserRecord};
+use crate::{DataStore, DelayedEventRecord, NewAccessToken, RegistrationTokenRecord, UserRecord};
 
 fn user(name: &str) -> UserRecord {
     UserRecord {
@@ -52,13 +52,28 @@ pub async fn users_are_created_once_and_updated(store: Arc<dyn DataStore>) {
     assert_eq!(store.count_users().await.unwrap(), 1);
 }
 
-/// Deactivation drops the password, devices and tokens, and keeps the ID taken.
+/// Deactivation drops the password, devices, tokens and delayed events, and keeps the ID
+/// taken.
 pub async fn deactivation_removes_devices_and_tokens(store: Arc<dyn DataStore>) {
     let alice = user("alice");
     store.create_user(&alice).await.unwrap();
     store.upsert_device(&alice.user_id, device_id!("D1"), Some("phone"), 5).await.unwrap();
     store.create_access_token(&token("t1", "alice", "D1", None)).await.unwrap();
+    let delayed = DelayedEventRecord {
+        delay_id: "later".into(),
+        user_id: alice.user_id.clone(),
+        device_id: Some("D1".into()),
+        room_id: ruma::room_id!("!r:example.org").to_owned(),
+        event_type: "m.room.message".into(),
+        state_key: None,
+        content: "{}".into(),
+        delay_ms: 1_000,
+        send_ts: 1_000,
+        created_ts: 0,
+    };
+    store.add_delayed_event(&delayed).await.unwrap();
     store.deactivate_user(&alice.user_id).await.unwrap();
+    assert_eq!(store.delayed_event("later").await.unwrap(), None);
     let stored = store.get_user(&alice.user_id).await.unwrap().unwrap();
     assert!(stored.deactivated);
     assert_eq!(stored.password_hash, None);

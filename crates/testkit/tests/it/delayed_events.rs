@@ -1,6 +1,7 @@
 //! Delayed events (MSC4140): scheduled through `/send`, `/state` and the unstable endpoint,
 //! listed, restarted, sent early or cancelled (with a token, or by delay ID alone), sent when
-//! due, and still due after a restart; listed and managed as Synapse does.
+//! due, and still due after a restart; never sent for a deactivated account; listed and managed
+//! as Synapse does.
 
 use std::time::Duration;
 
@@ -292,4 +293,110 @@ async fn delayed_events_look_as_they_do_on_synapse() {
     let token = alice.token.clone().unwrap();
     let on_rhizome = observed(&reqwest::Client::new(), &server.base_url, &token, &room_id).await;
     assert_eq!(on_rhizome, on_synapse);
+}
+
+/// Deactivates the account behind `api` as its user does, with its password.
+async fn deactivate_by_user(api: &Api) {
+    let path = "/_matrix/client/v3/account/deactivate";
+    let challenge = api.post(path, json!({})).await;
+    let auth = json!({
+        "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": api.user() },
+        "password": "a-long-password",
+        "session": challenge.body["session"],
+    });
+    api.post(path, json!({ "auth": auth })).await.ok();
+}
+
+#[tokio::test]
+async fn deactivation_cancels_delayed_events() {
+    use rhizome::admin::users;
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let body =
+        json!({ "preset": "public_chat", "power_level_content_override": { "state_default": 0 } });
+    let room_id = alice.create_room(body).await;
+    // Long enough for both deactivations to finish before anything is due.
+    let delay_ms = 3_000;
+    let delay = Duration::from_millis(delay_ms);
+    let scheduled_at = std::time::Instant::now();
+    for (name, by_administrator) in [("bob", false), ("carol", true)] {
+        let user = Api::new_user(&server.base_url, name).await;
+        user.join(&room_id).await;
+        let user_id = format!("@{name}:localhost");
+        let message = json!({ "msgtype": "m.text", "body": format!("from {name}") });
+        user.put(&send_path(&room_id, "later", &delay_ms.to_string()), message).await.ok();
+        let later = state_path(&room_id, "com.example.later", &user_id, delay_ms);
+        user.put(&later, json!({ "by": name })).await.ok();
+        // A delayed join would bring the deactivated account back into the public room.
+        let member = state_path(&room_id, "m.room.member", &user_id, delay_ms);
+        user.put(&member, json!({ "membership": "join" })).await.ok();
+        assert_eq!(scheduled(&user).await.len(), 3);
+        if by_administrator {
+            users::deactivate(server.services(), name).await.unwrap();
+        } else {
+            deactivate_by_user(&user).await;
+        }
+        let user_id = ruma::UserId::parse(&user_id).unwrap();
+        assert!(server.services().delayed_events(&user_id).await.unwrap().is_empty());
+    }
+    assert!(scheduled_at.elapsed() < delay, "the deactivations took longer than the delay");
+    // Scheduled last, due last: once it is sent, the others' due time has passed too.
+    let control = json!({ "msgtype": "m.text", "body": "control" });
+    let remaining = delay.saturating_sub(scheduled_at.elapsed()).as_millis().to_string();
+    alice.put(&send_path(&room_id, "control", &remaining), control).await.ok();
+    wait_for_message(&alice, &room_id, "control").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let seen = bodies(&alice, &room_id).await;
+    assert!(
+        !seen.iter().any(|body| body.starts_with("from ")),
+        "sent after deactivation: {seen:?}"
+    );
+    let members = format!("/_matrix/client/v3/rooms/{room_id}/joined_members");
+    let joined = alice.get(&members).await.ok()["joined"].clone();
+    assert_eq!(joined.as_object().unwrap().len(), 1, "a deactivated account is back: {joined}");
+    for name in ["bob", "carol"] {
+        let state =
+            format!("/_matrix/client/v3/rooms/{room_id}/state/com.example.later/@{name}:localhost");
+        alice.get(&state).await.expect_error(404, "M_NOT_FOUND");
+    }
+}
+
+#[tokio::test]
+async fn managing_delayed_events_is_rate_limited() {
+    let server = TestServer::start_with(rhizome_testkit::Backend::Sqlite, |config| {
+        use rhizome_core::config::RateLimit;
+        config.rate_limits.enabled = true;
+        config.rate_limits.delayed_event_management = RateLimit { per_second: 0.001, burst: 2 };
+        config.rate_limits.delayed_event_management_per_address =
+            RateLimit { per_second: 0.001, burst: 3 };
+    })
+    .await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    let content = json!({ "msgtype": "m.text", "body": "x" });
+    let answer = alice.put(&send_path(&room_id, "limited", "60000"), content).await.ok();
+    let owned = format!("{UNSTABLE}/delayed_events/{}", answer["delay_id"].as_str().unwrap());
+
+    // With a token: per user.
+    for _ in 0..2 {
+        alice.post(&owned, json!({ "action": "restart" })).await.ok();
+    }
+    let limited = alice.post(&owned, json!({ "action": "restart" })).await;
+    limited.expect_error(429, "M_LIMIT_EXCEEDED");
+    assert!(limited.body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{}", limited.body);
+
+    // By delay ID alone: per client address, known IDs and guessed ones alike, so IDs cannot
+    // be guessed at speed.
+    let anonymous = Api::new(&server.base_url);
+    anonymous.post(&format!("{owned}/restart"), json!({})).await.ok();
+    for guess in ["syd_a", "syd_b"] {
+        let path = format!("{UNSTABLE}/delayed_events/{guess}/send");
+        anonymous.post(&path, json!({})).await.expect_error(404, "M_NOT_FOUND");
+    }
+    let limited = anonymous.post(&format!("{owned}/restart"), json!({})).await;
+    limited.expect_error(429, "M_LIMIT_EXCEEDED");
+    assert!(limited.body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{}", limited.body);
+    assert_eq!(scheduled(&alice).await.len(), 1, "the refused requests changed nothing");
 }

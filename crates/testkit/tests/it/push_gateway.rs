@@ -2,100 +2,10 @@
 //! someone reaches their push gateway (a small one served by the test) in the format their
 //! app asked for; rejected pushkeys and signed-out devices lose their pushers.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use rhizome_testkit::{Api, Backend, TestServer};
+use rhizome_testkit::{Api, Backend, RecordingPushGateway, TestServer};
 use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    sync::Mutex,
-};
-
-/// A push gateway on loopback: records every notification it is sent and rejects the
-/// pushkeys in `rejecting`.
-struct Gateway {
-    port: u16,
-    received: Arc<Mutex<Vec<Value>>>,
-    rejecting: Arc<Mutex<Vec<String>>>,
-}
-
-impl Gateway {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let rejecting = Arc::new(Mutex::new(Vec::<String>::new()));
-        let (log, rejects) = (received.clone(), rejecting.clone());
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let (log, rejects) = (log.clone(), rejects.clone());
-                tokio::spawn(async move {
-                    let mut buffer = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    // Read the head, then as much body as Content-Length says.
-                    let body = loop {
-                        let read = stream.read(&mut chunk).await.unwrap_or(0);
-                        if read == 0 {
-                            return;
-                        }
-                        buffer.extend_from_slice(&chunk[..read]);
-                        let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
-                        let length: usize = head
-                            .lines()
-                            .find_map(|line| line.strip_prefix("content-length:"))
-                            .and_then(|value| value.trim().parse().ok())
-                            .unwrap_or(0);
-                        if buffer.len() >= end + 4 + length {
-                            break buffer[end + 4..end + 4 + length].to_vec();
-                        }
-                    };
-                    let notification: Value = serde_json::from_slice(&body).unwrap_or_default();
-                    let pushkeys: Vec<String> = notification["notification"]["devices"]
-                        .as_array()
-                        .map(|devices| {
-                            devices
-                                .iter()
-                                .filter_map(|device| device["pushkey"].as_str())
-                                .map(str::to_owned)
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    log.lock().await.push(notification);
-                    let rejecting = rejects.lock().await.clone();
-                    let rejected: Vec<&String> =
-                        pushkeys.iter().filter(|key| rejecting.contains(key)).collect();
-                    let answer = json!({ "rejected": rejected }).to_string();
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
-                         Content-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                        answer.len()
-                    );
-                    let _ = stream.write_all(response.as_bytes()).await;
-                });
-            }
-        });
-        Self { port, received, rejecting }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/_matrix/push/v1/notify", self.port)
-    }
-
-    /// Waits until `count` notifications have arrived and returns them all.
-    async fn wait_for(&self, count: usize) -> Vec<Value> {
-        for _ in 0..200 {
-            let received = self.received.lock().await.clone();
-            if received.len() >= count {
-                return received;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("the gateway got {:?}, not {count} notifications", self.received.lock().await);
-    }
-}
 
 fn pusher(pushkey: &str, url: &str, format: Option<&str>) -> Value {
     let mut data = json!({ "url": url });
@@ -111,7 +21,7 @@ fn pusher(pushkey: &str, url: &str, format: Option<&str>) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_reach_the_gateway_in_the_format_asked_for() {
-    let gateway = Gateway::start().await;
+    let gateway = RecordingPushGateway::start().await;
     let server = TestServer::start_with(Backend::Sqlite, |config| {
         config.push.allowed_addresses = vec!["127.0.0.1".parse().unwrap()];
     })
@@ -123,12 +33,12 @@ async fn notifications_reach_the_gateway_in_the_format_asked_for() {
     let set = "/_matrix/client/v3/pushers/set";
     let wrong_path = pusher("k0", "https://push.example.org/notify", None);
     alice.post(set, wrong_path).await.expect_error(400, "M_INVALID_PARAM");
-    let mut email = pusher("k0", &gateway.url(), None);
+    let mut email = pusher("k0", gateway.url(), None);
     email["kind"] = json!("email");
     alice.post(set, email).await.expect_error(400, "M_INVALID_PARAM");
 
     // Two of Alice's apps: one wants the whole event, one only its ID.
-    alice.post(set, pusher("full-key", &gateway.url(), None)).await.ok();
+    alice.post(set, pusher("full-key", gateway.url(), None)).await.ok();
     let mut phone = server.api();
     let login = json!({
         "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" },
@@ -137,7 +47,7 @@ async fn notifications_reach_the_gateway_in_the_format_asked_for() {
     phone.token = phone.post("/_matrix/client/v3/login", login).await.ok()["access_token"]
         .as_str()
         .map(str::to_owned);
-    phone.post(set, pusher("id-only-key", &gateway.url(), Some("event_id_only"))).await.ok();
+    phone.post(set, pusher("id-only-key", gateway.url(), Some("event_id_only"))).await.ok();
 
     // Bob invites Alice: both her apps hear of it.
     let room_id = bob
@@ -195,7 +105,7 @@ async fn notifications_reach_the_gateway_in_the_format_asked_for() {
     alice.send_text(&room_id, "lovely").await;
 
     // The gateway rejects one pushkey: its pusher goes.
-    gateway.rejecting.lock().await.push("full-key".to_owned());
+    gateway.reject("full-key");
     bob.send_text(&room_id, "and the beans").await;
     gateway.wait_for(6).await;
     let pushers = || async {
@@ -222,23 +132,23 @@ async fn notifications_reach_the_gateway_in_the_format_asked_for() {
     assert!(pushers().await.is_empty());
     bob.send_text(&room_id, "anyone?").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(gateway.received.lock().await.len(), 6, "a signed-out phone was notified");
+    assert_eq!(gateway.received().len(), 6, "a signed-out phone was notified");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_on_private_addresses_are_not_reached_unless_allowed() {
-    let gateway = Gateway::start().await;
+    let gateway = RecordingPushGateway::start().await;
     let server = TestServer::start().await;
     let alice = Api::new_user(&server.base_url, "alice").await;
     let bob = Api::new_user(&server.base_url, "bob").await;
-    alice.post("/_matrix/client/v3/pushers/set", pusher("key", &gateway.url(), None)).await.ok();
+    alice.post("/_matrix/client/v3/pushers/set", pusher("key", gateway.url(), None)).await.ok();
     let room_id = bob
         .create_room(json!({ "preset": "trusted_private_chat", "invite": [alice.user()] }))
         .await;
     alice.join(&room_id).await;
     bob.send_text(&room_id, "hello").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(gateway.received.lock().await.is_empty(), "a loopback gateway was reached");
+    assert!(gateway.received().is_empty(), "a loopback gateway was reached");
     // The notifications themselves still count: the invite and the message.
     let sync = alice.sync("timeout=0").await;
     assert_eq!(sync["rooms"]["join"][&room_id]["unread_notifications"]["notification_count"], 2);

@@ -1,9 +1,10 @@
 //! Registration and user-interactive authentication as the Matrix test suites check them:
-//! the challenge's shape, repeated and resumed sessions, other users' passwords, bad bytes.
+//! the challenge's shape, repeated and resumed sessions, other users' passwords, bad bytes; a
+//! session keeps only the hash of the password its first request gave.
 
 use reqwest::Method;
-use rhizome_testkit::{Api, TestServer};
-use serde_json::json;
+use rhizome_testkit::{Api, Backend, TestServer};
+use serde_json::{Value, json};
 
 const REGISTER: &str = "/_matrix/client/v3/register";
 
@@ -109,4 +110,48 @@ async fn invalid_utf8_is_not_json_before_any_authentication() {
     let alice = Api::new_user(&server.base_url, "alice").await;
     let path = "/_matrix/client/v3/account/password";
     alice.raw(Method::POST, path, Some(body)).await.expect_error(400, "M_NOT_JSON");
+}
+
+#[tokio::test]
+async fn a_registration_session_keeps_the_password_only_as_the_accounts_hash() {
+    let password = "a-distinctive-password-1234";
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let server = TestServer::start_with(backend, |config| {
+            config.registration.mode = rhizome_core::config::RegistrationMode::Token;
+        })
+        .await;
+        let services = server.services();
+        let token = services.create_registration_token(None, Some(1), None).await.unwrap().token;
+        let api = server.api();
+        let first = json!({ "username": "erin", "password": password });
+        let challenge = api.post(REGISTER, first).await;
+        assert_eq!(challenge.status, 401, "{}", challenge.body);
+        let session = challenge.body["session"].as_str().unwrap();
+
+        // The row the next request (perhaps in another process) reads.
+        let now = rhizome_core::clock::now_millis();
+        let stored = services.store.get_client_session("uia", session, now).await.unwrap();
+        let stored = stored.expect("the session is stored");
+        assert!(!stored.contains(password), "a plain password is stored: {stored}");
+        let stored: Value = serde_json::from_str(&stored).unwrap();
+        let stored_hash = stored["params"]["password_hash"].as_str().unwrap().to_owned();
+        assert!(stored_hash.starts_with("$argon2id$"), "{stored_hash}");
+
+        // Completed without the password: the account gets the session's hash.
+        let auth =
+            json!({ "type": "m.login.registration_token", "token": token, "session": session });
+        let registered = api.post(REGISTER, json!({ "auth": auth })).await.ok();
+        assert_eq!(registered["user_id"], "@erin:localhost");
+        let user_id = ruma::user_id!("@erin:localhost");
+        let account = services.store.get_user(user_id).await.unwrap().unwrap();
+        assert_eq!(account.password_hash.as_deref(), Some(stored_hash.as_str()));
+        let login = |password: &str| {
+            json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "erin" },
+                    "password": password })
+        };
+        api.post("/_matrix/client/v3/login", login(password)).await.ok();
+        let wrong = api.post("/_matrix/client/v3/login", login("not-the-password")).await;
+        wrong.expect_error(403, "M_FORBIDDEN");
+        server.stop().await;
+    }
 }
