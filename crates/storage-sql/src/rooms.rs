@@ -392,13 +392,48 @@ impl RoomStore for SqlStore {
                 cluster.announce_redaction(&mut transaction, target).await?;
             }
             transaction.commit().await.map_err(db_error)?;
+            if let Some(relation) = &event.relation {
+                self.recent.relation_added(&relation.relates_to);
+            }
             return Ok(persisted);
         }
         let mut write = self.stream_write_in(transaction).await?;
         let pos = write.pos();
         let persisted = persist_in_transaction(write.connection(), event, pos).await?;
         if !event.rejected && !event.soft_failed {
-            write.touch(Touch::RoomEvent(event.room_id.clone()));
+            // Something may relate to it already (an event from another server may come
+            // after the relations to it).
+            let has_relations = self.recent.enabled()
+                && sqlx::query_scalar::<_, i64>(
+                    "SELECT 1 FROM event_relations WHERE relates_to = $1 LIMIT 1",
+                )
+                .bind(event.event_id.as_str())
+                .fetch_optional(write.connection())
+                .await
+                .map_err(db_error)?
+                .is_some();
+            let record = EventRecord {
+                event_id: event.event_id.clone(),
+                room_id: event.room_id.clone(),
+                stream_pos: pos,
+                json: event.json.clone(),
+                rejected: false,
+                state_before: persisted.state_before,
+                state_after: persisted.state_after,
+                txn: event.txn.clone(),
+                redacted_by: None,
+                soft_failed: false,
+                outlier: false,
+            };
+            write.touch(Touch::RoomEvent(Box::new(record), has_relations));
+        }
+        if let Some(relation) = &event.relation {
+            write.touch(Touch::Relation(relation.relates_to.clone()));
+        }
+        if let Some((target, redacted_json)) = &event.redaction {
+            let touch =
+                Touch::Redaction(target.clone(), redacted_json.clone(), event.event_id.clone());
+            write.touch(touch);
         }
         if !matches!(event.current_state, CurrentState::Unchanged) {
             // What persisting wrote to `room_memberships` (only with a new current state).
@@ -548,6 +583,9 @@ impl RoomStore for SqlStore {
         direction: Direction,
         limit: i64,
     ) -> Result<Vec<EventRecord>> {
+        if let Some(records) = self.recent.room_events(room_id, from, to, direction, limit) {
+            return Ok(records);
+        }
         let sql = match direction {
             Direction::Backward => format!(
                 "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.stream_pos < $2 \
@@ -574,6 +612,9 @@ impl RoomStore for SqlStore {
     }
 
     async fn last_event_at(&self, room_id: &RoomId, pos: StreamPos) -> Result<Option<EventRecord>> {
+        if let Some(record) = self.recent.last_event_at(room_id, pos) {
+            return Ok(Some(record));
+        }
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.stream_pos <= $2 \
              AND e.rejected = 0 ORDER BY e.stream_pos DESC LIMIT 1"
@@ -714,7 +755,11 @@ impl RoomStore for SqlStore {
         &self,
         event_ids: &[OwnedEventId],
     ) -> Result<HashSet<OwnedEventId>> {
-        rooms_query::events_with_relations(self, event_ids).await
+        let (mut related, unknown) = self.recent.events_with_relations(event_ids);
+        if !unknown.is_empty() {
+            related.extend(rooms_query::events_with_relations(self, &unknown).await?);
+        }
+        Ok(related)
     }
 
     async fn latest_edit(

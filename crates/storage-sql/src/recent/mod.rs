@@ -18,17 +18,26 @@
 //! PostgreSQL stores are shared by processes whose writes this process does not see, so there
 //! it is disabled and every question goes to the database.
 
-use std::collections::HashMap;
+mod tails;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use rhizome_storage::{AccountDataRecord, StreamPos};
-use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use rhizome_storage::{AccountDataRecord, Direction, EventRecord, StreamPos};
+use ruma::{EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+
+use tails::Tails;
 
 /// Something a stream write changes.
 #[derive(Clone, Debug)]
 pub(crate) enum Touch {
-    /// A non-rejected event in a room's timeline.
-    RoomEvent(OwnedRoomId),
+    /// A timeline event (neither rejected nor soft-failed), and whether something relates to
+    /// it already.
+    RoomEvent(Box<EventRecord>, bool),
+    /// A redaction rewrote an event (its redacted JSON, and the redaction's ID).
+    Redaction(OwnedEventId, String, OwnedEventId),
+    /// A relation to an event.
+    Relation(OwnedEventId),
     /// A membership in a room, of a user.
     Membership(OwnedRoomId, OwnedUserId),
     /// A receipt in a room.
@@ -81,6 +90,7 @@ pub(crate) struct Recent {
     floor: StreamPos,
     positions: Mutex<Positions>,
     values: Mutex<Values>,
+    tails: Mutex<Tails>,
 }
 
 impl Recent {
@@ -91,7 +101,17 @@ impl Recent {
             floor,
             positions: Mutex::new(Positions::default()),
             values: Mutex::new(Values::default()),
+            tails: Mutex::new(Tails::new(floor)),
         }
+    }
+
+    /// Whether it records anything (a SQLite store).
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn tails(&self) -> std::sync::MutexGuard<'_, Tails> {
+        self.tails.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn positions(&self) -> std::sync::MutexGuard<'_, Positions> {
@@ -108,12 +128,16 @@ impl Recent {
             return;
         }
         let mut positions = self.positions();
+        let mut tails = self.tails();
         let raise = |slot: &mut StreamPos| *slot = (*slot).max(pos);
         for touch in touched {
             match touch {
-                Touch::RoomEvent(room) => {
-                    raise(positions.room_events.entry(room.clone()).or_insert(pos));
+                Touch::RoomEvent(record, has_relations) => {
+                    raise(positions.room_events.entry(record.room_id.clone()).or_insert(pos));
+                    tails.push((**record).clone(), *has_relations);
                 }
+                Touch::Redaction(target, json, by) => tails.redact(target, json, by),
+                Touch::Relation(target) => tails.relate(target),
                 Touch::Membership(room, user) => {
                     raise(positions.room_memberships.entry(room.clone()).or_insert(pos));
                     raise(positions.user_memberships.entry(user.clone()).or_insert(pos));
@@ -208,6 +232,48 @@ impl Recent {
     /// Whether no device list changed after `since`.
     pub(crate) fn no_device_lists_since(&self, since: StreamPos) -> bool {
         self.unchanged(Some(since), self.positions().device_lists)
+    }
+
+    /// A room's events as the store's `room_events` gives them, when its tail holds them all.
+    pub(crate) fn room_events(
+        &self,
+        room: &RoomId,
+        from: StreamPos,
+        to: Option<StreamPos>,
+        direction: Direction,
+        limit: i64,
+    ) -> Option<Vec<EventRecord>> {
+        if !self.enabled {
+            return None;
+        }
+        let limit = usize::try_from(limit).unwrap_or(0);
+        self.tails().events(room, from, to, direction, limit)
+    }
+
+    /// A room's latest event at or before `pos`, when its tail holds it.
+    pub(crate) fn last_event_at(&self, room: &RoomId, pos: StreamPos) -> Option<EventRecord> {
+        if !self.enabled {
+            return None;
+        }
+        self.tails().last_at(room, pos)
+    }
+
+    /// Of `event_ids`, those the tails know to have relations, and those they do not know.
+    pub(crate) fn events_with_relations(
+        &self,
+        event_ids: &[OwnedEventId],
+    ) -> (HashSet<OwnedEventId>, Vec<OwnedEventId>) {
+        if !self.enabled {
+            return (HashSet::new(), event_ids.to_vec());
+        }
+        self.tails().with_relations(event_ids)
+    }
+
+    /// A relation persisted outside the stream (history): its target has relations.
+    pub(crate) fn relation_added(&self, target: &EventId) {
+        if self.enabled {
+            self.tails().relate(target);
+        }
     }
 
     /// Whether the device is known to have no message waiting at or below `until`.
@@ -377,7 +443,8 @@ mod tests {
     fn a_change_is_seen_from_every_position_before_it() {
         let recent = Recent::new(true, 0);
         let room = owned_room_id!("!r:x");
-        recent.record(5, &[Touch::RoomEvent(room.clone()), Touch::Receipt(room.clone())]);
+        let event = Box::new(tails::tests::record("!r:x", "$e5", 5));
+        recent.record(5, &[Touch::RoomEvent(event, false), Touch::Receipt(room.clone())]);
         recent.record(7, &[Touch::Membership(room.clone(), owned_user_id!("@b:x"))]);
         let other = owned_room_id!("!other:x");
         let both = [room.clone(), other.clone()];
@@ -390,7 +457,10 @@ mod tests {
         assert_eq!(recent.rooms_maybe_with_receipts(&[&room], Some(4)).len(), 1);
         assert!(recent.rooms_maybe_with_receipts(&[&room], Some(5)).is_empty());
         // An older write recorded late never lowers what is known.
-        recent.record(3, &[Touch::RoomEvent(room.clone())]);
+        recent.record(
+            3,
+            &[Touch::RoomEvent(Box::new(tails::tests::record("!r:x", "$e3", 3)), false)],
+        );
         assert_eq!(recent.rooms_with_events(&both, 4, 9), (vec![room.clone()], vec![]));
         assert!(recent.no_device_lists_since(0));
         recent.record(9, &[Touch::DeviceLists]);
