@@ -149,7 +149,7 @@ impl Services {
                 } else {
                     v3::State::Before(v3::StateEvents::with_events(state_events))
                 };
-                self.fill_summary(&mut room, room_id, &requester.user_id).await?;
+                self.fill_summary(&mut room, room_id, &requester.user_id, window).await?;
             }
             let room_receipts = receipts.remove(room_id).unwrap_or_default();
             self.fill_ephemeral(&mut room, request, window, plan, room_receipts)?;
@@ -654,12 +654,14 @@ impl Services {
         self.lazy_members.record(requester, room_id, sent, window.upper);
     }
 
-    /// Room summary: heroes and member counts.
+    /// Room summary: heroes and member counts; heroes only for a room that, at the end of the
+    /// sync's window, has neither a name nor a canonical alias.
     async fn fill_summary(
         &self,
         room: &mut v3::JoinedRoom,
         room_id: &RoomId,
         user_id: &ruma::UserId,
+        window: Window,
     ) -> Result<()> {
         let members = self.room_memberships_cached(room_id).await?;
         let joined = members.iter().filter(|member| member.membership == "join").count();
@@ -668,7 +670,11 @@ impl Services {
             Some(UInt::new_saturating(u64::try_from(joined).unwrap_or(0)));
         room.summary.invited_member_count =
             Some(UInt::new_saturating(u64::try_from(invited).unwrap_or(0)));
-        let state = self.current_state(room_id).await?;
+        // The state after the window's last event (the store knows a room's latest events).
+        let state = match self.store.last_event_at(room_id, window.upper.pos).await? {
+            Some(event) => self.state_map(event.state_after).await?,
+            None => self.current_state(room_id).await?,
+        };
         let named = state.contains_key(&(StateEventType::RoomName, String::new()))
             || state.contains_key(&(StateEventType::RoomCanonicalAlias, String::new()));
         if !named {
