@@ -45,6 +45,11 @@ const WORKLOAD_ROWS: &[(&str, &[RowSpec])] = &[
         "fanout",
         &[
             ("fanout.last_ms", "fan-out last receiver (ms)", Lower),
+            (
+                "fanout.last_after_send_ms",
+                "fan-out last receiver after the send returned (ms)",
+                Lower,
+            ),
             ("fanout.p50_ms", "fan-out p50 receiver (ms)", Lower),
             ("fanout.cpu_ms_per_delivery", "fan-out: CPU ms per delivery", Lower),
         ],

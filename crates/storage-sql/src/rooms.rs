@@ -430,6 +430,11 @@ impl RoomStore for SqlStore {
         if let Some(relation) = &event.relation {
             write.touch(Touch::Relation(relation.relates_to.clone()));
         }
+        if self.recent.enabled() && !event.push_actions.is_empty() {
+            let actions = event.push_actions.iter();
+            let actions = actions.map(|a| (a.user_id.clone(), a.notify, a.highlight)).collect();
+            write.touch(Touch::PushActions(event.room_id.clone(), actions));
+        }
         if let Some((target, redacted_json)) = &event.redaction {
             let touch =
                 Touch::Redaction(target.clone(), redacted_json.clone(), event.event_id.clone());

@@ -189,7 +189,7 @@ impl UserDataStore for SqlStore {
                     .execute(write.connection())
                     .await
                     .map_err(db_error)?;
-        write.touch(Touch::Receipt(room_id.to_owned()));
+        write.touch(Touch::Receipt(room_id.to_owned(), user_id.to_owned()));
         write.commit().await
     }
 
@@ -232,36 +232,25 @@ impl UserDataStore for SqlStore {
         room_ids: &[&RoomId],
     ) -> Result<HashMap<OwnedRoomId, UnreadCounts>> {
         let mut counts = HashMap::new();
-        for chunk in room_ids.chunks(500) {
-            let sql = format!(
-                concat!(
-                    "SELECT a.room_id, \
-                            CAST(COALESCE(SUM(a.notify), 0) AS BIGINT) AS notifications, \
-                            CAST(COALESCE(SUM(a.highlight), 0) AS BIGINT) AS highlights \
-                     FROM event_push_actions a \
-                     WHERE a.user_id = $1 AND a.room_id IN ({}) AND a.stream_pos > ",
-                    last_read!(),
-                    " GROUP BY a.room_id",
-                ),
-                placeholders(2, chunk.len())
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(user_id.as_str());
-            for room_id in chunk {
-                query = query.bind(room_id.as_str());
-            }
-            for row in query.fetch_all(&self.read).await.map_err(db_error)? {
-                let room_id: OwnedRoomId = parse_id(row.try_get("room_id").map_err(db_error)?)?;
-                let notifications: i64 = row.try_get("notifications").map_err(db_error)?;
-                let highlights: i64 = row.try_get("highlights").map_err(db_error)?;
-                if notifications > 0 || highlights > 0 {
-                    let room_counts = UnreadCounts {
-                        notifications: notifications.max(0).unsigned_abs(),
-                        highlights: highlights.max(0).unsigned_abs(),
-                    };
-                    counts.insert(room_id, room_counts);
+        // Remembered counts first; the others are read, and remembered unless they changed
+        // meanwhile.
+        let mut unknown = Vec::new();
+        for room_id in room_ids {
+            match self.recent.unread_counts(user_id, room_id) {
+                Some(known) if known == UnreadCounts::default() => {}
+                Some(known) => {
+                    counts.insert((*room_id).to_owned(), known);
                 }
+                None => unknown.push((*room_id, self.recent.unread_generation(room_id))),
             }
         }
+        let room_ids: Vec<&RoomId> = unknown.iter().map(|(room_id, _)| *room_id).collect();
+        let found = self.read_unread_counts(user_id, &room_ids).await?;
+        for (room_id, generation) in unknown {
+            let room_counts = found.get(room_id).copied().unwrap_or_default();
+            self.recent.remember_unread(user_id, room_id, generation, room_counts);
+        }
+        counts.extend(found);
         Ok(counts)
     }
 
@@ -422,5 +411,47 @@ impl UserDataStore for SqlStore {
                 })
             })
             .collect()
+    }
+}
+
+impl SqlStore {
+    /// Unread counts (all threads together) of rooms, read from the database.
+    async fn read_unread_counts(
+        &self,
+        user_id: &UserId,
+        room_ids: &[&RoomId],
+    ) -> Result<HashMap<OwnedRoomId, UnreadCounts>> {
+        let mut counts = HashMap::new();
+        for chunk in room_ids.chunks(500) {
+            let sql = format!(
+                concat!(
+                    "SELECT a.room_id, \
+                            CAST(COALESCE(SUM(a.notify), 0) AS BIGINT) AS notifications, \
+                            CAST(COALESCE(SUM(a.highlight), 0) AS BIGINT) AS highlights \
+                     FROM event_push_actions a \
+                     WHERE a.user_id = $1 AND a.room_id IN ({}) AND a.stream_pos > ",
+                    last_read!(),
+                    " GROUP BY a.room_id",
+                ),
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(user_id.as_str());
+            for room_id in chunk {
+                query = query.bind(room_id.as_str());
+            }
+            for row in query.fetch_all(&self.read).await.map_err(db_error)? {
+                let room_id: OwnedRoomId = parse_id(row.try_get("room_id").map_err(db_error)?)?;
+                let notifications: i64 = row.try_get("notifications").map_err(db_error)?;
+                let highlights: i64 = row.try_get("highlights").map_err(db_error)?;
+                if notifications > 0 || highlights > 0 {
+                    let room_counts = UnreadCounts {
+                        notifications: notifications.max(0).unsigned_abs(),
+                        highlights: highlights.max(0).unsigned_abs(),
+                    };
+                    counts.insert(room_id, room_counts);
+                }
+            }
+        }
+        Ok(counts)
     }
 }

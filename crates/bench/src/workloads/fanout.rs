@@ -92,6 +92,7 @@ pub async fn measure(ctx: &Ctx, p: &Params, prepared: &mut Prepared) -> Result<O
     drop(arrived_tx);
 
     let mut rounds = Vec::new();
+    let mut after_send = Vec::new();
     for (r, marker) in markers.iter().enumerate() {
         // Wait until every member has (re)issued its long-poll for this round.
         match tokio::time::timeout(p.round_timeout, ready.acquire_many(n as u32)).await {
@@ -101,11 +102,16 @@ pub async fn measure(ctx: &Ctx, p: &Params, prepared: &mut Prepared) -> Result<O
         tokio::time::sleep(p.settle).await;
         let t0 = Instant::now();
         sender.send_text(&prepared.room, marker, 0).await.context("sending the fan-out message")?;
+        let sent = Instant::now();
         let mut delays = Vec::with_capacity(n);
+        let mut last_arrival = t0;
         let round_deadline = tokio::time::Instant::now() + p.round_timeout;
         while delays.len() < n {
             match tokio::time::timeout_at(round_deadline, arrived_rx.recv()).await {
-                Ok(Some((round, at))) if round == r => delays.push(ms_between(t0, at)),
+                Ok(Some((round, at))) if round == r => {
+                    last_arrival = last_arrival.max(at);
+                    delays.push(ms_between(t0, at));
+                }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => break,
             }
@@ -125,6 +131,8 @@ pub async fn measure(ctx: &Ctx, p: &Params, prepared: &mut Prepared) -> Result<O
             );
         }
         rounds.push(summary);
+        // The last arrival counted from the send's answer (a member may have had it sooner).
+        after_send.push(ms_between(sent, last_arrival.max(sent)));
     }
     // Every member has had the last message: its listener ends and hands its token back.
     for t in tasks {
@@ -138,6 +146,7 @@ pub async fn measure(ctx: &Ctx, p: &Params, prepared: &mut Prepared) -> Result<O
     let mut out = Outcome::default();
     out.metric("fanout.last_ms", median(&lasts));
     out.metric("fanout.p50_ms", median(&p50s));
+    out.metric("fanout.last_after_send_ms", median(&after_send));
     // The settle pauses cost an idle server nothing: this is the work of delivering.
     out.cpu_per_op("fanout.cpu_ms_per_delivery", cpu_before, cpu_after, n * p.messages);
     out.details = json!({

@@ -23,7 +23,7 @@ mod tails;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use rhizome_storage::{AccountDataRecord, Direction, EventRecord, StreamPos};
+use rhizome_storage::{AccountDataRecord, Direction, EventRecord, StreamPos, UnreadCounts};
 use ruma::{EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use tails::Tails;
@@ -40,8 +40,10 @@ pub(crate) enum Touch {
     Relation(OwnedEventId),
     /// A membership in a room, of a user.
     Membership(OwnedRoomId, OwnedUserId),
-    /// A receipt in a room.
-    Receipt(OwnedRoomId),
+    /// A receipt in a room, by a user.
+    Receipt(OwnedRoomId, OwnedUserId),
+    /// Push actions of an event for users of a room: `(user, notify, highlight)`.
+    PushActions(OwnedRoomId, Vec<(OwnedUserId, bool, bool)>),
     /// A user's account data.
     AccountData(OwnedUserId),
     /// To-device messages queued (or moved) for some of a user's devices.
@@ -77,6 +79,10 @@ struct Values {
     generations: HashMap<OwnedUserId, u64>,
     keys: HashMap<(OwnedUserId, OwnedDeviceId), (u64, DeviceKeys)>,
     account_data: HashMap<(OwnedUserId, String), (u64, Option<AccountDataRecord>)>,
+    /// Per room: moves with every change of its unread counts.
+    room_generations: HashMap<OwnedRoomId, u64>,
+    /// Unread counts (all threads together) by user and room.
+    unread: HashMap<(OwnedUserId, OwnedRoomId), UnreadCounts>,
 }
 
 /// How many remembered values at most, before they are all dropped (a bound on memory).
@@ -142,9 +148,11 @@ impl Recent {
                     raise(positions.room_memberships.entry(room.clone()).or_insert(pos));
                     raise(positions.user_memberships.entry(user.clone()).or_insert(pos));
                 }
-                Touch::Receipt(room) => {
-                    raise(positions.receipts.entry(room.clone()).or_insert(pos))
+                Touch::Receipt(room, user) => {
+                    raise(positions.receipts.entry(room.clone()).or_insert(pos));
+                    self.unread_changed(room, Some(user), &[]);
                 }
+                Touch::PushActions(room, actions) => self.unread_changed(room, None, actions),
                 Touch::AccountData(user) => {
                     raise(positions.account_data.entry(user.clone()).or_insert(pos));
                 }
@@ -384,6 +392,61 @@ impl Recent {
         }
     }
 
+    /// Counts of the room's push actions or receipts changed: a receipt of `reader` drops
+    /// theirs; new actions (always after every receipt) add to those remembered.
+    fn unread_changed(
+        &self,
+        room: &RoomId,
+        reader: Option<&UserId>,
+        actions: &[(OwnedUserId, bool, bool)],
+    ) {
+        let mut values = self.values();
+        *values.room_generations.entry(room.to_owned()).or_insert(0) += 1;
+        if let Some(reader) = reader {
+            values.unread.remove(&(reader.to_owned(), room.to_owned()));
+        }
+        for (user, notify, highlight) in actions {
+            if let Some(counts) = values.unread.get_mut(&(user.clone(), room.to_owned())) {
+                counts.notifications += u64::from(*notify);
+                counts.highlights += u64::from(*highlight);
+            }
+        }
+    }
+
+    /// The room's unread-counts generation, read before counts are read from the database.
+    pub(crate) fn unread_generation(&self, room: &RoomId) -> u64 {
+        self.values().room_generations.get(room).copied().unwrap_or(0)
+    }
+
+    /// A user's remembered unread counts in a room.
+    pub(crate) fn unread_counts(&self, user: &UserId, room: &RoomId) -> Option<UnreadCounts> {
+        if !self.enabled {
+            return None;
+        }
+        self.values().unread.get(&(user.to_owned(), room.to_owned())).copied()
+    }
+
+    /// Remembers unread counts read at `generation` (unless the room's moved since).
+    pub(crate) fn remember_unread(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        generation: u64,
+        counts: UnreadCounts,
+    ) {
+        if !self.enabled {
+            return;
+        }
+        let mut values = self.values();
+        if values.room_generations.get(room).copied().unwrap_or(0) != generation {
+            return;
+        }
+        if values.unread.len() >= MAX_VALUES {
+            values.unread.clear();
+        }
+        values.unread.insert((user.to_owned(), room.to_owned()), counts);
+    }
+
     /// A user's global account data of a type, if remembered (`Some(None)`: there is none).
     pub(crate) fn account_data(
         &self,
@@ -444,7 +507,10 @@ mod tests {
         let recent = Recent::new(true, 0);
         let room = owned_room_id!("!r:x");
         let event = Box::new(tails::tests::record("!r:x", "$e5", 5));
-        recent.record(5, &[Touch::RoomEvent(event, false), Touch::Receipt(room.clone())]);
+        recent.record(
+            5,
+            &[Touch::RoomEvent(event, false), Touch::Receipt(room.clone(), owned_user_id!("@r:x"))],
+        );
         recent.record(7, &[Touch::Membership(room.clone(), owned_user_id!("@b:x"))]);
         let other = owned_room_id!("!other:x");
         let both = [room.clone(), other.clone()];
@@ -480,6 +546,28 @@ mod tests {
         assert!(!recent.no_to_device_waiting(user, device), "the message at 6 may wait");
         recent.to_device_found_empty(user, device, 6);
         assert!(recent.no_to_device_waiting(user, device));
+    }
+
+    #[test]
+    fn unread_counts_grow_with_actions_and_drop_with_receipts() {
+        let recent = Recent::new(true, 0);
+        let (user, room) = (owned_user_id!("@a:x"), owned_room_id!("!r:x"));
+        let before = recent.unread_generation(&room);
+        let actions = vec![(user.clone(), true, false)];
+        recent.record(1, &[Touch::PushActions(room.clone(), actions.clone())]);
+        // Read before the action was counted: not kept.
+        recent.remember_unread(&user, &room, before, UnreadCounts::default());
+        assert_eq!(recent.unread_counts(&user, &room), None);
+        let now = recent.unread_generation(&room);
+        let one = UnreadCounts { notifications: 1, highlights: 0 };
+        recent.remember_unread(&user, &room, now, one);
+        recent.record(2, &[Touch::PushActions(room.clone(), vec![(user.clone(), true, true)])]);
+        let two = UnreadCounts { notifications: 2, highlights: 1 };
+        assert_eq!(recent.unread_counts(&user, &room), Some(two));
+        recent.record(3, &[Touch::Receipt(room.clone(), owned_user_id!("@other:x"))]);
+        assert_eq!(recent.unread_counts(&user, &room), Some(two));
+        recent.record(4, &[Touch::Receipt(room.clone(), user.clone())]);
+        assert_eq!(recent.unread_counts(&user, &room), None);
     }
 
     #[test]

@@ -249,3 +249,60 @@ async fn rooms_follow_memberships_state_redactions_upgrades_and_forgetting() {
     assert!(initial["rooms"]["leave"].get(&room_id).is_none(), "{initial}");
     assert!(initial["rooms"]["join"].get(&new_room).is_some(), "{initial}");
 }
+
+fn unread(sync: &Value, room_id: &str) -> (u64, u64) {
+    let counts = &sync["rooms"]["join"][room_id]["unread_notifications"];
+    (
+        counts["notification_count"].as_u64().unwrap_or(0),
+        counts["highlight_count"].as_u64().unwrap_or(0),
+    )
+}
+
+#[tokio::test]
+async fn unread_counts_follow_messages_mentions_and_receipts() {
+    let server = TestServer::start().await;
+    let alice = Device::register(&server, "alice").await;
+    let bob = Device::register(&server, "bob").await;
+    let room_id = alice.api.create_room(json!({ "preset": "public_chat" })).await;
+    bob.api.join(&room_id).await;
+    let mut since = next_batch(&bob.sync(None).await);
+
+    alice.api.send_text(&room_id, "one").await;
+    let sync = after(&bob.api, &since).await;
+    assert_eq!(unread(&sync, &room_id), (1, 0), "{sync}");
+    since = next_batch(&sync);
+    // Remembered counts grow with each message, and a mention highlights.
+    alice.api.send_text(&room_id, "two").await;
+    let sync = after(&bob.api, &since).await;
+    assert_eq!(unread(&sync, &room_id), (2, 0), "{sync}");
+    since = next_batch(&sync);
+    let mention = json!({ "msgtype": "m.text", "body": "hey bob",
+        "m.mentions": { "user_ids": [&bob.user_id] } });
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/m1");
+    let latest = alice.api.put(&path, mention).await.ok()["event_id"].as_str().unwrap().to_owned();
+    let sync = after(&bob.api, &since).await;
+    assert_eq!(unread(&sync, &room_id), (3, 1), "{sync}");
+    since = next_batch(&sync);
+    // Another member's receipt changes nothing of Bob's; Bob's own resets them.
+    let receipt = |kind: &str, event_id: &str| {
+        format!("/_matrix/client/v3/rooms/{room_id}/receipt/{kind}/{event_id}")
+    };
+    alice.api.post(&receipt("m.read", &latest), json!({})).await.ok();
+    bob.api.send_text(&room_id, "I am here").await;
+    let sync = after(&bob.api, &since).await;
+    assert_eq!(unread(&sync, &room_id), (3, 1), "{sync}");
+    since = next_batch(&sync);
+    bob.api.post(&receipt("m.read", &latest), json!({})).await.ok();
+    let sync = after(&bob.api, &since).await;
+    assert_eq!(unread(&sync, &room_id), (0, 0), "{sync}");
+    since = next_batch(&sync);
+    let newest = alice.api.send_text(&room_id, "four").await;
+    let sync = after(&bob.api, &since).await;
+    assert_eq!(unread(&sync, &room_id), (1, 0), "{sync}");
+    since = next_batch(&sync);
+    // A private receipt counts as read too.
+    bob.api.post(&receipt("m.read.private", &newest), json!({})).await.ok();
+    alice.api.send_text(&room_id, "five").await;
+    let sync = after(&bob.api, &since).await;
+    assert_eq!(unread(&sync, &room_id), (1, 0), "{sync}");
+}
