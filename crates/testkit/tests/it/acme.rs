@@ -32,8 +32,20 @@ impl Drop for Pebble {
 }
 
 impl Pebble {
-    /// Starts pebble on loopback, validating TLS-ALPN-01 challenges on `tls_port`.
+    /// Starts pebble on loopback, validating TLS-ALPN-01 challenges on `tls_port`; again on
+    /// other ports when it exits at once (a port it was given was taken meanwhile by another
+    /// test).
     async fn start(dir: &Path, tls_port: u16) -> Self {
+        for _ in 0..3 {
+            if let Some(pebble) = Self::try_start(dir, tls_port).await {
+                return pebble;
+            }
+        }
+        panic!("pebble exited at every start, see its log in {}", dir.display());
+    }
+
+    /// One start: `None` when pebble exits before it answers.
+    async fn try_start(dir: &Path, tls_port: u16) -> Option<Self> {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let binary = std::env::split_paths(&path)
             .map(|dir| dir.join("pebble"))
@@ -67,7 +79,7 @@ impl Pebble {
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
-        let pebble = Self {
+        let mut pebble = Self {
             child,
             directory_url: format!("https://127.0.0.1:{port}/dir"),
             management_url: format!("https://127.0.0.1:{management_port}"),
@@ -82,10 +94,13 @@ impl Pebble {
             .await
             .is_ok_and(|r| r.status().is_success())
         {
+            if pebble.child.try_wait().is_ok_and(|status| status.is_some()) {
+                return None;
+            }
             assert!(started.elapsed() < Duration::from_secs(20), "pebble did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        pebble
+        Some(pebble)
     }
 
     /// The root that pebble's certificates chain to (new at every start).
