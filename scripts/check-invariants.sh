@@ -41,5 +41,33 @@ if grep -rnE 'tracing::(info|warn|error|debug)!\([^)]*(body|content)\s*=' crates
   fail "a log statement records message content"
 fi
 
+# A SQLite store answers a woken sync from memory (storage-sql's `recent`): every statement
+# that writes a table it answers for must tell it (a `touch` of the stream write, or
+# `values_changed`). The writers below do; a new one fails here until it does and is listed.
+remembered='events|room_memberships|receipts|account_data|e2ee_to_device|e2ee_device_list_changes|e2ee_one_time_keys|e2ee_fallback_keys|event_relations|event_push_actions'
+expected='crates/storage-sql/src/e2ee/keys.rs DELETE FROM e2ee_one_time_keys
+crates/storage-sql/src/e2ee/keys.rs INSERT INTO e2ee_device_list_changes
+crates/storage-sql/src/e2ee/keys.rs INSERT INTO e2ee_fallback_keys
+crates/storage-sql/src/e2ee/keys.rs INSERT INTO e2ee_one_time_keys
+crates/storage-sql/src/e2ee/keys.rs UPDATE e2ee_fallback_keys
+crates/storage-sql/src/e2ee/messages.rs DELETE FROM e2ee_to_device
+crates/storage-sql/src/e2ee/messages.rs INSERT INTO e2ee_to_device
+crates/storage-sql/src/e2ee/messages.rs UPDATE e2ee_to_device
+crates/storage-sql/src/federation.rs INSERT INTO room_memberships
+crates/storage-sql/src/rooms.rs INSERT INTO event_push_actions
+crates/storage-sql/src/rooms.rs INSERT INTO event_relations
+crates/storage-sql/src/rooms.rs INSERT INTO events
+crates/storage-sql/src/rooms.rs INSERT INTO room_memberships
+crates/storage-sql/src/rooms.rs UPDATE events
+crates/storage-sql/src/rooms.rs UPDATE room_memberships
+crates/storage-sql/src/user_data.rs INSERT INTO account_data
+crates/storage-sql/src/user_data.rs INSERT INTO receipts'
+found=$(grep -rnoE "(INSERT INTO|UPDATE|DELETE FROM) ($remembered)\b" crates/storage-sql/src \
+  | sed -E 's/^([^:]+):[0-9]+:/\1 /' | sort)
+if [ "$found" != "$expected" ]; then
+  fail "the writes of tables a SQLite store remembers changed; make each tell crate::recent, then list them here:
+$(diff <(echo "$expected") <(echo "$found") || true)"
+fi
+
 if [ "$failed" -ne 0 ]; then exit 1; fi
 echo "invariants hold"
