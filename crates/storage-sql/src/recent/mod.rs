@@ -517,8 +517,11 @@ mod tests {
         assert_eq!(recent.rooms_with_events(&both, 4, 5), (vec![room.clone()], vec![]));
         assert_eq!(recent.rooms_with_events(&both, 4, 4), (vec![], vec![room.clone()]));
         assert_eq!(recent.rooms_with_events(&both, 5, 9), (vec![], vec![]));
-        assert_eq!(recent.rooms_maybe_with_memberships(&[room.clone()], 6), vec![room.clone()]);
-        assert!(recent.rooms_maybe_with_memberships(&[room.clone()], 7).is_empty());
+        assert_eq!(
+            recent.rooms_maybe_with_memberships(std::slice::from_ref(&room), 6),
+            vec![room.clone()]
+        );
+        assert!(recent.rooms_maybe_with_memberships(std::slice::from_ref(&room), 7).is_empty());
         assert!(!recent.no_memberships_since(user_id!("@b:x"), 6));
         assert_eq!(recent.rooms_maybe_with_receipts(&[&room], Some(4)).len(), 1);
         assert!(recent.rooms_maybe_with_receipts(&[&room], Some(5)).is_empty());
