@@ -554,6 +554,17 @@ impl RoomStore for SqlStore {
         state::load_group(&mut connection, group).await
     }
 
+    async fn load_state_groups(
+        &self,
+        groups: &[StateGroupId],
+    ) -> Result<HashMap<StateGroupId, HashMap<StateSlot, OwnedEventId>>> {
+        if groups.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut connection = self.read.acquire().await.map_err(db_error)?;
+        state::load_groups(&mut connection, groups).await
+    }
+
     async fn auth_chain(&self, event_ids: &[OwnedEventId]) -> Result<HashSet<OwnedEventId>> {
         let mut seen: HashSet<OwnedEventId> = event_ids.iter().cloned().collect();
         let mut frontier: Vec<OwnedEventId> = event_ids.to_vec();
@@ -614,6 +625,89 @@ impl RoomStore for SqlStore {
             .await
             .map_err(db_error)?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn latest_room_event_ids(
+        &self,
+        room_ids: &[&RoomId],
+        upper: StreamPos,
+        lower: Option<StreamPos>,
+        limit: i64,
+    ) -> Result<HashMap<OwnedRoomId, Vec<OwnedEventId>>> {
+        let mut found: HashMap<OwnedRoomId, Vec<(StreamPos, OwnedEventId)>> =
+            HashMap::with_capacity(room_ids.len());
+        let mut asked: Vec<&RoomId> = Vec::new();
+        for room_id in room_ids {
+            match self.recent.room_events(room_id, upper, lower, Direction::Backward, limit) {
+                Some(records) => {
+                    let ids = records.into_iter().map(|e| (e.stream_pos, e.event_id)).collect();
+                    found.insert((*room_id).to_owned(), ids);
+                }
+                None => asked.push(room_id),
+            }
+        }
+        // One statement for many rooms: each room's newest events through its own index
+        // range (a subquery with its own limit), joined by UNION ALL. SQLite allows at most
+        // 500 terms in a compound SELECT.
+        let lower = lower.unwrap_or(i64::MIN);
+        for chunk in asked.chunks(100) {
+            let terms: Vec<String> = (0..chunk.len())
+                .map(|index| {
+                    let first = index * 4 + 1;
+                    format!(
+                        "SELECT * FROM (SELECT e.room_id, e.stream_pos, e.event_id FROM events e \
+                         WHERE e.room_id = ${first} AND e.stream_pos < ${} \
+                         AND e.stream_pos > ${} AND e.rejected = 0 \
+                         ORDER BY e.stream_pos DESC LIMIT ${}) t{index}",
+                        first + 1,
+                        first + 2,
+                        first + 3
+                    )
+                })
+                .collect();
+            let sql = terms.join(" UNION ALL ");
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
+            for room_id in chunk {
+                query = query.bind(room_id.as_str()).bind(upper).bind(lower).bind(limit);
+            }
+            for row in query.fetch_all(&self.read).await.map_err(db_error)? {
+                let room_id: OwnedRoomId = parse_id(row.try_get("room_id").map_err(db_error)?)?;
+                let pos: StreamPos = row.try_get("stream_pos").map_err(db_error)?;
+                let event_id: OwnedEventId = parse_id(row.try_get("event_id").map_err(db_error)?)?;
+                found.entry(room_id).or_default().push((pos, event_id));
+            }
+        }
+        Ok(found
+            .into_iter()
+            .map(|(room_id, mut events)| {
+                events.sort_by_key(|event| std::cmp::Reverse(event.0));
+                (room_id, events.into_iter().map(|(_, event_id)| event_id).collect())
+            })
+            .collect())
+    }
+
+    async fn current_state_groups(
+        &self,
+        room_ids: &[&RoomId],
+    ) -> Result<HashMap<OwnedRoomId, StateGroupId>> {
+        let mut found = HashMap::with_capacity(room_ids.len());
+        for chunk in room_ids.chunks(500) {
+            let sql = format!(
+                "SELECT room_id, current_state_group FROM rooms WHERE room_id IN ({}) \
+                 AND current_state_group IS NOT NULL",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
+            for room_id in chunk {
+                query = query.bind(room_id.as_str());
+            }
+            for row in query.fetch_all(&self.read).await.map_err(db_error)? {
+                let room_id: String = row.try_get("room_id").map_err(db_error)?;
+                let group: StateGroupId = row.try_get("current_state_group").map_err(db_error)?;
+                found.insert(parse_id(room_id)?, group);
+            }
+        }
+        Ok(found)
     }
 
     async fn last_event_at(&self, room_id: &RoomId, pos: StreamPos) -> Result<Option<EventRecord>> {

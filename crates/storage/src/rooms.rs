@@ -94,6 +94,19 @@ pub trait RoomStore {
         group: StateGroupId,
     ) -> Result<HashMap<StateSlot, OwnedEventId>>;
 
+    /// The full state maps of several groups (those the store knows), in as few round trips
+    /// as the backend can: a sync needs many at once.
+    async fn load_state_groups(
+        &self,
+        groups: &[StateGroupId],
+    ) -> Result<HashMap<StateGroupId, HashMap<StateSlot, OwnedEventId>>> {
+        let mut maps = HashMap::with_capacity(groups.len());
+        for group in groups {
+            maps.insert(*group, self.load_state_group(*group).await?);
+        }
+        Ok(maps)
+    }
+
     /// Every auth ancestor of the given events, the events themselves included.
     async fn auth_chain(&self, event_ids: &[OwnedEventId]) -> Result<HashSet<OwnedEventId>>;
 
@@ -108,6 +121,46 @@ pub trait RoomStore {
         direction: Direction,
         limit: i64,
     ) -> Result<Vec<EventRecord>>;
+
+    /// The IDs of the latest events of several rooms at once, newest first in each: for every
+    /// room, those of what [`RoomStore::room_events`] gives backward from `upper` (exclusive)
+    /// down to `lower` (exclusive), at most `limit`. A room with no such event may be left
+    /// out. IDs only: the events themselves are usually in the caller's cache.
+    async fn latest_room_event_ids(
+        &self,
+        room_ids: &[&RoomId],
+        upper: StreamPos,
+        lower: Option<StreamPos>,
+        limit: i64,
+    ) -> Result<HashMap<OwnedRoomId, Vec<OwnedEventId>>> {
+        let mut found = HashMap::with_capacity(room_ids.len());
+        for room_id in room_ids {
+            let events =
+                self.room_events(room_id, upper, lower, Direction::Backward, limit).await?;
+            found.insert(
+                (*room_id).to_owned(),
+                events.into_iter().map(|event| event.event_id).collect(),
+            );
+        }
+        Ok(found)
+    }
+
+    /// The current state group of each of the rooms the store knows (rooms it holds no state
+    /// of are left out).
+    async fn current_state_groups(
+        &self,
+        room_ids: &[&RoomId],
+    ) -> Result<HashMap<OwnedRoomId, StateGroupId>> {
+        let mut found = HashMap::with_capacity(room_ids.len());
+        for room_id in room_ids {
+            if let Some(group) =
+                self.get_room(room_id).await?.and_then(|room| room.current_state_group)
+            {
+                found.insert((*room_id).to_owned(), group);
+            }
+        }
+        Ok(found)
+    }
 
     /// The latest event of the room at or before a stream position.
     async fn last_event_at(&self, room_id: &RoomId, pos: StreamPos) -> Result<Option<EventRecord>>;

@@ -2,7 +2,7 @@
 //! (`timeline.limited: false`, `state`, `ephemeral`, `account_data`), as clients that validate
 //! the response against the spec's schema (matrix-nio) require.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use axum::{
     Router,
@@ -16,7 +16,7 @@ use ruma::api::{
     OutgoingResponseExt,
     client::{filter::FilterDefinition, sync::sync_events},
 };
-use serde_json::{Map, Value, json};
+use serde_json::value::RawValue;
 
 use crate::{AppState, Ruma, error::ApiError, routes::add};
 
@@ -45,51 +45,60 @@ async fn sync(
         set_presence: body.set_presence.clone(),
         use_state_after: body.use_state_after,
     };
+    let use_state_after = body.use_state_after;
     let response = services.sync(requester, sync_request).await?;
-    let mut value: Value = serde_json::from_slice(
-        response.try_into_http_response::<Vec<u8>>().map_err(Error::internal)?.body(),
-    )
-    .map_err(Error::internal)?;
-    with_every_section(&mut value, body.use_state_after);
-    let bytes = serde_json::to_vec(&value).map_err(Error::internal)?;
+    let http = response.try_into_http_response::<Vec<u8>>().map_err(Error::internal)?;
+    let bytes = with_every_section(http.body(), use_state_after).map_err(Error::internal)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
-/// Fills in the sections ruma leaves out of a sync response when they are empty.
-fn with_every_section(response: &mut Value, use_state_after: bool) {
-    let Some(rooms) = response.as_object_mut().and_then(|top| object_at(top, "rooms")) else {
-        return;
+/// A JSON object whose values are kept as they are, unparsed (events are never looked into).
+type RawObject = BTreeMap<String, Box<RawValue>>;
+
+/// Fills in the sections ruma leaves out of a sync response when they are empty. The events
+/// themselves are copied through as raw JSON: an initial sync is megabytes of them.
+fn with_every_section(body: &[u8], use_state_after: bool) -> serde_json::Result<Vec<u8>> {
+    let mut top: RawObject = serde_json::from_slice(body)?;
+    let mut rooms: BTreeMap<String, BTreeMap<String, RawObject>> = match top.get("rooms") {
+        Some(rooms) => serde_json::from_str(rooms.get())?,
+        None => BTreeMap::new(),
     };
     for section in ["join", "invite", "leave", "knock"] {
-        object_at(rooms, section);
+        rooms.entry(section.to_owned()).or_default();
     }
     let state_key = if use_state_after { "state_after" } else { "state" };
     for (section, room_keys) in [
         ("join", &[state_key, "ephemeral", "account_data"][..]),
         ("leave", &[state_key, "account_data"][..]),
     ] {
-        let Some(section) = rooms.get_mut(section).and_then(Value::as_object_mut) else {
-            continue;
-        };
-        for room in section.values_mut().filter_map(Value::as_object_mut) {
-            if let Some(timeline) = object_at(room, "timeline") {
-                timeline.entry("events").or_insert_with(|| json!([]));
-                timeline.entry("limited").or_insert(Value::Bool(false));
-            }
+        let Some(section) = rooms.get_mut(section) else { continue };
+        for room in section.values_mut() {
+            fill_object(room, "timeline", &[("events", "[]"), ("limited", "false")])?;
             for key in room_keys {
-                if let Some(part) = object_at(room, key) {
-                    part.entry("events").or_insert_with(|| json!([]));
-                }
+                fill_object(room, key, &[("events", "[]")])?;
             }
         }
     }
+    top.insert("rooms".to_owned(), serde_json::value::to_raw_value(&rooms)?);
+    serde_json::to_vec(&top)
 }
 
-/// The object under `key`, made empty when missing (or not an object).
-fn object_at<'a>(map: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Map<String, Value>> {
-    let value = map.entry(key).or_insert_with(|| json!({}));
-    if !value.is_object() {
-        *value = json!({});
+/// Makes `object[key]` an object (empty when missing or not an object) holding each of
+/// `defaults` it lacks.
+fn fill_object(
+    object: &mut RawObject,
+    key: &str,
+    defaults: &[(&str, &str)],
+) -> serde_json::Result<()> {
+    let mut inner: RawObject = object
+        .get(key)
+        .and_then(|value| serde_json::from_str(value.get()).ok())
+        .unwrap_or_default();
+    for (name, value) in defaults {
+        if !inner.contains_key(*name) {
+            inner.insert((*name).to_owned(), RawValue::from_string((*value).to_owned())?);
+        }
     }
-    value.as_object_mut()
+    object.insert(key.to_owned(), serde_json::value::to_raw_value(&inner)?);
+    Ok(())
 }

@@ -29,7 +29,7 @@ fn lru<K: std::hash::Hash + Eq, V>(size: usize) -> Mutex<LruCache<K, V>> {
 pub(crate) struct RoomCaches {
     versions: Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
     events: Mutex<LruCache<OwnedEventId, Arc<LoadedEvent>>>,
-    state_groups: Mutex<LruCache<StateGroupId, Arc<StateMap>>>,
+    state_groups: Mutex<StateMapCache>,
     locks: Mutex<HashMap<OwnedRoomId, Arc<RoomLockSlot>>>,
     pub(crate) members: super::MemberCache,
     pub(crate) push_rules: Mutex<LruCache<ruma::OwnedUserId, Arc<ruma::push::Ruleset>>>,
@@ -41,11 +41,52 @@ impl RoomCaches {
         Self {
             versions: Mutex::new(HashMap::new()),
             events: lru(20_000),
-            state_groups: lru(2_000),
+            state_groups: Mutex::new(StateMapCache::new(STATE_CACHE_SLOTS)),
             locks: Mutex::new(HashMap::new()),
             members: super::MemberCache::default(),
             push_rules: lru(10_000),
             login_tokens: LoginTokens::default(),
+        }
+    }
+}
+
+/// How many state slots (entries of state maps) the state cache holds in all: about 50 MB.
+/// Counted in slots, not maps, since a big room's map is a thousand times a small one's.
+const STATE_CACHE_SLOTS: usize = 300_000;
+
+/// State maps by group, the least recently used dropped first once they hold more slots than
+/// the budget.
+pub(crate) struct StateMapCache {
+    maps: LruCache<StateGroupId, Arc<StateMap>>,
+    slots: usize,
+    budget: usize,
+}
+
+impl StateMapCache {
+    fn new(budget: usize) -> Self {
+        Self { maps: LruCache::unbounded(), slots: 0, budget }
+    }
+
+    fn get(&mut self, group: StateGroupId) -> Option<Arc<StateMap>> {
+        self.maps.get(&group).cloned()
+    }
+
+    fn contains(&self, group: StateGroupId) -> bool {
+        self.maps.contains(&group)
+    }
+
+    fn put(&mut self, group: StateGroupId, map: Arc<StateMap>) {
+        if map.len() > self.budget {
+            // It would push out everything, itself last.
+            return;
+        }
+        self.slots += map.len().max(1);
+        if let Some(old) = self.maps.put(group, map) {
+            self.slots -= old.len().max(1);
+        }
+        while self.slots > self.budget {
+            let Some((_, dropped)) = self.maps.pop_lru() else { break };
+            self.slots -= dropped.len().max(1);
         }
     }
 }
@@ -214,12 +255,33 @@ impl Services {
 
     /// The state map of a state group.
     pub async fn state_map(&self, group: StateGroupId) -> Result<Arc<StateMap>> {
-        if let Some(state) = self.caches.state_groups.lock().get(&group) {
-            return Ok(state.clone());
+        if let Some(state) = self.caches.state_groups.lock().get(group) {
+            return Ok(state);
         }
         let state = Arc::new(state_map_from_rows(self.store.load_state_group(group).await?));
         self.caches.state_groups.lock().put(group, state.clone());
         Ok(state)
+    }
+
+    /// Loads into the cache, in one read, the state maps of those groups it lacks.
+    pub(crate) async fn prefetch_state_maps(&self, groups: &[StateGroupId]) -> Result<()> {
+        let missing: Vec<StateGroupId> = {
+            let cache = self.caches.state_groups.lock();
+            let mut missing: Vec<StateGroupId> =
+                groups.iter().copied().filter(|group| !cache.contains(*group)).collect();
+            missing.sort_unstable();
+            missing.dedup();
+            missing
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let maps = self.store.load_state_groups(&missing).await?;
+        let mut cache = self.caches.state_groups.lock();
+        for (group, rows) in maps {
+            cache.put(group, Arc::new(state_map_from_rows(rows)));
+        }
+        Ok(())
     }
 
     /// The event filling a state slot in a state group.
@@ -266,5 +328,49 @@ impl Services {
     pub async fn state_events(&self, state: &StateMap) -> Result<Vec<Arc<LoadedEvent>>> {
         let ids: Vec<OwnedEventId> = state.values().cloned().collect();
         self.load_events(&ids).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::owned_event_id;
+
+    use super::*;
+
+    fn map(slots: usize) -> Arc<StateMap> {
+        Arc::new(
+            (0..slots)
+                .map(|index| {
+                    ((StateEventType::RoomMember, format!("@u{index}:x")), owned_event_id!("$e"))
+                })
+                .collect(),
+        )
+    }
+
+    /// The state cache holds maps up to its budget of slots, dropping the least recently used
+    /// first, whatever the number of maps.
+    #[test]
+    fn the_state_cache_keeps_to_its_slot_budget() {
+        let mut cache = StateMapCache::new(100);
+        cache.put(1, map(40));
+        cache.put(2, map(40));
+        assert!(cache.get(1).is_some(), "1 is now the most recently used");
+        cache.put(3, map(40));
+        assert!(cache.contains(1) && cache.contains(3));
+        assert!(!cache.contains(2), "the least recently used went");
+        assert_eq!(cache.slots, 80);
+        // Replacing a map counts its new size only.
+        cache.put(3, map(10));
+        assert_eq!(cache.slots, 50);
+        // Many small maps fit where few big ones did.
+        for group in 10..60 {
+            cache.put(group, map(1));
+        }
+        assert!(cache.slots <= 100);
+        assert!(cache.contains(59));
+        // A map bigger than the budget is not kept, and pushes nothing out for nothing.
+        cache.put(99, map(500));
+        assert!(!cache.contains(99));
+        assert!(cache.contains(59));
     }
 }

@@ -57,6 +57,18 @@ fn timeline_limit(request: &SyncRequest) -> usize {
         .min(500)
 }
 
+/// How many events a timeline's first read asks for: one more than it shows, to tell whether
+/// it is limited.
+fn timeline_batch(limit: usize) -> i64 {
+    i64::try_from(limit + 1).unwrap_or(501)
+}
+
+/// Where a joined room's timeline stops going back: at `since`, unless it starts at the
+/// beginning.
+fn timeline_lower(window: Window, plan: &JoinedPlan) -> Option<i64> {
+    if plan.from_start { None } else { window.since.map(|since| since.pos) }
+}
+
 /// How one joined room appears in a sync.
 struct JoinedPlan {
     room_id: OwnedRoomId,
@@ -81,7 +93,23 @@ pub(super) struct TimelineQuery<'a> {
     pub(super) ignored: &'a HashSet<OwnedUserId>,
     /// Whether the user is joined to the room now.
     pub(super) joined_now: bool,
+    /// What a batch for many rooms already read for this one (see [`RoomPrefetch`]).
+    pub(super) prefetched: Option<RoomPrefetch>,
 }
+
+/// What one statement for many rooms read ahead for one of them.
+#[derive(Debug, Default)]
+pub(super) struct RoomPrefetch {
+    /// The room's newest events in the window, as `collect_timeline`'s first read would
+    /// give them (newest first).
+    pub(super) events: Vec<Arc<LoadedEvent>>,
+    /// The room's current state group, when a state event in them makes it needed.
+    pub(super) current_group: Option<StateGroupId>,
+}
+
+/// How many rooms one batch of a sync reads ahead for: enough to make the per-room reads a
+/// few statements, few enough that their state maps stay in the cache until used.
+const ROOMS_PER_BATCH: usize = 50;
 
 /// One room's timeline for a sync.
 pub(super) struct TimelinePart {
@@ -119,47 +147,170 @@ impl Services {
         };
         let mut receipts = self.sync_receipts(requester, window, &joined).await?;
         let mut with_counts = Vec::new();
-        for plan in &joined {
-            let room_id = &plan.room_id;
-            let mut room = v3::JoinedRoom::new();
-            let mut has_data = false;
-            if plan.full || changed_rooms.contains(room_id) {
+        let format =
+            Format { viewer: Some(requester), with_room_id: false, bundle_relations: true };
+        for batch in joined.chunks(ROOMS_PER_BATCH) {
+            let shown: Vec<&JoinedPlan> = batch
+                .iter()
+                .filter(|plan| plan.full || changed_rooms.contains(&plan.room_id))
+                .collect();
+            let mut prefetched = self.prefetch_rooms(requester, request, window, &shown).await?;
+            // First each room's timeline and the state it needs, then one read for what all
+            // of them need (relations, state events), then the rooms as clients see them.
+            let mut parts: HashMap<
+                &RoomId,
+                (TimelinePart, Vec<OwnedEventId>, Option<StateGroupId>),
+            > = HashMap::with_capacity(shown.len());
+            for plan in &shown {
+                let prefetch = prefetched.remove(&plan.room_id);
+                let newest =
+                    prefetch.as_ref().and_then(|p| p.events.first()).map(|e| e.record.state_after);
                 let timeline = self
-                    .timeline_part(requester, request, window, room_id, plan.from_start, &ignored)
+                    .timeline_part(requester, request, window, plan, &ignored, prefetch)
                     .await?;
                 let state = self
-                    .state_part(requester, request, window, room_id, &timeline, plan.full)
+                    .state_ids_part(requester, request, window, &plan.room_id, &timeline, plan.full)
                     .await?;
-                // New events the filters hide entirely are no news.
-                has_data = !timeline.events.is_empty() || !state.is_empty() || timeline.limited;
-                let format =
-                    Format { viewer: Some(requester), with_room_id: false, bundle_relations: true };
-                room.timeline.events = self
-                    .format_events(&timeline.events, format)
-                    .await?
-                    .into_iter()
-                    .map(raw)
-                    .collect();
-                room.timeline.limited = timeline.limited;
-                room.timeline.prev_batch = Some(timeline.prev_batch);
-                let state_events =
-                    self.format_events(&state, format).await?.into_iter().map(raw).collect();
-                room.state = if request.use_state_after {
-                    v3::State::After(v3::StateEvents::with_events(state_events))
-                } else {
-                    v3::State::Before(v3::StateEvents::with_events(state_events))
-                };
-                self.fill_summary(&mut room, room_id, &requester.user_id, window).await?;
+                parts.insert(&plan.room_id, (timeline, state, newest));
             }
-            let room_receipts = receipts.remove(room_id).unwrap_or_default();
-            self.fill_ephemeral(&mut room, request, window, plan, room_receipts)?;
-            has_data |= !room.ephemeral.events.is_empty();
-            if has_data || plan.full {
-                with_counts.push(room_id);
-                response.rooms.join.insert(room_id.clone(), room);
+            let related = self
+                .events_with_relations(
+                    parts.values().flat_map(|(timeline, _, _)| timeline.events.iter()),
+                )
+                .await?;
+            let state_ids: Vec<OwnedEventId> =
+                parts.values().flat_map(|(_, ids, _)| ids.iter().cloned()).collect();
+            self.load_events(&state_ids).await?;
+            for plan in batch {
+                let room_id = &plan.room_id;
+                let mut room = v3::JoinedRoom::new();
+                let mut has_data = false;
+                if let Some((timeline, state_ids, newest)) = parts.remove::<RoomId>(room_id) {
+                    let state = self.state_events_part(request, &state_ids).await?;
+                    // New events the filters hide entirely are no news.
+                    has_data = !timeline.events.is_empty() || !state.is_empty() || timeline.limited;
+                    room.timeline.events = self
+                        .format_events_related(&timeline.events, format, &related)
+                        .await?
+                        .into_iter()
+                        .map(raw)
+                        .collect();
+                    room.timeline.limited = timeline.limited;
+                    room.timeline.prev_batch = Some(timeline.prev_batch);
+                    let state_events = self
+                        .format_events_related(&state, format, &related)
+                        .await?
+                        .into_iter()
+                        .map(raw)
+                        .collect();
+                    room.state = if request.use_state_after {
+                        v3::State::After(v3::StateEvents::with_events(state_events))
+                    } else {
+                        v3::State::Before(v3::StateEvents::with_events(state_events))
+                    };
+                    self.fill_summary(&mut room, room_id, &requester.user_id, window, newest)
+                        .await?;
+                }
+                let room_receipts = receipts.remove(room_id).unwrap_or_default();
+                self.fill_ephemeral(&mut room, request, window, plan, room_receipts)?;
+                has_data |= !room.ephemeral.events.is_empty();
+                if has_data || plan.full {
+                    with_counts.push(room_id);
+                    response.rooms.join.insert(room_id.clone(), room);
+                }
             }
         }
         self.set_unread_counts(response, &requester.user_id, &with_counts, request).await
+    }
+
+    /// Reads ahead, for several rooms at once, what their timelines need: each room's newest
+    /// events (one statement for all), the current state group of those whose events change
+    /// the state, the state maps at every event, and the events formatting and history
+    /// visibility look up in them (the viewer's membership, the history visibility). A single
+    /// room (a woken sync's usual news) is left to the per-room reads, which the store's
+    /// memory answers.
+    async fn prefetch_rooms(
+        &self,
+        requester: &Requester,
+        request: &SyncRequest,
+        window: Window,
+        plans: &[&JoinedPlan],
+    ) -> Result<HashMap<OwnedRoomId, RoomPrefetch>> {
+        if plans.len() < 2 {
+            return Ok(HashMap::new());
+        }
+        let batch = timeline_batch(timeline_limit(request));
+        let upper = window.upper.pos.saturating_add(1);
+        let mut ids: HashMap<OwnedRoomId, Vec<OwnedEventId>> = HashMap::new();
+        for from_start in [true, false] {
+            let rooms: Vec<&RoomId> = plans
+                .iter()
+                .filter(|plan| plan.from_start == from_start)
+                .map(|plan| plan.room_id.as_ref())
+                .collect();
+            if rooms.is_empty() {
+                continue;
+            }
+            let lower = if from_start { None } else { window.since.map(|since| since.pos) };
+            ids.extend(self.store.latest_room_event_ids(&rooms, upper, lower, batch).await?);
+        }
+        // The events from the cache, those it lacks in one read.
+        let all: Vec<OwnedEventId> = ids.values().flatten().cloned().collect();
+        let loaded: HashMap<OwnedEventId, Arc<LoadedEvent>> = self
+            .load_events(&all)
+            .await?
+            .into_iter()
+            .map(|event| (event.pdu.event_id.clone(), event))
+            .collect();
+        // A room whose events are not all there (gone since the IDs were read) is left to the
+        // per-room reads.
+        let events: HashMap<OwnedRoomId, Vec<Arc<LoadedEvent>>> = ids
+            .into_iter()
+            .filter_map(|(room_id, ids)| {
+                let events: Vec<Arc<LoadedEvent>> =
+                    ids.iter().filter_map(|id| loaded.get(id).cloned()).collect();
+                (events.len() == ids.len()).then_some((room_id, events))
+            })
+            .collect();
+        // Only rooms with a state event among them need their current state (to show the
+        // state events that make it up).
+        let with_state: Vec<&RoomId> = events
+            .iter()
+            .filter(|(_, events)| events.iter().any(|event| event.pdu.is_state()))
+            .map(|(room_id, _)| room_id.as_ref())
+            .collect();
+        let current = if with_state.is_empty() {
+            HashMap::new()
+        } else {
+            self.store.current_state_groups(&with_state).await?
+        };
+        let mut groups: Vec<StateGroupId> = events
+            .values()
+            .flatten()
+            .flat_map(|event| [event.record.state_before, event.record.state_after])
+            .chain(current.values().copied())
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        self.prefetch_state_maps(&groups).await?;
+        let looked_up = [
+            (StateEventType::RoomMember, requester.user_id.to_string()),
+            (StateEventType::RoomHistoryVisibility, String::new()),
+        ];
+        let mut wanted: HashSet<OwnedEventId> = HashSet::new();
+        for group in groups {
+            let state = self.state_map(group).await?;
+            wanted.extend(looked_up.iter().filter_map(|slot| state.get(slot).cloned()));
+        }
+        let wanted: Vec<OwnedEventId> = wanted.into_iter().collect();
+        self.load_events(&wanted).await?;
+        Ok(events
+            .into_iter()
+            .map(|(room_id, events)| {
+                let current_group = current.get(&room_id).copied();
+                (room_id, RoomPrefetch { events, current_group })
+            })
+            .collect())
     }
 
     /// Invites, knocks and leaves of this sync into `response`; returns the joined rooms.
@@ -432,22 +583,20 @@ impl Services {
         requester: &Requester,
         request: &SyncRequest,
         window: Window,
-        room_id: &RoomId,
-        from_start: bool,
+        plan: &JoinedPlan,
         ignored: &HashSet<OwnedUserId>,
+        prefetched: Option<RoomPrefetch>,
     ) -> Result<TimelinePart> {
-        let timeline_filter = &request.filter.room.timeline;
-        let limit = timeline_limit(request);
-        let lower = if from_start { None } else { window.since.map(|since| since.pos) };
         let query = TimelineQuery {
             upper: window.upper.pos,
-            lower,
-            limit,
-            filter: timeline_filter,
+            lower: timeline_lower(window, plan),
+            limit: timeline_limit(request),
+            filter: &request.filter.room.timeline,
             ignored,
             joined_now: true,
+            prefetched,
         };
-        let mut part = self.collect_timeline(requester, room_id, query).await?;
+        let mut part = self.collect_timeline(requester, &plan.room_id, query).await?;
         // A limited timeline continues just before its first event. One that is complete
         // names the point it ends at, as Synapse does: `/members?at=` then gives the members
         // as the client has them, and paging back from it merely shows the same events again.
@@ -464,28 +613,48 @@ impl Services {
         room_id: &RoomId,
         query: TimelineQuery<'_>,
     ) -> Result<TimelinePart> {
-        let TimelineQuery { upper, lower, limit, filter: timeline_filter, ignored, joined_now } =
-            query;
+        let TimelineQuery {
+            upper,
+            lower,
+            limit,
+            filter: timeline_filter,
+            ignored,
+            joined_now,
+            prefetched,
+        } = query;
+        let (mut first, current_group) = match prefetched {
+            Some(prefetch) => (Some(prefetch.events), prefetch.current_group),
+            None => (None, None),
+        };
         let mut collected: Vec<Arc<LoadedEvent>> = Vec::new();
         let mut from = upper.saturating_add(1);
         let mut exhausted = false;
-        let batch = i64::try_from(limit + 1).unwrap_or(501);
+        let batch = timeline_batch(limit);
         while collected.len() <= limit {
-            let records =
-                self.store.room_events(room_id, from, lower, Direction::Backward, batch).await?;
-            if records.len() < usize::try_from(batch).unwrap_or(usize::MAX) {
+            let events = match first.take() {
+                Some(events) => events,
+                None => {
+                    let records = self
+                        .store
+                        .room_events(room_id, from, lower, Direction::Backward, batch)
+                        .await?;
+                    self.loaded_from_records(records).await?
+                }
+            };
+            if events.len() < usize::try_from(batch).unwrap_or(usize::MAX) {
                 exhausted = true;
             }
-            let Some(last) = records.last() else { break };
-            from = last.stream_pos;
-            let events = self.loaded_from_records(records).await?;
+            let Some(last) = events.last() else { break };
+            from = last.record.stream_pos;
             let events: Vec<_> = events
                 .into_iter()
                 .filter(|event| filter::room_event_passes(timeline_filter, &event.pdu))
                 .filter(|event| event.pdu.is_state() || !ignored.contains(&event.pdu.sender))
                 .collect();
-            collected
-                .extend(self.visible_in_timeline(requester, room_id, events, joined_now).await?);
+            collected.extend(
+                self.visible_in_timeline(requester, room_id, events, joined_now, current_group)
+                    .await?,
+            );
             if exhausted {
                 break;
             }
@@ -509,10 +678,15 @@ impl Services {
         room_id: &RoomId,
         events: Vec<Arc<LoadedEvent>>,
         joined_now: bool,
+        current_group: Option<StateGroupId>,
     ) -> Result<Vec<Arc<LoadedEvent>>> {
         let current: HashSet<OwnedEventId> =
             if joined_now && events.iter().any(|e| e.pdu.is_state()) {
-                self.current_state(room_id).await?.values().cloned().collect()
+                let current = match current_group {
+                    Some(group) => self.state_map(group).await?,
+                    None => self.current_state(room_id).await?,
+                };
+                current.values().cloned().collect()
             } else {
                 HashSet::new()
             };
@@ -540,6 +714,34 @@ impl Services {
         timeline: &TimelinePart,
         full: bool,
     ) -> Result<Vec<Arc<LoadedEvent>>> {
+        let ids = self.state_ids_part(requester, request, window, room_id, timeline, full).await?;
+        self.state_events_part(request, &ids).await
+    }
+
+    /// The state events of the given IDs that pass the state filter.
+    async fn state_events_part(
+        &self,
+        request: &SyncRequest,
+        ids: &[OwnedEventId],
+    ) -> Result<Vec<Arc<LoadedEvent>>> {
+        let events = self.load_events(ids).await?;
+        let state_filter = &request.filter.room.state;
+        Ok(events
+            .into_iter()
+            .filter(|event| filter::room_event_passes(state_filter, &event.pdu))
+            .collect())
+    }
+
+    /// The IDs of the state events of a room for this sync (before the state filter).
+    async fn state_ids_part(
+        &self,
+        requester: &Requester,
+        request: &SyncRequest,
+        window: Window,
+        room_id: &RoomId,
+        timeline: &TimelinePart,
+        full: bool,
+    ) -> Result<Vec<OwnedEventId>> {
         // The state at the point the client needs: before the timeline (or after it).
         let target_group: StateGroupId =
             match (request.use_state_after, timeline.events.first(), timeline.events.last()) {
@@ -615,12 +817,7 @@ impl Services {
         if lazy {
             self.record_lazy_members(requester, room_id, &target, &ids, timeline, window);
         }
-        let events = self.load_events(&ids).await?;
-        let state_filter = &request.filter.room.state;
-        Ok(events
-            .into_iter()
-            .filter(|event| filter::room_event_passes(state_filter, &event.pdu))
-            .collect())
+        Ok(ids)
     }
 
     /// Records the members this response gives the device: those in its state and timeline.
@@ -662,6 +859,7 @@ impl Services {
         room_id: &RoomId,
         user_id: &ruma::UserId,
         window: Window,
+        newest: Option<StateGroupId>,
     ) -> Result<()> {
         let members = self.room_memberships_cached(room_id).await?;
         let joined = members.iter().filter(|member| member.membership == "join").count();
@@ -670,10 +868,14 @@ impl Services {
             Some(UInt::new_saturating(u64::try_from(joined).unwrap_or(0)));
         room.summary.invited_member_count =
             Some(UInt::new_saturating(u64::try_from(invited).unwrap_or(0)));
-        // The state after the window's last event (the store knows a room's latest events).
-        let state = match self.store.last_event_at(room_id, window.upper.pos).await? {
-            Some(event) => self.state_map(event.state_after).await?,
-            None => self.current_state(room_id).await?,
+        // The state after the window's last event (read ahead with the timeline, or the store
+        // knows a room's latest events).
+        let state = match newest {
+            Some(group) => self.state_map(group).await?,
+            None => match self.store.last_event_at(room_id, window.upper.pos).await? {
+                Some(event) => self.state_map(event.state_after).await?,
+                None => self.current_state(room_id).await?,
+            },
         };
         let named = state.contains_key(&(StateEventType::RoomName, String::new()))
             || state.contains_key(&(StateEventType::RoomCanonicalAlias, String::new()));
@@ -718,6 +920,7 @@ impl Services {
                     filter: &request.filter.room.timeline,
                     ignored: &HashSet::new(),
                     joined_now: false,
+                    prefetched: None,
                 },
             )
             .await?;

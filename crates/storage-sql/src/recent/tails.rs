@@ -112,15 +112,21 @@ impl Tails {
             None => (self.floor, None),
         };
         let (above, at_most) = match direction {
-            Direction::Backward => (to?, from.saturating_sub(1)),
+            Direction::Backward => (to.unwrap_or(StreamPos::MIN), from.saturating_sub(1)),
             Direction::Forward => (from, to.unwrap_or(StreamPos::MAX)),
         };
-        if above < floor {
-            return None;
-        }
         let within = |event: &&TailEvent| {
             event.record.stream_pos > above && event.record.stream_pos <= at_most
         };
+        if above < floor {
+            // Older events may lie below the floor, out of sight. Going backward, `limit`
+            // events found in the tail are the newest all the same: the tail holds every event
+            // of the room above its floor.
+            let events = events.filter(|_| direction == Direction::Backward && limit > 0)?;
+            let records: Vec<EventRecord> =
+                events.iter().rev().filter(within).take(limit).map(|e| e.record.clone()).collect();
+            return (records.len() == limit).then_some(records);
+        }
         let Some(events) = events else { return Some(Vec::new()) };
         let records = match direction {
             Direction::Backward => {
@@ -214,6 +220,14 @@ pub(super) mod tests {
         let all = tails.events(room, 31, Some(14), Direction::Backward, 100).unwrap();
         assert_eq!(all.len(), 16);
         assert!(tails.events(room, 31, Some(13), Direction::Backward, 100).is_none());
+        // Below the floor, the newest `limit` are known when the tail holds as many.
+        let newest = tails.events(room, 31, None, Direction::Backward, 3).unwrap();
+        assert_eq!(positions(&newest), vec![30, 29, 28]);
+        let newest = tails.events(room, 29, Some(2), Direction::Backward, 14).unwrap();
+        assert_eq!(positions(&newest), (15..=28).rev().collect::<Vec<_>>());
+        assert!(tails.events(room, 29, Some(2), Direction::Backward, 15).is_none());
+        assert!(tails.events(room, 31, None, Direction::Backward, 17).is_none());
+        assert!(tails.events(room, 2, None, Direction::Forward, 3).is_none());
         let forward = tails.events(room, 27, Some(29), Direction::Forward, 100).unwrap();
         assert_eq!(positions(&forward), vec![28, 29]);
         assert_eq!(tails.last_at(room, 25).unwrap().stream_pos, 25);

@@ -5,12 +5,12 @@ use std::{collections::HashMap, sync::Arc};
 
 use ruma::{
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId, device_id, owned_room_alias_id,
-    owned_room_id, room_alias_id, user_id,
+    owned_room_id, room_alias_id, room_id, user_id,
 };
 use serde_json::json;
 
 use crate::{
-    AliasRecord, CurrentState, DataStore, Direction, MembershipChange, PersistEvent,
+    AliasRecord, CurrentState, DataStore, Direction, EventRecord, MembershipChange, PersistEvent,
     PersistedEvent, RelationRecord, StateGroupId, StateSlot, StateSpec, TxnRecord,
 };
 
@@ -189,6 +189,15 @@ pub async fn state_groups_stay_correct_across_snapshots(store: Arc<dyn DataStore
         }
         checkpoints.push((id, persisted.state_after, room.expected_state.clone()));
     }
+    // Many groups at once give what each gives alone (chains shared and not, an unknown
+    // group left out).
+    let groups: Vec<StateGroupId> =
+        checkpoints.iter().map(|(_, group, _)| *group).chain([i64::MAX - 1]).collect();
+    let together = store.load_state_groups(&groups).await.unwrap();
+    assert_eq!(together.len(), checkpoints.len());
+    for (event_id, group, expected) in &checkpoints {
+        assert_eq!(together.get(group), Some(expected), "state after {event_id}, in a batch");
+    }
     for (event_id, group, expected) in checkpoints {
         assert_eq!(
             store.load_state_group(group).await.unwrap(),
@@ -273,6 +282,28 @@ pub async fn timeline_pagination_and_positions(store: Arc<dyn DataStore>) {
         .await
         .unwrap();
     assert_eq!(bounded.len(), 2);
+
+    // Several rooms at once: each room's newest events as `room_events` gives them.
+    let ids_of = |events: &[EventRecord]| -> Vec<OwnedEventId> {
+        events.iter().map(|event| event.event_id.clone()).collect()
+    };
+    let both = [room.room_id.as_ref(), other.room_id.as_ref()];
+    let latest = store.latest_room_event_ids(&both, i64::MAX, None, 3).await.unwrap();
+    assert_eq!(latest.get(&room.room_id), Some(&ids_of(&newest)));
+    let other_newest =
+        store.room_events(&other.room_id, i64::MAX, None, Direction::Backward, 3).await.unwrap();
+    assert_eq!(latest.get(&other.room_id), Some(&ids_of(&other_newest)));
+    let latest = store.latest_room_event_ids(&both, positions[9], Some(positions[6]), 100).await;
+    let latest = latest.unwrap();
+    assert_eq!(latest.get(&room.room_id), Some(&ids_of(&bounded)));
+    assert_eq!(latest.get(&other.room_id).map(Vec::len), Some(3), "three of the other's");
+    let unknown = room_id!("!unknown:example.org");
+    let latest = store.latest_room_event_ids(&[unknown], i64::MAX, None, 3).await.unwrap();
+    assert!(latest.get(unknown).is_none_or(Vec::is_empty));
+    let groups = store.current_state_groups(&[room.room_id.as_ref(), unknown]).await.unwrap();
+    let current = store.get_room(&room.room_id).await.unwrap().unwrap().current_state_group;
+    assert_eq!(groups.get(&room.room_id).copied(), current);
+    assert!(!groups.contains_key(unknown));
 
     let at = store.last_event_at(&room.room_id, positions[4] + 1).await.unwrap().unwrap();
     assert_eq!(at.stream_pos, positions[4]);

@@ -282,6 +282,7 @@ impl Services {
                 filter: &filter,
                 ignored: &ctx.ignored,
                 joined_now: job.relevant.membership.membership == "join",
+                prefetched: None,
             };
             let part = self.collect_timeline(ctx.requester, job.room_id, query).await?;
             Some(self.reach_back_to_bump(ctx, job, lower, part).await?)
@@ -379,6 +380,7 @@ impl Services {
             filter: &filter,
             ignored: &ctx.ignored,
             joined_now: job.relevant.membership.membership == "join",
+            prefetched: None,
         };
         let wide = self.collect_timeline(ctx.requester, job.room_id, query).await?;
         match wide.events.first() {
