@@ -82,7 +82,7 @@ pub(crate) async fn queue_pushes(
     connection: &mut AnyConnection,
     event: &PersistEvent,
     now: i64,
-) -> Result<()> {
+) -> Result<bool> {
     let users: Vec<(&OwnedUserId, &str)> = event
         .push_actions
         .iter()
@@ -90,7 +90,7 @@ pub(crate) async fn queue_pushes(
         .map(|action| (&action.user_id, action.actions.as_str()))
         .collect();
     if users.is_empty() || !event.queue_pushes {
-        return Ok(());
+        return Ok(false);
     }
     // Who has a pusher, in a few queries however big the room (inside the write transaction).
     // Short lists: binding a parameter costs sqlx-over-SQLite a walk of the statement's
@@ -110,7 +110,7 @@ pub(crate) async fn queue_pushes(
     let with_pusher: Vec<&(&OwnedUserId, &str)> =
         users.iter().filter(|(user_id, _)| has_pusher.contains(user_id.as_str())).collect();
     if with_pusher.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let users = serde_json::to_string(&with_pusher).map_err(Error::internal)?;
     sqlx::query(
@@ -123,5 +123,5 @@ pub(crate) async fn queue_pushes(
     .execute(&mut *connection)
     .await
     .map_err(db_error)?;
-    Ok(())
+    Ok(true)
 }

@@ -180,7 +180,12 @@ async fn persist_in_transaction(
         .await
         .map_err(db_error)?;
     if event.historical {
-        return Ok(PersistedEvent { stream_pos: pos, state_before, state_after });
+        return Ok(PersistedEvent {
+            stream_pos: pos,
+            state_before,
+            state_after,
+            pushes_queued: false,
+        });
     }
     sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1")
         .bind(event.room_id.as_str())
@@ -255,7 +260,7 @@ async fn persist_in_transaction(
         .await?;
     }
     insert_push_actions(connection, event, pos).await?;
-    Ok(PersistedEvent { stream_pos: pos, state_before, state_after })
+    Ok(PersistedEvent { stream_pos: pos, state_before, state_after, pushes_queued: false })
 }
 
 /// The rows of an event's push actions, several members to a statement (a big room's event
@@ -399,7 +404,7 @@ impl RoomStore for SqlStore {
         }
         let mut write = self.stream_write_in(transaction).await?;
         let pos = write.pos();
-        let persisted = persist_in_transaction(write.connection(), event, pos).await?;
+        let mut persisted = persist_in_transaction(write.connection(), event, pos).await?;
         if !event.rejected && !event.soft_failed {
             // Something may relate to it already (an event from another server may come
             // after the relations to it).
@@ -446,8 +451,9 @@ impl RoomStore for SqlStore {
                 write.touch(Touch::Membership(event.room_id.clone(), change.user_id.clone()));
             }
         }
-        crate::jobs::queue_pushes(write.connection(), event, rhizome_core::clock::now_millis())
-            .await?;
+        let pushes_queued =
+            crate::jobs::queue_pushes(write.connection(), event, rhizome_core::clock::now_millis())
+                .await?;
         if let Some(cluster) = &self.cluster
             && !event.membership_changes.is_empty()
         {
@@ -458,6 +464,7 @@ impl RoomStore for SqlStore {
         if let (Some(cluster), Some((target, _))) = (&self.cluster, &event.redaction) {
             cluster.announce_redaction(write.connection(), target).await?;
         }
+        persisted.pushes_queued = pushes_queued;
         write.commit().await?;
         Ok(persisted)
     }

@@ -294,6 +294,8 @@ pub struct PersistedEvent {
     pub state_before: StateGroupId,
     /// The state group after it.
     pub state_after: StateGroupId,
+    /// Whether it queued notifications for push gateways (someone it notifies has a pusher).
+    pub pushes_queued: bool,
 }
 
 /// A user's current membership in a room.

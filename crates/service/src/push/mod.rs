@@ -151,7 +151,7 @@ impl Services {
         pdu: &Pdu,
         state: &StateMap,
     ) -> Result<Option<PushConditionPowerLevelsCtx>> {
-        if self.store.get_room(&pdu.room_id).await?.is_none() {
+        if !self.room_exists(&pdu.room_id).await? {
             return Ok(None);
         }
         let version = self.room_version(&pdu.room_id).await?;

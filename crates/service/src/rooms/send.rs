@@ -479,7 +479,7 @@ impl Services {
             pos: persisted.stream_pos,
         };
         crate::processes::publish(self.store.as_ref(), &activity);
-        if persist.queue_pushes && persist.push_actions.iter().any(|action| action.notify) {
+        if persisted.pushes_queued {
             self.wake_push_worker();
         }
         if let Some(state_key) = &persist.state_key {

@@ -51,18 +51,18 @@ pub async fn pushes_are_queued_with_their_event(store: Arc<dyn DataStore>) {
     };
     let mut quiet = room.template(alice, "m.room.message", None, json!({"body": "a"}));
     quiet.push_actions = vec![action(bob, true)];
-    room.persist(quiet).await;
+    assert!(!room.persist(quiet).await.pushes_queued);
     assert!(store.queued_pushes(10).await.unwrap().is_empty(), "not asked to queue");
 
     let mut loud = room.template(alice, "m.room.message", None, json!({"body": "b"}));
     loud.push_actions = vec![action(bob, true), action(carol, true)];
     loud.queue_pushes = true;
     let loud_id = loud.event_id.clone();
-    room.persist(loud).await;
+    assert!(room.persist(loud).await.pushes_queued, "bob has a pusher");
     let mut silent = room.template(alice, "m.room.message", None, json!({"body": "c"}));
     silent.push_actions = vec![action(bob, false)];
     silent.queue_pushes = true;
-    room.persist(silent).await;
+    assert!(!room.persist(silent).await.pushes_queued, "nobody to notify");
 
     let jobs = store.queued_pushes(10).await.unwrap();
     assert_eq!(jobs.len(), 1, "{jobs:?}");
