@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ruma::{device_id, owned_device_id, user_id};
 
 use crate::{
-    DataStore,
+    DataStore, StreamPos,
     device_lists::{PublishedDevice, PublishedDeviceChange, RemoteDevice, RemoteDeviceList},
 };
 
@@ -96,9 +96,12 @@ pub async fn remote_device_lists_are_cached_updated_and_forgotten(store: Arc<dyn
         self_signing_key: None,
     };
     let before = store.current_stream_pos();
-    // A first fetch need not be announced.
+    // A first fetch need not be announced. (Not told by the stream position staying put: on
+    // PostgreSQL the untracked updates above took positions they gave up, and the watermark
+    // passes those at its own moment.)
     assert_eq!(store.replace_remote_device_list(&list, false).await.unwrap(), None);
-    assert_eq!(store.current_stream_pos(), before);
+    let changes = store.device_list_changes(viewer, before, StreamPos::MAX).await.unwrap();
+    assert!(changes.is_empty(), "a first fetch is no change: {changes:?}");
     assert_eq!(store.remote_device_list(bob).await.unwrap().as_ref(), Some(&list));
     assert_eq!(store.tracked_remote_users(false).await.unwrap(), [bob.to_owned()]);
     assert!(store.tracked_remote_users(true).await.unwrap().is_empty());
