@@ -109,7 +109,7 @@ pub(super) struct RoomPrefetch {
 
 /// How many rooms one batch of a sync reads ahead for: enough to make the per-room reads a
 /// few statements, few enough that their state maps stay in the cache until used.
-const ROOMS_PER_BATCH: usize = 50;
+pub(super) const ROOMS_PER_BATCH: usize = 50;
 
 /// One room's timeline for a sync.
 pub(super) struct TimelinePart {
@@ -223,12 +223,8 @@ impl Services {
         self.set_unread_counts(response, &requester.user_id, &with_counts, request).await
     }
 
-    /// Reads ahead, for several rooms at once, what their timelines need: each room's newest
-    /// events (one statement for all), the current state group of those whose events change
-    /// the state, the state maps at every event, and the events formatting and history
-    /// visibility look up in them (the viewer's membership, the history visibility). A single
-    /// room (a woken sync's usual news) is left to the per-room reads, which the store's
-    /// memory answers.
+    /// Reads ahead for the joined rooms of one batch of a sync: see
+    /// [`Services::prefetch_timelines`].
     async fn prefetch_rooms(
         &self,
         requester: &Requester,
@@ -236,22 +232,43 @@ impl Services {
         window: Window,
         plans: &[&JoinedPlan],
     ) -> Result<HashMap<OwnedRoomId, RoomPrefetch>> {
-        if plans.len() < 2 {
+        let rooms: Vec<(&RoomId, Option<i64>)> = plans
+            .iter()
+            .map(|plan| (plan.room_id.as_ref(), timeline_lower(window, plan)))
+            .collect();
+        self.prefetch_timelines(
+            &requester.user_id,
+            &rooms,
+            window.upper.pos,
+            timeline_limit(request),
+        )
+        .await
+    }
+
+    /// Reads ahead, for several rooms at once, what their timelines need (`collect_timeline`
+    /// with `upper`, each room's lower bound and `limit`): each room's newest events (one
+    /// statement for all), the current state group of those whose events change the state,
+    /// the state maps at every event, and the events formatting and history visibility look
+    /// up in them (the viewer's membership, the history visibility). A single room (a woken
+    /// sync's usual news) is left to the per-room reads, which the store's memory answers.
+    pub(super) async fn prefetch_timelines(
+        &self,
+        viewer: &UserId,
+        rooms: &[(&RoomId, Option<i64>)],
+        upper: i64,
+        limit: usize,
+    ) -> Result<HashMap<OwnedRoomId, RoomPrefetch>> {
+        if rooms.len() < 2 {
             return Ok(HashMap::new());
         }
-        let batch = timeline_batch(timeline_limit(request));
-        let upper = window.upper.pos.saturating_add(1);
+        let batch = timeline_batch(limit);
+        let upper = upper.saturating_add(1);
+        let mut by_lower: HashMap<Option<i64>, Vec<&RoomId>> = HashMap::new();
+        for (room_id, lower) in rooms {
+            by_lower.entry(*lower).or_default().push(room_id);
+        }
         let mut ids: HashMap<OwnedRoomId, Vec<OwnedEventId>> = HashMap::new();
-        for from_start in [true, false] {
-            let rooms: Vec<&RoomId> = plans
-                .iter()
-                .filter(|plan| plan.from_start == from_start)
-                .map(|plan| plan.room_id.as_ref())
-                .collect();
-            if rooms.is_empty() {
-                continue;
-            }
-            let lower = if from_start { None } else { window.since.map(|since| since.pos) };
+        for (lower, rooms) in by_lower {
             ids.extend(self.store.latest_room_event_ids(&rooms, upper, lower, batch).await?);
         }
         // The events from the cache, those it lacks in one read.
@@ -294,7 +311,7 @@ impl Services {
         groups.dedup();
         self.prefetch_state_maps(&groups).await?;
         let looked_up = [
-            (StateEventType::RoomMember, requester.user_id.to_string()),
+            (StateEventType::RoomMember, viewer.to_string()),
             (StateEventType::RoomHistoryVisibility, String::new()),
         ];
         let mut wanted: HashSet<OwnedEventId> = HashSet::new();

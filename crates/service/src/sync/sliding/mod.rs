@@ -40,9 +40,15 @@ use serde_json::Value;
 
 use self::{
     connection::{ConnState, Connections, SentRoom},
-    lists::Selection,
+    lists::{Relevant, Selection},
 };
-use crate::{Requester, Services, sync::SyncToken};
+use crate::{
+    Requester, Services,
+    sync::{
+        SyncToken,
+        rooms::{ROOMS_PER_BATCH, RoomPrefetch},
+    },
+};
 
 /// The most timeline events one room gets per response.
 const MAX_TIMELINE_LIMIT: usize = 100;
@@ -260,19 +266,25 @@ impl Services {
         let mut state =
             ConnState { rooms: previous.rooms.clone(), list_counts: selection.counts.clone() };
         let mut full_timelines: HashMap<OwnedRoomId, Vec<OwnedEventId>> = HashMap::new();
-        for (room_id, relevant) in &selection.rooms {
-            let sent = previous.rooms.get(room_id).map(Arc::as_ref);
-            let own_receipt = receipts.get(room_id).is_some_and(|list| {
-                list.iter().any(|receipt| receipt.user_id == requester.user_id)
-            });
-            let outcome = self.sliding_room(&ctx, room_id, relevant, sent, own_receipt).await?;
-            if let Some(timeline) = outcome.full_timeline {
-                full_timelines.insert(room_id.clone(), timeline);
+        let selected: Vec<(&OwnedRoomId, &Relevant)> = selection.rooms.iter().collect();
+        for batch in selected.chunks(ROOMS_PER_BATCH) {
+            let mut prefetched = self.prefetch_new_rooms(&ctx, previous, batch).await?;
+            for (room_id, relevant) in batch {
+                let sent = previous.rooms.get(*room_id).map(Arc::as_ref);
+                let own_receipt = receipts.get(*room_id).is_some_and(|list| {
+                    list.iter().any(|receipt| receipt.user_id == requester.user_id)
+                });
+                let prefetch = prefetched.remove(*room_id);
+                let outcome =
+                    self.sliding_room(&ctx, room_id, relevant, sent, own_receipt, prefetch).await?;
+                if let Some(timeline) = outcome.full_timeline {
+                    full_timelines.insert((*room_id).clone(), timeline);
+                }
+                if let Some(room) = outcome.room {
+                    response.rooms.insert((*room_id).clone(), room);
+                }
+                state.rooms.insert((*room_id).clone(), Arc::new(outcome.sent));
             }
-            if let Some(room) = outcome.room {
-                response.rooms.insert(room_id.clone(), room);
-            }
-            state.rooms.insert(room_id.clone(), Arc::new(outcome.sent));
         }
         for (name, count) in &selection.counts {
             let mut list = v5::response::List::default();
@@ -287,6 +299,38 @@ impl Services {
             || extensions_have_data
             || selection.counts != previous.list_counts;
         Ok(Computed { response, state, has_data })
+    }
+
+    /// Reads ahead the timelines of the joined rooms of a batch that are new to the connection
+    /// (a first request, or rooms scrolling into a list), grouped by timeline limit: see
+    /// [`Services::prefetch_timelines`]. Rooms the connection already has are left to the
+    /// per-room reads, which usually find nothing new.
+    async fn prefetch_new_rooms(
+        &self,
+        ctx: &Ctx<'_>,
+        previous: &ConnState,
+        batch: &[(&OwnedRoomId, &Relevant)],
+    ) -> Result<HashMap<OwnedRoomId, RoomPrefetch>> {
+        let mut by_limit: HashMap<usize, Vec<(&RoomId, Option<StreamPos>)>> = HashMap::new();
+        for (room_id, relevant) in batch {
+            if relevant.membership.membership == "join"
+                && relevant.config.timeline_limit > 0
+                && !previous.rooms.contains_key(*room_id)
+            {
+                by_limit
+                    .entry(relevant.config.timeline_limit)
+                    .or_default()
+                    .push((room_id.as_ref(), None));
+            }
+        }
+        let mut prefetched = HashMap::new();
+        for (limit, rooms) in by_limit {
+            prefetched.extend(
+                self.prefetch_timelines(&ctx.requester.user_id, &rooms, ctx.upper.pos, limit)
+                    .await?,
+            );
+        }
+        Ok(prefetched)
     }
 
     /// The rooms the user marked as direct chats.

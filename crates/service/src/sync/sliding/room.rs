@@ -23,7 +23,7 @@ use crate::{
         format::{Format, raw},
         read::pagination_token,
     },
-    sync::rooms::{TimelinePart, TimelineQuery},
+    sync::rooms::{RoomPrefetch, TimelinePart, TimelineQuery},
 };
 
 /// The member event type.
@@ -172,6 +172,7 @@ impl Services {
         relevant: &Relevant,
         sent: Option<&SentRoom>,
         own_receipt: bool,
+        prefetched: Option<RoomPrefetch>,
     ) -> Result<RoomOutcome> {
         let membership = &relevant.membership;
         let config = &relevant.config;
@@ -209,7 +210,7 @@ impl Services {
             }
         }
         job.restricted = membership.membership != "join" && !self.joined_before(membership).await?;
-        self.full_room(ctx, &job, next).await
+        self.full_room(ctx, &job, next, prefetched).await
     }
 
     /// Whether the user was joined right before their current membership event.
@@ -268,6 +269,7 @@ impl Services {
         ctx: &Ctx<'_>,
         job: &RoomJob<'_>,
         mut next: SentRoom,
+        prefetched: Option<RoomPrefetch>,
     ) -> Result<RoomOutcome> {
         let config = &job.relevant.config;
         let expanded_timeline = job.from.is_some()
@@ -282,7 +284,9 @@ impl Services {
                 filter: &filter,
                 ignored: &ctx.ignored,
                 joined_now: job.relevant.membership.membership == "join",
-                prefetched: None,
+                // Read ahead for a room new to the connection, whose timeline starts at the
+                // beginning.
+                prefetched: prefetched.filter(|_| lower.is_none()),
             };
             let part = self.collect_timeline(ctx.requester, job.room_id, query).await?;
             Some(self.reach_back_to_bump(ctx, job, lower, part).await?)
