@@ -69,6 +69,15 @@ fn timeline_lower(window: Window, plan: &JoinedPlan) -> Option<i64> {
     if plan.from_start { None } else { window.since.map(|since| since.pos) }
 }
 
+/// The state events that pass the request's state filter.
+fn passing_state_filter(
+    request: &SyncRequest,
+    events: Vec<Arc<LoadedEvent>>,
+) -> Vec<Arc<LoadedEvent>> {
+    let state_filter = &request.filter.room.state;
+    events.into_iter().filter(|event| filter::room_event_passes(state_filter, &event.pdu)).collect()
+}
+
 /// How one joined room appears in a sync.
 struct JoinedPlan {
     room_id: OwnedRoomId,
@@ -180,13 +189,21 @@ impl Services {
                 .await?;
             let state_ids: Vec<OwnedEventId> =
                 parts.values().flat_map(|(_, ids, _)| ids.iter().cloned()).collect();
-            self.load_events(&state_ids).await?;
+            let state_events: HashMap<OwnedEventId, Arc<LoadedEvent>> = self
+                .load_events(&state_ids)
+                .await?
+                .into_iter()
+                .map(|event| (event.pdu.event_id.clone(), event))
+                .collect();
             for plan in batch {
                 let room_id = &plan.room_id;
                 let mut room = v3::JoinedRoom::new();
                 let mut has_data = false;
                 if let Some((timeline, state_ids, newest)) = parts.remove::<RoomId>(room_id) {
-                    let state = self.state_events_part(request, &state_ids).await?;
+                    let state = passing_state_filter(
+                        request,
+                        state_ids.iter().filter_map(|id| state_events.get(id).cloned()).collect(),
+                    );
                     // New events the filters hide entirely are no news.
                     has_data = !timeline.events.is_empty() || !state.is_empty() || timeline.limited;
                     room.timeline.events = self
@@ -721,34 +738,6 @@ impl Services {
             .collect())
     }
 
-    /// The state part of a room for this sync.
-    async fn state_part(
-        &self,
-        requester: &Requester,
-        request: &SyncRequest,
-        window: Window,
-        room_id: &RoomId,
-        timeline: &TimelinePart,
-        full: bool,
-    ) -> Result<Vec<Arc<LoadedEvent>>> {
-        let ids = self.state_ids_part(requester, request, window, room_id, timeline, full).await?;
-        self.state_events_part(request, &ids).await
-    }
-
-    /// The state events of the given IDs that pass the state filter.
-    async fn state_events_part(
-        &self,
-        request: &SyncRequest,
-        ids: &[OwnedEventId],
-    ) -> Result<Vec<Arc<LoadedEvent>>> {
-        let events = self.load_events(ids).await?;
-        let state_filter = &request.filter.room.state;
-        Ok(events
-            .into_iter()
-            .filter(|event| filter::room_event_passes(state_filter, &event.pdu))
-            .collect())
-    }
-
     /// The IDs of the state events of a room for this sync (before the state filter).
     async fn state_ids_part(
         &self,
@@ -947,8 +936,9 @@ impl Services {
             upper: SyncToken { pos: membership.stream_pos, ephemeral: window.upper.ephemeral },
         };
         let full = from_start || request.full_state;
-        let state =
-            self.state_part(requester, request, until_leave, room_id, &timeline, full).await?;
+        let ids =
+            self.state_ids_part(requester, request, until_leave, room_id, &timeline, full).await?;
+        let state = passing_state_filter(request, self.load_events(&ids).await?);
         let format =
             Format { viewer: Some(requester), with_room_id: false, bundle_relations: true };
         let mut room = v3::LeftRoom::new();
