@@ -92,21 +92,25 @@ pub(crate) async fn queue_pushes(
     if users.is_empty() || !event.queue_pushes {
         return Ok(false);
     }
-    // Who has a pusher, in a few queries however big the room (inside the write transaction).
-    // Short lists: binding a parameter costs sqlx-over-SQLite a walk of the statement's
-    // parameter names, so a statement's binding grows with the square of its parameters.
-    let mut has_pusher = std::collections::HashSet::new();
-    for chunk in users.chunks(64) {
-        let sql = format!(
-            "SELECT DISTINCT user_id FROM pushers WHERE user_id IN ({})",
-            crate::placeholders(1, chunk.len())
-        );
-        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
-        for (user_id, _) in chunk {
-            query = query.bind(user_id.as_str());
-        }
-        has_pusher.extend(query.fetch_all(&mut *connection).await.map_err(db_error)?);
-    }
+    // Who has a pusher, in one query however big the room (inside the write transaction):
+    // the users go as one JSON array.
+    let list = serde_json::to_string(
+        &users.iter().map(|(user_id, _)| user_id.as_str()).collect::<Vec<_>>(),
+    )
+    .map_err(Error::internal)?;
+    let sql = if crate::is_postgres(connection) {
+        "SELECT DISTINCT user_id FROM pushers \
+         WHERE user_id IN (SELECT jsonb_array_elements_text(CAST($1 AS JSONB)))"
+    } else {
+        "SELECT DISTINCT user_id FROM pushers WHERE user_id IN (SELECT value FROM json_each($1))"
+    };
+    let has_pusher: std::collections::HashSet<String> = sqlx::query_scalar::<_, String>(sql)
+        .bind(list)
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(db_error)?
+        .into_iter()
+        .collect();
     let with_pusher: Vec<&(&OwnedUserId, &str)> =
         users.iter().filter(|(user_id, _)| has_pusher.contains(user_id.as_str())).collect();
     if with_pusher.is_empty() {

@@ -98,13 +98,23 @@ impl Services {
         let power_levels = self.push_power_levels(pdu, state).await?;
         let raw: Raw<Value> = Raw::from_json(pdu.client_event(true, None));
         let event = FlattenedJson::from_raw(&raw);
+        let words = EventWords::of(&raw);
         let thread_id = thread_of(pdu);
+        // The actions of the members whose rules are the defaults and whom the event does not
+        // name: the same for all of them, so evaluated for the first one only.
+        let mut unnamed_default: Option<PushAction> = None;
         let mut actions = Vec::new();
         for member in members
             .into_iter()
             .filter(|member| *member != pdu.sender && member.server_name() == self.server_name())
         {
             let display_name = self.push_display_name(state, member).await?;
+            let rules = self.push_rules_cached(member).await?;
+            let shared = rules.is_default && !words.name(member, &display_name);
+            if shared && let Some(action) = &unnamed_default {
+                actions.push(PushAction { user_id: member.to_owned(), ..action.clone() });
+                continue;
+            }
             let mut context = PushConditionRoomCtx::new(
                 pdu.room_id.clone(),
                 member_count,
@@ -112,22 +122,27 @@ impl Services {
                 display_name,
             );
             context.power_levels = power_levels.clone();
-            let ruleset = self.push_rules_cached(member).await?;
-            let rule_actions = first_matching_actions(&ruleset, &event, &context).await;
+            let rule_actions = first_matching_actions(&rules.ruleset, &event, &context).await;
             let notify = rule_actions.iter().any(|action| matches!(action, Action::Notify));
             let highlight = rule_actions.iter().any(|action| {
                 matches!(action, Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes)))
             });
+            let action = PushAction {
+                user_id: member.to_owned(),
+                notify,
+                highlight,
+                thread_id: thread_id.clone(),
+                actions: serde_json::to_string(rule_actions)?,
+            };
+            if shared {
+                unnamed_default = Some(action.clone());
+            }
             if notify || highlight {
-                actions.push(PushAction {
-                    user_id: member.to_owned(),
-                    notify,
-                    highlight,
-                    thread_id: thread_id.clone(),
-                    actions: serde_json::to_string(rule_actions)?,
-                });
+                actions.push(action);
             }
         }
+        // The shared actions were pushed for every unnamed member; none if they do nothing.
+        actions.retain(|action| action.notify || action.highlight);
         Ok(actions)
     }
 
@@ -295,6 +310,52 @@ impl Services {
     }
 }
 
+/// Every string of an event (keys and values), lowercased: what tells whether the event names
+/// a member. Push rules match strings case-insensitively (ruma lowercases both sides) or
+/// exactly, so a rule that looks for a member's ID, localpart or display name can apply only
+/// if that name, lowercased, is in here.
+struct EventWords(Option<String>);
+
+impl EventWords {
+    fn of(raw: &Raw<Value>) -> Self {
+        fn collect(value: &Value, into: &mut String) {
+            match value {
+                Value::String(text) => {
+                    into.push_str(&text.to_lowercase());
+                    into.push('\n');
+                }
+                Value::Array(items) => items.iter().for_each(|item| collect(item, into)),
+                Value::Object(fields) => {
+                    for (key, item) in fields {
+                        into.push_str(&key.to_lowercase());
+                        into.push('\n');
+                        collect(item, into);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Unreadable, it names everyone: everyone is evaluated on their own.
+        Self(raw.deserialize().ok().map(|value| {
+            let mut words = String::new();
+            collect(&value, &mut words);
+            words
+        }))
+    }
+
+    /// Whether the event may name the member: it holds their localpart (in their ID too) or
+    /// their display name. A display name with glob characters (`*`, `?`) may match without
+    /// appearing, and an empty one is not looked for by ruma: both count as named, as does
+    /// everyone when the event could not be read.
+    fn name(&self, member: &UserId, display_name: &str) -> bool {
+        let Some(words) = &self.0 else { return true };
+        display_name.is_empty()
+            || display_name.contains(['*', '?'])
+            || words.contains(&member.localpart().to_lowercase())
+            || words.contains(&display_name.to_lowercase())
+    }
+}
+
 /// The thread an event belongs to, if it is in one.
 pub(crate) fn thread_of(pdu: &Pdu) -> Option<OwnedEventId> {
     let content: Value = serde_json::from_str(pdu.content.get()).ok()?;
@@ -391,5 +452,99 @@ mod tests {
         }
         // The cases differ: no notification, a notification, and a highlight at least.
         assert!(seen.len() >= 3, "{seen:?}");
+    }
+
+    /// Default rules differ from one user to another only where they name the user: with the
+    /// user's ID and then localpart replaced, two users' defaults are the same rules. (What
+    /// lets `push_actions_for` evaluate an event once for every member it does not name.)
+    #[test]
+    fn default_rules_differ_only_by_the_users_name() {
+        let neutral = |user: &UserId| {
+            super::rules::default_rules(user)
+                .to_string()
+                .replace(user.as_str(), "@USER")
+                .replace(user.localpart(), "LOCALPART")
+        };
+        let alice = user_id!("@alice:example.org");
+        let bob = user_id!("@bob:example.org");
+        assert_eq!(neutral(alice), neutral(bob));
+        // ... and they do name the user, so the check above compares something.
+        assert!(super::rules::default_rules(alice).to_string().contains("alice"));
+        assert_ne!(
+            super::rules::default_rules(alice).to_string(),
+            super::rules::default_rules(bob).to_string()
+        );
+    }
+
+    /// Two members with the default rules whom an event does not name get the same actions,
+    /// whatever the event, and `EventWords` says a member is named when a rule may name them.
+    #[tokio::test]
+    async fn members_an_event_does_not_name_get_the_same_actions() {
+        let room = room_id!("!room:example.org");
+        let members = [
+            ("@bob:example.org", "Bobby Tables"),
+            ("@carol:example.org", "Carol"),
+            ("@dave:example.org", "Élodie Dupré"),
+            ("@erin:example.org", "erin"),
+            ("@frank:example.org", "F*nk"),
+            ("@2:example.org", "two"),
+        ];
+        let events = [
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.text", "body": "hello" } }),
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.text", "body": "hey BOBBY TABLES, look" } }),
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.text", "body": "ping carol" } }),
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.text", "body": "merci élodie dupré" } }),
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.text", "body": "Fank and Funk" } }),
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.text", "body": "@room look",
+                    "m.mentions": { "room": true } } }),
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.text", "body": "you",
+                    "m.mentions": { "user_ids": ["@erin:example.org"] } } }),
+            json!({ "type": "m.room.message", "sender": "@alice:example.org",
+                "content": { "msgtype": "m.notice", "body": "bot 2" } }),
+            json!({ "type": "m.room.member", "sender": "@alice:example.org",
+                "state_key": "@dave:example.org", "content": { "membership": "invite" } }),
+            json!({ "type": "m.room.encrypted", "sender": "@alice:example.org",
+                "content": { "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AAAA" } }),
+        ];
+        let mut named = 0;
+        for member_count in [2_u32, 30] {
+            for event in &events {
+                let raw: Raw<Value> = Raw::new(event).unwrap();
+                let flattened = FlattenedJson::from_raw(&raw);
+                let words = EventWords::of(&raw);
+                let mut unnamed = Vec::new();
+                for (user, display_name) in members {
+                    let user = UserId::parse(user).unwrap();
+                    let rules: Ruleset =
+                        serde_json::from_value(super::rules::default_rules(&user)).unwrap();
+                    let context = PushConditionRoomCtx::new(
+                        room.to_owned(),
+                        UInt::from(member_count),
+                        user.clone(),
+                        display_name.to_owned(),
+                    );
+                    let actions = first_matching_actions(&rules, &flattened, &context).await;
+                    let actions = serde_json::to_string(actions).unwrap();
+                    if words.name(&user, display_name) {
+                        named += 1;
+                    } else {
+                        unnamed.push((user, actions));
+                    }
+                }
+                for (user, actions) in &unnamed {
+                    assert_eq!(actions, &unnamed[0].1, "{user} for {event}");
+                }
+            }
+        }
+        // Some were named (and evaluated on their own): by name, in any case, by ID, by
+        // localpart, as invited, and always with a glob in the display name.
+        assert!(named >= 2 * (5 + events.len()), "{named}");
     }
 }

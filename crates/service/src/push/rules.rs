@@ -124,6 +124,26 @@ fn merge_with_defaults(stored: &Value, defaults: &Value) -> Value {
 
 /// The rules ruma can evaluate: those whose IDs fit their kind (a room rule named by an alias
 /// matches no event anyway).
+/// A user's rules as ruma evaluates them, and whether they are the server's defaults for the
+/// user. Default rules differ from one user to another only where they name the user (their
+/// ID, their localpart) or use their display name, which lets a big room's event be evaluated
+/// once for all the members it does not name (see `push_actions_for`).
+#[derive(Debug)]
+pub(crate) struct EvaluableRules {
+    /// The rules, as ruma evaluates them.
+    pub(crate) ruleset: Ruleset,
+    /// Whether they are the server's default rules for the user, unchanged.
+    pub(crate) is_default: bool,
+}
+
+impl EvaluableRules {
+    /// The user's merged rules (the `global` ruleset).
+    fn new(user_id: &UserId, rules: &Value) -> Self {
+        let defaults = merge_with_defaults(&Value::Null, &default_rules(user_id));
+        Self { ruleset: evaluable(rules), is_default: *rules == defaults }
+    }
+}
+
 fn evaluable(rules: &Value) -> Ruleset {
     let mut rules = rules.clone();
     let fits = |kind: &str, id: &str| match kind {
@@ -210,11 +230,11 @@ impl Services {
 
     /// The user's push rules as ruma evaluates them, shared from the cache (event persistence
     /// reads them for every member of a room).
-    pub(crate) async fn push_rules_cached(&self, user_id: &UserId) -> Result<Arc<Ruleset>> {
+    pub(crate) async fn push_rules_cached(&self, user_id: &UserId) -> Result<Arc<EvaluableRules>> {
         if let Some(rules) = self.caches.push_rules.lock().get(user_id) {
             return Ok(rules.clone());
         }
-        let rules = Arc::new(evaluable(&self.push_rules(user_id).await?));
+        let rules = Arc::new(EvaluableRules::new(user_id, &self.push_rules(user_id).await?));
         self.caches.push_rules.lock().put(user_id.to_owned(), rules.clone());
         Ok(rules)
     }
@@ -223,7 +243,10 @@ impl Services {
     pub async fn set_push_rules(&self, user_id: &UserId, rules: &Value) -> Result<()> {
         let content = json!({ "global": rules }).to_string();
         self.store.set_account_data(user_id, None, PUSH_RULES_TYPE, &content).await?;
-        self.caches.push_rules.lock().put(user_id.to_owned(), Arc::new(evaluable(rules)));
+        self.caches
+            .push_rules
+            .lock()
+            .put(user_id.to_owned(), Arc::new(EvaluableRules::new(user_id, rules)));
         let message = crate::processes::Message::ForgetPushRules { user_id: user_id.to_owned() };
         crate::processes::publish(self.store.as_ref(), &message);
         self.notifier.notify([user_id]);
@@ -340,6 +363,19 @@ mod tests {
     use ruma::user_id;
 
     use super::*;
+
+    /// A user who never changed their rules has the defaults, as `push_actions_for` sees
+    /// them; one who changed a rule does not.
+    #[test]
+    fn unchanged_rules_are_known_as_the_defaults() {
+        let user = user_id!("@a:x");
+        let unchanged = merge_with_defaults(&Value::Null, &default_rules(user));
+        assert!(EvaluableRules::new(user, &unchanged).is_default);
+        let stored = json!({ "override": [{ "rule_id": ".m.rule.master", "default": true,
+                                             "enabled": true, "actions": [] }] });
+        let changed = merge_with_defaults(&stored, &default_rules(user));
+        assert!(!EvaluableRules::new(user, &changed).is_default);
+    }
 
     #[test]
     fn defaults_carry_the_poll_rules_and_stored_rules_keep_their_choices() {

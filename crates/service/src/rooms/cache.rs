@@ -32,7 +32,8 @@ pub(crate) struct RoomCaches {
     state_groups: Mutex<StateMapCache>,
     locks: Mutex<HashMap<OwnedRoomId, Arc<RoomLockSlot>>>,
     pub(crate) members: super::MemberCache,
-    pub(crate) push_rules: Mutex<LruCache<ruma::OwnedUserId, Arc<ruma::push::Ruleset>>>,
+    pub(crate) push_rules:
+        Mutex<LruCache<ruma::OwnedUserId, Arc<crate::push::rules::EvaluableRules>>>,
     pub(crate) login_tokens: LoginTokens,
 }
 
