@@ -19,6 +19,7 @@ mod rooms;
 mod rooms_query;
 mod scheduled;
 mod sessions;
+mod staged;
 mod state;
 mod stream;
 #[cfg(feature = "testing")]
@@ -62,6 +63,8 @@ pub struct SqlStore {
     cluster: Option<cluster::Cluster>,
     /// SQLite: what changed lately, for answering "nothing new" without a query.
     recent: Arc<recent::Recent>,
+    /// SQLite: the push actions staged, to be moved in bulk.
+    staged: Arc<staged::StagedPushActions>,
 }
 
 impl SqlStore {
@@ -149,6 +152,7 @@ impl SqlStore {
             stream: Arc::new(StreamPositions::new(0)),
             cluster: None,
             recent: Arc::new(recent::Recent::new(false, 0)),
+            staged: Arc::default(),
         };
         migrations::apply(&store).await?;
         match backend {
@@ -159,6 +163,14 @@ impl SqlStore {
                     .map_err(db_error)?;
                 store.stream = Arc::new(StreamPositions::new(pos));
                 store.recent = Arc::new(recent::Recent::new(true, pos));
+                let staged: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM event_push_actions_staged")
+                        .fetch_one(&store.write)
+                        .await
+                        .map_err(db_error)?;
+                store.staged = Arc::new(staged::StagedPushActions::new(
+                    usize::try_from(staged).unwrap_or_default(),
+                ));
             }
             Backend::Postgres => {
                 store.stream.refresh(&store.write).await?;
@@ -173,6 +185,34 @@ impl SqlStore {
     /// The engine in use.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// SQLite: moves the push actions staged so far to their table now (persisting events
+    /// does when enough have gathered); how many. PostgreSQL stages none.
+    pub async fn move_staged_push_actions(&self) -> Result<u64> {
+        if self.backend != Backend::Sqlite {
+            return Ok(0);
+        }
+        while self.staged.is_moving() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        self.staged.start_moving();
+        self.staged.move_all(&self.write).await
+    }
+
+    /// Counts push actions an event staged, and moves them all in the background when enough
+    /// have gathered.
+    fn staged_push_actions(&self, rows: usize) {
+        if self.backend != Backend::Sqlite || rows == 0 || !self.staged.add(rows) {
+            return;
+        }
+        let (staged, write) = (self.staged.clone(), self.write.clone());
+        tokio::spawn(async move {
+            match staged.move_all(&write).await {
+                Ok(moved) => tracing::debug!(moved, "moved the staged push actions"),
+                Err(error) => tracing::warn!(%error, "could not move the staged push actions"),
+            }
+        });
     }
 
     /// Writes a consistent, compacted copy of the whole SQLite database to `path`, which must

@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str, Option<&str>)] = &[
         include_str!("../migrations/0010_scale_out.sql"),
         Some(include_str!("../migrations/0010_scale_out.postgres.sql")),
     ),
+    (11, include_str!("../migrations/0011_staged_push_actions.sql"), None),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

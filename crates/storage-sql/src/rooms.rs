@@ -145,16 +145,20 @@ async fn persist_in_transaction(
             db_error(error)
         });
     }
-    for auth_event_id in &event.auth_events {
-        sqlx::query(
-            "INSERT INTO event_auth_edges (event_id, auth_event_id) VALUES ($1, $2) \
+    // The auth edges in one statement (an event has a handful).
+    if !event.auth_events.is_empty() {
+        let rows: Vec<String> =
+            (0..event.auth_events.len()).map(|index| format!("($1, ${})", index + 2)).collect();
+        let sql = format!(
+            "INSERT INTO event_auth_edges (event_id, auth_event_id) VALUES {} \
              ON CONFLICT (event_id, auth_event_id) DO NOTHING",
-        )
-        .bind(event.event_id.as_str())
-        .bind(auth_event_id.as_str())
-        .execute(&mut *connection)
-        .await
-        .map_err(db_error)?;
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(event.event_id.as_str());
+        for auth_event_id in &event.auth_events {
+            query = query.bind(auth_event_id.as_str());
+        }
+        query.execute(&mut *connection).await.map_err(db_error)?;
     }
     if let Some(relation) = &event.relation {
         sqlx::query(
@@ -174,11 +178,13 @@ async fn persist_in_transaction(
         .map_err(db_error)?;
     }
     // An outlier that joins the timeline is an outlier no more.
-    sqlx::query("DELETE FROM event_outliers WHERE event_id = $1")
-        .bind(event.event_id.as_str())
-        .execute(&mut *connection)
-        .await
-        .map_err(db_error)?;
+    if !event.new_here {
+        sqlx::query("DELETE FROM event_outliers WHERE event_id = $1")
+            .bind(event.event_id.as_str())
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
+    }
     if event.historical {
         return Ok(PersistedEvent {
             stream_pos: pos,
@@ -289,14 +295,15 @@ async fn insert_push_actions(
         })
         .collect();
     let rows = serde_json::to_string(&rows).map_err(Error::internal)?;
+    // PostgreSQL writes them in place; SQLite stages them (see `staged`).
     let sql = if crate::is_postgres(connection) {
         "INSERT INTO event_push_actions (user_id, room_id, stream_pos, notify, highlight, \
          thread_id, actions) \
          SELECT r->>0, $1, $2, CAST(r->>1 AS BIGINT), CAST(r->>2 AS BIGINT), r->>3, r->>4 \
          FROM jsonb_array_elements(CAST($3 AS JSONB)) AS rows(r)"
     } else {
-        "INSERT INTO event_push_actions (user_id, room_id, stream_pos, notify, highlight, \
-         thread_id, actions) \
+        "INSERT INTO event_push_actions_staged (user_id, room_id, stream_pos, notify, \
+         highlight, thread_id, actions) \
          SELECT value->>0, $1, $2, value->>1, value->>2, value->>3, value->>4 \
          FROM json_each($3)"
     };
@@ -405,6 +412,7 @@ impl RoomStore for SqlStore {
                 cluster.announce_redaction(&mut transaction, target).await?;
             }
             transaction.commit().await.map_err(db_error)?;
+            self.staged_push_actions(event.push_actions.len());
             if let Some(relation) = &event.relation {
                 self.recent.relation_added(&relation.relates_to);
             }
@@ -417,6 +425,7 @@ impl RoomStore for SqlStore {
             // Something may relate to it already (an event from another server may come
             // after the relations to it).
             let has_relations = self.recent.enabled()
+                && !event.new_here
                 && sqlx::query_scalar::<_, i64>(
                     "SELECT 1 FROM event_relations WHERE relates_to = $1 LIMIT 1",
                 )
@@ -474,6 +483,7 @@ impl RoomStore for SqlStore {
         }
         persisted.pushes_queued = pushes_queued;
         write.commit().await?;
+        self.staged_push_actions(event.push_actions.len());
         Ok(persisted)
     }
 

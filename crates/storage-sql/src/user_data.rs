@@ -14,7 +14,7 @@ use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 use crate::{SqlStore, db_error, flag, parse_id, placeholders, recent::Touch};
 
 /// The stream position up to which the user has read the notification `a` (a row of
-/// `event_push_actions`): their latest read receipt, private or public, that covers it (an
+/// `push_actions`): their latest read receipt, private or public, that covers it (an
 /// unthreaded receipt covers everything, a threaded one its own thread, `main` for events
 /// outside threads); 0 without one.
 macro_rules! last_read {
@@ -263,7 +263,7 @@ impl UserDataStore for SqlStore {
             "SELECT a.thread_id, \
                     CAST(COALESCE(SUM(a.notify), 0) AS BIGINT) AS notifications, \
                     CAST(COALESCE(SUM(a.highlight), 0) AS BIGINT) AS highlights \
-             FROM event_push_actions a \
+             FROM push_actions a \
              WHERE a.user_id = $1 AND a.room_id = $2 AND a.stream_pos > ",
             last_read!(),
             " GROUP BY a.thread_id ORDER BY COALESCE(a.thread_id, '')",
@@ -304,9 +304,18 @@ impl UserDataStore for SqlStore {
                     a.actions, CAST(CASE WHEN a.stream_pos <= ",
             last_read!(),
             " THEN 1 ELSE 0 END AS BIGINT) AS is_read \
-             FROM event_push_actions a JOIN events e ON e.stream_pos = a.stream_pos \
-             WHERE a.user_id = $1 AND a.stream_pos < $2 \
-               AND (a.highlight = 1 OR (a.notify = 1 AND $3 = 0)) \
+             FROM (SELECT * FROM (SELECT user_id, room_id, stream_pos, highlight, thread_id, \
+                                         actions FROM event_push_actions \
+                                  WHERE user_id = $1 AND stream_pos < $2 \
+                                    AND (highlight = 1 OR (notify = 1 AND $3 = 0)) \
+                                  ORDER BY stream_pos DESC LIMIT $4) AS settled \
+                   UNION ALL \
+                   SELECT * FROM (SELECT user_id, room_id, stream_pos, highlight, thread_id, \
+                                         actions FROM event_push_actions_staged \
+                                  WHERE user_id = $1 AND stream_pos < $2 \
+                                    AND (highlight = 1 OR (notify = 1 AND $3 = 0)) \
+                                  ORDER BY stream_pos DESC LIMIT $4) AS staged) a \
+             JOIN events e ON e.stream_pos = a.stream_pos \
              ORDER BY a.stream_pos DESC LIMIT $4",
         ))
         .bind(user_id.as_str())
@@ -362,7 +371,7 @@ impl UserDataStore for SqlStore {
 
     async fn rooms_with_unread_notifications(&self, user_id: &UserId) -> Result<u64> {
         let count: i64 = sqlx::query_scalar(concat!(
-            "SELECT CAST(COUNT(DISTINCT a.room_id) AS BIGINT) FROM event_push_actions a \
+            "SELECT CAST(COUNT(DISTINCT a.room_id) AS BIGINT) FROM push_actions a \
              WHERE a.user_id = $1 AND a.notify = 1 AND a.stream_pos > ",
             last_read!(),
         ))
@@ -428,7 +437,7 @@ impl SqlStore {
                     "SELECT a.room_id, \
                             CAST(COALESCE(SUM(a.notify), 0) AS BIGINT) AS notifications, \
                             CAST(COALESCE(SUM(a.highlight), 0) AS BIGINT) AS highlights \
-                     FROM event_push_actions a \
+                     FROM push_actions a \
                      WHERE a.user_id = $1 AND a.room_id IN ({}) AND a.stream_pos > ",
                     last_read!(),
                     " GROUP BY a.room_id",

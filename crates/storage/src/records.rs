@@ -267,6 +267,9 @@ pub struct PersistEvent {
     /// before every earlier one and changes neither the forward extremities, the current
     /// state nor the memberships.
     pub historical: bool,
+    /// Whether it was just built here: a new event, so neither an outlier nor the target of
+    /// a relation already stored (no other event can know its ID yet).
+    pub new_here: bool,
 }
 
 /// An event known outside the room's timeline: an auth event or state fetched from another

@@ -120,11 +120,6 @@ impl Services {
         txn: Option<TxnRecord>,
         prev_events: Option<Vec<OwnedEventId>>,
     ) -> Result<OwnedEventId> {
-        if let Some(txn) = &txn
-            && let Some(event_id) = self.store.event_for_txn(txn).await?
-        {
-            return Ok(event_id);
-        }
         if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(event.content.get())
             .is_err()
         {
@@ -132,6 +127,8 @@ impl Services {
         }
         let version = self.room_version(room_id).await?;
         let _guard = self.lock_room(room_id).await?;
+        // A repeated transaction (checked under the lock, so two copies sent at once give
+        // one event).
         if let Some(txn) = &txn
             && let Some(event_id) = self.store.event_for_txn(txn).await?
         {
@@ -454,6 +451,7 @@ impl Services {
             federation_destinations,
             soft_failed,
             historical,
+            new_here: local,
         };
         let membership_write = (!membership_changes.is_empty()).then(|| {
             let users = membership_changes.iter().map(|change| change.user_id.clone()).collect();

@@ -20,6 +20,27 @@ mod sqlite {
 
     rhizome_storage::conformance_tests!(make());
 
+    /// Push actions staged on SQLite read the same once moved to their table, from the store
+    /// that wrote them and from one opened afresh.
+    #[tokio::test]
+    async fn staged_push_actions_read_the_same_once_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        let store = Arc::new(SqlStore::connect(&url, 4).await.unwrap());
+        let settle = || {
+            let (store, url) = (store.clone(), url.clone());
+            async move {
+                store.move_staged_push_actions().await.unwrap();
+                let fresh: Arc<dyn rhizome_storage::DataStore> =
+                    Arc::new(SqlStore::connect(&url, 2).await.unwrap());
+                fresh
+            }
+        };
+        rhizome_storage::conformance::push_actions_read_the_same_after(store.clone(), settle).await;
+        // Everything was moved: nothing is left to move.
+        assert_eq!(store.move_staged_push_actions().await.unwrap(), 0);
+    }
+
     #[tokio::test]
     async fn data_survives_reopening() {
         use rhizome_storage::AccountStore;

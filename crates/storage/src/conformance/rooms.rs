@@ -99,6 +99,7 @@ impl RoomBuilder {
             federation_destinations: Vec::new(),
             soft_failed: false,
             historical: false,
+            new_here: false,
         }
     }
 

@@ -277,3 +277,73 @@ pub async fn push_actions_of_a_big_room(store: Arc<dyn DataStore>) {
     let none = store.unread_counts(user_id!("@outsider:example.org"), &room.room_id).await;
     assert_eq!(none.unwrap(), UnreadCounts::default());
 }
+
+/// Push actions read the same after `settle` (on SQLite: the staged rows moved to their table,
+/// then a store opened afresh on the database, which remembers nothing and so reads it all):
+/// notifications newest first across rows settled and rows not yet, unread counts and the
+/// count of rooms with unread notifications, before and after a receipt.
+pub async fn push_actions_read_the_same_after<F, Fut>(store: Arc<dyn DataStore>, settle: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn DataStore>>,
+{
+    let mut room = RoomBuilder::new(store.clone(), "settled").await;
+    let bob = user_id!("@bob:example.org");
+    let mut ids = Vec::new();
+    for index in 0..6 {
+        if index == 3 {
+            // The first three settle; the last three stay where the store wrote them.
+            settle().await;
+        }
+        let mut event =
+            room.template("@alice:example.org", "m.room.message", None, json!({"body": index}));
+        event.push_actions = vec![PushAction {
+            user_id: bob.to_owned(),
+            notify: true,
+            highlight: index == 1 || index == 4,
+            thread_id: None,
+            actions: format!("[\"notify\",{{\"n\":{index}}}]"),
+        }];
+        ids.push(event.event_id.clone());
+        room.persist(event).await;
+    }
+    let newest_first: Vec<_> = ids.iter().rev().cloned().collect();
+    for reader in [store.clone(), settle().await] {
+        let all = reader.notifications(bob, None, false, 10).await.unwrap();
+        assert_eq!(all.iter().map(|n| n.event_id.clone()).collect::<Vec<_>>(), newest_first);
+        let expected: Vec<String> =
+            (0..6).rev().map(|index| format!("[\"notify\",{{\"n\":{index}}}]")).collect();
+        let actions: Vec<String> = all.iter().filter_map(|n| n.actions.clone()).collect();
+        assert_eq!(actions, expected);
+        let page = reader.notifications(bob, None, false, 4).await.unwrap();
+        assert_eq!(page.iter().map(|n| n.event_id.clone()).collect::<Vec<_>>(), newest_first[..4]);
+        let older = reader.notifications(bob, Some(page[3].stream_pos), false, 4).await.unwrap();
+        assert_eq!(older.iter().map(|n| n.event_id.clone()).collect::<Vec<_>>(), newest_first[4..]);
+        let highlights = reader.notifications(bob, None, true, 10).await.unwrap();
+        assert_eq!(
+            highlights.iter().map(|n| n.event_id.clone()).collect::<Vec<_>>(),
+            vec![ids[4].clone(), ids[1].clone()]
+        );
+        let counts = reader.unread_counts(bob, &room.room_id).await.unwrap();
+        assert_eq!(counts, UnreadCounts { notifications: 6, highlights: 2 });
+        assert_eq!(reader.rooms_with_unread_notifications(bob).await.unwrap(), 1);
+    }
+    // Read up to the fourth (a row not settled yet): two left, one of them a highlight.
+    store.set_receipt(&room.room_id, "m.read", bob, None, &ids[3], 7).await.unwrap();
+    for reader in [store.clone(), settle().await] {
+        let counts = reader.unread_counts(bob, &room.room_id).await.unwrap();
+        assert_eq!(counts, UnreadCounts { notifications: 2, highlights: 1 });
+        let read: Vec<bool> = reader
+            .notifications(bob, None, false, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|n| n.read)
+            .collect();
+        assert_eq!(read, vec![false, false, true, true, true, true]);
+    }
+    store.set_receipt(&room.room_id, "m.read", bob, None, &ids[5], 8).await.unwrap();
+    let reader = settle().await;
+    assert_eq!(reader.unread_counts(bob, &room.room_id).await.unwrap(), UnreadCounts::default());
+    assert_eq!(reader.rooms_with_unread_notifications(bob).await.unwrap(), 0);
+}

@@ -1,0 +1,79 @@
+//! Push actions staged on SQLite: an event's rows are appended to
+//! `event_push_actions_staged` and moved to `event_push_actions` in bulk once enough have
+//! gathered (why: migration 11). Reads see both tables through the `push_actions` view.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use rhizome_core::Result;
+use sqlx::AnyPool;
+
+use crate::db_error;
+
+/// Staged rows gathered before they are moved, in one transaction (a room of 1,000 members
+/// stages 1,000 rows an event).
+pub(crate) const MOVE_AT: usize = 10_000;
+
+/// How many rows are staged, and whether they are being moved.
+#[derive(Debug, Default)]
+pub(crate) struct StagedPushActions {
+    rows: AtomicUsize,
+    moving: AtomicBool,
+}
+
+impl StagedPushActions {
+    pub(crate) fn new(rows: usize) -> Self {
+        Self { rows: AtomicUsize::new(rows), moving: AtomicBool::new(false) }
+    }
+
+    /// Counts an event's newly staged rows; true when the caller should move them all now
+    /// (once: until that move ends, no other caller is told to).
+    pub(crate) fn add(&self, rows: usize) -> bool {
+        let total = self.rows.fetch_add(rows, Ordering::Relaxed) + rows;
+        total >= MOVE_AT && !self.moving.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether a move is under way.
+    pub(crate) fn is_moving(&self) -> bool {
+        self.moving.load(Ordering::Acquire)
+    }
+
+    /// Marks a move as under way (one asked for outside [`StagedPushActions::add`]).
+    pub(crate) fn start_moving(&self) {
+        self.moving.store(true, Ordering::Release);
+    }
+
+    /// Moves every staged row to `event_push_actions` in one write transaction (so no read
+    /// sees a row twice or not at all); the number moved.
+    pub(crate) async fn move_all(&self, write: &AnyPool) -> Result<u64> {
+        let result = async {
+            let mut transaction = write.begin().await.map_err(db_error)?;
+            let moved = sqlx::query(
+                "INSERT INTO event_push_actions (user_id, room_id, stream_pos, notify, \
+                 highlight, thread_id, actions) \
+                 SELECT user_id, room_id, stream_pos, notify, highlight, thread_id, actions \
+                 FROM event_push_actions_staged ORDER BY user_id, stream_pos",
+            )
+            .execute(&mut *transaction)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+            sqlx::query("DELETE FROM event_push_actions_staged")
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+            transaction.commit().await.map_err(db_error)?;
+            Ok(moved)
+        }
+        .await;
+        if let Ok(moved) = &result {
+            let moved = usize::try_from(*moved).unwrap_or(usize::MAX);
+            // Rows counted after their event committed may be moved before they are counted:
+            // the count never goes below zero.
+            let _ = self.rows.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |rows| {
+                Some(rows.saturating_sub(moved))
+            });
+        }
+        self.moving.store(false, Ordering::Release);
+        result
+    }
+}
