@@ -147,6 +147,21 @@ impl Services {
     }
 }
 
+impl Services {
+    /// Remembers a token just issued, so the client's first request with it (a login's first
+    /// sync) needs no lookup: the device was just written, seen now.
+    pub(crate) fn remember_new_token(
+        &self,
+        token: &str,
+        requester: Requester,
+        expires_ts: Option<i64>,
+    ) {
+        let now = now_millis();
+        let entry = CachedToken { requester, expires_ts, last_touched: now, cached_at: now };
+        self.token_cache.entries.lock().put(hash_token(token), entry);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

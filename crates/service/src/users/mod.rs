@@ -337,6 +337,14 @@ impl Services {
             })
             .await?;
         self.on_device_list_change(user_id).await?;
+        if let Some(user) = self.store.get_user(user_id).await?.filter(|user| !user.deactivated) {
+            let requester = Requester {
+                user_id: user_id.to_owned(),
+                device_id: device_id.clone(),
+                is_admin: user.is_admin,
+            };
+            self.remember_new_token(&access_token, requester, expires_ts);
+        }
         Ok(Session {
             user_id: user_id.to_owned(),
             device_id,
