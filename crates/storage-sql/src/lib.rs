@@ -200,6 +200,11 @@ impl SqlStore {
         self.staged.move_all(&self.write).await
     }
 
+    /// SQLite: how many push-action rows are staged now (as counted since the store opened).
+    pub fn staged_push_action_rows(&self) -> usize {
+        self.staged.rows()
+    }
+
     /// Counts push actions an event staged, and moves them all in the background when enough
     /// have gathered.
     fn staged_push_actions(&self, rows: usize) {
@@ -210,6 +215,8 @@ impl SqlStore {
         tokio::spawn(async move {
             match staged.move_all(&write).await {
                 Ok(moved) => tracing::debug!(moved, "moved the staged push actions"),
+                // Closing at shutdown: the rows stay staged, read as before, moved next time.
+                Err(_) if write.is_closed() => {}
                 Err(error) => tracing::warn!(%error, "could not move the staged push actions"),
             }
         });

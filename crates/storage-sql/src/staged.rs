@@ -32,6 +32,11 @@ impl StagedPushActions {
         total >= MOVE_AT && !self.moving.swap(true, Ordering::AcqRel)
     }
 
+    /// The rows staged now (as counted).
+    pub(crate) fn rows(&self) -> usize {
+        self.rows.load(Ordering::Relaxed)
+    }
+
     /// Whether a move is under way.
     pub(crate) fn is_moving(&self) -> bool {
         self.moving.load(Ordering::Acquire)
@@ -43,7 +48,8 @@ impl StagedPushActions {
     }
 
     /// Moves every staged row to `event_push_actions` in one write transaction (so no read
-    /// sees a row twice or not at all); the number moved.
+    /// sees a row twice or not at all); the number moved. A row already there (none should
+    /// be) is dropped rather than left to stop every later move.
     pub(crate) async fn move_all(&self, write: &AnyPool) -> Result<u64> {
         let result = async {
             let mut transaction = write.begin().await.map_err(db_error)?;
@@ -51,7 +57,8 @@ impl StagedPushActions {
                 "INSERT INTO event_push_actions (user_id, room_id, stream_pos, notify, \
                  highlight, thread_id, actions) \
                  SELECT user_id, room_id, stream_pos, notify, highlight, thread_id, actions \
-                 FROM event_push_actions_staged ORDER BY user_id, stream_pos",
+                 FROM event_push_actions_staged WHERE true ORDER BY user_id, stream_pos \
+                 ON CONFLICT (user_id, stream_pos) DO NOTHING",
             )
             .execute(&mut *transaction)
             .await

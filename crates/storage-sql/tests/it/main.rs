@@ -41,6 +41,28 @@ mod sqlite {
         assert_eq!(store.move_staged_push_actions().await.unwrap(), 0);
     }
 
+    /// Enough staged push actions move by themselves, and read the same after.
+    #[tokio::test]
+    async fn staged_push_actions_move_by_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        let store = Arc::new(SqlStore::connect(&url, 4).await.unwrap());
+        let counter = store.clone();
+        rhizome_storage::conformance::staged_push_actions_are_moved_by_themselves(
+            store.clone(),
+            move || counter.staged_push_action_rows(),
+        )
+        .await;
+        // Read afresh from the database: the moved rows and the staged ones count alike.
+        let fresh = SqlStore::connect(&url, 2).await.unwrap();
+        // (A store counts the staged table's rows when it opens: they really moved.)
+        assert!(fresh.staged_push_action_rows() < 10_000, "{}", fresh.staged_push_action_rows());
+        let member = ruma::user_id!("@m5:example.org");
+        let room = ruma::room_id!("!moved:example.org");
+        use rhizome_storage::UserDataStore;
+        assert_eq!(fresh.unread_counts(member, room).await.unwrap().notifications, 12);
+    }
+
     #[tokio::test]
     async fn data_survives_reopening() {
         use rhizome_storage::AccountStore;

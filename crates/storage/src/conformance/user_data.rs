@@ -347,3 +347,41 @@ where
     assert_eq!(reader.unread_counts(bob, &room.room_id).await.unwrap(), UnreadCounts::default());
     assert_eq!(reader.rooms_with_unread_notifications(bob).await.unwrap(), 0);
 }
+
+/// A store that stages push actions moves them by itself once enough have gathered, and they
+/// still count: `staged` tells how many rows are staged now.
+pub async fn staged_push_actions_are_moved_by_themselves(
+    store: Arc<dyn DataStore>,
+    staged: impl Fn() -> usize,
+) {
+    let mut room = RoomBuilder::new(store.clone(), "moved").await;
+    let members: Vec<ruma::OwnedUserId> = (0..1000)
+        .map(|index| ruma::UserId::parse(format!("@m{index}:example.org")).unwrap())
+        .collect();
+    for index in 0..12 {
+        let mut event =
+            room.template("@alice:example.org", "m.room.message", None, json!({"body": index}));
+        event.push_actions = members
+            .iter()
+            .map(|member| PushAction {
+                user_id: member.clone(),
+                notify: true,
+                highlight: false,
+                thread_id: None,
+                actions: "[\"notify\"]".into(),
+            })
+            .collect();
+        room.persist(event).await;
+    }
+    // 12,000 rows were staged; at 10,000 they began to move, in the background.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while staged() >= 10_000 {
+        assert!(std::time::Instant::now() < deadline, "{} rows still staged", staged());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for member in [&members[0], &members[999]] {
+        let counts = store.unread_counts(member, &room.room_id).await.unwrap();
+        assert_eq!(counts, UnreadCounts { notifications: 12, highlights: 0 });
+        assert_eq!(store.notifications(member, None, false, 20).await.unwrap().len(), 12);
+    }
+}
