@@ -86,10 +86,10 @@ impl SqlStore {
                 // An SQLite connection is a file handle: it cannot go stale the way a network
                 // connection can, so it is not pinged before each use. (The ping would double
                 // the round trips to the connection's thread, which dominate a sync's cost.)
-                // The writer's page cache holds a big room's event whole (16 MiB at most: its
-                // push-action rows dirty a page per member, which a 2 MiB cache spilled to the
-                // WAL in mid-transaction), and the WAL is copied back every 4,000 pages rather
-                // than 1,000, so a page many sends dirty is copied back once for all of them.
+                // The writer's page cache holds a big write whole (16 MiB at most: moving the
+                // staged push actions dirties a page per user, which a 2 MiB cache spilled to
+                // the WAL in mid-transaction), and the WAL is copied back every 4,000 pages
+                // rather than 1,000, so a page many writes dirty is copied back once for all.
                 let write = AnyPoolOptions::new()
                     .max_connections(1)
                     .min_connections(1)
@@ -193,10 +193,6 @@ impl SqlStore {
         if self.backend != Backend::Sqlite {
             return Ok(0);
         }
-        while self.staged.is_moving() {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        self.staged.start_moving();
         self.staged.move_all(&self.write).await
     }
 
@@ -297,12 +293,12 @@ pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
         .is_some_and(|error| matches!(error.kind(), sqlx::error::ErrorKind::UniqueViolation))
 }
 
-/// `$first, $first+1, …` for a dynamic `IN` list of `count` parameters.
 /// Whether a connection is to PostgreSQL (for the few statements whose SQL differs).
 pub(crate) fn is_postgres(connection: &sqlx::AnyConnection) -> bool {
     connection.backend_name() == <sqlx::Postgres as sqlx::Database>::NAME
 }
 
+/// `$first, $first+1, …` for a dynamic `IN` list of `count` parameters.
 pub(crate) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count).map(|index| format!("${index}")).collect::<Vec<_>>().join(", ")
 }

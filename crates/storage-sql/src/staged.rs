@@ -13,23 +13,26 @@ use crate::db_error;
 /// stages 1,000 rows an event).
 pub(crate) const MOVE_AT: usize = 10_000;
 
-/// How many rows are staged, and whether they are being moved.
+/// How many rows are staged, and the moves of them.
 #[derive(Debug, Default)]
 pub(crate) struct StagedPushActions {
     rows: AtomicUsize,
-    moving: AtomicBool,
+    /// A move was asked for by [`StagedPushActions::add`] and has not started yet.
+    move_asked: AtomicBool,
+    /// Held by the move under way: one at a time.
+    moving: tokio::sync::Mutex<()>,
 }
 
 impl StagedPushActions {
     pub(crate) fn new(rows: usize) -> Self {
-        Self { rows: AtomicUsize::new(rows), moving: AtomicBool::new(false) }
+        Self { rows: AtomicUsize::new(rows), ..Self::default() }
     }
 
     /// Counts an event's newly staged rows; true when the caller should move them all now
-    /// (once: until that move ends, no other caller is told to).
+    /// (once: until that move starts, no other caller is told to).
     pub(crate) fn add(&self, rows: usize) -> bool {
         let total = self.rows.fetch_add(rows, Ordering::Relaxed) + rows;
-        total >= MOVE_AT && !self.moving.swap(true, Ordering::AcqRel)
+        total >= MOVE_AT && !self.move_asked.swap(true, Ordering::AcqRel)
     }
 
     /// The rows staged now (as counted).
@@ -37,50 +40,36 @@ impl StagedPushActions {
         self.rows.load(Ordering::Relaxed)
     }
 
-    /// Whether a move is under way.
-    pub(crate) fn is_moving(&self) -> bool {
-        self.moving.load(Ordering::Acquire)
-    }
-
-    /// Marks a move as under way (one asked for outside [`StagedPushActions::add`]).
-    pub(crate) fn start_moving(&self) {
-        self.moving.store(true, Ordering::Release);
-    }
-
     /// Moves every staged row to `event_push_actions` in one write transaction (so no read
-    /// sees a row twice or not at all); the number moved. A row already there (none should
-    /// be) is dropped rather than left to stop every later move.
+    /// sees a row twice or not at all), after any move under way; the number moved. A row
+    /// already there (none should be) is dropped rather than left to stop every later move.
     pub(crate) async fn move_all(&self, write: &AnyPool) -> Result<u64> {
-        let result = async {
-            let mut transaction = write.begin().await.map_err(db_error)?;
-            let moved = sqlx::query(
-                "INSERT INTO event_push_actions (user_id, room_id, stream_pos, notify, \
-                 highlight, thread_id, actions) \
-                 SELECT user_id, room_id, stream_pos, notify, highlight, thread_id, actions \
-                 FROM event_push_actions_staged WHERE true ORDER BY user_id, stream_pos \
-                 ON CONFLICT (user_id, stream_pos) DO NOTHING",
-            )
+        let _one_at_a_time = self.moving.lock().await;
+        self.move_asked.store(false, Ordering::Release);
+        let mut transaction = write.begin().await.map_err(db_error)?;
+        let moved = sqlx::query(
+            "INSERT INTO event_push_actions (user_id, room_id, stream_pos, notify, highlight, \
+             thread_id, actions) \
+             SELECT user_id, room_id, stream_pos, notify, highlight, thread_id, actions \
+             FROM event_push_actions_staged WHERE true ORDER BY user_id, stream_pos \
+             ON CONFLICT (user_id, stream_pos) DO NOTHING",
+        )
+        .execute(&mut *transaction)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        let staged = sqlx::query("DELETE FROM event_push_actions_staged")
             .execute(&mut *transaction)
             .await
             .map_err(db_error)?
             .rows_affected();
-            sqlx::query("DELETE FROM event_push_actions_staged")
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-            transaction.commit().await.map_err(db_error)?;
-            Ok(moved)
-        }
-        .await;
-        if let Ok(moved) = &result {
-            let moved = usize::try_from(*moved).unwrap_or(usize::MAX);
-            // Rows counted after their event committed may be moved before they are counted:
-            // the count never goes below zero.
-            let _ = self.rows.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |rows| {
-                Some(rows.saturating_sub(moved))
-            });
-        }
-        self.moving.store(false, Ordering::Release);
-        result
+        transaction.commit().await.map_err(db_error)?;
+        // Rows counted after their event committed may be moved before they are counted: the
+        // count never goes below zero.
+        let staged = usize::try_from(staged).unwrap_or(usize::MAX);
+        let _ = self.rows.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |rows| {
+            Some(rows.saturating_sub(staged))
+        });
+        Ok(moved)
     }
 }

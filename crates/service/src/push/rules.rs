@@ -122,8 +122,6 @@ fn merge_with_defaults(stored: &Value, defaults: &Value) -> Value {
     Value::Object(merged)
 }
 
-/// The rules ruma can evaluate: those whose IDs fit their kind (a room rule named by an alias
-/// matches no event anyway).
 /// A user's rules as ruma evaluates them, and whether they are the server's defaults for the
 /// user. Default rules differ from one user to another only where they name the user (their
 /// ID, their localpart) or use their display name, which lets a big room's event be evaluated
@@ -144,6 +142,8 @@ impl EvaluableRules {
     }
 }
 
+/// The rules ruma can evaluate: those whose IDs fit their kind (a room rule named by an alias
+/// matches no event anyway).
 fn evaluable(rules: &Value) -> Ruleset {
     let mut rules = rules.clone();
     let fits = |kind: &str, id: &str| match kind {
