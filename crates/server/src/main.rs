@@ -11,7 +11,9 @@ use tracing_subscriber::EnvFilter;
 
 /// mimalloc returns freed memory to the system far better than the platform allocator under
 /// Rhizome's load (many threads, bursts of large short-lived buffers such as password hashes),
-/// which keeps the resident size of a small server small.
+/// which keeps the resident size of a small server small. It is built without asking for
+/// transparent huge pages, and `main` turns them off for the process: with them, each 2 MiB
+/// region the allocator touched was resident whole (an idle server held 20 MiB of them).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -254,6 +256,9 @@ fn init_logging(level: &str) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // Best effort: a kernel without the setting keeps its default.
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let cli = Cli::parse();
     if let Command::Config { command: ConfigCommand::Example } = &cli.command {
         print!("{}", rhizome_core::Config::example_toml());

@@ -17,7 +17,8 @@ use crate::{Services, users::LoginTokens};
 pub struct LoadedEvent {
     /// The PDU (redacted, once redacted).
     pub pdu: Pdu,
-    /// The stored record.
+    /// The stored record, without its JSON (the PDU holds it: kept twice, it doubled what
+    /// the event cache holds).
     pub record: EventRecord,
 }
 
@@ -235,9 +236,9 @@ impl Services {
         Ok(events)
     }
 
-    async fn parse_record(&self, record: EventRecord) -> Result<LoadedEvent> {
+    async fn parse_record(&self, mut record: EventRecord) -> Result<LoadedEvent> {
         let version = self.room_version(&record.room_id).await?;
-        let json = serde_json::value::RawValue::from_string(record.json.clone())?;
+        let json = serde_json::value::RawValue::from_string(std::mem::take(&mut record.json))?;
         let mut pdu = Pdu::from_json(record.event_id.clone(), json, &version)
             .map_err(|error| Error::bug(format!("stored event does not parse: {error}")))?;
         pdu.rejected = record.rejected;
