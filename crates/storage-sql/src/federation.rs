@@ -537,6 +537,7 @@ impl FederationStore for SqlStore {
         .execute(&self.write)
         .await
         .map_err(db_error)?;
+        self.recent.room_changed(room_id);
         Ok(())
     }
 

@@ -91,11 +91,13 @@ fn searchable_body(event: &PersistEvent) -> Option<String> {
     value.get("content")?.get("body")?.as_str().map(str::to_owned)
 }
 
+/// Writes the event and what it changes; returns what was persisted and the room's new
+/// current state group, if it changed.
 async fn persist_in_transaction(
     connection: &mut AnyConnection,
     event: &PersistEvent,
     pos: StreamPos,
-) -> Result<PersistedEvent> {
+) -> Result<(PersistedEvent, Option<StateGroupId>)> {
     let state_before = state::write_group(connection, &event.room_id, &event.state_before).await?;
     let state_after = if event.state_after_changes.is_empty() {
         state_before
@@ -186,12 +188,9 @@ async fn persist_in_transaction(
             .map_err(db_error)?;
     }
     if event.historical {
-        return Ok(PersistedEvent {
-            stream_pos: pos,
-            state_before,
-            state_after,
-            pushes_queued: false,
-        });
+        let persisted =
+            PersistedEvent { stream_pos: pos, state_before, state_after, pushes_queued: false };
+        return Ok((persisted, None));
     }
     sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1")
         .bind(event.room_id.as_str())
@@ -266,7 +265,9 @@ async fn persist_in_transaction(
         .await?;
     }
     insert_push_actions(connection, event, pos).await?;
-    Ok(PersistedEvent { stream_pos: pos, state_before, state_after, pushes_queued: false })
+    let persisted =
+        PersistedEvent { stream_pos: pos, state_before, state_after, pushes_queued: false };
+    Ok((persisted, current_group))
 }
 
 /// The rows of an event's push actions, in one statement however big the room: the rows go
@@ -333,6 +334,7 @@ impl RoomStore for SqlStore {
         .bind(now)
         .execute(&self.write)
         .await;
+        self.recent.room_changed(room_id);
         match result {
             Ok(_) => Ok(()),
             Err(error) if is_unique_violation(&error) => {
@@ -343,6 +345,11 @@ impl RoomStore for SqlStore {
     }
 
     async fn get_room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
+        // Every send reads it: remembered (an unknown room is not).
+        if let Some(record) = self.recent.room_record(room_id) {
+            return Ok(Some(record));
+        }
+        let generation = self.recent.room_generation(room_id);
         let row = sqlx::query(
             "SELECT room_id, room_version, published, current_state_group, shut_down_ts FROM rooms \
              WHERE room_id = $1",
@@ -351,7 +358,11 @@ impl RoomStore for SqlStore {
         .fetch_optional(&self.read)
         .await
         .map_err(db_error)?;
-        row.as_ref().map(room_from_row).transpose()
+        let record = row.as_ref().map(room_from_row).transpose()?;
+        if let Some(record) = &record {
+            self.recent.remember_room_record(generation, record.clone());
+        }
+        Ok(record)
     }
 
     async fn list_rooms(&self) -> Result<Vec<RoomRecord>> {
@@ -407,7 +418,7 @@ impl RoomStore for SqlStore {
             .fetch_one(&mut *transaction)
             .await
             .map_err(db_error)?;
-            let persisted = persist_in_transaction(&mut transaction, event, pos).await?;
+            let (persisted, _) = persist_in_transaction(&mut transaction, event, pos).await?;
             if let (Some(cluster), Some((target, _))) = (&self.cluster, &event.redaction) {
                 cluster.announce_redaction(&mut transaction, target).await?;
             }
@@ -420,7 +431,13 @@ impl RoomStore for SqlStore {
         }
         let mut write = self.stream_write_in(transaction).await?;
         let pos = write.pos();
-        let mut persisted = persist_in_transaction(write.connection(), event, pos).await?;
+        let (mut persisted, current_group) =
+            persist_in_transaction(write.connection(), event, pos).await?;
+        write.touch(Touch::RoomHead(
+            event.room_id.clone(),
+            current_group,
+            event.new_extremities.clone(),
+        ));
         if !event.rejected && !event.soft_failed {
             // Something may relate to it already (an event from another server may come
             // after the relations to it).
@@ -561,6 +578,10 @@ impl RoomStore for SqlStore {
     }
 
     async fn forward_extremities(&self, room_id: &RoomId) -> Result<Vec<OwnedEventId>> {
+        if let Some(extremities) = self.recent.forward_extremities(room_id) {
+            return Ok(extremities);
+        }
+        let generation = self.recent.room_generation(room_id);
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT event_id FROM forward_extremities WHERE room_id = $1 ORDER BY event_id",
         )
@@ -568,7 +589,9 @@ impl RoomStore for SqlStore {
         .fetch_all(&self.write)
         .await
         .map_err(db_error)?;
-        ids.into_iter().map(parse_id).collect()
+        let extremities = ids.into_iter().map(parse_id).collect::<Result<Vec<OwnedEventId>>>()?;
+        self.recent.remember_forward_extremities(room_id, generation, extremities.clone());
+        Ok(extremities)
     }
 
     async fn load_state_group(
@@ -954,6 +977,7 @@ impl RoomStore for SqlStore {
             .execute(&self.write)
             .await
             .map_err(db_error)?;
+        self.recent.room_changed(room_id);
         Ok(())
     }
 
@@ -970,6 +994,7 @@ impl RoomStore for SqlStore {
         .execute(&self.write)
         .await
         .map_err(db_error)?;
+        self.recent.room_changed(room_id);
         Ok(result.rows_affected() > 0)
     }
 }

@@ -166,7 +166,8 @@ pub enum StateSpec {
 /// What a persisted event does to the room's current state.
 #[derive(Clone, Debug)]
 pub enum CurrentState {
-    /// It stays as it was (the event does not reach the room's forward extremities).
+    /// It stays as it was (the event does not reach the room's forward extremities, or
+    /// follows the current state alone and sets no state).
     Unchanged,
     /// It becomes the state after this event (the event is the only forward extremity).
     StateAfter,

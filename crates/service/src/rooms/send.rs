@@ -395,7 +395,12 @@ impl Services {
             Some(group) => self.state_map(group).await?,
             None => Arc::new(StateMap::new()),
         };
-        let (current_state, new_current) = if !moves_room {
+        // An event that follows the room's current state alone and sets no state of its
+        // own (a message) leaves the current state as it was.
+        let keeps_current = slot.is_none()
+            && new_extremities.len() == 1
+            && matches!(state_before.spec, StateSpec::Existing(group) if Some(group) == old_current_group);
+        let (current_state, new_current) = if !moves_room || keeps_current {
             (CurrentState::Unchanged, (*old_current).clone())
         } else if new_extremities.len() == 1 {
             (CurrentState::StateAfter, state_after.clone())

@@ -226,6 +226,38 @@ pub(super) async fn unused_fallback_key_algorithms(
     .map_err(db_error)
 }
 
+/// A device's one-time key counts and unused fallback key algorithms in one statement
+/// (every sync asks for both).
+pub(super) async fn key_values(
+    store: &SqlStore,
+    user_id: &UserId,
+    device_id: &DeviceId,
+) -> Result<(Vec<(String, i64)>, Vec<String>)> {
+    let rows = sqlx::query(
+        "SELECT CAST(0 AS BIGINT) AS fallback, algorithm, CAST(COUNT(*) AS BIGINT) AS keys \
+         FROM e2ee_one_time_keys WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm \
+         UNION ALL \
+         SELECT CAST(1 AS BIGINT) AS fallback, algorithm, CAST(0 AS BIGINT) AS keys FROM e2ee_fallback_keys \
+         WHERE user_id = $1 AND device_id = $2 AND used = 0 \
+         ORDER BY fallback, algorithm",
+    )
+    .bind(user_id.as_str())
+    .bind(device_id.as_str())
+    .fetch_all(&store.read)
+    .await
+    .map_err(db_error)?;
+    let (mut counts, mut fallback) = (Vec::new(), Vec::new());
+    for row in &rows {
+        let algorithm: String = row.try_get("algorithm").map_err(db_error)?;
+        if row.try_get::<i64, _>("fallback").map_err(db_error)? == 0 {
+            counts.push((algorithm, row.try_get("keys").map_err(db_error)?));
+        } else {
+            fallback.push(algorithm);
+        }
+    }
+    Ok((counts, fallback))
+}
+
 pub(super) async fn claim_key(
     store: &SqlStore,
     user_id: &UserId,

@@ -85,9 +85,14 @@ const DEVICE_TABLES: &[&str] = &[
     "e2ee_dehydrated_devices",
 ];
 
-pub(super) async fn remove_deleted_devices_e2ee(store: &SqlStore, user_id: &UserId) -> Result<u64> {
+/// Removes what deleted devices left behind; returns how many device keys went, and how
+/// many rows in all.
+pub(super) async fn remove_deleted_devices_e2ee(
+    store: &SqlStore,
+    user_id: &UserId,
+) -> Result<(u64, u64)> {
     let mut transaction = store.write.begin().await.map_err(db_error)?;
-    let mut removed = 0;
+    let (mut removed, mut total) = (0, 0);
     for table in DEVICE_TABLES {
         let result = sqlx::query(AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE user_id = $1 \
@@ -97,11 +102,12 @@ pub(super) async fn remove_deleted_devices_e2ee(store: &SqlStore, user_id: &User
         .execute(&mut *transaction)
         .await
         .map_err(db_error)?;
+        total += result.rows_affected();
         if *table == "e2ee_device_keys" {
             removed = result.rows_affected();
         }
     }
-    sqlx::query(
+    let result = sqlx::query(
         "DELETE FROM e2ee_signatures WHERE target_user_id = $1 \
          AND target_key_id NOT IN (SELECT device_id FROM devices WHERE user_id = $1) \
          AND target_key_id NOT IN \
@@ -111,8 +117,9 @@ pub(super) async fn remove_deleted_devices_e2ee(store: &SqlStore, user_id: &User
     .execute(&mut *transaction)
     .await
     .map_err(db_error)?;
+    total += result.rows_affected();
     transaction.commit().await.map_err(db_error)?;
-    Ok(removed)
+    Ok((removed, total))
 }
 
 pub(super) async fn delete_user_e2ee(store: &SqlStore, user_id: &UserId) -> Result<()> {

@@ -69,9 +69,19 @@ impl E2eeStore for SqlStore {
         if let Some(counts) = self.recent.one_time_key_counts(user_id, device_id) {
             return Ok(counts);
         }
+        if !self.recent.enabled() {
+            return keys::one_time_key_counts(self, user_id, device_id).await;
+        }
+        // The fallback keys come with them: the sync that asks for one asks for the other.
         let generation = self.recent.generation(user_id);
-        let counts = keys::one_time_key_counts(self, user_id, device_id).await?;
-        self.recent.remember_keys(user_id, device_id, generation, Some(counts.clone()), None);
+        let (counts, fallback) = keys::key_values(self, user_id, device_id).await?;
+        self.recent.remember_keys(
+            user_id,
+            device_id,
+            generation,
+            Some(counts.clone()),
+            Some(fallback),
+        );
         Ok(counts)
     }
 
@@ -155,9 +165,12 @@ impl E2eeStore for SqlStore {
     }
 
     async fn remove_deleted_devices_e2ee(&self, user_id: &UserId) -> Result<u64> {
+        // Run at every login: the user's remembered values stay unless something went.
         let result = messages::remove_deleted_devices_e2ee(self, user_id).await;
-        self.recent.values_changed(user_id);
-        result
+        if !matches!(result, Ok((_, 0))) {
+            self.recent.values_changed(user_id);
+        }
+        result.map(|(removed, _)| removed)
     }
 
     async fn delete_user_e2ee(&self, user_id: &UserId) -> Result<()> {

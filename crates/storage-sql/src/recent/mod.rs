@@ -18,14 +18,18 @@
 //! PostgreSQL stores are shared by processes whose writes this process does not see, so there
 //! it is disabled and every question goes to the database.
 
+mod heads;
 mod tails;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use rhizome_storage::{AccountDataRecord, Direction, EventRecord, StreamPos, UnreadCounts};
+use rhizome_storage::{
+    AccountDataRecord, Direction, EventRecord, RoomRecord, StateGroupId, StreamPos, UnreadCounts,
+};
 use ruma::{EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 
+use heads::Heads;
 use tails::Tails;
 
 /// Something a stream write changes.
@@ -50,6 +54,9 @@ pub(crate) enum Touch {
     ToDevice(OwnedUserId),
     /// Any device-list change (of anyone).
     DeviceLists,
+    /// A persisted event set the room's forward extremities, and its current state group
+    /// when that changed.
+    RoomHead(OwnedRoomId, Option<StateGroupId>, Vec<OwnedEventId>),
 }
 
 /// The latest positions of each kind of change since the store opened.
@@ -97,6 +104,7 @@ pub(crate) struct Recent {
     positions: Mutex<Positions>,
     values: Mutex<Values>,
     tails: Mutex<Tails>,
+    heads: Mutex<Heads>,
 }
 
 impl Recent {
@@ -108,6 +116,7 @@ impl Recent {
             positions: Mutex::new(Positions::default()),
             values: Mutex::new(Values::default()),
             tails: Mutex::new(Tails::new(floor)),
+            heads: Mutex::new(Heads::default()),
         }
     }
 
@@ -126,6 +135,10 @@ impl Recent {
 
     fn values(&self) -> std::sync::MutexGuard<'_, Values> {
         self.values.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn heads(&self) -> std::sync::MutexGuard<'_, Heads> {
+        self.heads.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Records what a write committed at `pos` changed; called before `pos` is readable.
@@ -161,6 +174,9 @@ impl Recent {
                 }
                 Touch::DeviceLists => {
                     positions.device_lists = Some(positions.device_lists.unwrap_or(pos).max(pos));
+                }
+                Touch::RoomHead(room, group, extremities) => {
+                    self.heads().moved(room, *group, extremities);
                 }
             }
         }
@@ -389,6 +405,55 @@ impl Recent {
         }
         if fallback.is_some() {
             entry.1.fallback = fallback;
+        }
+    }
+
+    /// The room's generation, read before its record or extremities are read from the
+    /// database.
+    pub(crate) fn room_generation(&self, room: &RoomId) -> u64 {
+        self.heads().generation(room)
+    }
+
+    /// The room's record, if remembered.
+    pub(crate) fn room_record(&self, room: &RoomId) -> Option<RoomRecord> {
+        if !self.enabled {
+            return None;
+        }
+        self.heads().record(room)
+    }
+
+    /// The room's forward extremities (sorted), if remembered.
+    pub(crate) fn forward_extremities(&self, room: &RoomId) -> Option<Vec<OwnedEventId>> {
+        if !self.enabled {
+            return None;
+        }
+        self.heads().extremities(room)
+    }
+
+    /// Remembers a room's record read at `generation` (unless the room changed since).
+    pub(crate) fn remember_room_record(&self, generation: u64, record: RoomRecord) {
+        if self.enabled {
+            self.heads().remember_record(generation, record);
+        }
+    }
+
+    /// Remembers a room's forward extremities (sorted) read at `generation`.
+    pub(crate) fn remember_forward_extremities(
+        &self,
+        room: &RoomId,
+        generation: u64,
+        extremities: Vec<OwnedEventId>,
+    ) {
+        if self.enabled {
+            self.heads().remember_extremities(room, generation, extremities);
+        }
+    }
+
+    /// A write other than a persisted event changed the room's record; called after it
+    /// commits.
+    pub(crate) fn room_changed(&self, room: &RoomId) {
+        if self.enabled {
+            self.heads().forget(room);
         }
     }
 

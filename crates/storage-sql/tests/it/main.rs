@@ -41,6 +41,25 @@ mod sqlite {
         assert_eq!(store.move_staged_push_actions().await.unwrap(), 0);
     }
 
+    /// A room's record and extremities, which the store remembers, read the same as from a
+    /// store opened afresh after every write that changes them.
+    #[tokio::test]
+    async fn room_heads_read_the_same_as_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        let store: Arc<dyn rhizome_storage::DataStore> =
+            Arc::new(SqlStore::connect(&url, 4).await.unwrap());
+        let fresh = || {
+            let url = url.clone();
+            async move {
+                let fresh: Arc<dyn rhizome_storage::DataStore> =
+                    Arc::new(SqlStore::connect(&url, 2).await.unwrap());
+                fresh
+            }
+        };
+        rhizome_storage::conformance::room_heads_read_the_same_after(store, fresh).await;
+    }
+
     /// Enough staged push actions move by themselves, and read the same after.
     #[tokio::test]
     async fn staged_push_actions_move_by_themselves() {

@@ -598,3 +598,77 @@ pub async fn aliases_directory_and_search(store: Arc<dyn DataStore>) {
     assert!(store.user_directory_candidates(server, "example", 10).await.unwrap().is_empty());
     assert_eq!(store.user_directory_candidates(server, "tester", 2).await.unwrap().len(), 2);
 }
+
+/// A room's record and forward extremities read the same from `store` (which may remember
+/// them) as from a store opened afresh on the database (`fresh`), after each write that
+/// changes them: events that move the room on with and without a new current state, a fork
+/// of two extremities, a soft-failed event, and the directory and shut-down flags.
+pub async fn room_heads_read_the_same_after<F, Fut>(store: Arc<dyn DataStore>, fresh: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn DataStore>>,
+{
+    async fn check<F, Fut>(store: &Arc<dyn DataStore>, fresh: &F, room: &RoomBuilder, step: &str)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Arc<dyn DataStore>>,
+    {
+        let reader = fresh().await;
+        assert_eq!(
+            store.get_room(&room.room_id).await.unwrap(),
+            reader.get_room(&room.room_id).await.unwrap(),
+            "room record after {step}"
+        );
+        assert_eq!(
+            store.forward_extremities(&room.room_id).await.unwrap(),
+            reader.forward_extremities(&room.room_id).await.unwrap(),
+            "forward extremities after {step}"
+        );
+    }
+    let mut room = RoomBuilder::new(store.clone(), "heads").await;
+    // Read before anything is there, so that a remembered answer has to change.
+    check(&store, &fresh, &room, "creating the room").await;
+    room.send("@alice:example.org", "m.room.create", Some(""), json!({})).await;
+    check(&store, &fresh, &room, "the create event").await;
+    room.join("@alice:example.org").await;
+    check(&store, &fresh, &room, "a join").await;
+    let group = room.head.as_ref().map(|(_, group)| *group);
+    let mut message = room.template("@alice:example.org", "m.room.message", None, json!({}));
+    message.current_state = CurrentState::Unchanged;
+    room.persist(message).await;
+    check(&store, &fresh, &room, "a message that keeps the current state").await;
+    assert_eq!(
+        store.get_room(&room.room_id).await.unwrap().unwrap().current_state_group,
+        group,
+        "a message keeps the current state group"
+    );
+    // Two events after the same one: the room forks, its extremities both (sorted).
+    let (_, base) = room.head.clone().unwrap();
+    let mut first = room.template("@alice:example.org", "m.room.message", None, json!({}));
+    first.current_state = CurrentState::Unchanged;
+    let first_id = first.event_id.clone();
+    room.persist(first).await;
+    let mut second = room.template("@alice:example.org", "m.room.topic", Some(""), json!({}));
+    second.state_before = StateSpec::Existing(base);
+    second.new_extremities = vec![second.event_id.clone(), first_id];
+    second.current_state = CurrentState::New(StateSpec::New {
+        base: Some(base),
+        changes: vec![(("m.room.topic".into(), String::new()), Some(second.event_id.clone()))],
+    });
+    room.persist(second).await;
+    check(&store, &fresh, &room, "a fork").await;
+    assert_eq!(store.forward_extremities(&room.room_id).await.unwrap().len(), 2);
+    let mut soft_failed = room.template("@mallory:example.org", "m.room.message", None, json!({}));
+    soft_failed.soft_failed = true;
+    soft_failed.current_state = CurrentState::Unchanged;
+    soft_failed.new_extremities = store.forward_extremities(&room.room_id).await.unwrap();
+    store.persist_event(&soft_failed).await.unwrap();
+    check(&store, &fresh, &room, "a soft-failed event").await;
+    store.set_room_published(&room.room_id, true).await.unwrap();
+    check(&store, &fresh, &room, "publishing").await;
+    assert!(store.set_room_shut_down(&room.room_id, 77).await.unwrap());
+    check(&store, &fresh, &room, "shutting down").await;
+    assert_eq!(store.get_room(&room.room_id).await.unwrap().unwrap().shut_down_ts, Some(77));
+    room.send("@alice:example.org", "m.room.name", Some(""), json!({"name": "n"})).await;
+    check(&store, &fresh, &room, "a state event after the fork").await;
+}
