@@ -58,10 +58,12 @@ crates/storage-sql/src/e2ee/messages.rs UPDATE e2ee_to_device
 crates/storage-sql/src/federation.rs INSERT INTO room_memberships
 crates/storage-sql/src/federation.rs INSERT INTO rooms
 crates/storage-sql/src/rooms.rs DELETE FROM forward_extremities
+crates/storage-sql/src/rooms.rs DELETE FROM forward_extremities
 crates/storage-sql/src/rooms.rs INSERT INTO event_push_actions
 crates/storage-sql/src/rooms.rs INSERT INTO event_push_actions_staged
 crates/storage-sql/src/rooms.rs INSERT INTO event_relations
 crates/storage-sql/src/rooms.rs INSERT INTO events
+crates/storage-sql/src/rooms.rs INSERT INTO forward_extremities
 crates/storage-sql/src/rooms.rs INSERT INTO forward_extremities
 crates/storage-sql/src/rooms.rs INSERT INTO room_memberships
 crates/storage-sql/src/rooms.rs INSERT INTO rooms

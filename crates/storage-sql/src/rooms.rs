@@ -110,36 +110,59 @@ async fn persist_in_transaction(
         )
         .await?
     };
-    let result = sqlx::query(
-        "INSERT INTO events (stream_pos, event_id, room_id, sender, event_type, state_key, depth, \
-         origin_server_ts, json, rejected, state_before, state_after, txn_user, txn_device, txn_id, \
-         body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-    )
-    .bind(pos)
-    .bind(event.event_id.as_str())
-    .bind(event.room_id.as_str())
-    .bind(event.sender.as_str())
-    .bind(&event.event_type)
-    .bind(event.state_key.as_deref())
-    .bind(event.depth)
-    .bind(event.origin_server_ts)
-    .bind(&event.json)
-    .bind(if event.rejected {
-        REJECTED
-    } else if event.soft_failed {
-        SOFT_FAILED
+    // SQLite runs every statement of one query in one call to its connection's thread: the
+    // auth edges go with the event, as one JSON array. (PostgreSQL prepares one statement at a
+    // time.)
+    let sqlite = !crate::is_postgres(connection);
+    let auth_edges = if event.auth_events.is_empty() {
+        None
     } else {
-        0
-    })
-    .bind(state_before)
-    .bind(state_after)
-    .bind(event.txn.as_ref().map(|txn| txn.user_id.as_str()))
-    .bind(event.txn.as_ref().map(|txn| txn.device_id.as_str()))
-    .bind(event.txn.as_ref().map(|txn| txn.txn_id.as_str()))
-    .bind(searchable_body(event))
-    .execute(&mut *connection)
-    .await;
-    if let Err(error) = result {
+        let ids: Vec<&str> = event.auth_events.iter().map(|id| id.as_str()).collect();
+        Some(serde_json::to_string(&ids).map_err(Error::internal)?)
+    };
+    let insert_event = "INSERT INTO events (stream_pos, event_id, room_id, sender, event_type, \
+         state_key, depth, origin_server_ts, json, rejected, state_before, state_after, txn_user, \
+         txn_device, txn_id, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+         $13, $14, $15, $16)";
+    let with_edges;
+    let sql = match (&auth_edges, sqlite) {
+        (Some(_), true) => {
+            with_edges = format!(
+                "{insert_event}; INSERT INTO event_auth_edges (event_id, auth_event_id) \
+                 SELECT $2, value FROM json_each($17) WHERE true \
+                 ON CONFLICT (event_id, auth_event_id) DO NOTHING"
+            );
+            with_edges.as_str()
+        }
+        _ => insert_event,
+    };
+    let mut query = sqlx::query(AssertSqlSafe(sql))
+        .bind(pos)
+        .bind(event.event_id.as_str())
+        .bind(event.room_id.as_str())
+        .bind(event.sender.as_str())
+        .bind(&event.event_type)
+        .bind(event.state_key.as_deref())
+        .bind(event.depth)
+        .bind(event.origin_server_ts)
+        .bind(&event.json)
+        .bind(if event.rejected {
+            REJECTED
+        } else if event.soft_failed {
+            SOFT_FAILED
+        } else {
+            0
+        })
+        .bind(state_before)
+        .bind(state_after)
+        .bind(event.txn.as_ref().map(|txn| txn.user_id.as_str()))
+        .bind(event.txn.as_ref().map(|txn| txn.device_id.as_str()))
+        .bind(event.txn.as_ref().map(|txn| txn.txn_id.as_str()))
+        .bind(searchable_body(event));
+    if sqlite && let Some(edges) = &auth_edges {
+        query = query.bind(edges.as_str());
+    }
+    if let Err(error) = query.execute(&mut *connection).await {
         return Err(if is_unique_violation(&error) {
             Error::matrix(MatrixErrorKind::Unknown, "Event or transaction already persisted")
                 .with_cause(error)
@@ -147,20 +170,17 @@ async fn persist_in_transaction(
             db_error(error)
         });
     }
-    // The auth edges in one statement (an event has a handful).
-    if !event.auth_events.is_empty() {
-        let rows: Vec<String> =
-            (0..event.auth_events.len()).map(|index| format!("($1, ${})", index + 2)).collect();
-        let sql = format!(
-            "INSERT INTO event_auth_edges (event_id, auth_event_id) VALUES {} \
+    if !sqlite && let Some(edges) = &auth_edges {
+        sqlx::query(
+            "INSERT INTO event_auth_edges (event_id, auth_event_id) \
+             SELECT $1, value FROM jsonb_array_elements_text(CAST($2 AS JSONB)) \
              ON CONFLICT (event_id, auth_event_id) DO NOTHING",
-            rows.join(", ")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(event.event_id.as_str());
-        for auth_event_id in &event.auth_events {
-            query = query.bind(auth_event_id.as_str());
-        }
-        query.execute(&mut *connection).await.map_err(db_error)?;
+        )
+        .bind(event.event_id.as_str())
+        .bind(edges.as_str())
+        .execute(&mut *connection)
+        .await
+        .map_err(db_error)?;
     }
     if let Some(relation) = &event.relation {
         sqlx::query(
@@ -191,19 +211,6 @@ async fn persist_in_transaction(
         let persisted =
             PersistedEvent { stream_pos: pos, state_before, state_after, pushes_queued: false };
         return Ok((persisted, None));
-    }
-    sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1")
-        .bind(event.room_id.as_str())
-        .execute(&mut *connection)
-        .await
-        .map_err(db_error)?;
-    for extremity in &event.new_extremities {
-        sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)")
-            .bind(event.room_id.as_str())
-            .bind(extremity.as_str())
-            .execute(&mut *connection)
-            .await
-            .map_err(db_error)?;
     }
     let current_group = match &event.current_state {
         CurrentState::Unchanged => None,
@@ -264,57 +271,91 @@ async fn persist_in_transaction(
         )
         .await?;
     }
-    insert_push_actions(connection, event, pos).await?;
+    write_extremities_and_push_actions(connection, event, pos).await?;
     let persisted =
         PersistedEvent { stream_pos: pos, state_before, state_after, pushes_queued: false };
     Ok((persisted, current_group))
 }
 
-/// The rows of an event's push actions, in one statement however big the room: the rows go
-/// as one JSON array the database takes apart itself. (Bound one value at a time, a room of
-/// 1,000 members took 32 statements, and sqlx-over-SQLite's binding costs the square of a
-/// statement's parameters.)
-async fn insert_push_actions(
+/// The room's new forward extremities and the event's push actions. Each is one statement
+/// however big the room: the rows go as one JSON array the database takes apart itself.
+/// (Bound one value at a time, a room of 1,000 members took 32 statements, and
+/// sqlx-over-SQLite's binding costs the square of a statement's parameters.) On SQLite the
+/// three statements go to the connection's thread in one call.
+async fn write_extremities_and_push_actions(
     connection: &mut AnyConnection,
     event: &PersistEvent,
     pos: i64,
 ) -> Result<()> {
-    if event.push_actions.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<(&str, i64, i64, Option<&str>, &str)> = event
-        .push_actions
-        .iter()
-        .map(|action| {
-            (
-                action.user_id.as_str(),
-                flag(action.notify),
-                flag(action.highlight),
-                action.thread_id.as_ref().map(|id| id.as_str()),
-                action.actions.as_str(),
-            )
-        })
-        .collect();
-    let rows = serde_json::to_string(&rows).map_err(Error::internal)?;
-    // PostgreSQL writes them in place; SQLite stages them (see `staged`).
-    let sql = if crate::is_postgres(connection) {
-        "INSERT INTO event_push_actions (user_id, room_id, stream_pos, notify, highlight, \
-         thread_id, actions) \
-         SELECT r->>0, $1, $2, CAST(r->>1 AS BIGINT), CAST(r->>2 AS BIGINT), r->>3, r->>4 \
-         FROM jsonb_array_elements(CAST($3 AS JSONB)) AS rows(r)"
+    let extremities: Vec<&str> = event.new_extremities.iter().map(|id| id.as_str()).collect();
+    let extremities = serde_json::to_string(&extremities).map_err(Error::internal)?;
+    let actions = if event.push_actions.is_empty() {
+        None
     } else {
-        "INSERT INTO event_push_actions_staged (user_id, room_id, stream_pos, notify, \
-         highlight, thread_id, actions) \
-         SELECT value->>0, $1, $2, value->>1, value->>2, value->>3, value->>4 \
-         FROM json_each($3)"
+        let rows: Vec<(&str, i64, i64, Option<&str>, &str)> = event
+            .push_actions
+            .iter()
+            .map(|action| {
+                (
+                    action.user_id.as_str(),
+                    flag(action.notify),
+                    flag(action.highlight),
+                    action.thread_id.as_ref().map(|id| id.as_str()),
+                    action.actions.as_str(),
+                )
+            })
+            .collect();
+        Some(serde_json::to_string(&rows).map_err(Error::internal)?)
     };
-    sqlx::query(sql)
+    if crate::is_postgres(connection) {
+        sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1")
+            .bind(event.room_id.as_str())
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
+        sqlx::query(
+            "INSERT INTO forward_extremities (room_id, event_id) \
+             SELECT $1, value FROM jsonb_array_elements_text(CAST($2 AS JSONB))",
+        )
         .bind(event.room_id.as_str())
-        .bind(pos)
-        .bind(rows)
+        .bind(&extremities)
         .execute(&mut *connection)
         .await
         .map_err(db_error)?;
+        if let Some(actions) = actions {
+            // PostgreSQL writes them in place; SQLite stages them (see `staged`).
+            sqlx::query(
+                "INSERT INTO event_push_actions (user_id, room_id, stream_pos, notify, \
+                 highlight, thread_id, actions) \
+                 SELECT r->>0, $1, $2, CAST(r->>1 AS BIGINT), CAST(r->>2 AS BIGINT), r->>3, \
+                 r->>4 FROM jsonb_array_elements(CAST($3 AS JSONB)) AS rows(r)",
+            )
+            .bind(event.room_id.as_str())
+            .bind(pos)
+            .bind(actions)
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
+        }
+        return Ok(());
+    }
+    let mut sql = String::from(
+        "DELETE FROM forward_extremities WHERE room_id = $1; \
+         INSERT INTO forward_extremities (room_id, event_id) SELECT $1, value FROM json_each($2)",
+    );
+    if actions.is_some() {
+        sql.push_str(
+            "; INSERT INTO event_push_actions_staged (user_id, room_id, stream_pos, notify, \
+             highlight, thread_id, actions) \
+             SELECT value->>0, $1, $3, value->>1, value->>2, value->>3, value->>4 \
+             FROM json_each($4)",
+        );
+    }
+    let mut query = sqlx::query(AssertSqlSafe(sql)).bind(event.room_id.as_str()).bind(extremities);
+    if let Some(actions) = actions {
+        query = query.bind(pos).bind(actions);
+    }
+    query.execute(&mut *connection).await.map_err(db_error)?;
     Ok(())
 }
 
