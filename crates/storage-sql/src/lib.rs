@@ -6,6 +6,7 @@
 //! migrations are numbered files applied at start-up.
 
 mod accounts;
+mod checkpoint;
 mod cluster;
 pub mod copy;
 mod e2ee;
@@ -65,6 +66,8 @@ pub struct SqlStore {
     recent: Arc<recent::Recent>,
     /// SQLite: the push actions staged, to be moved in bulk.
     staged: Arc<staged::StagedPushActions>,
+    /// SQLite: the write-ahead log copied back in the background.
+    checkpoints: Option<checkpoint::Checkpointer>,
 }
 
 impl SqlStore {
@@ -81,15 +84,16 @@ impl SqlStore {
         };
         let (write, read) = match backend {
             Backend::Sqlite => {
-                let url =
-                    if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
+                let url = sqlite_url(url);
                 // An SQLite connection is a file handle: it cannot go stale the way a network
                 // connection can, so it is not pinged before each use. (The ping would double
                 // the round trips to the connection's thread, which dominate a sync's cost.)
                 // The writer's page cache holds a big write whole (16 MiB at most: moving the
                 // staged push actions dirties a page per user, which a 2 MiB cache spilled to
-                // the WAL in mid-transaction), and the WAL is copied back every 4,000 pages
-                // rather than 1,000, so a page many writes dirty is copied back once for all.
+                // the WAL in mid-transaction), and a write copies the WAL back past 4,000 pages
+                // rather than 1,000, so a page many writes dirty is copied back once for all;
+                // a task of its own (`checkpoint`) copies it back between, so that a light load
+                // never reaches that.
                 let write = AnyPoolOptions::new()
                     .max_connections(1)
                     .min_connections(1)
@@ -153,6 +157,7 @@ impl SqlStore {
             cluster: None,
             recent: Arc::new(recent::Recent::new(false, 0)),
             staged: Arc::default(),
+            checkpoints: None,
         };
         migrations::apply(&store).await?;
         match backend {
@@ -171,6 +176,7 @@ impl SqlStore {
                 store.staged = Arc::new(staged::StagedPushActions::new(
                     usize::try_from(staged).unwrap_or_default(),
                 ));
+                store.checkpoints = Some(checkpoint::Checkpointer::start(&sqlite_url(url))?);
             }
             Backend::Postgres => {
                 store.stream.refresh(&store.write).await?;
@@ -239,6 +245,9 @@ impl SqlStore {
         }
         self.write.close().await;
         self.read.close().await;
+        if let Some(checkpoints) = &self.checkpoints {
+            checkpoints.close().await;
+        }
         if let Some(locks) = &self.locks {
             locks.close().await;
         }
@@ -294,6 +303,11 @@ pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
 }
 
 /// Whether a connection is to PostgreSQL (for the few statements whose SQL differs).
+/// A SQLite URL that creates the database if it is missing (unless it says otherwise).
+fn sqlite_url(url: &str) -> String {
+    if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") }
+}
+
 pub(crate) fn is_postgres(connection: &sqlx::AnyConnection) -> bool {
     connection.backend_name() == <sqlx::Postgres as sqlx::Database>::NAME
 }

@@ -60,6 +60,31 @@ mod sqlite {
         rhizome_storage::conformance::room_heads_read_the_same_after(store, fresh).await;
     }
 
+    /// The write-ahead log is copied back into the database file in the background, well
+    /// before the log is big enough for a write to do it itself.
+    #[tokio::test]
+    async fn the_log_is_checkpointed_in_the_background() {
+        use rhizome_storage::UserDataStore;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.db");
+        let store = SqlStore::connect(&format!("sqlite://{}", path.display()), 2).await.unwrap();
+        let size = || std::fs::metadata(&path).unwrap().len();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let before = size();
+        // About 2 MB in the log: a few hundred pages, far below the writer's own threshold.
+        let user = ruma::user_id!("@a:example.org");
+        let content = format!("{{\"x\":\"{}\"}}", "y".repeat(10_000));
+        for index in 0..200 {
+            store.set_account_data(user, None, &format!("t{index}"), &content).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while size() < before + 1_500_000 {
+            assert!(std::time::Instant::now() < deadline, "not copied back: {} bytes", size());
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        store.close().await;
+    }
+
     /// Enough staged push actions move by themselves, and read the same after.
     #[tokio::test]
     async fn staged_push_actions_move_by_themselves() {
