@@ -42,9 +42,9 @@ impl RoomCaches {
     pub(crate) fn new() -> Self {
         Self {
             versions: Mutex::new(HashMap::new()),
-            // An event takes one to two KB here (its JSON once, parsed). (20,000 made it the
-            // biggest part of a busy small server's memory; an initial sync of 1,000 rooms reads
-            // the rest in one statement.)
+            // An event takes roughly one to two KB here, by estimate (its JSON once, and the
+            // parsed PDU): 20,000 was the biggest part of a busy small server's memory. An
+            // initial sync of 1,000 rooms reads what is missing in one statement.
             events: lru(10_000),
             state_groups: Mutex::new(StateMapCache::new(STATE_CACHE_SLOTS)),
             locks: Mutex::new(HashMap::new()),
@@ -55,7 +55,8 @@ impl RoomCaches {
     }
 }
 
-/// How many state slots (entries of state maps) the state cache holds in all: about 17 MB.
+/// How many state slots (entries of state maps) the state cache holds in all: about 17 MB by
+/// estimate.
 /// Counted in slots, not maps, since a big room's map is a thousand times a small one's.
 /// (An initial sync of a user in 1,000 small rooms needs about 10,000; 300,000 filled up with
 /// the maps after each of a big room's joins, each one member longer than the last.)
