@@ -3,7 +3,8 @@
 //! Migrations are written once in portable SQL; `{{id}}` stands for an auto-incrementing
 //! BIGINT primary key, the one spelling the engines do not share. A migration may add SQL for
 //! PostgreSQL alone (`NNNN_name.postgres.sql`: sequences and functions that only matter when
-//! several processes share the database).
+//! several processes share the database), or for SQLite alone (`NNNN_name.sqlite.sql`: a
+//! layout only SQLite can take). A migration whose portable part is empty has only the other.
 
 use rhizome_core::Result;
 use sqlx::{AnyConnection, Connection, Executor};
@@ -12,23 +13,35 @@ use crate::{Backend, SqlStore, db_error};
 
 /// The migrations, numbered from 1, applied once each, in order. Never edit one that has
 /// shipped: add a new one.
-const MIGRATIONS: &[(i64, &str, Option<&str>)] = &[
-    (1, include_str!("../migrations/0001_init.sql"), None),
-    (2, include_str!("../migrations/0002_e2ee.sql"), None),
-    (3, include_str!("../migrations/0003_media.sql"), None),
-    (4, include_str!("../migrations/0004_moderation.sql"), None),
-    (5, include_str!("../migrations/0005_pushers.sql"), None),
-    (6, include_str!("../migrations/0006_federation.sql"), None),
-    (7, include_str!("../migrations/0007_remote_events.sql"), None),
-    (8, include_str!("../migrations/0008_device_lists.sql"), None),
-    (9, include_str!("../migrations/0009_subscriptions_and_delays.sql"), None),
+const MIGRATIONS: &[(i64, &str, Only)] = &[
+    (1, include_str!("../migrations/0001_init.sql"), Only::Neither),
+    (2, include_str!("../migrations/0002_e2ee.sql"), Only::Neither),
+    (3, include_str!("../migrations/0003_media.sql"), Only::Neither),
+    (4, include_str!("../migrations/0004_moderation.sql"), Only::Neither),
+    (5, include_str!("../migrations/0005_pushers.sql"), Only::Neither),
+    (6, include_str!("../migrations/0006_federation.sql"), Only::Neither),
+    (7, include_str!("../migrations/0007_remote_events.sql"), Only::Neither),
+    (8, include_str!("../migrations/0008_device_lists.sql"), Only::Neither),
+    (9, include_str!("../migrations/0009_subscriptions_and_delays.sql"), Only::Neither),
     (
         10,
         include_str!("../migrations/0010_scale_out.sql"),
-        Some(include_str!("../migrations/0010_scale_out.postgres.sql")),
+        Only::Postgres(include_str!("../migrations/0010_scale_out.postgres.sql")),
     ),
-    (11, include_str!("../migrations/0011_staged_push_actions.sql"), None),
+    (11, include_str!("../migrations/0011_staged_push_actions.sql"), Only::Neither),
+    (
+        12,
+        "",
+        Only::Sqlite(include_str!("../migrations/0012_push_actions_without_rowid.sqlite.sql")),
+    ),
 ];
+
+/// A migration's SQL for one engine alone, applied after its portable part.
+enum Only {
+    Neither,
+    Postgres(&'static str),
+    Sqlite(&'static str),
+}
 
 fn render(sql: &str, backend: Backend) -> String {
     let id = match backend {
@@ -71,15 +84,21 @@ async fn apply_on(connection: &mut AnyConnection, backend: Backend) -> Result<()
         .fetch_all(&mut *connection)
         .await
         .map_err(db_error)?;
-    for (version, sql, postgres_sql) in MIGRATIONS {
+    for (version, sql, only) in MIGRATIONS {
         if applied.contains(version) {
             continue;
         }
         tracing::info!(version, "applying database migration");
         let mut transaction = connection.begin().await.map_err(db_error)?;
-        transaction.execute(sqlx::AssertSqlSafe(render(sql, backend))).await.map_err(db_error)?;
-        if let (Backend::Postgres, Some(postgres_sql)) = (backend, postgres_sql) {
-            transaction.execute(sqlx::AssertSqlSafe(*postgres_sql)).await.map_err(db_error)?;
+        if !sql.is_empty() {
+            let sql = render(sql, backend);
+            transaction.execute(sqlx::AssertSqlSafe(sql)).await.map_err(db_error)?;
+        }
+        match (backend, only) {
+            (Backend::Postgres, Only::Postgres(sql)) | (Backend::Sqlite, Only::Sqlite(sql)) => {
+                transaction.execute(sqlx::AssertSqlSafe(*sql)).await.map_err(db_error)?;
+            }
+            _ => {}
         }
         sqlx::query("INSERT INTO schema_migrations (version, applied_ts) VALUES ($1, $2)")
             .bind(version)

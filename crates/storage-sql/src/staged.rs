@@ -51,8 +51,8 @@ impl StagedPushActions {
             "INSERT INTO event_push_actions (user_id, room_id, stream_pos, notify, highlight, \
              thread_id, actions) \
              SELECT user_id, room_id, stream_pos, notify, highlight, thread_id, actions \
-             FROM event_push_actions_staged WHERE true ORDER BY user_id, stream_pos \
-             ON CONFLICT (user_id, stream_pos) DO NOTHING",
+             FROM event_push_actions_staged WHERE true ORDER BY user_id, room_id, stream_pos \
+             ON CONFLICT DO NOTHING",
         )
         .execute(&mut *transaction)
         .await

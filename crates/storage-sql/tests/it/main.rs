@@ -107,6 +107,63 @@ mod sqlite {
         assert_eq!(fresh.unread_counts(member, room).await.unwrap().notifications, 12);
     }
 
+    /// A database whose push actions are laid out as before migration 12 (a table with a key
+    /// and an index of its own) keeps every row once migrated to the one ordered by user, room
+    /// and position, and reads them the same.
+    #[tokio::test]
+    async fn push_actions_keep_their_rows_in_their_new_layout() {
+        use rhizome_storage::{UnreadCounts, UserDataStore};
+        use sqlx::{Connection, Executor};
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        SqlStore::connect(&url, 2).await.unwrap().close().await;
+        let layout = "SELECT sql FROM sqlite_master WHERE name = 'event_push_actions'";
+        // Back to the layout before the migration, with rows in it.
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let sql: String = sqlx::query_scalar(layout).fetch_one(&mut db).await.unwrap();
+        assert!(sql.contains("WITHOUT ROWID"), "{sql}");
+        db.execute(
+            "DROP VIEW push_actions; DROP TABLE event_push_actions; \
+             CREATE TABLE event_push_actions (user_id TEXT NOT NULL, room_id TEXT NOT NULL, \
+               stream_pos BIGINT NOT NULL, notify BIGINT NOT NULL, highlight BIGINT NOT NULL, \
+               thread_id TEXT, actions TEXT, PRIMARY KEY (user_id, stream_pos)); \
+             CREATE INDEX event_push_actions_room ON event_push_actions \
+               (user_id, room_id, stream_pos); \
+             CREATE VIEW push_actions AS \
+               SELECT user_id, room_id, stream_pos, notify, highlight, thread_id, actions \
+               FROM event_push_actions UNION ALL \
+               SELECT user_id, room_id, stream_pos, notify, highlight, thread_id, actions \
+               FROM event_push_actions_staged; \
+             INSERT INTO event_push_actions VALUES \
+               ('@a:example.org', '!r:example.org', 5, 1, 0, NULL, '[\"notify\"]'), \
+               ('@a:example.org', '!r:example.org', 6, 1, 1, NULL, '[\"notify\"]'), \
+               ('@a:example.org', '!s:example.org', 7, 1, 0, NULL, '[\"notify\"]'), \
+               ('@b:example.org', '!r:example.org', 5, 1, 0, NULL, '[\"notify\"]'); \
+             DELETE FROM schema_migrations WHERE version = 12;",
+        )
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+
+        let store = SqlStore::connect(&url, 2).await.unwrap();
+        let (a, b) = (ruma::user_id!("@a:example.org"), ruma::user_id!("@b:example.org"));
+        let (r, s) = (ruma::room_id!("!r:example.org"), ruma::room_id!("!s:example.org"));
+        let counts = |notifications, highlights| UnreadCounts { notifications, highlights };
+        assert_eq!(store.unread_counts(a, r).await.unwrap(), counts(2, 1));
+        assert_eq!(store.unread_counts(a, s).await.unwrap(), counts(1, 0));
+        assert_eq!(store.unread_counts(b, r).await.unwrap(), counts(1, 0));
+        assert_eq!(store.notifications(a, None, false, 10).await.unwrap().len(), 0, "no events");
+        store.close().await;
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let sql: String = sqlx::query_scalar(layout).fetch_one(&mut db).await.unwrap();
+        assert!(sql.contains("WITHOUT ROWID"), "{sql}");
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM event_push_actions")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        assert_eq!(rows, 4);
+    }
+
     #[tokio::test]
     async fn data_survives_reopening() {
         use rhizome_storage::AccountStore;
