@@ -250,10 +250,56 @@ impl Pdu {
         to_raw_value(&value).expect("invariant: a stripped event always serialises")
     }
 
-    /// A field of the content, as a string.
+    /// A field of the content, as a string (`None` when absent, not a string, or the content
+    /// not a JSON object). Only that field is read into memory: a big room's send reads one
+    /// field of every member's event.
     pub fn content_str(&self, field: &str) -> Option<String> {
-        let value: serde_json::Value = serde_json::from_str(self.content.get()).ok()?;
-        value.get(field)?.as_str().map(str::to_owned)
+        field_str(self.content.get(), field)
+    }
+}
+
+/// A field of a JSON object, as a string: `None` when absent, not a string, or `object` not
+/// a JSON object.
+pub(crate) fn field_str(object: &str, field: &str) -> Option<String> {
+    let mut json = serde_json::Deserializer::from_str(object);
+    let found = serde::de::DeserializeSeed::deserialize(FieldOf(field), &mut json).ok()?;
+    json.end().ok()?;
+    found
+}
+
+/// Reads one field of a JSON object as a string, skipping the others (the last of duplicate
+/// keys wins, as when the object is read whole).
+struct FieldOf<'f>(&'f str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldOf<'_> {
+    type Value = Option<String>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldOf<'_> {
+    type Value = Option<String>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == self.0 {
+                let value: serde_json::Value = map.next_value()?;
+                found = value.as_str().map(str::to_owned);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
     }
 }
 

@@ -456,3 +456,33 @@ fn a_ban_on_one_branch_beats_a_join_on_the_other() {
         );
     });
 }
+
+#[test]
+fn one_field_of_the_content_is_read_as_the_whole_would_be() {
+    use crate::pdu::field_str;
+    let whole = |object: &str, field: &str| {
+        let value: serde_json::Value = serde_json::from_str(object).ok()?;
+        value.get(field)?.as_str().map(str::to_owned)
+    };
+    let cases = [
+        (r#"{"membership":"join","displayname":"Ada"}"#, "displayname"),
+        (r#"{"membership":"join"}"#, "displayname"),
+        (r#"{"displayname":null}"#, "displayname"),
+        (r#"{"displayname":7,"x":{"displayname":"nested"}}"#, "displayname"),
+        (r#"{"display\u006eame":"escaped key","a":[1,{"b":"c"}]}"#, "displayname"),
+        (r#"{"name":"first","name":"last"}"#, "name"),
+        (r#"{"name":"a\"quoted\" \u00e9"}"#, "name"),
+        (r#"["name","x"]"#, "name"),
+        (r#"{"name":"x"} trailing"#, "name"),
+        (r#"{"name":"#, "name"),
+        ("", "name"),
+    ];
+    for (object, field) in cases {
+        assert_eq!(field_str(object, field), whole(object, field), "{object}");
+    }
+    assert_eq!(
+        field_str(r#"{"display\u006eame":"escaped key"}"#, "displayname").as_deref(),
+        Some("escaped key")
+    );
+    assert_eq!(field_str(r#"{"name":"first","name":"last"}"#, "name").as_deref(), Some("last"));
+}
