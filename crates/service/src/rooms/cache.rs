@@ -251,6 +251,12 @@ impl Services {
         Ok(LoadedEvent { pdu, record })
     }
 
+    /// Caches an event just persisted with its record (whose JSON the PDU holds).
+    pub(crate) fn cache_persisted(&self, pdu: Pdu, record: EventRecord) {
+        let event_id = pdu.event_id.clone();
+        self.caches.events.lock().put(event_id, Arc::new(LoadedEvent { pdu, record }));
+    }
+
     /// Forgets a cached event (after it was redacted).
     pub(crate) fn forget_event(&self, event_id: &EventId) {
         self.caches.events.lock().pop(event_id);

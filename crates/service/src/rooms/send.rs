@@ -10,8 +10,8 @@ use std::{
 use rhizome_core::{Error, Result, clock::now_ts};
 use rhizome_room::{EventTemplate, Pdu, StateMap, auth, build_pdu, resolve::resolve};
 use rhizome_storage::{
-    CurrentState, MembershipChange, PersistEvent, RelationRecord, StateGroupId, StateSpec,
-    TxnRecord,
+    CurrentState, EventRecord, MembershipChange, PersistEvent, RelationRecord, StateGroupId,
+    StateSpec, TxnRecord,
 };
 use ruma::{
     EventId, OwnedEventId, OwnedUserId, RoomId, RoomVersionId, UserId,
@@ -370,10 +370,15 @@ impl Services {
     ) -> Result<OwnedEventId> {
         let event_id = pdu.event_id.clone();
         let slot = pdu.state_slot();
-        let mut state_after = (*state_before.map).clone();
-        if let Some(slot) = &slot {
-            state_after.insert(slot.clone(), event_id.clone());
-        }
+        // A big room's state is thousands of entries: copied only when this event changes it.
+        let state_after: Arc<StateMap> = match &slot {
+            Some(slot) => {
+                let mut state_after = (*state_before.map).clone();
+                state_after.insert(slot.clone(), event_id.clone());
+                Arc::new(state_after)
+            }
+            None => state_before.map.clone(),
+        };
         let (txn, soft_failed, historical, local) = match provenance {
             Provenance::Local { txn } => (txn, false, false, true),
             Provenance::Remote { soft_failed } => (None, soft_failed, false, false),
@@ -401,11 +406,11 @@ impl Services {
             && new_extremities.len() == 1
             && matches!(state_before.spec, StateSpec::Existing(group) if Some(group) == old_current_group);
         let (current_state, new_current) = if !moves_room || keeps_current {
-            (CurrentState::Unchanged, (*old_current).clone())
+            (CurrentState::Unchanged, old_current.clone())
         } else if new_extremities.len() == 1 {
             (CurrentState::StateAfter, state_after.clone())
         } else {
-            let mut maps = vec![state_after.clone()];
+            let mut maps = vec![(*state_after).clone()];
             let others: Vec<OwnedEventId> =
                 new_extremities.iter().filter(|id| **id != event_id).cloned().collect();
             for other in self.load_events(&others).await? {
@@ -413,9 +418,16 @@ impl Services {
             }
             let resolved = self.resolve_state_with(room_id, version, &maps, Some(&pdu)).await?;
             let changes = diff_states(&old_current, &resolved);
-            (CurrentState::New(StateSpec::New { base: old_current_group, changes }), resolved)
+            (
+                CurrentState::New(StateSpec::New { base: old_current_group, changes }),
+                Arc::new(resolved),
+            )
         };
-        let membership_changes = self.membership_changes(&old_current, &new_current, &pdu).await?;
+        let membership_changes = if Arc::ptr_eq(&old_current, &new_current) {
+            Vec::new()
+        } else {
+            self.membership_changes(&old_current, &new_current, &pdu).await?
+        };
         let redaction = if moves_room || historical {
             self.prepare_redaction(version, &pdu).await?
         } else {
@@ -475,6 +487,23 @@ impl Services {
         if !moves_room {
             return Ok(event_id);
         }
+        // The room's next event reads it (its prev event) and so do the syncs it wakes: it is
+        // cached as the store would read it back (still under the room's lock, so no
+        // redaction of it can come between).
+        let record = EventRecord {
+            event_id: event_id.clone(),
+            room_id: room_id.to_owned(),
+            stream_pos: persisted.stream_pos,
+            json: String::new(),
+            rejected: false,
+            state_before: persisted.state_before,
+            state_after: persisted.state_after,
+            txn: persist.txn.clone(),
+            redacted_by: None,
+            soft_failed: false,
+            outlier: false,
+        };
+        self.cache_persisted(pdu, record);
         self.record_room_activity(room_id, &persist.event_type, persisted.stream_pos);
         let activity = crate::processes::Message::Activity {
             room_id: room_id.to_owned(),
