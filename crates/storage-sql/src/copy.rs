@@ -184,6 +184,31 @@ async fn columns(target: &mut PgConnection, table: &str) -> Result<Vec<Column>> 
         .collect()
 }
 
+/// A table's primary key columns, in order, if the table has no rowid (SQLite's `WITHOUT
+/// ROWID`); `None` for an ordinary table.
+async fn key_without_rowid(
+    source: &mut SqliteConnection,
+    table: &str,
+) -> Result<Option<Vec<String>>> {
+    let without_rowid: i64 =
+        sqlx::query_scalar("SELECT CAST(wr AS BIGINT) FROM pragma_table_list WHERE name = $1")
+            .bind(table)
+            .fetch_optional(&mut *source)
+            .await
+            .map_err(db_error)?
+            .unwrap_or(0);
+    if without_rowid == 0 {
+        return Ok(None);
+    }
+    let key: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM pragma_table_info($1) WHERE pk > 0 ORDER BY pk")
+            .bind(table)
+            .fetch_all(&mut *source)
+            .await
+            .map_err(db_error)?;
+    Ok(Some(key))
+}
+
 /// Copies one table in one transaction; the rows copied.
 async fn copy_table(
     source: &mut SqliteConnection,
@@ -201,19 +226,62 @@ async fn copy_table(
         .await
         .map_err(db_error)?;
     let batch = (60_000 / columns.len().max(1)).clamp(1, BATCH_ROWS);
+    // Pages follow the rowid, or a table without one its primary key.
+    let key = key_without_rowid(source, &table).await?;
     let mut after_rowid = i64::MIN;
+    let mut after_key: Option<Vec<Value>> = None;
     loop {
-        let select = format!(
-            "SELECT rowid AS rhizome_rowid, {names} FROM \"{table}\" \
-             WHERE rowid > $1 ORDER BY rowid LIMIT {batch}"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(select))
-            .bind(after_rowid)
-            .fetch_all(&mut *source)
-            .await
-            .map_err(db_error)?;
+        let rows = match &key {
+            None => {
+                let select = format!(
+                    "SELECT rowid AS rhizome_rowid, {names} FROM \"{table}\" \
+                     WHERE rowid > $1 ORDER BY rowid LIMIT {batch}"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(select))
+                    .bind(after_rowid)
+                    .fetch_all(&mut *source)
+                    .await
+                    .map_err(db_error)?
+            }
+            Some(key) => {
+                let order: Vec<String> = key.iter().map(|name| format!("\"{name}\"")).collect();
+                let order = order.join(", ");
+                let after = match &after_key {
+                    None => String::new(),
+                    Some(_) => {
+                        let marks: Vec<String> = (1..=key.len()).map(|n| format!("${n}")).collect();
+                        format!("WHERE ({order}) > ({})", marks.join(", "))
+                    }
+                };
+                let select = format!(
+                    "SELECT {names} FROM \"{table}\" {after} ORDER BY {order} LIMIT {batch}"
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(select));
+                for value in after_key.iter().flatten() {
+                    query = match value {
+                        Value::Int(value) => query.bind(*value),
+                        Value::Text(value) => query.bind(value.clone()),
+                    };
+                }
+                query.fetch_all(&mut *source).await.map_err(db_error)?
+            }
+        };
         let Some(last) = rows.last() else { break };
-        after_rowid = last.try_get("rhizome_rowid").map_err(db_error)?;
+        match &key {
+            None => after_rowid = last.try_get("rhizome_rowid").map_err(db_error)?,
+            Some(key) => {
+                let mut values = Vec::with_capacity(key.len());
+                for name in key {
+                    let bigint = columns.iter().any(|column| column.name == *name && column.bigint);
+                    values.push(if bigint {
+                        Value::Int(last.try_get(name.as_str()).map_err(db_error)?)
+                    } else {
+                        Value::Text(last.try_get(name.as_str()).map_err(db_error)?)
+                    });
+                }
+                after_key = Some(values);
+            }
+        }
         let mut values = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut record = Vec::with_capacity(columns.len());

@@ -199,4 +199,35 @@ mod postgres {
     }
 
     rhizome_storage::conformance_tests!(make());
+
+    /// A SQLite table without a rowid (the push actions) is copied to PostgreSQL whole, page
+    /// after page along its key, rows whose key order is not the order they were written in.
+    #[tokio::test]
+    async fn a_table_without_rowid_is_copied_page_by_page() {
+        use sqlx::{Connection, Executor};
+        let dir = tempfile::tempdir().unwrap();
+        let source = format!("sqlite://{}", dir.path().join("test.db").display());
+        SqlStore::connect(&source, 2).await.unwrap().close().await;
+        let mut db = sqlx::SqliteConnection::connect(&source).await.unwrap();
+        db.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 1199) \
+             INSERT INTO event_push_actions \
+             SELECT '@u' || (i % 7) || ':example.org', '!r' || (i % 3) || ':example.org', i, 1, \
+                    i % 2, NULL, '[\"notify\"]' FROM n",
+        )
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+        let target = shared_postgres().create_database().await.unwrap();
+        rhizome_storage_sql::copy::copy_sqlite_to_postgres(&source, &target, |_| {}).await.unwrap();
+        let mut pg = sqlx::PgConnection::connect(&target).await.unwrap();
+        let copied: (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*), CAST(sum(stream_pos) AS BIGINT), CAST(sum(highlight) AS BIGINT), \
+                    count(DISTINCT (user_id, room_id)) FROM event_push_actions",
+        )
+        .fetch_one(&mut pg)
+        .await
+        .unwrap();
+        assert_eq!(copied, (1200, 1200 * 1199 / 2, 600, 21));
+    }
 }
