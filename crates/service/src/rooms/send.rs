@@ -14,7 +14,7 @@ use rhizome_storage::{
     StateSpec, TxnRecord,
 };
 use ruma::{
-    EventId, OwnedEventId, OwnedUserId, RoomId, RoomVersionId, UserId,
+    EventId, OwnedEventId, RoomId, RoomVersionId, UserId,
     events::{StateEventType, TimelineEventType},
 };
 use serde_json::value::RawValue as RawJsonValue;
@@ -526,11 +526,16 @@ impl Services {
         if let Some((target, _)) = &redaction {
             self.forget_event(target);
         }
-        let mut woken: HashSet<OwnedUserId> =
-            self.room_members_cached(room_id, true).await?.into_iter().collect();
-        woken.extend(membership_changes.iter().map(|change| change.user_id.clone()));
+        // The joined and invited members, and whoever the event changed (waking one twice is
+        // harmless: no set of a big room's members is built per event).
+        let members = self.room_memberships_cached(room_id).await?;
+        let woken = members
+            .iter()
+            .filter(|member| member.membership == "join" || member.membership == "invite")
+            .map(|member| member.user_id.as_ref())
+            .chain(membership_changes.iter().map(|change| change.user_id.as_ref()));
         tracing::debug!(stream_pos = persisted.stream_pos, "persisted an event");
-        self.notifier.notify(woken.iter().map(|user| user.as_ref()));
+        self.notifier.notify(woken);
         Ok(event_id)
     }
 
