@@ -127,13 +127,33 @@ impl Services {
         }
         let version = self.room_version(room_id).await?;
         let _guard = self.lock_room(room_id).await?;
-        // A repeated transaction (checked under the lock, so two copies sent at once give
-        // one event).
-        if let Some(txn) = &txn
-            && let Some(event_id) = self.store.event_for_txn(txn).await?
-        {
-            return Ok(event_id);
+        // A repeated transaction gives the first one's event. It is not looked up first (a
+        // statement every send would pay): the store refuses a second event of one transaction,
+        // and whatever stops the event (that refusal, or a room its sender has left since) the
+        // transaction's event is looked up then.
+        let first_of = txn.clone();
+        match self.send_locked(sender, room_id, version, event, txn, prev_events).await {
+            Ok(event_id) => Ok(event_id),
+            Err(error) => match first_of {
+                Some(txn) => match self.store.event_for_txn(&txn).await? {
+                    Some(event_id) => Ok(event_id),
+                    None => Err(error),
+                },
+                None => Err(error),
+            },
         }
+    }
+
+    /// [`Services::send_event_after`] under the room's lock.
+    async fn send_locked(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        version: RoomVersionId,
+        event: NewEvent,
+        txn: Option<TxnRecord>,
+        prev_events: Option<Vec<OwnedEventId>>,
+    ) -> Result<OwnedEventId> {
         let extremities = self.store.forward_extremities(room_id).await?;
         let mut prev_events = prev_events.unwrap_or_else(|| extremities.clone());
         prev_events.truncate(MAX_PREV_EVENTS);

@@ -54,3 +54,49 @@ async fn messages_without_from_and_forwards_past_the_newest_event() {
     }
     alice.get(&format!("{path}?dir=b&from=nonsense")).await.expect_error(400, "M_INVALID_PARAM");
 }
+
+/// A transaction sent again answers the first one's event and sends nothing more, also
+/// once its sender has left the room (when a new event would be refused), and in another
+/// room; a new transaction ID sends anew.
+#[tokio::test]
+async fn a_repeated_transaction_answers_its_first_event() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let other_room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    let send = |room: &str, txn: &str, body: &str| {
+        (
+            format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"),
+            json!({ "msgtype": "m.text", "body": body }),
+        )
+    };
+    let (path, body) = send(&room_id, "t1", "once");
+    let first = bob.put(&path, body.clone()).await.ok()["event_id"].clone();
+    assert!(first.is_string(), "{first}");
+    assert_eq!(bob.put(&path, body).await.ok()["event_id"], first);
+    let (path, body) = send(&room_id, "t1", "changed body, same transaction");
+    assert_eq!(bob.put(&path, body).await.ok()["event_id"], first);
+    let (path, body) = send(&room_id, "t2", "twice");
+    let second = bob.put(&path, body).await.ok()["event_id"].clone();
+    assert_ne!(second, first);
+
+    bob.post(&format!("/_matrix/client/v3/rooms/{room_id}/leave"), json!({})).await.ok();
+    let (path, body) = send(&room_id, "t2", "twice");
+    assert_eq!(bob.put(&path, body).await.ok()["event_id"], second, "after leaving");
+    let (path, body) = send(&room_id, "t3", "refused");
+    bob.put(&path, body).await.expect_error(403, "M_FORBIDDEN");
+    let (path, body) = send(&other_room, "t1", "elsewhere");
+    assert_eq!(bob.put(&path, body).await.ok()["event_id"], first, "in another room");
+
+    let page = alice
+        .get(&format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=20"))
+        .await
+        .ok();
+    let mut sent = bodies(&page);
+    sent.retain(|body| {
+        ["once", "twice", "changed body, same transaction", "refused"].contains(body)
+    });
+    assert_eq!(sent, ["twice", "once"]);
+}
