@@ -1,7 +1,14 @@
 //! In-memory caches over the store: room versions, parsed events, state maps by group, and one
 //! lock per room that serialises event creation in it.
 
-use std::{collections::HashMap, num::NonZeroUsize, sync::Arc};
+use std::{
+    collections::HashMap,
+    num::NonZeroUsize,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use lru::LruCache;
 use parking_lot::Mutex;
@@ -30,6 +37,10 @@ fn lru<K: std::hash::Hash + Eq, V>(size: usize) -> Mutex<LruCache<K, V>> {
 pub(crate) struct RoomCaches {
     versions: Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
     events: Mutex<LruCache<OwnedEventId, Arc<LoadedEvent>>>,
+    /// Counts the times cached events were dropped (a redaction, here or announced by another
+    /// process): an event read before a drop is not cached after it, so a copy read just
+    /// before its redaction never outlives the redaction in the cache.
+    events_dropped: AtomicU64,
     state_groups: Mutex<StateMapCache>,
     locks: Mutex<HashMap<OwnedRoomId, Arc<RoomLockSlot>>>,
     pub(crate) members: super::MemberCache,
@@ -46,6 +57,7 @@ impl RoomCaches {
             // parsed PDU): 20,000 was the biggest part of a busy small server's memory. An
             // initial sync of 1,000 rooms reads what is missing in one statement.
             events: lru(10_000),
+            events_dropped: AtomicU64::new(0),
             state_groups: Mutex::new(StateMapCache::new(STATE_CACHE_SLOTS)),
             locks: Mutex::new(HashMap::new()),
             members: super::MemberCache::default(),
@@ -189,9 +201,10 @@ impl Services {
         if let Some(event) = self.caches.events.lock().get(event_id) {
             return Ok(Some(event.clone()));
         }
+        let dropped = self.events_dropped();
         let Some(record) = self.store.get_event(event_id).await? else { return Ok(None) };
         let event = Arc::new(self.parse_record(record).await?);
-        self.caches.events.lock().put(event_id.to_owned(), event.clone());
+        self.remember_event(dropped, event.clone());
         Ok(Some(event))
     }
 
@@ -211,9 +224,10 @@ impl Services {
             }
         }
         if !missing.is_empty() {
+            let dropped = self.events_dropped();
             for record in self.store.get_events(&missing).await? {
                 let event = Arc::new(self.parse_record(record).await?);
-                self.caches.events.lock().put(event.pdu.event_id.clone(), event.clone());
+                self.remember_event(dropped, event.clone());
                 found.insert(event.pdu.event_id.clone(), event);
             }
         }
@@ -221,19 +235,22 @@ impl Services {
     }
 
     /// Parses store records (from a timeline query) into loaded events, using the cache.
+    /// A drop of cached events while they are parsed keeps them out of the cache; one between
+    /// the caller's read of the records and this call is not seen (the callers read and call
+    /// at once, but the window is there).
     pub(crate) async fn loaded_from_records(
         &self,
         records: Vec<EventRecord>,
     ) -> Result<Vec<Arc<LoadedEvent>>> {
+        let dropped = self.events_dropped();
         let mut events = Vec::with_capacity(records.len());
         for record in records {
             let cached = self.caches.events.lock().get(&record.event_id).cloned();
             let event = match cached {
                 Some(event) => event,
                 None => {
-                    let event_id = record.event_id.clone();
                     let event = Arc::new(self.parse_record(record).await?);
-                    self.caches.events.lock().put(event_id, event.clone());
+                    self.remember_event(dropped, event.clone());
                     event
                 }
             };
@@ -251,20 +268,39 @@ impl Services {
         Ok(LoadedEvent { pdu, record })
     }
 
-    /// Caches an event just persisted with its record (whose JSON the PDU holds).
-    pub(crate) fn cache_persisted(&self, pdu: Pdu, record: EventRecord) {
-        let event_id = pdu.event_id.clone();
-        self.caches.events.lock().put(event_id, Arc::new(LoadedEvent { pdu, record }));
+    /// Caches an event just persisted with its record (whose JSON the PDU holds), unless
+    /// cached events were dropped since `dropped` was read, before it was persisted.
+    pub(crate) fn cache_persisted(&self, dropped: u64, pdu: Pdu, record: EventRecord) {
+        self.remember_event(dropped, Arc::new(LoadedEvent { pdu, record }));
+    }
+
+    /// How many times cached events were dropped so far: read before reading events that
+    /// will be cached.
+    pub(crate) fn events_dropped(&self) -> u64 {
+        self.caches.events_dropped.load(Ordering::Acquire)
+    }
+
+    /// Caches an event read (or written) after `dropped` was read, unless events were dropped
+    /// since (the check and the drop hold the cache's lock, so none comes between).
+    fn remember_event(&self, dropped: u64, event: Arc<LoadedEvent>) {
+        let mut cache = self.caches.events.lock();
+        if self.caches.events_dropped.load(Ordering::Acquire) == dropped {
+            cache.put(event.pdu.event_id.clone(), event);
+        }
     }
 
     /// Forgets a cached event (after it was redacted).
     pub(crate) fn forget_event(&self, event_id: &EventId) {
-        self.caches.events.lock().pop(event_id);
+        let mut cache = self.caches.events.lock();
+        self.caches.events_dropped.fetch_add(1, Ordering::AcqRel);
+        cache.pop(event_id);
     }
 
     /// Drops every cached event.
     pub(crate) fn forget_all_events(&self) {
-        self.caches.events.lock().clear();
+        let mut cache = self.caches.events.lock();
+        self.caches.events_dropped.fetch_add(1, Ordering::AcqRel);
+        cache.clear();
     }
 
     /// The state map of a state group.

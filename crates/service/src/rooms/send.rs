@@ -494,6 +494,9 @@ impl Services {
             let users = membership_changes.iter().map(|change| change.user_id.clone()).collect();
             self.begin_membership_write(room_id, users)
         });
+        // Read before the event is stored: a redaction of it, from this process or announced
+        // by another, keeps it out of the event cache below.
+        let dropped = self.events_dropped();
         let persisted = match self.take_store_room_lock(room_id) {
             Some(lock) => self.store.persist_event_locked(&persist, lock).await,
             None => self.store.persist_event(&persist).await,
@@ -508,8 +511,8 @@ impl Services {
             return Ok(event_id);
         }
         // The room's next event reads it (its prev event) and so do the syncs it wakes: it is
-        // cached as the store would read it back (still under the room's lock, so no
-        // redaction of it can come between).
+        // cached as the store would read it back, unless cached events were dropped since it
+        // was stored (a redaction, here or in another process).
         let record = EventRecord {
             event_id: event_id.clone(),
             room_id: room_id.to_owned(),
@@ -523,7 +526,7 @@ impl Services {
             soft_failed: false,
             outlier: false,
         };
-        self.cache_persisted(pdu, record);
+        self.cache_persisted(dropped, pdu, record);
         self.record_room_activity(room_id, &persist.event_type, persisted.stream_pos);
         let activity = crate::processes::Message::Activity {
             room_id: room_id.to_owned(),
