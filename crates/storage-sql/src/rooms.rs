@@ -207,6 +207,43 @@ async fn persist_in_transaction(
             .await
             .map_err(db_error)?;
     }
+    // Redactions, history's too: a redaction fetched with history may target an event held
+    // already.
+    if let Some((target, redacted_json)) = &event.redaction {
+        sqlx::query(
+            "UPDATE events SET json = $1, redacted_by = $2, body = NULL WHERE event_id = $3",
+        )
+        .bind(redacted_json)
+        .bind(event.event_id.as_str())
+        .bind(target.as_str())
+        .execute(&mut *connection)
+        .await
+        .map_err(db_error)?;
+    }
+    if let Some(target) = &event.redaction_waits_for {
+        sqlx::query(
+            "INSERT INTO redactions_waiting (target_id, redaction_id) VALUES ($1, $2) \
+             ON CONFLICT (target_id, redaction_id) DO NOTHING",
+        )
+        .bind(target.as_str())
+        .bind(event.event_id.as_str())
+        .execute(&mut *connection)
+        .await
+        .map_err(db_error)?;
+    }
+    if let Some(redaction) = &event.redacted_by {
+        sqlx::query("UPDATE events SET redacted_by = $1 WHERE event_id = $2")
+            .bind(redaction.as_str())
+            .bind(event.event_id.as_str())
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
+        sqlx::query("DELETE FROM redactions_waiting WHERE target_id = $1")
+            .bind(event.event_id.as_str())
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
+    }
     if event.historical {
         let persisted =
             PersistedEvent { stream_pos: pos, state_before, state_after, pushes_queued: false };
@@ -246,17 +283,6 @@ async fn persist_in_transaction(
             .await
             .map_err(db_error)?;
         }
-    }
-    if let Some((target, redacted_json)) = &event.redaction {
-        sqlx::query(
-            "UPDATE events SET json = $1, redacted_by = $2, body = NULL WHERE event_id = $3",
-        )
-        .bind(redacted_json)
-        .bind(event.event_id.as_str())
-        .bind(target.as_str())
-        .execute(&mut *connection)
-        .await
-        .map_err(db_error)?;
     }
     if !event.federation_destinations.is_empty() {
         let queued = rhizome_storage::QueuedPdu {
@@ -468,6 +494,9 @@ impl RoomStore for SqlStore {
             if let Some(relation) = &event.relation {
                 self.recent.relation_added(&relation.relates_to);
             }
+            if let Some((target, json)) = &event.redaction {
+                self.recent.redacted(target, json, &event.event_id);
+            }
             return Ok(persisted);
         }
         let mut write = self.stream_write_in(transaction).await?;
@@ -501,7 +530,7 @@ impl RoomStore for SqlStore {
                 state_before: persisted.state_before,
                 state_after: persisted.state_after,
                 txn: event.txn.clone(),
-                redacted_by: None,
+                redacted_by: event.redacted_by.clone(),
                 soft_failed: false,
                 outlier: false,
             };
@@ -603,6 +632,19 @@ impl RoomStore for SqlStore {
             }
         }
         Ok(events)
+    }
+
+    async fn waiting_redactions(&self, target: &EventId) -> Result<Vec<OwnedEventId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT w.redaction_id FROM redactions_waiting w \
+             JOIN events e ON e.event_id = w.redaction_id \
+             WHERE w.target_id = $1 ORDER BY e.stream_pos",
+        )
+        .bind(target.as_str())
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_error)?;
+        ids.into_iter().map(parse_id).collect()
     }
 
     async fn event_for_txn(&self, txn: &TxnRecord) -> Result<Option<OwnedEventId>> {

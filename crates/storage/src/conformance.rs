@@ -56,6 +56,7 @@ macro_rules! conformance_tests {
             timeline_pagination_and_positions,
             transactions_are_found_again,
             redaction_replaces_the_stored_event,
+            redactions_wait_for_their_target,
             relations_edits_and_threads,
             memberships_track_current_state,
             aliases_directory_and_search,

@@ -255,6 +255,12 @@ pub struct PersistEvent {
     pub relation: Option<RelationRecord>,
     /// For a redaction: the target and its redacted JSON.
     pub redaction: Option<(OwnedEventId, String)>,
+    /// For a redaction whose target is not stored yet: the target, redacted when it comes
+    /// (see [`crate::RoomStore::waiting_redactions`]).
+    pub redaction_waits_for: Option<OwnedEventId>,
+    /// The redaction, stored before this event came, that this event is stored redacted by
+    /// (`json` is the redacted JSON).
+    pub redacted_by: Option<OwnedEventId>,
     /// Notifications for local users.
     pub push_actions: Vec<PushAction>,
     /// Whether the notifying ones go to the durable push queue (for push gateways), in the

@@ -82,6 +82,10 @@ pub trait RoomStore {
     /// Looks several events up (missing ones are left out).
     async fn get_events(&self, event_ids: &[OwnedEventId]) -> Result<Vec<EventRecord>>;
 
+    /// The redactions stored before `target` was (recorded by
+    /// [`PersistEvent::redaction_waits_for`]), oldest first.
+    async fn waiting_redactions(&self, target: &EventId) -> Result<Vec<OwnedEventId>>;
+
     /// The event a client transaction made, if it was already sent.
     async fn event_for_txn(&self, txn: &TxnRecord) -> Result<Option<OwnedEventId>>;
 

@@ -389,6 +389,13 @@ impl Services {
         provenance: Provenance,
     ) -> Result<OwnedEventId> {
         let event_id = pdu.event_id.clone();
+        // Another server's event may come after a redaction of it (history fetched later, an
+        // event still on its way): it is stored redacted, if that redaction may apply to it.
+        // (An event built here is new: nothing can name it yet.)
+        let (pdu, redacted_by) = match provenance {
+            Provenance::Local { .. } => (pdu, None),
+            _ => self.apply_waiting_redaction(room_id, version, pdu).await?,
+        };
         let slot = pdu.state_slot();
         // A big room's state is thousands of entries: copied only when this event changes it.
         let state_after: Arc<StateMap> = match &slot {
@@ -448,10 +455,10 @@ impl Services {
         } else {
             self.membership_changes(&old_current, &new_current, &pdu).await?
         };
-        let redaction = if moves_room || historical {
-            self.prepare_redaction(version, &pdu).await?
+        let (redaction, redaction_waits_for) = if moves_room || historical {
+            self.prepare_redaction(version, &pdu, &state_before.map).await?
         } else {
-            None
+            (None, None)
         };
         let push_actions =
             if moves_room { self.push_actions_for(&pdu, &new_current).await? } else { Vec::new() };
@@ -483,6 +490,8 @@ impl Services {
             txn,
             relation,
             redaction: redaction.clone(),
+            redaction_waits_for,
+            redacted_by: redacted_by.clone(),
             push_actions,
             queue_pushes: self.config.push.enabled,
             federation_destinations,
@@ -507,6 +516,9 @@ impl Services {
         let persisted = persisted?;
         self.relock_room_in_store(room_id).await?;
         self.wake_destinations(&persist.federation_destinations);
+        if let Some((target, _)) = &redaction {
+            self.forget_event(target);
+        }
         if !moves_room {
             return Ok(event_id);
         }
@@ -522,7 +534,7 @@ impl Services {
             state_before: persisted.state_before,
             state_after: persisted.state_after,
             txn: persist.txn.clone(),
-            redacted_by: None,
+            redacted_by,
             soft_failed: false,
             outlier: false,
         };
@@ -545,9 +557,6 @@ impl Services {
                 &persist.sender,
             )
             .await;
-        }
-        if let Some((target, _)) = &redaction {
-            self.forget_event(target);
         }
         // The joined and invited members, and whoever the event changed (waking one twice is
         // harmless: no set of a big room's members is built per event).
@@ -646,28 +655,85 @@ impl Services {
         Ok(changes)
     }
 
-    /// For a redaction that applies, the target and its redacted JSON.
+    /// For a redaction: the target and its redacted JSON, when the target is stored and the
+    /// redaction may apply to it; or the target alone, when it is not stored yet (it is
+    /// redacted when it comes, see [`Self::apply_waiting_redaction`]).
     async fn prepare_redaction(
         &self,
         version: &RoomVersionId,
         pdu: &Pdu,
-    ) -> Result<Option<(OwnedEventId, String)>> {
+        state_before: &StateMap,
+    ) -> Result<(Option<(OwnedEventId, String)>, Option<OwnedEventId>)> {
         if pdu.kind != TimelineEventType::RoomRedaction {
-            return Ok(None);
+            return Ok((None, None));
         }
-        let Some(target_id) = &pdu.redacts else { return Ok(None) };
-        let Some(target) = self.load_event(target_id).await? else { return Ok(None) };
-        if target.pdu.room_id != pdu.room_id {
-            return Ok(None);
+        let Some(target_id) = &pdu.redacts else { return Ok((None, None)) };
+        let waits = Ok((None, Some(target_id.clone())));
+        // An event held outside the timeline (an auth event, a piece of state) is redacted
+        // when it joins the timeline, if ever.
+        let Some(target) = self.load_event(target_id).await?.filter(|t| !t.record.outlier) else {
+            return waits;
+        };
+        if target.pdu.room_id != pdu.room_id
+            || !self.redaction_may_apply(version, pdu, state_before, &target.pdu).await?
+        {
+            return Ok((None, None));
         }
-        let because: ruma::CanonicalJsonObject =
-            serde_json::from_str(pdu.client_event(true, None).get()).map_err(Error::internal)?;
-        let redacted = target
-            .pdu
-            .redacted(version, Some(because))
-            .map_err(|error| Error::bug(format!("redaction failed: {error}")))?;
-        Ok(Some((target_id.clone(), redacted.json().get().to_owned())))
+        let redacted = redact_by(version, &target.pdu, pdu)?;
+        Ok((Some((target_id.clone(), redacted.json().get().to_owned())), None))
     }
+
+    /// Whether a redaction may change its target: the spec leaves redactions out of the auth
+    /// rules (since room version 3) and asks servers to apply one only when its sender's
+    /// server sent the target, or its sender has the power to redact others' events (in the
+    /// state before the redaction). Anyone else's redaction stays in the room, harmless.
+    async fn redaction_may_apply(
+        &self,
+        version: &RoomVersionId,
+        redaction: &Pdu,
+        state_before: &StateMap,
+        target: &Pdu,
+    ) -> Result<bool> {
+        if redaction.sender.server_name() == target.sender.server_name() {
+            return Ok(true);
+        }
+        let levels = self.power_levels_in(version, state_before).await?;
+        Ok(levels.user_can_redact_event_of_other(&redaction.sender))
+    }
+
+    /// Another server's event, redacted by the first redaction stored before it came that may
+    /// apply to it (and that redaction), or as it is.
+    async fn apply_waiting_redaction(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        pdu: Pdu,
+    ) -> Result<(Pdu, Option<OwnedEventId>)> {
+        for redaction_id in self.store.waiting_redactions(&pdu.event_id).await? {
+            let Some(redaction) = self.load_event(&redaction_id).await? else { continue };
+            if redaction.pdu.room_id != room_id
+                || redaction.record.rejected
+                || redaction.record.soft_failed
+            {
+                continue;
+            }
+            let state = self.state_map(redaction.record.state_before).await?;
+            if self.redaction_may_apply(version, &redaction.pdu, &state, &pdu).await? {
+                let redacted = redact_by(version, &pdu, &redaction.pdu)?;
+                return Ok((redacted, Some(redaction_id)));
+            }
+        }
+        Ok((pdu, None))
+    }
+}
+
+/// `target` redacted by `redaction` (named in its `unsigned.redacted_because`).
+fn redact_by(version: &RoomVersionId, target: &Pdu, redaction: &Pdu) -> Result<Pdu> {
+    let because: ruma::CanonicalJsonObject =
+        serde_json::from_str(redaction.client_event(true, None).get()).map_err(Error::internal)?;
+    target
+        .redacted(version, Some(because))
+        .map_err(|error| Error::bug(format!("redaction failed: {error}")))
 }
 
 /// The slots that differ from `base` in `new` (set, or removed).

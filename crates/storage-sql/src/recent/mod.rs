@@ -293,6 +293,14 @@ impl Recent {
         self.tails().with_relations(event_ids)
     }
 
+    /// Records a redaction stored outside the stream (one fetched with history): the recent
+    /// copy of its target, if any, takes the redacted JSON.
+    pub(crate) fn redacted(&self, target: &EventId, json: &str, by: &EventId) {
+        if self.enabled {
+            self.tails().redact(target, json, by);
+        }
+    }
+
     /// A relation persisted outside the stream (history): its target has relations.
     pub(crate) fn relation_added(&self, target: &EventId) {
         if self.enabled {

@@ -94,6 +94,8 @@ impl RoomBuilder {
             txn: None,
             relation: None,
             redaction: None,
+            redaction_waits_for: None,
+            redacted_by: None,
             push_actions: Vec::new(),
             queue_pushes: false,
             federation_destinations: Vec::new(),
@@ -387,6 +389,46 @@ pub async fn redaction_replaces_the_stored_event(store: Arc<dyn DataStore>) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// A redaction stored before its target waits for it; the target is stored redacted by it
+/// and waits no more. A redaction kept with history changes a target already held.
+pub async fn redactions_wait_for_their_target(store: Arc<dyn DataStore>) {
+    let mut room = RoomBuilder::new(store.clone(), "r7w").await;
+    room.join("@alice:example.org").await;
+    let late = event_id("r7w_late");
+    let mut redaction =
+        room.template("@alice:example.org", "m.room.redaction", None, json!({"redacts": late}));
+    redaction.redaction_waits_for = Some(late.clone());
+    let redaction_id = redaction.event_id.clone();
+    room.persist(redaction).await;
+    assert_eq!(store.waiting_redactions(&late).await.unwrap(), vec![redaction_id.clone()]);
+
+    let mut target =
+        room.template("@alice:example.org", "m.room.message", None, json!({"body": "late"}));
+    target.event_id = late.clone();
+    target.new_extremities = vec![late.clone()];
+    target.json = "{\"content\":{}}".into();
+    target.redacted_by = Some(redaction_id.clone());
+    room.persist(target).await;
+    let stored = store.get_event(&late).await.unwrap().unwrap();
+    assert_eq!(stored.redacted_by, Some(redaction_id));
+    assert_eq!(stored.json, "{\"content\":{}}");
+    assert!(store.waiting_redactions(&late).await.unwrap().is_empty());
+
+    // History: a redaction fetched from another server, of an event held already.
+    let (held, _) =
+        room.send("@alice:example.org", "m.room.message", None, json!({"body": "old words"})).await;
+    let mut old = room.template("@alice:example.org", "m.room.redaction", None, json!({}));
+    old.historical = true;
+    old.new_extremities = Vec::new();
+    old.current_state = CurrentState::Unchanged;
+    old.redaction = Some((held.clone(), "{\"content\":{}}".into()));
+    let old_id = old.event_id.clone();
+    store.persist_event(&old).await.unwrap();
+    let stored = store.get_event(&held).await.unwrap().unwrap();
+    assert!(!stored.json.contains("old words"), "{}", stored.json);
+    assert_eq!(stored.redacted_by, Some(old_id));
 }
 
 /// Relations are queryable; the latest edit and thread summaries are found.

@@ -464,7 +464,6 @@ impl Services {
         answer: Answer,
     ) -> Result<usize> {
         let Answer { events: checked, .. } = answer;
-        let redactions = in_answer_redactions(&checked);
         // The state groups before each event held or kept, and who follows whom.
         let mut groups_before: HashMap<OwnedEventId, (StateGroupId, Arc<StateMap>)> =
             HashMap::new();
@@ -485,12 +484,6 @@ impl Services {
             if self.known_in_timeline(&pdu.event_id).await? {
                 continue;
             }
-            let pdu = match redactions.get(&pdu.event_id) {
-                Some(because) => pdu.redacted(version, Some(because.clone())).map_err(|error| {
-                    Error::bug(format!("redacting backfilled history failed: {error}"))
-                })?,
-                None => pdu,
-            };
             let bases = followers
                 .get(&pdu.event_id)
                 .into_iter()
@@ -518,20 +511,6 @@ impl Services {
         tracing::debug!(kept, "kept backfilled history");
         Ok(kept)
     }
-}
-
-/// The redactions an answer carries of other events of the same answer (those are kept
-/// before their redaction is, so they are redacted as they are kept).
-fn in_answer_redactions(checked: &[Checked]) -> HashMap<OwnedEventId, ruma::CanonicalJsonObject> {
-    let in_answer: HashSet<&OwnedEventId> = checked.iter().map(|c| &c.pdu.event_id).collect();
-    checked
-        .iter()
-        .filter_map(|c| {
-            let target = c.pdu.redacts.as_ref().filter(|target| in_answer.contains(target))?;
-            let because = serde_json::from_str(c.pdu.client_event(true, None).get()).ok()?;
-            Some((target.clone(), because))
-        })
-        .collect()
 }
 
 /// How to record `state`: an existing group holding exactly it, else a delta on the closest

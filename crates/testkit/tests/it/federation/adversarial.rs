@@ -21,18 +21,18 @@ use serde_json::{Value, json};
 use super::wait_for_sync;
 
 /// A room of the server with the peer's user `pat` joined, and what the peer knows of it.
-struct Scene {
-    server: TestServer,
-    peer: TestPeer,
-    alice: Api,
-    room: OwnedRoomId,
-    version: RoomVersionId,
-    state: StateMap,
-    head: OwnedEventId,
+pub(super) struct Scene {
+    pub(super) server: TestServer,
+    pub(super) peer: TestPeer,
+    pub(super) alice: Api,
+    pub(super) room: OwnedRoomId,
+    pub(super) version: RoomVersionId,
+    pub(super) state: StateMap,
+    pub(super) head: OwnedEventId,
     depth: u64,
 }
 
-async fn scene(server_ip: &str, peer_ip: &str) -> Scene {
+pub(super) async fn scene(server_ip: &str, peer_ip: &str) -> Scene {
     let server = TestServer::start_federating(server_ip).await;
     let peer = TestPeer::start_on(peer_ip.parse().unwrap()).await;
     peer.handle(Method::PUT, "/_matrix/federation/v1/send/{txn}", |_| json!({ "pdus": {} }));
@@ -69,7 +69,7 @@ async fn scene(server_ip: &str, peer_ip: &str) -> Scene {
 
 impl Scene {
     /// A template after `prev` by `@localpart:<peer>`, with auth events picked from the state.
-    fn template(
+    pub(super) fn template(
         &self,
         prev: &[OwnedEventId],
         localpart: &str,
@@ -94,7 +94,7 @@ impl Scene {
     }
 
     /// Sends PDUs in one transaction; returns the per-PDU results.
-    async fn send(&self, txn: &str, pdus: &[&Pdu]) -> Value {
+    pub(super) async fn send(&self, txn: &str, pdus: &[&Pdu]) -> Value {
         let base = self.server.tls_base_url.as_deref().unwrap();
         let response =
             self.peer.send_transaction(&self.server.config.server_name, base, txn, pdus).await;
@@ -127,7 +127,7 @@ impl Scene {
     }
 }
 
-fn is_error(results: &Value, event_id: &OwnedEventId) -> bool {
+pub(super) fn is_error(results: &Value, event_id: &OwnedEventId) -> bool {
     results[event_id.as_str()]["error"].is_string()
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Loopback addresses: 127.0.0.21-39 for keys and rooms, 40-59 history, 60-79 queries, the room
 //! directory, spaces and media, 80-99 encryption, 101-106 Synapse, 111-156 the queue, misbehaving
-//! peers and convergence.
+//! peers and convergence, 181-186 redactions.
 
 mod adversarial;
 mod backfill_garbage;
@@ -21,6 +21,7 @@ mod peer_rooms;
 mod public_rooms;
 mod queries;
 mod queue;
+mod redactions;
 mod rooms;
 mod spaces;
 mod synapse;
