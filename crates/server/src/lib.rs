@@ -221,6 +221,7 @@ impl RunningServer {
         }
         self.services.stop_federation_sender().await;
         self.services.stop_delayed_events_worker().await;
+        self.services.stop_push_action_pruner().await;
         self.services.stop_push_worker(shutdown::PUSH_DRAIN).await;
         self.store.close().await;
         tracing::info!("stopped");
@@ -276,6 +277,7 @@ pub async fn start_with_options(
     services.start_push_worker();
     services.start_federation_sender();
     services.start_delayed_events_worker();
+    services.start_push_action_pruner();
     let (end_requests, requests_ended) = tokio::sync::watch::channel(false);
     let app = rhizome_api::app(services.clone())
         .layer(axum::middleware::from_fn_with_state(requests_ended, shutdown::end_at_shutdown));

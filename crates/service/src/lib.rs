@@ -56,6 +56,7 @@ pub struct Services {
     pub(crate) push_queue: push::gateway::PushQueue,
     pub(crate) federation: federation::FederationRuntime,
     pub(crate) delayed: rooms::delayed::DelayedRuntime,
+    pub(crate) push_prune: push::prune::PruneRuntime,
     /// The services themselves, for work that outlives a call (wake-ups of senders).
     pub(crate) me: std::sync::Weak<Services>,
 }
@@ -80,6 +81,7 @@ impl Services {
             openid_tokens: users::openid::OpenIdTokens::default(),
             push_queue: push::gateway::PushQueue::new(&config.push),
             delayed: rooms::delayed::DelayedRuntime::default(),
+            push_prune: push::prune::PruneRuntime::default(),
             config,
             store,
             signing_key,

@@ -35,6 +35,7 @@ const MIGRATIONS: &[(i64, &str, Only)] = &[
         Only::Sqlite(include_str!("../migrations/0012_push_actions_without_rowid.sqlite.sql")),
     ),
     (13, include_str!("../migrations/0013_waiting_redactions.sql"), Only::Neither),
+    (14, include_str!("../migrations/0014_push_action_marks.sql"), Only::Neither),
 ];
 
 /// A migration's SQL for one engine alone, applied after its portable part.

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use rhizome_core::Result;
 use rhizome_storage::{
-    AccountDataRecord, NotificationRecord, PusherRecord, ReceiptRecord, StreamPos, UnreadCounts,
-    UserDataStore,
+    AccountDataRecord, NotificationRecord, PushActionRetention, PusherRecord, ReceiptRecord,
+    StreamPos, UnreadCounts, UserDataStore,
 };
 use ruma::{EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, UserId};
 use sqlx::{AssertSqlSafe, Row, any::AnyRow};
@@ -421,9 +421,124 @@ impl UserDataStore for SqlStore {
             })
             .collect()
     }
+
+    async fn prune_push_actions(&self, now_ms: i64, keep: &PushActionRetention) -> Result<u64> {
+        if self.backend == crate::Backend::Sqlite {
+            // Staged rows are moved first, so that one table holds what is pruned.
+            self.move_staged_push_actions().await?;
+        }
+        sqlx::query(
+            "INSERT INTO push_action_marks (ts, stream_pos) VALUES ($1, $2) \
+             ON CONFLICT (ts) DO NOTHING",
+        )
+        .bind(now_ms)
+        .bind(self.stream.current())
+        .execute(&self.write)
+        .await
+        .map_err(db_error)?;
+        let read = self.position_as_of(now_ms.saturating_sub(keep.read_ms)).await?;
+        let read_highlight =
+            self.position_as_of(now_ms.saturating_sub(keep.read_highlight_ms)).await?;
+        let unread = self.position_as_of(now_ms.saturating_sub(keep.unread_ms)).await?;
+        // The marks the longest retention no longer needs (the newest of those stays: it
+        // maps that age to a position).
+        let longest = keep.read_ms.max(keep.read_highlight_ms).max(keep.unread_ms);
+        sqlx::query(
+            "DELETE FROM push_action_marks WHERE ts < \
+             (SELECT MAX(ts) FROM push_action_marks WHERE ts <= $1)",
+        )
+        .bind(now_ms.saturating_sub(longest))
+        .execute(&self.write)
+        .await
+        .map_err(db_error)?;
+        let mut pruned = 0;
+        if let Some(read) = read {
+            // Read ones: a read receipt of the whole room covers them, so no count changes.
+            // Driven by the receipts, each a range of the table's key.
+            pruned += self
+                .prune_in_batches(
+                    "DELETE FROM event_push_actions WHERE (user_id, room_id, stream_pos) IN \
+                     (SELECT a.user_id, a.room_id, a.stream_pos FROM receipts r \
+                      JOIN event_push_actions a ON a.user_id = r.user_id \
+                       AND a.room_id = r.room_id AND a.stream_pos <= r.event_stream_pos \
+                      WHERE r.receipt_type IN ('m.read', 'm.read.private') \
+                        AND r.thread_id = '' AND a.stream_pos <= $1 \
+                        AND (a.highlight = 0 OR a.stream_pos <= $2) LIMIT $3) \
+                     RETURNING user_id, room_id",
+                    &[read, read_highlight.unwrap_or(StreamPos::MIN)],
+                    false,
+                )
+                .await?;
+        }
+        if let Some(unread) = unread {
+            // Any: the counts of those rooms change. Driven by the memberships (every user
+            // with push actions in a room has a membership row there).
+            pruned += self
+                .prune_in_batches(
+                    "DELETE FROM event_push_actions WHERE (user_id, room_id, stream_pos) IN \
+                     (SELECT a.user_id, a.room_id, a.stream_pos FROM room_memberships m \
+                      JOIN event_push_actions a ON a.user_id = m.user_id \
+                       AND a.room_id = m.room_id AND a.stream_pos <= $1 LIMIT $2) \
+                     RETURNING user_id, room_id",
+                    &[unread],
+                    true,
+                )
+                .await?;
+        }
+        Ok(pruned)
+    }
 }
 
 impl SqlStore {
+    /// The stream position noted at the newest mark at or before `ts`, if any.
+    async fn position_as_of(&self, ts: i64) -> Result<Option<StreamPos>> {
+        sqlx::query_scalar(
+            "SELECT stream_pos FROM push_action_marks WHERE ts <= $1 ORDER BY ts DESC LIMIT 1",
+        )
+        .bind(ts)
+        .fetch_optional(&self.write)
+        .await
+        .map_err(db_error)
+    }
+
+    /// Runs a pruning `DELETE … RETURNING user_id, room_id` (bound to `bounds`, then a batch
+    /// size) until it deletes less than a batch, each batch a write of its own so the
+    /// events being sent meanwhile wait one batch at most. With `counts_change`, the unread
+    /// counts remembered for what it deleted are forgotten.
+    async fn prune_in_batches(
+        &self,
+        sql: &'static str,
+        bounds: &[i64],
+        counts_change: bool,
+    ) -> Result<u64> {
+        const BATCH: i64 = 5_000;
+        let mut pruned = 0;
+        loop {
+            let mut query = sqlx::query(sql);
+            for bound in bounds {
+                query = query.bind(*bound);
+            }
+            let rows = query.bind(BATCH).fetch_all(&self.write).await.map_err(db_error)?;
+            pruned += rows.len() as u64;
+            if counts_change {
+                let mut seen = std::collections::HashSet::new();
+                for row in &rows {
+                    let user: String = row.try_get("user_id").map_err(db_error)?;
+                    let room: String = row.try_get("room_id").map_err(db_error)?;
+                    if seen.insert((user.clone(), room.clone())) {
+                        let (user, room): (ruma::OwnedUserId, OwnedRoomId) =
+                            (parse_id(user)?, parse_id(room)?);
+                        self.recent.unread_pruned(&user, &room);
+                    }
+                }
+            }
+            if rows.len() < usize::try_from(BATCH).unwrap_or(usize::MAX) {
+                return Ok(pruned);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Unread counts (all threads together) of rooms, read from the database.
     async fn read_unread_counts(
         &self,

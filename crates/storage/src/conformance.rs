@@ -62,6 +62,7 @@ macro_rules! conformance_tests {
             aliases_directory_and_search,
             account_data_and_filters,
             receipts_and_unread_counts,
+            push_actions_are_pruned_by_age,
             push_actions_of_a_big_room,
             notifications_page_newest_first,
             pushers_are_stored_per_user,

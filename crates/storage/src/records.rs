@@ -426,6 +426,19 @@ pub struct UnreadCounts {
     pub highlights: u64,
 }
 
+/// How long notifications (push actions) are kept, in milliseconds of age. The unread counts
+/// are counted from them, and `/notifications` lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PushActionRetention {
+    /// One the user has read (a read receipt of the whole room covers it) and that does not
+    /// highlight: it counts for nothing, and is listed by `/notifications` this long.
+    pub read_ms: i64,
+    /// A highlight the user has read (a mention, listed by `/notifications` this long).
+    pub read_highlight_ms: i64,
+    /// Any, read or not (a room the user never opens): unread counts count this far back.
+    pub unread_ms: i64,
+}
+
 /// A notification of a user, as `/notifications` lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NotificationRecord {

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, UserId};
 
 use crate::{
-    AccountDataRecord, NotificationRecord, PusherRecord, ReceiptRecord, StreamPos, UnreadCounts,
+    AccountDataRecord, NotificationRecord, PushActionRetention, PusherRecord, ReceiptRecord,
+    StreamPos, UnreadCounts,
 };
 
 /// Per-user data: account data, filters, receipts, pushers and notification counts.
@@ -104,4 +105,9 @@ pub trait UserDataStore {
 
     /// The user's pushers.
     async fn list_pushers(&self, user_id: &UserId) -> Result<Vec<PusherRecord>>;
+
+    /// Deletes the notifications (push actions) older than `keep` says, as of `now_ms`;
+    /// returns how many. Each call first notes the current stream position with the time, so
+    /// an age maps to the position noted that long ago (nothing is older than the first note).
+    async fn prune_push_actions(&self, now_ms: i64, keep: &PushActionRetention) -> Result<u64>;
 }

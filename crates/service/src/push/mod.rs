@@ -3,6 +3,7 @@
 //! highlight counts), rule editing, and pushers; [`gateway`] sends the notifications to them.
 
 pub(crate) mod gateway;
+pub mod prune;
 pub mod rules;
 pub(crate) mod worker;
 

@@ -486,6 +486,13 @@ impl Recent {
         }
     }
 
+    /// Push actions of a user in a room were pruned: their remembered counts go.
+    pub(crate) fn unread_pruned(&self, user: &UserId, room: &RoomId) {
+        if self.enabled {
+            self.unread_changed(room, Some(user), &[]);
+        }
+    }
+
     /// The room's unread-counts generation, read before counts are read from the database.
     pub(crate) fn unread_generation(&self, room: &RoomId) -> u64 {
         self.values().room_generations.get(room).copied().unwrap_or(0)

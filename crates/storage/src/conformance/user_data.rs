@@ -7,7 +7,7 @@ use ruma::{device_id, owned_room_id, room_id, user_id};
 use serde_json::json;
 
 use super::rooms::RoomBuilder;
-use crate::{DataStore, PushAction, PusherRecord, UnreadCounts};
+use crate::{DataStore, PushAction, PushActionRetention, PusherRecord, UnreadCounts};
 
 /// Account data is versioned by stream position, per room or global.
 pub async fn account_data_and_filters(store: Arc<dyn DataStore>) {
@@ -384,4 +384,61 @@ pub async fn staged_push_actions_are_moved_by_themselves(
         assert_eq!(counts, UnreadCounts { notifications: 12, highlights: 0 });
         assert_eq!(store.notifications(member, None, false, 20).await.unwrap().len(), 12);
     }
+}
+
+/// Notifications are pruned by age: nothing older than the first run; then read ones that do
+/// not highlight, read highlights, and at last unread ones, each after its own time; the
+/// counts stay right throughout (and drop only when unread ones go).
+pub async fn push_actions_are_pruned_by_age(store: Arc<dyn DataStore>) {
+    let mut room = RoomBuilder::new(store.clone(), "rp").await;
+    let bob = user_id!("@bob:example.org");
+    room.join(bob.as_str()).await;
+    let mut ids = Vec::new();
+    let notify = |room: &mut RoomBuilder, index: usize| {
+        let mut event =
+            room.template("@alice:example.org", "m.room.message", None, json!({"body": index}));
+        event.push_actions = vec![PushAction {
+            user_id: bob.to_owned(),
+            notify: true,
+            highlight: index == 1,
+            thread_id: None,
+            actions: "[\"notify\"]".into(),
+        }];
+        event
+    };
+    for index in 0..4 {
+        let event = notify(&mut room, index);
+        ids.push(event.event_id.clone());
+        room.persist(event).await;
+    }
+    store.set_receipt(&room.room_id, "m.read", bob, None, &ids[2], 5).await.unwrap();
+    let counts = |notifications, highlights| UnreadCounts { notifications, highlights };
+    assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap(), counts(1, 0));
+    let listed = |store: Arc<dyn DataStore>| async move {
+        let all = store.notifications(bob, None, false, 100).await.unwrap();
+        all.into_iter().map(|n| n.event_id).rev().collect::<Vec<_>>()
+    };
+    assert_eq!(listed(store.clone()).await, ids);
+
+    let keep = |read_ms, read_highlight_ms, unread_ms| PushActionRetention {
+        read_ms,
+        read_highlight_ms,
+        unread_ms,
+    };
+    // The first run only notes where the stream is.
+    assert_eq!(store.prune_push_actions(1_000, &keep(100, 100, 100)).await.unwrap(), 0);
+    let event = notify(&mut room, 4);
+    ids.push(event.event_id.clone());
+    room.persist(event).await;
+
+    // A run later: read ones that do not highlight, as of the first mark.
+    assert_eq!(store.prune_push_actions(1_200, &keep(100, 1_000, 1_000)).await.unwrap(), 2);
+    assert_eq!(listed(store.clone()).await, [ids[1].clone(), ids[3].clone(), ids[4].clone()]);
+    assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap(), counts(2, 0));
+
+    // Then read highlights, and unread ones as old (the counts, remembered, drop with them).
+    assert_eq!(store.prune_push_actions(1_300, &keep(100, 100, 200)).await.unwrap(), 2);
+    assert_eq!(listed(store.clone()).await, [ids[4].clone()]);
+    assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap(), counts(1, 0));
+    assert_eq!(store.rooms_with_unread_notifications(bob).await.unwrap(), 1);
 }
