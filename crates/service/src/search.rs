@@ -50,11 +50,12 @@ impl Services {
             rooms.retain(|room| wanted.contains(room));
         }
         rooms.retain(|room| !filter.not_rooms.contains(room));
+        let dropped = self.events_dropped();
         let records = self.store.search_messages(&rooms, term, before, PAGE_SIZE).await?;
         let next_batch = (records.len() == usize::try_from(PAGE_SIZE).unwrap_or(20))
             .then(|| records.last().map(|record| format!("q{}", record.stream_pos)))
             .flatten();
-        let events = self.loaded_from_records(records).await?;
+        let events = self.loaded_from_records(dropped, records).await?;
         let events: Vec<_> =
             events.into_iter().filter(|event| room_event_passes(filter, &event.pdu)).collect();
         let mut visible = Vec::with_capacity(events.len());

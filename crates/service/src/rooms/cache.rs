@@ -235,14 +235,13 @@ impl Services {
     }
 
     /// Parses store records (from a timeline query) into loaded events, using the cache.
-    /// A drop of cached events while they are parsed keeps them out of the cache; one between
-    /// the caller's read of the records and this call is not seen (the callers read and call
-    /// at once, but the window is there).
+    /// `dropped` is [`Self::events_dropped`] read before the records were: a drop of cached
+    /// events (a redaction) since keeps them out of the cache, as for [`Self::load_events`].
     pub(crate) async fn loaded_from_records(
         &self,
+        dropped: u64,
         records: Vec<EventRecord>,
     ) -> Result<Vec<Arc<LoadedEvent>>> {
-        let dropped = self.events_dropped();
         let mut events = Vec::with_capacity(records.len());
         for record in records {
             let cached = self.caches.events.lock().get(&record.event_id).cloned();
@@ -422,5 +421,47 @@ mod tests {
         cache.put(99, map(500));
         assert!(!cache.contains(99));
         assert!(cache.contains(59));
+    }
+
+    /// Records read before a redaction are not cached after it: the parse of a timeline page
+    /// that raced a redaction returns what it read, and the cache keeps the redacted event.
+    #[tokio::test]
+    async fn records_read_before_a_redaction_are_not_cached_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+        let store = rhizome_storage_sql::SqlStore::connect(&url, 2).await.unwrap();
+        let config = rhizome_core::config::Config {
+            server_name: ruma::owned_server_name!("example.org"),
+            ..Default::default()
+        };
+        let services = Services::new(config, Arc::new(store), rhizome_room::SigningKey::generate());
+        let alice = ruma::owned_user_id!("@alice:example.org");
+        let room = services.create_room(&alice, crate::rooms::create::CreateRoom::default()).await;
+        let room = room.unwrap();
+        let message = crate::rooms::NewEvent::message(
+            "m.room.message",
+            serde_json::json!({ "msgtype": "m.text", "body": "soon gone" }),
+        );
+        let target = services.send_event(&alice, &room, message, None).await.unwrap();
+        services.forget_all_events();
+
+        let dropped = services.events_dropped();
+        let records = services
+            .store
+            .room_events(&room, i64::MAX, None, rhizome_storage::Direction::Backward, 1)
+            .await
+            .unwrap();
+        assert_eq!(records[0].event_id, target);
+        let mut redaction = crate::rooms::NewEvent::message(
+            "m.room.redaction",
+            serde_json::json!({ "redacts": target }),
+        );
+        redaction.redacts = Some(target.clone());
+        services.send_event(&alice, &room, redaction, None).await.unwrap();
+
+        let read = services.loaded_from_records(dropped, records).await.unwrap();
+        assert!(read[0].pdu.content.get().contains("soon gone"), "what was read");
+        let now = services.load_event(&target).await.unwrap().unwrap();
+        assert_eq!(now.pdu.content.get(), "{}", "the cache kept the stale copy");
     }
 }

@@ -191,11 +191,12 @@ impl Services {
         let ignored = self.ignored_users(&requester.user_id).await?;
         let batch = i64::try_from(limit.max(1) * 2).unwrap_or(200);
         for _ in 0..8 {
+            let dropped = self.events_dropped();
             let records = self.store.room_events(room_id, from, to, direction, batch).await?;
             let exhausted = records.len() < usize::try_from(batch).unwrap_or(usize::MAX);
             let Some(last) = records.last() else { return Ok((found, false, from)) };
             let last_pos = last.stream_pos;
-            let events = self.loaded_from_records(records).await?;
+            let events = self.loaded_from_records(dropped, records).await?;
             let events: Vec<_> = events
                 .into_iter()
                 .filter(|event| room_event_passes(filter, &event.pdu))
@@ -477,10 +478,12 @@ impl Services {
         self.ensure_can_read_room(requester, room_id).await?;
         let mut ts = ts;
         for _ in 0..50 {
+            let dropped = self.events_dropped();
             let Some(record) = self.store.event_at_timestamp(room_id, ts, direction).await? else {
                 break;
             };
-            let Some(event) = self.loaded_from_records(vec![record]).await?.into_iter().next()
+            let Some(event) =
+                self.loaded_from_records(dropped, vec![record]).await?.into_iter().next()
             else {
                 break;
             };

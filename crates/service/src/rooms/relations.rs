@@ -57,8 +57,9 @@ impl Services {
         let pdu = &event.pdu;
         let mut relations = Map::new();
         let plain = Format { bundle_relations: false, ..format };
+        let dropped = self.events_dropped();
         if let Some(edit) = self.store.latest_edit(&pdu.event_id, &pdu.sender).await?
-            && let Some(edit) = self.loaded_from_records(vec![edit]).await?.pop()
+            && let Some(edit) = self.loaded_from_records(dropped, vec![edit]).await?.pop()
             && self.viewer_can_see(format, &edit).await?
         {
             let edit: Value = serde_json::from_str(self.format_event(&edit, plain).await?.get())?;
@@ -66,9 +67,10 @@ impl Services {
         }
         let viewer =
             format.viewer.map(|viewer| viewer.user_id.as_ref()).unwrap_or(pdu.sender.as_ref());
+        let dropped = self.events_dropped();
         if let Some((count, latest, participated)) =
             self.store.thread_summary(&pdu.event_id, viewer).await?
-            && let Some(latest) = self.loaded_from_records(vec![latest]).await?.pop()
+            && let Some(latest) = self.loaded_from_records(dropped, vec![latest]).await?.pop()
             // A thread whose latest reply the viewer may not see (it came after they left) is
             // not summarised at all, rather than with a reply or count they should not know of.
             && self.viewer_can_see(format, &latest).await?
@@ -133,6 +135,7 @@ impl Services {
         };
         let to = to.map(parse_position_token).transpose()?;
         let limit = limit.clamp(1, 100);
+        let dropped = self.events_dropped();
         let records = self
             .store
             .relations(
@@ -148,7 +151,7 @@ impl Services {
         let next_batch = (records.len() == limit)
             .then(|| records.last().map(|record| format!("r{}", record.stream_pos)))
             .flatten();
-        let events = self.loaded_from_records(records).await?;
+        let events = self.loaded_from_records(dropped, records).await?;
         let events = self.filter_visible(&requester.user_id, events).await?;
         let format =
             Format { viewer: Some(requester), with_room_id: true, bundle_relations: false };
@@ -168,6 +171,7 @@ impl Services {
         let from = from.map(parse_position_token).transpose()?;
         let limit = limit.clamp(1, 100);
         let participant = only_participated.then_some(requester.user_id.as_ref());
+        let dropped = self.events_dropped();
         let roots = self
             .store
             .thread_roots(room_id, from, participant, i64::try_from(limit).unwrap_or(100))
@@ -175,8 +179,9 @@ impl Services {
         let next_batch = (roots.len() == limit)
             .then(|| roots.last().map(|(_, latest)| format!("r{latest}")))
             .flatten();
-        let events: Vec<Arc<LoadedEvent>> =
-            self.loaded_from_records(roots.into_iter().map(|(root, _)| root).collect()).await?;
+        let events: Vec<Arc<LoadedEvent>> = self
+            .loaded_from_records(dropped, roots.into_iter().map(|(root, _)| root).collect())
+            .await?;
         let events = self.filter_visible(&requester.user_id, events).await?;
         let format = Format { viewer: Some(requester), with_room_id: true, bundle_relations: true };
         Ok(RelationsPage { chunk: self.format_events(&events, format).await?, next_batch })

@@ -671,11 +671,12 @@ impl Services {
             let events = match first.take() {
                 Some(events) => events,
                 None => {
+                    let dropped = self.events_dropped();
                     let records = self
                         .store
                         .room_events(room_id, from, lower, Direction::Backward, batch)
                         .await?;
-                    self.loaded_from_records(records).await?
+                    self.loaded_from_records(dropped, records).await?
                 }
             };
             if events.len() < usize::try_from(batch).unwrap_or(usize::MAX) {

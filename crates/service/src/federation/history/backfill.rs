@@ -180,12 +180,13 @@ impl Services {
     /// The earliest events held of the room that have predecessors not held: where history
     /// continues elsewhere.
     async fn backfill_frontier(&self, room_id: &RoomId) -> Result<Vec<Arc<LoadedEvent>>> {
+        let dropped = self.events_dropped();
         let records = self
             .store
             .room_events(room_id, i64::MIN, None, Direction::Forward, FRONTIER_SCAN)
             .await?;
         let mut frontier = Vec::new();
-        for event in self.loaded_from_records(records).await? {
+        for event in self.loaded_from_records(dropped, records).await? {
             let prevs = self.load_events(&event.pdu.prev_events).await?;
             let held = prevs.iter().filter(|prev| !prev.record.outlier && !prev.record.rejected);
             if held.count() < event.pdu.prev_events.len() {

@@ -207,10 +207,12 @@ impl Services {
         let mut access = self.history_access(room_id, origin).await?;
         let mut ts = ts;
         for _ in 0..50 {
+            let dropped = self.events_dropped();
             let Some(record) = self.store.event_at_timestamp(room_id, ts, direction).await? else {
                 break;
             };
-            let Some(event) = self.loaded_from_records(vec![record]).await?.into_iter().next()
+            let Some(event) =
+                self.loaded_from_records(dropped, vec![record]).await?.into_iter().next()
             else {
                 break;
             };
