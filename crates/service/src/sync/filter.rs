@@ -63,6 +63,22 @@ pub fn room_event_type_passes(filter: &RoomEventFilter, kind: &str) -> bool {
     types_pass(filter.types.as_ref(), &filter.not_types, kind)
 }
 
+/// Whether no event type at all passes: an empty `types`, or `*` among `not_types` (then the
+/// events it filters need not be read).
+fn types_block_all(types: Option<&Vec<String>>, not_types: &[String]) -> bool {
+    types.is_some_and(Vec::is_empty) || not_types.iter().any(|pattern| pattern == "*")
+}
+
+/// Whether a `RoomEventFilter` lets no event type through.
+pub fn room_filter_blocks_all(filter: &RoomEventFilter) -> bool {
+    types_block_all(filter.types.as_ref(), &filter.not_types)
+}
+
+/// Whether a plain `Filter` lets no event type through.
+pub fn filter_blocks_all(filter: &Filter) -> bool {
+    types_block_all(filter.types.as_ref(), &filter.not_types)
+}
+
 /// Whether an event type (and sender) passes a plain `Filter`.
 pub fn event_passes(filter: &Filter, kind: &str, sender: Option<&UserId>) -> bool {
     types_pass(filter.types.as_ref(), &filter.not_types, kind)
@@ -163,6 +179,28 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_filter_blocks_all_with_no_types_or_every_type_excluded() {
+        let mut filter = RoomEventFilter::default();
+        assert!(!room_filter_blocks_all(&filter), "no filter lets everything through");
+        filter.types = Some(Vec::new());
+        assert!(room_filter_blocks_all(&filter));
+        assert!(!room_event_type_passes(&filter, "m.receipt"));
+        filter.types = Some(vec!["m.typing".to_owned()]);
+        assert!(!room_filter_blocks_all(&filter), "one type passes");
+        filter.types = None;
+        filter.not_types = vec!["m.*".to_owned()];
+        assert!(!room_filter_blocks_all(&filter), "a type outside m.* passes");
+        filter.not_types = vec!["*".to_owned()];
+        assert!(room_filter_blocks_all(&filter));
+        assert!(!room_event_type_passes(&filter, "org.example.anything"));
+        let mut plain = Filter::default();
+        assert!(!filter_blocks_all(&plain));
+        plain.types = Some(Vec::new());
+        assert!(filter_blocks_all(&plain));
+        assert!(!event_passes(&plain, "m.push_rules", None));
+    }
 
     #[test]
     fn wildcards_match_like_the_spec_says() {

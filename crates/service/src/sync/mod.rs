@@ -168,6 +168,12 @@ impl Services {
         response: &mut v3::Response,
     ) -> Result<()> {
         let since = window.since.map(|since| since.pos);
+        if filter::filter_blocks_all(&request.filter.account_data)
+            && filter::room_filter_blocks_all(&request.filter.room.account_data)
+        {
+            // The filter shows no account data (nor the default push rules): none is read.
+            return Ok(());
+        }
         let records = self.store.account_data_since(&requester.user_id, since).await?;
         let mut saw_push_rules = false;
         for record in records.into_iter().filter(|record| record.stream_pos <= window.upper.pos) {

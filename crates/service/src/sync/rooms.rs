@@ -154,7 +154,7 @@ impl Services {
                 .collect(),
             _ => joined_ids.iter().cloned().collect(),
         };
-        let mut receipts = self.sync_receipts(requester, window, &joined).await?;
+        let mut receipts = self.sync_receipts(requester, request, window, &joined).await?;
         let mut with_counts = Vec::new();
         let format =
             Format { viewer: Some(requester), with_room_id: false, bundle_relations: true };
@@ -461,11 +461,16 @@ impl Services {
     async fn sync_receipts(
         &self,
         requester: &Requester,
+        request: &SyncRequest,
         window: Window,
         joined: &[JoinedPlan],
     ) -> Result<HashMap<OwnedRoomId, Vec<ReceiptRecord>>> {
         let full: Vec<&RoomId> =
             joined.iter().filter(|plan| plan.full).map(|plan| plan.room_id.as_ref()).collect();
+        if !filter::room_event_type_passes(&request.filter.room.ephemeral, "m.receipt") {
+            // The filter shows no receipt: none is read.
+            return Ok(HashMap::new());
+        }
         let mut found = if full.is_empty() {
             Vec::new()
         } else {

@@ -1,7 +1,7 @@
 //! `/sync` details real clients rely on: full state that leaves the timeline where `since` put
 //! it, the shape of joined rooms, and what each room gets when many come in one sync.
 
-use rhizome_testkit::{Api, TestServer};
+use rhizome_testkit::{Api, TestServer, encode};
 use serde_json::{Value, json};
 
 fn joined<'a>(sync: &'a Value, room_id: &str) -> &'a Value {
@@ -388,4 +388,70 @@ async fn one_sync_over_many_rooms_gives_each_room_its_own_receipts_counts_and_re
     assert_eq!(receipt_readers(joined(&next, edited)), vec![bob.user().to_owned()]);
     assert_eq!(unread(joined(&next, quiet)), (2, 0));
     assert!(receipt_readers(joined(&next, quiet)).is_empty());
+}
+
+#[tokio::test]
+async fn filters_that_exclude_receipts_and_account_data_get_none_and_the_rest_as_before() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let last = alice.send_text(&room_id, "read me").await;
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{}", encode(&last)),
+            json!({}),
+        )
+        .await
+        .ok();
+    alice
+        .put(
+            &format!("/_matrix/client/v3/user/{}/account_data/org.example.setting", alice.user()),
+            json!({ "on": true }),
+        )
+        .await
+        .ok();
+    alice
+        .put(
+            &format!("/_matrix/client/v3/user/{}/rooms/{room_id}/account_data/m.tag", alice.user()),
+            json!({ "tags": { "u.work": {} } }),
+        )
+        .await
+        .ok();
+    let sync_with = |filter: serde_json::Value| {
+        let alice = &alice;
+        async move {
+            let filter = encode(&filter.to_string());
+            alice.sync(&format!("filter={filter}&timeout=0")).await
+        }
+    };
+    // Unfiltered, each is there.
+    let all = sync_with(json!({})).await;
+    let room = joined(&all, &room_id);
+    assert!(types(room, "ephemeral").iter().any(|kind| kind == "m.receipt"), "{room}");
+    assert!(types(room, "account_data").iter().any(|kind| kind == "m.tag"), "{room}");
+    let global = all["account_data"]["events"].as_array().unwrap();
+    assert!(global.iter().any(|event| event["type"] == "org.example.setting"), "{all}");
+    assert!(global.iter().any(|event| event["type"] == "m.push_rules"), "{all}");
+
+    // Excluded by an empty list, or by `*`: none of them; the timeline as before.
+    for blocked in [json!({ "types": [] }), json!({ "not_types": ["*"] })] {
+        let filtered = sync_with(json!({
+            "room": { "ephemeral": blocked, "account_data": blocked },
+            "account_data": blocked,
+        }))
+        .await;
+        let room = joined(&filtered, &room_id);
+        assert_eq!(room["ephemeral"]["events"], json!([]), "{room}");
+        assert_eq!(room["account_data"]["events"], json!([]), "{room}");
+        let global = filtered["account_data"]["events"].as_array();
+        assert!(global.is_none_or(Vec::is_empty), "{filtered}");
+        assert_eq!(bodies(room), vec!["read me"]);
+    }
+    // Excluding only room account data still gives the global kind, and receipts.
+    let partly = sync_with(json!({ "room": { "account_data": { "types": [] } } })).await;
+    let room = joined(&partly, &room_id);
+    assert!(types(room, "ephemeral").iter().any(|kind| kind == "m.receipt"), "{room}");
+    assert_eq!(room["account_data"]["events"], json!([]), "{room}");
+    let global = partly["account_data"]["events"].as_array().unwrap();
+    assert!(global.iter().any(|event| event["type"] == "org.example.setting"), "{partly}");
 }
