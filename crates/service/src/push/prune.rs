@@ -1,11 +1,11 @@
 //! The notification pruner: once an hour one process (under the `push_prune` lease) deletes the
-//! push actions no longer needed, by age ([`RETENTION`]), so that a busy room's notifications do
+//! push actions no longer needed, by age ([`retention`]), so that a busy room's notifications do
 //! not fill a small server's disk: a message to a room of 1,000 members is 1,000 of them.
 
 use std::{sync::Arc, time::Duration};
 
 use parking_lot::Mutex;
-use rhizome_core::{Result, clock::now_millis};
+use rhizome_core::{Result, clock::now_millis, config::PushConfig};
 use rhizome_storage::PushActionRetention;
 use tokio::{sync::Notify, task::JoinHandle};
 
@@ -13,11 +13,16 @@ use crate::Services;
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
-/// How long notifications are kept: read ones a day (they count for nothing; Element lists
-/// mentions, not every message), read mentions 30 days (`/notifications`), unread ones 90 days
-/// (a room its member never opens: the unread count then counts 90 days back).
-pub const RETENTION: PushActionRetention =
-    PushActionRetention { read_ms: DAY_MS, read_highlight_ms: 30 * DAY_MS, unread_ms: 90 * DAY_MS };
+/// How long notifications are kept (`push.keep_*_days`; by default read ones a day, read
+/// mentions 30 days, unread ones 90 days).
+pub fn retention(config: &PushConfig) -> PushActionRetention {
+    let days = |days: u32| i64::from(days).saturating_mul(DAY_MS);
+    PushActionRetention {
+        read_ms: days(config.keep_read_days),
+        read_highlight_ms: days(config.keep_read_mentions_days),
+        unread_ms: days(config.keep_unread_days),
+    }
+}
 
 /// The lease's name, and how long one run may hold it.
 const LEASE: &str = "push_prune";
@@ -77,7 +82,7 @@ impl Services {
         if !self.store.acquire_job_lease(LEASE, &holder, now, now + LEASE_MS).await? {
             return Ok(0);
         }
-        let pruned = self.store.prune_push_actions(now, &RETENTION).await;
+        let pruned = self.store.prune_push_actions(now, &retention(&self.config.push)).await;
         if let Err(error) = self.store.release_job_lease(LEASE, &holder).await {
             tracing::warn!(%error, "could not give up the notification pruner's lease");
         }

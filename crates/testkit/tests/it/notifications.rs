@@ -198,3 +198,68 @@ async fn threads_have_their_own_unread_counts_and_receipts() {
         root.as_str()
     );
 }
+
+/// Old notifications go, as the organiser set: here read ones (mentions too) at once, unread
+/// ones after the default 90 days. What is unread stays listed and counted.
+async fn read_notifications_are_pruned_after_the_set_time(backend: Backend) {
+    let server = TestServer::start_with(backend, |config| {
+        config.push.keep_read_days = 0;
+        config.push.keep_read_mentions_days = 0;
+    })
+    .await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let carol = Api::new_user(&server.base_url, "carol").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    carol.join(&room_id).await;
+    alice.send_text(&room_id, "first").await;
+    let mention = alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/mention2"),
+            json!({
+                "msgtype": "m.text", "body": "bob: look",
+                "m.mentions": { "user_ids": ["@bob:localhost"] },
+            }),
+        )
+        .await
+        .ok()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice.send_text(&room_id, "unread").await;
+    bob.post(&format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{mention}"), json!({}))
+        .await
+        .ok();
+    let page = bob.get("/_matrix/client/v3/notifications").await.ok();
+    assert_eq!(bodies(&page), ["unread", "bob: look", "first"]);
+
+    // The pruner's run at start-up may still hold its lease a moment.
+    let services = server.services();
+    let started = std::time::Instant::now();
+    let mut pruned = 0;
+    while pruned == 0 && started.elapsed() < std::time::Duration::from_secs(10) {
+        pruned = services.prune_push_actions_once().await.unwrap();
+        if pruned == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(pruned, 2, "bob's two read notifications (carol read nothing)");
+    let page = bob.get("/_matrix/client/v3/notifications").await.ok();
+    assert_eq!(bodies(&page), ["unread"]);
+    let sync = bob.sync("timeout=0").await;
+    let counts = &sync["rooms"]["join"][&room_id]["unread_notifications"];
+    assert_eq!(counts["notification_count"], 1, "{counts}");
+    assert_eq!(counts["highlight_count"], 0, "{counts}");
+    assert_eq!(bodies(&carol.get("/_matrix/client/v3/notifications").await.ok()).len(), 3);
+}
+
+#[tokio::test]
+async fn read_notifications_are_pruned_after_the_set_time_on_sqlite() {
+    read_notifications_are_pruned_after_the_set_time(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn read_notifications_are_pruned_after_the_set_time_on_postgres() {
+    read_notifications_are_pruned_after_the_set_time(Backend::Postgres).await;
+}
