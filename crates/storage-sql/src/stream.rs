@@ -145,6 +145,7 @@ impl SqlStore {
                     pos,
                     store: self,
                     touched: Vec::new(),
+                    counter_written: false,
                 })
             }
             Backend::Postgres => {
@@ -152,7 +153,14 @@ impl SqlStore {
                     .fetch_one(&mut *transaction)
                     .await
                     .map_err(db_error)?;
-                Ok(StreamWrite { guard: None, transaction, pos, store: self, touched: Vec::new() })
+                Ok(StreamWrite {
+                    guard: None,
+                    transaction,
+                    pos,
+                    store: self,
+                    touched: Vec::new(),
+                    counter_written: false,
+                })
             }
         }
     }
@@ -167,6 +175,9 @@ pub(crate) struct StreamWrite<'a> {
     store: &'a SqlStore,
     /// What the write changes, recorded at its commit (see [`crate::recent`]).
     touched: Vec<Touch>,
+    /// SQLite: the counter row already holds `pos` (written by one of the write's own
+    /// statements), so the commit need not write it.
+    counter_written: bool,
 }
 
 impl StreamWrite<'_> {
@@ -181,6 +192,12 @@ impl StreamWrite<'_> {
         self.touched.push(touch);
     }
 
+    /// Says that one of the write's statements set the SQLite counter row to [`Self::pos`]
+    /// (every stream write must leave it there by its commit).
+    pub(crate) fn counter_written(&mut self) {
+        self.counter_written = true;
+    }
+
     /// The transaction's connection.
     pub(crate) fn connection(&mut self) -> &mut AnyConnection {
         &mut self.transaction
@@ -192,11 +209,13 @@ impl StreamWrite<'_> {
         let stream = &self.store.stream;
         match self.guard.take() {
             Some(mut guard) => {
-                sqlx::query("UPDATE stream_counter SET pos = $1 WHERE id = 1")
-                    .bind(self.pos)
-                    .execute(&mut *self.transaction)
-                    .await
-                    .map_err(db_error)?;
+                if !self.counter_written {
+                    sqlx::query("UPDATE stream_counter SET pos = $1 WHERE id = 1")
+                        .bind(self.pos)
+                        .execute(&mut *self.transaction)
+                        .await
+                        .map_err(db_error)?;
+                }
                 self.transaction.commit().await.map_err(db_error)?;
                 *guard = self.pos;
                 // Known here before the position is readable.
