@@ -1,5 +1,5 @@
 //! The push worker: one process at a time sends the durable push queue, under the `push`
-//! lease in the store (renewed every second, lapsing five seconds after its holder stops);
+//! lease in the store (renewed every 1.25 seconds, lapsing five seconds after its holder stops);
 //! every process runs this loop, so when the holder dies another takes the lease and the
 //! queue over within seconds. A job is deleted once its requests are done: one that was being
 //! sent when its process died is sent again by the next holder.
@@ -19,8 +19,11 @@ use crate::Services;
 const LEASE: &str = "push";
 /// How long a lease lasts unless renewed.
 const LEASE_MS: i64 = 5_000;
-/// How often the lease is renewed and the queue looked at when nothing wakes the worker.
+/// How often the queue is looked at when nothing wakes the worker.
 const TICK: Duration = Duration::from_millis(500);
+/// How long a lease renewed is taken as held without writing it again: a renewal is a write,
+/// and an idle server should not write to its database twice a second.
+const RENEW_AFTER_MS: i64 = LEASE_MS / 4;
 /// Jobs taken from the queue at once.
 const BATCH: i64 = 50;
 
@@ -38,12 +41,14 @@ impl Services {
         *self.push_queue.holder.lock() = Some(holder.clone());
         tokio::spawn(async move {
             let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
+            // When the lease was last taken or renewed (`None`: not held).
+            let mut renewed_at = None;
             loop {
                 let Some(strong) = services.upgrade() else { break };
                 if strong.push_queue.stopping.load(Ordering::SeqCst) {
                     break;
                 }
-                strong.push_worker_step(&holder, &in_flight).await;
+                renewed_at = strong.push_worker_step(&holder, &in_flight, renewed_at).await;
                 let wake = async { strong.push_queue.wake.notified().await };
                 let _ = tokio::time::timeout(TICK, wake).await;
             }
@@ -78,27 +83,33 @@ impl Services {
         self.push_queue.wake.notify_one();
     }
 
-    /// One look: renew or take the lease, then start sending the queued jobs not already
-    /// being sent.
+    /// One look: renew or take the lease (unless renewed less than [`RENEW_AFTER_MS`] ago,
+    /// by the clock, so a process that stood still for longer asks again), then start sending
+    /// the queued jobs not already being sent. Returns when the lease was last renewed, if
+    /// held.
     async fn push_worker_step(
         self: &Arc<Self>,
         holder: &str,
         in_flight: &Arc<Mutex<HashSet<i64>>>,
-    ) {
+        renewed_at: Option<i64>,
+    ) -> Option<i64> {
         let now = now_millis();
-        match self.store.acquire_job_lease(LEASE, holder, now, now + LEASE_MS).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(error) => {
-                tracing::warn!(%error, "could not renew the push worker's lease");
-                return;
-            }
-        }
+        let renewed_at = match renewed_at {
+            Some(at) if (at..at + RENEW_AFTER_MS).contains(&now) => at,
+            _ => match self.store.acquire_job_lease(LEASE, holder, now, now + LEASE_MS).await {
+                Ok(true) => now,
+                Ok(false) => return None,
+                Err(error) => {
+                    tracing::warn!(%error, "could not renew the push worker's lease");
+                    return None;
+                }
+            },
+        };
         let jobs = match self.store.queued_pushes(BATCH).await {
             Ok(jobs) => jobs,
             Err(error) => {
                 tracing::warn!(%error, "could not read the push queue");
-                return;
+                return Some(renewed_at);
             }
         };
         let mut deliveries = self.push_queue.deliveries.lock();
@@ -117,5 +128,64 @@ impl Services {
                 in_flight.lock().remove(&job.id);
             }));
         }
+        Some(renewed_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashSet, sync::Arc};
+
+    use parking_lot::Mutex;
+    use rhizome_core::clock::now_millis;
+    use rhizome_storage::JobStore;
+    use rhizome_storage_sql::SqlStore;
+
+    use super::{LEASE, LEASE_MS, RENEW_AFTER_MS};
+    use crate::Services;
+
+    /// The worker renews its lease only when the last renewal is older than
+    /// `RENEW_AFTER_MS` (an idle server writes less), takes it again after standing still, and
+    /// gives up a lease another process took meanwhile.
+    #[tokio::test]
+    async fn the_lease_is_renewed_only_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+        let store = Arc::new(SqlStore::connect(&url, 2).await.unwrap());
+        let config = rhizome_core::config::Config {
+            server_name: ruma::owned_server_name!("example.org"),
+            ..Default::default()
+        };
+        let services = Services::new(config, store.clone(), rhizome_room::SigningKey::generate());
+        let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
+        let other_takes = |now: i64| {
+            let store = store.clone();
+            async move { store.acquire_job_lease(LEASE, "other", now, now + LEASE_MS).await.unwrap() }
+        };
+
+        // Taken: nobody else gets it.
+        let before = now_millis();
+        let taken = services.push_worker_step("me", &in_flight, None).await.unwrap();
+        assert!(taken >= before);
+        assert!(!other_takes(now_millis()).await);
+
+        // Renewed a moment ago: not written again. Were it written, it would run until
+        // `LEASE_MS` after now; it still lapses `LEASE_MS` after it was taken.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let kept = services.push_worker_step("me", &in_flight, Some(taken)).await;
+        assert_eq!(kept, Some(taken));
+        assert!(other_takes(taken + LEASE_MS + 1).await);
+        store.release_job_lease(LEASE, "other").await.unwrap();
+
+        // Renewed long ago (or the process stood still): asked for again.
+        let stale = now_millis() - RENEW_AFTER_MS - 1;
+        let renewed = services.push_worker_step("me", &in_flight, Some(stale)).await.unwrap();
+        assert!(renewed > stale + RENEW_AFTER_MS);
+        assert!(!other_takes(now_millis()).await);
+
+        // Another process took the lapsed lease: this one stops sending.
+        assert!(other_takes(now_millis() + LEASE_MS + 1).await);
+        let stale = now_millis() - RENEW_AFTER_MS - 1;
+        assert_eq!(services.push_worker_step("me", &in_flight, Some(stale)).await, None);
     }
 }
