@@ -87,6 +87,17 @@ fn is_default(rule: &Value) -> bool {
     rule.get("default").and_then(Value::as_bool).unwrap_or(false)
 }
 
+/// The user's push rules from their stored `m.push_rules` account data (its content), if any:
+/// what [`Services::push_rules`] answers, for a caller that has read the account data already.
+pub(crate) fn push_rules_from(user_id: &UserId, stored: Option<&str>) -> Result<Value> {
+    let stored: Value = match stored {
+        Some(content) => serde_json::from_str(content)?,
+        None => Value::Null,
+    };
+    let stored = stored.get("global").unwrap_or(&Value::Null);
+    Ok(merge_with_defaults(stored, &default_rules(user_id)))
+}
+
 /// The user's stored rules over today's defaults: the user's own rules of each kind ahead of
 /// the defaults (behind the master rule), the defaults with the user's `enabled` and `actions`.
 fn merge_with_defaults(stored: &Value, defaults: &Value) -> Value {
@@ -219,13 +230,8 @@ pub fn check_rule_path(kind: &str, rule_id: &str) -> Result<()> {
 impl Services {
     /// The user's push rules (the `global` ruleset), defaults merged in.
     pub async fn push_rules(&self, user_id: &UserId) -> Result<Value> {
-        let stored: Value =
-            match self.store.get_account_data(user_id, None, PUSH_RULES_TYPE).await? {
-                Some(record) => serde_json::from_str(&record.content)?,
-                None => Value::Null,
-            };
-        let stored = stored.get("global").unwrap_or(&Value::Null);
-        Ok(merge_with_defaults(stored, &default_rules(user_id)))
+        let stored = self.store.get_account_data(user_id, None, PUSH_RULES_TYPE).await?;
+        push_rules_from(user_id, stored.as_ref().map(|record| record.content.as_str()))
     }
 
     /// The user's push rules as ruma evaluates them, shared from the cache (event persistence

@@ -24,7 +24,10 @@ use ruma::{
 use serde_json::{Value, json};
 
 use crate::{
-    Requester, Services, account_data::is_deleted, push::PUSH_RULES_TYPE, rooms::format::raw,
+    Requester, Services,
+    account_data::is_deleted,
+    push::{PUSH_RULES_TYPE, rules::push_rules_from},
+    rooms::format::raw,
 };
 
 /// What a `/sync` request asks for.
@@ -175,6 +178,13 @@ impl Services {
             return Ok(());
         }
         let records = self.store.account_data_since(&requester.user_id, since).await?;
+        // A first sync carries the push rules, the defaults when none are stored. The records
+        // of a first sync are all the user's account data, so the stored rules (if any) are
+        // among them and need no read of their own.
+        let stored_push_rules = records
+            .iter()
+            .find(|record| record.room_id.is_none() && record.data_type == PUSH_RULES_TYPE)
+            .map(|record| record.content.clone());
         let mut saw_push_rules = false;
         for record in records.into_iter().filter(|record| record.stream_pos <= window.upper.pos) {
             // Deleted data (MSC3391) goes to those who had it, not to a fresh start.
@@ -213,7 +223,8 @@ impl Services {
             && !saw_push_rules
             && filter::event_passes(&request.filter.account_data, PUSH_RULES_TYPE, None)
         {
-            let rules = json!({ "type": PUSH_RULES_TYPE, "content": { "global": self.push_rules(&requester.user_id).await? } });
+            let rules = push_rules_from(&requester.user_id, stored_push_rules.as_deref())?;
+            let rules = json!({ "type": PUSH_RULES_TYPE, "content": { "global": rules } });
             response.account_data.events.push(raw(serde_json::value::to_raw_value(&rules)?));
         }
         Ok(())
