@@ -805,59 +805,54 @@ impl Services {
         };
         // Every change since the last sync that the timeline does not show: those of a gap,
         // those a timeline filter hides, and those state resolution made.
-        let ids: Vec<OwnedEventId> = if lazy && since_group == Some(target_group) {
-            // The state did not change (new messages only, the common case of a woken sync):
-            // the members the timeline needs, looked up, not the room's state walked.
-            wanted_members
+        if !lazy {
+            return Ok(target
                 .iter()
-                .filter_map(|key| {
-                    let id = target.get(&(StateEventType::RoomMember, key.clone()))?;
-                    (!in_timeline.contains(id) && wanted(key, id)).then(|| id.clone())
-                })
-                .collect()
-        } else {
-            target
-                .iter()
-                .filter(|(_, id)| !in_timeline.contains(id))
                 .filter(|(pair, id)| {
-                    if lazy && pair.0 == StateEventType::RoomMember {
-                        wanted(&pair.1, id)
-                    } else {
-                        since_state.get(*pair) != Some(*id)
-                    }
+                    !in_timeline.contains(id) && since_state.get(*pair) != Some(*id)
                 })
                 .map(|(_, id)| id.clone())
-                .collect()
-        };
-        if lazy {
-            self.record_lazy_members(requester, room_id, &target, &ids, timeline, window);
+                .collect());
         }
+        // Lazy-loaded members: those the timeline needs, looked up by key. A big room's state
+        // is mostly members, so they are not walked (a fresh sync of a room of 1,000 members
+        // hashed every member's key and event ID here, twice).
+        let members: Vec<(String, OwnedEventId)> = wanted_members
+            .iter()
+            .filter_map(|key| {
+                let id = target.get(&(StateEventType::RoomMember, key.clone()))?;
+                (!in_timeline.contains(id) && wanted(key, id)).then(|| (key.clone(), id.clone()))
+            })
+            .collect();
+        let mut ids: Vec<OwnedEventId> = members.iter().map(|(_, id)| id.clone()).collect();
+        if since_group != Some(target_group) {
+            // The rest of the state (new messages only, the common case of a woken sync,
+            // leave it unchanged).
+            ids.extend(
+                target
+                    .iter()
+                    .filter(|(pair, id)| {
+                        pair.0 != StateEventType::RoomMember
+                            && since_state.get(*pair) != Some(*id)
+                            && !in_timeline.contains(id)
+                    })
+                    .map(|(_, id)| id.clone()),
+            );
+        }
+        self.record_lazy_members(requester, room_id, members, timeline, window);
         Ok(ids)
     }
 
-    /// Records the members this response gives the device: those in its state and timeline.
+    /// Records the members this response gives the device: those in its state (`in_state`:
+    /// state key and event) and its timeline.
     fn record_lazy_members(
         &self,
         requester: &Requester,
         room_id: &RoomId,
-        target: &StateMap,
-        ids: &[OwnedEventId],
+        in_state: Vec<(String, OwnedEventId)>,
         timeline: &TimelinePart,
         window: Window,
     ) {
-        let sending: HashSet<&OwnedEventId> = ids.iter().collect();
-        // The state is walked only when it gives something (a big room's woken sync seldom).
-        let in_state: Vec<(String, OwnedEventId)> = if sending.is_empty() {
-            Vec::new()
-        } else {
-            target
-                .iter()
-                .filter(|((kind, _), id)| {
-                    *kind == StateEventType::RoomMember && sending.contains(id)
-                })
-                .map(|((_, key), id)| (key.clone(), id.clone()))
-                .collect()
-        };
         let sent = in_state.into_iter().chain(timeline.events.iter().filter_map(|event| {
             let key = event.pdu.state_key.as_ref()?;
             (event.pdu.kind.to_string() == "m.room.member")
