@@ -20,6 +20,8 @@ pub mod rate_limit;
 pub mod rooms;
 pub mod search;
 pub mod sync;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod users;
 pub mod voip;
 

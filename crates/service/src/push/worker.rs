@@ -139,10 +139,9 @@ mod tests {
     use parking_lot::Mutex;
     use rhizome_core::clock::now_millis;
     use rhizome_storage::JobStore;
-    use rhizome_storage_sql::SqlStore;
 
     use super::{LEASE, LEASE_MS, RENEW_AFTER_MS};
-    use crate::Services;
+    use crate::test_support;
 
     /// The worker renews its lease only when the last renewal is older than
     /// `RENEW_AFTER_MS` (an idle server writes less), takes it again after standing still, and
@@ -150,13 +149,8 @@ mod tests {
     #[tokio::test]
     async fn the_lease_is_renewed_only_when_due() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
-        let store = Arc::new(SqlStore::connect(&url, 2).await.unwrap());
-        let config = rhizome_core::config::Config {
-            server_name: ruma::owned_server_name!("example.org"),
-            ..Default::default()
-        };
-        let services = Services::new(config, store.clone(), rhizome_room::SigningKey::generate());
+        let store = test_support::sqlite_store(dir.path()).await;
+        let services = test_support::services(store.clone());
         let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
         let other_takes = |now: i64| {
             let store = store.clone();

@@ -428,13 +428,8 @@ mod tests {
     #[tokio::test]
     async fn records_read_before_a_redaction_are_not_cached_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
-        let store = rhizome_storage_sql::SqlStore::connect(&url, 2).await.unwrap();
-        let config = rhizome_core::config::Config {
-            server_name: ruma::owned_server_name!("example.org"),
-            ..Default::default()
-        };
-        let services = Services::new(config, Arc::new(store), rhizome_room::SigningKey::generate());
+        let services =
+            crate::test_support::services(crate::test_support::sqlite_store(dir.path()).await);
         let alice = ruma::owned_user_id!("@alice:example.org");
         let room = services.create_room(&alice, crate::rooms::create::CreateRoom::default()).await;
         let room = room.unwrap();

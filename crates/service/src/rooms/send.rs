@@ -777,27 +777,18 @@ pub(crate) fn pdu_error(error: rhizome_room::PduError) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use rhizome_storage_sql::SqlStore;
-
-    use crate::{Services, rooms::NewEvent};
+    use crate::{rooms::NewEvent, test_support};
 
     /// On SQLite an event's own statements write the stream counter (its commit does not):
     /// the positions events took are still taken after the database is opened again.
     #[tokio::test]
     async fn stream_positions_survive_reopening_the_database() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
-        let config = || rhizome_core::config::Config {
-            server_name: ruma::owned_server_name!("example.org"),
-            ..Default::default()
-        };
         let alice = ruma::owned_user_id!("@alice:example.org");
         let message =
             |body: &str| NewEvent::message("m.room.message", serde_json::json!({ "body": body }));
-        let store = Arc::new(SqlStore::connect(&url, 2).await.unwrap());
-        let services = Services::new(config(), store.clone(), rhizome_room::SigningKey::generate());
+        let store = test_support::sqlite_store(dir.path()).await;
+        let services = test_support::services(store.clone());
         let room = services.create_room(&alice, Default::default()).await.unwrap();
         let mut last = None;
         for body in ["one", "two", "three"] {
@@ -809,9 +800,9 @@ mod tests {
         store.close().await;
         drop(services);
 
-        let store = Arc::new(SqlStore::connect(&url, 2).await.unwrap());
+        let store = test_support::sqlite_store(dir.path()).await;
         assert_eq!(rhizome_storage::DataStore::current_stream_pos(store.as_ref()), pos);
-        let services = Services::new(config(), store, rhizome_room::SigningKey::generate());
+        let services = test_support::services(store);
         let next = services.send_event(&alice, &room, message("four"), None).await.unwrap();
         let next = services.load_event(&next).await.unwrap().unwrap();
         assert_eq!(next.record.stream_pos, pos + 1);
