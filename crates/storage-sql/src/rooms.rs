@@ -91,13 +91,22 @@ fn searchable_body(event: &PersistEvent) -> Option<String> {
     value.get("content")?.get("body")?.as_str().map(str::to_owned)
 }
 
-/// Writes the event and what it changes; returns what was persisted and the room's new
-/// current state group, if it changed.
+/// What [`persist_in_transaction`] wrote besides the event.
+struct Written {
+    /// The room's new current state group, if it changed.
+    current_group: Option<StateGroupId>,
+    /// Whether the stream counter now holds the event's position (SQLite, an event of the
+    /// stream: see `write_extremities_and_push_actions`).
+    counter: bool,
+}
+
+/// Writes the event and what it changes; returns what was persisted and what else was
+/// written.
 async fn persist_in_transaction(
     connection: &mut AnyConnection,
     event: &PersistEvent,
     pos: StreamPos,
-) -> Result<(PersistedEvent, Option<StateGroupId>)> {
+) -> Result<(PersistedEvent, Written)> {
     let state_before = state::write_group(connection, &event.room_id, &event.state_before).await?;
     let state_after = if event.state_after_changes.is_empty() {
         state_before
@@ -247,7 +256,7 @@ async fn persist_in_transaction(
     if event.historical {
         let persisted =
             PersistedEvent { stream_pos: pos, state_before, state_after, pushes_queued: false };
-        return Ok((persisted, None));
+        return Ok((persisted, Written { current_group: None, counter: false }));
     }
     let current_group = match &event.current_state {
         CurrentState::Unchanged => None,
@@ -297,10 +306,10 @@ async fn persist_in_transaction(
         )
         .await?;
     }
-    write_extremities_and_push_actions(connection, event, pos).await?;
+    let counter = write_extremities_and_push_actions(connection, event, pos).await?;
     let persisted =
         PersistedEvent { stream_pos: pos, state_before, state_after, pushes_queued: false };
-    Ok((persisted, current_group))
+    Ok((persisted, Written { current_group, counter }))
 }
 
 /// The room's new forward extremities and the event's push actions. Each is one statement
@@ -308,12 +317,13 @@ async fn persist_in_transaction(
 /// (Bound one value at a time, a room of 1,000 members took 32 statements, and
 /// sqlx-over-SQLite's binding costs the square of a statement's parameters.) On SQLite the
 /// statements go to the connection's thread in one call, with the stream counter's update
-/// (which the stream write then leaves out of its commit: one hand-off fewer per event).
+/// (which the stream write then leaves out of its commit: one hand-off fewer per event);
+/// returns whether it wrote the counter.
 async fn write_extremities_and_push_actions(
     connection: &mut AnyConnection,
     event: &PersistEvent,
     pos: i64,
-) -> Result<()> {
+) -> Result<bool> {
     let extremities: Vec<&str> = event.new_extremities.iter().map(|id| id.as_str()).collect();
     let extremities = serde_json::to_string(&extremities).map_err(Error::internal)?;
     let actions = if event.push_actions.is_empty() {
@@ -364,7 +374,7 @@ async fn write_extremities_and_push_actions(
             .await
             .map_err(db_error)?;
         }
-        return Ok(());
+        return Ok(false);
     }
     let mut sql = String::from(
         "DELETE FROM forward_extremities WHERE room_id = $1; \
@@ -385,7 +395,7 @@ async fn write_extremities_and_push_actions(
         query = query.bind(actions);
     }
     query.execute(&mut *connection).await.map_err(db_error)?;
-    Ok(())
+    Ok(true)
 }
 
 #[async_trait]
@@ -504,11 +514,12 @@ impl RoomStore for SqlStore {
         }
         let mut write = self.stream_write_in(transaction).await?;
         let pos = write.pos();
-        let (mut persisted, current_group) =
+        let (mut persisted, written) =
             persist_in_transaction(write.connection(), event, pos).await?;
-        // On SQLite the event's last statement wrote the stream counter (see
-        // `write_extremities_and_push_actions`).
-        write.counter_written();
+        if written.counter {
+            write.counter_written();
+        }
+        let current_group = written.current_group;
         write.touch(Touch::RoomHead(
             event.room_id.clone(),
             current_group,
