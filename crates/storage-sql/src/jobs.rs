@@ -77,7 +77,8 @@ impl JobStore for SqlStore {
 }
 
 /// Queues the event's notifications for push gateways (inside its persisting transaction),
-/// when it notifies a user who has a pusher.
+/// when it notifies a user who has a pusher. (On SQLite the event's own batch of statements
+/// does it in the same call: `rooms::write_extremities_and_push_actions`.)
 pub(crate) async fn queue_pushes(
     connection: &mut AnyConnection,
     event: &PersistEvent,

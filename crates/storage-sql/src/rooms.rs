@@ -98,6 +98,10 @@ struct Written {
     /// Whether the stream counter now holds the event's position (SQLite, an event of the
     /// stream: see `write_extremities_and_push_actions`).
     counter: bool,
+    /// SQLite: the event's notifications were queued for push gateways (`Some(true)`) or
+    /// need not be (`Some(false)`), by the same call; `None` when that is still to do
+    /// ([`crate::jobs::queue_pushes`]).
+    pushes_queued: Option<bool>,
 }
 
 /// Writes the event and what it changes; returns what was persisted and what else was
@@ -256,7 +260,8 @@ async fn persist_in_transaction(
     if event.historical {
         let persisted =
             PersistedEvent { stream_pos: pos, state_before, state_after, pushes_queued: false };
-        return Ok((persisted, Written { current_group: None, counter: false }));
+        let written = Written { current_group: None, counter: false, pushes_queued: None };
+        return Ok((persisted, written));
     }
     let current_group = match &event.current_state {
         CurrentState::Unchanged => None,
@@ -306,10 +311,11 @@ async fn persist_in_transaction(
         )
         .await?;
     }
-    let counter = write_extremities_and_push_actions(connection, event, pos).await?;
+    let (counter, pushes_queued) =
+        write_extremities_and_push_actions(connection, event, pos).await?;
     let persisted =
         PersistedEvent { stream_pos: pos, state_before, state_after, pushes_queued: false };
-    Ok((persisted, Written { current_group, counter }))
+    Ok((persisted, Written { current_group, counter, pushes_queued }))
 }
 
 /// The room's new forward extremities and the event's push actions. Each is one statement
@@ -317,13 +323,15 @@ async fn persist_in_transaction(
 /// (Bound one value at a time, a room of 1,000 members took 32 statements, and
 /// sqlx-over-SQLite's binding costs the square of a statement's parameters.) On SQLite the
 /// statements go to the connection's thread in one call, with the stream counter's update
-/// (which the stream write then leaves out of its commit: one hand-off fewer per event);
-/// returns whether it wrote the counter.
+/// (which the stream write then leaves out of its commit) and the event's entry in the push
+/// queue when a user it notifies has a pusher (what `jobs::queue_pushes` does in two calls):
+/// two hand-offs fewer per event. Returns whether it wrote the counter and, on SQLite, whether
+/// it queued pushes.
 async fn write_extremities_and_push_actions(
     connection: &mut AnyConnection,
     event: &PersistEvent,
     pos: i64,
-) -> Result<bool> {
+) -> Result<(bool, Option<bool>)> {
     let extremities: Vec<&str> = event.new_extremities.iter().map(|id| id.as_str()).collect();
     let extremities = serde_json::to_string(&extremities).map_err(Error::internal)?;
     let actions = if event.push_actions.is_empty() {
@@ -374,7 +382,7 @@ async fn write_extremities_and_push_actions(
             .await
             .map_err(db_error)?;
         }
-        return Ok(false);
+        return Ok((false, None));
     }
     let mut sql = String::from(
         "DELETE FROM forward_extremities WHERE room_id = $1; \
@@ -389,13 +397,34 @@ async fn write_extremities_and_push_actions(
              FROM json_each($4)",
         );
     }
+    // The users it notifies who have a pusher, with their actions, as one row of the queue
+    // (none when there is no such user): the only statement of the batch that returns a row.
+    let queue_pushes = event.queue_pushes && event.push_actions.iter().any(|action| action.notify);
+    if queue_pushes {
+        sql.push_str(
+            "; INSERT INTO push_queue (room_id, event_id, users, queued_ts) \
+             SELECT $1, $5, json_group_array(json_array(value->>0, value->>4)), $6 \
+             FROM json_each($4) \
+             WHERE value->>1 = 1 AND value->>0 IN (SELECT user_id FROM pushers) \
+             HAVING count(*) > 0 RETURNING id",
+        );
+    }
     let mut query =
         sqlx::query(AssertSqlSafe(sql)).bind(event.room_id.as_str()).bind(extremities).bind(pos);
     if let Some(actions) = actions {
         query = query.bind(actions);
     }
-    query.execute(&mut *connection).await.map_err(db_error)?;
-    Ok(true)
+    if !queue_pushes {
+        query.execute(&mut *connection).await.map_err(db_error)?;
+        return Ok((true, Some(false)));
+    }
+    let queued = query
+        .bind(event.event_id.as_str())
+        .bind(rhizome_core::clock::now_millis())
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(db_error)?;
+    Ok((true, Some(!queued.is_empty())))
 }
 
 #[async_trait]
@@ -572,9 +601,13 @@ impl RoomStore for SqlStore {
                 write.touch(Touch::Membership(event.room_id.clone(), change.user_id.clone()));
             }
         }
-        let pushes_queued =
-            crate::jobs::queue_pushes(write.connection(), event, rhizome_core::clock::now_millis())
-                .await?;
+        let pushes_queued = match written.pushes_queued {
+            Some(queued) => queued,
+            None => {
+                let now = rhizome_core::clock::now_millis();
+                crate::jobs::queue_pushes(write.connection(), event, now).await?
+            }
+        };
         if let Some(cluster) = &self.cluster
             && !event.membership_changes.is_empty()
         {
