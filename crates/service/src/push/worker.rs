@@ -2,7 +2,10 @@
 //! lease in the store (renewed every 1.25 seconds, lapsing five seconds after its holder stops);
 //! every process runs this loop, so when the holder dies another takes the lease and the
 //! queue over within seconds. A job is deleted once its requests are done: one that was being
-//! sent when its process died is sent again by the next holder.
+//! sent when its process died is sent again by the next holder. On a store no other process
+//! shares (SQLite) there is nobody to take over from: the worker holds no lease and looks at the
+//! queue when woken (an event queued notifications, a delivery finished), or once a minute,
+//! instead of every half second, so an idle server does not touch its database.
 
 use std::{
     collections::HashSet,
@@ -19,8 +22,12 @@ use crate::Services;
 const LEASE: &str = "push";
 /// How long a lease lasts unless renewed.
 const LEASE_MS: i64 = 5_000;
-/// How often the queue is looked at when nothing wakes the worker.
+/// How often the queue is looked at when nothing wakes the worker, on a store other processes
+/// share (they queue jobs too).
 const TICK: Duration = Duration::from_millis(500);
+/// The same on a store only this process writes, where every job queued wakes the worker: a
+/// backstop.
+const TICK_ALONE: Duration = Duration::from_secs(60);
 /// How long a lease renewed is taken as held without writing it again: a renewal is a write,
 /// and an idle server should not write to its database twice a second.
 const RENEW_AFTER_MS: i64 = LEASE_MS / 4;
@@ -39,6 +46,8 @@ impl Services {
         // The process ID names the holder for an operator looking at the table.
         let holder = crate::auth::generate_token(&format!("push-{}", std::process::id()));
         *self.push_queue.holder.lock() = Some(holder.clone());
+        let shared = self.store.shared_by_processes();
+        let tick = if shared { TICK } else { TICK_ALONE };
         tokio::spawn(async move {
             let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
             // When the lease was last taken or renewed (`None`: not held).
@@ -48,9 +57,14 @@ impl Services {
                 if strong.push_queue.stopping.load(Ordering::SeqCst) {
                     break;
                 }
-                renewed_at = strong.push_worker_step(&holder, &in_flight, renewed_at).await;
+                renewed_at = if shared {
+                    strong.push_worker_step(&holder, &in_flight, renewed_at).await
+                } else {
+                    strong.send_queued_pushes(&in_flight).await;
+                    None
+                };
                 let wake = async { strong.push_queue.wake.notified().await };
-                let _ = tokio::time::timeout(TICK, wake).await;
+                let _ = tokio::time::timeout(tick, wake).await;
             }
         });
     }
@@ -105,11 +119,18 @@ impl Services {
                 }
             },
         };
+        self.send_queued_pushes(in_flight).await;
+        Some(renewed_at)
+    }
+
+    /// Starts sending the queued jobs not already being sent (up to [`BATCH`] of them); each
+    /// delivery wakes the worker when it is done, to look at the queue again.
+    async fn send_queued_pushes(self: &Arc<Self>, in_flight: &Arc<Mutex<HashSet<i64>>>) {
         let jobs = match self.store.queued_pushes(BATCH).await {
             Ok(jobs) => jobs,
             Err(error) => {
                 tracing::warn!(%error, "could not read the push queue");
-                return Some(renewed_at);
+                return;
             }
         };
         let mut deliveries = self.push_queue.deliveries.lock();
@@ -126,9 +147,10 @@ impl Services {
                     tracing::warn!(%error, "could not remove a sent push job");
                 }
                 in_flight.lock().remove(&job.id);
+                // Jobs beyond the batch, or queued meanwhile, are looked at now.
+                services.wake_push_worker();
             }));
         }
-        Some(renewed_at)
     }
 }
 

@@ -153,3 +153,35 @@ async fn gateways_on_private_addresses_are_not_reached_unless_allowed() {
     let sync = alice.sync("timeout=0").await;
     assert_eq!(sync["rooms"]["join"][&room_id]["unread_notifications"]["notification_count"], 2);
 }
+
+/// More notifications than the push worker takes from the queue at once (50) all reach a slow
+/// gateway: each delivery that finishes has the worker look at the queue again (on SQLite
+/// nothing else would for a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_beyond_one_batch_are_sent_as_earlier_ones_finish() {
+    let gateway = RecordingPushGateway::start_slow(Duration::from_secs(2)).await;
+    let server = TestServer::start_with(Backend::Sqlite, |config| {
+        config.push.allowed_addresses = vec!["127.0.0.1".parse().unwrap()];
+        // Every job taken is sent at once: the batch, not the requests, is the limit here.
+        config.push.concurrency = 100;
+    })
+    .await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let bob = Api::new_user(&server.base_url, "bob").await;
+    let set = "/_matrix/client/v3/pushers/set";
+    alice.post(set, pusher("phone", gateway.url(), Some("event_id_only"))).await.ok();
+    let room_id = bob.create_room(json!({ "preset": "public_chat" })).await;
+    alice.join(&room_id).await;
+
+    let mut sent = Vec::new();
+    for n in 0..60 {
+        sent.push(bob.send_text(&room_id, &format!("message {n}")).await.to_string());
+    }
+    // Fifty at most are under way at once; the rest follow as those finish.
+    gateway.wait_for(50).await;
+    gateway.wait_for(60).await;
+    let mut received = gateway.event_ids();
+    received.sort();
+    sent.sort();
+    assert_eq!(received, sent);
+}
