@@ -59,6 +59,8 @@ pub struct Services {
     pub(crate) federation: federation::FederationRuntime,
     pub(crate) delayed: rooms::delayed::DelayedRuntime,
     pub(crate) push_prune: push::prune::PruneRuntime,
+    /// TLS settings shared by requests to push gateways and previewed URLs.
+    pub(crate) outbound_tls: outbound::OutboundTls,
     /// The services themselves, for work that outlives a call (wake-ups of senders).
     pub(crate) me: std::sync::Weak<Services>,
 }
@@ -84,6 +86,7 @@ impl Services {
             push_queue: push::gateway::PushQueue::new(&config.push),
             delayed: rooms::delayed::DelayedRuntime::default(),
             push_prune: push::prune::PruneRuntime::default(),
+            outbound_tls: outbound::OutboundTls::default(),
             config,
             store,
             signing_key,

@@ -2,9 +2,10 @@
 //! federation) without reaching into private networks: only http(s), names resolved here and
 //! every address checked to be public (or one the organiser allowed, by address or CIDR range)
 //! before connecting; the caller pins the connection to the checked address, so a second DNS
-//! answer cannot differ.
+//! answer cannot differ. Their TLS settings are built once and shared ([`OutboundTls`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::OnceLock;
 
 use ipnet::IpNet;
 use reqwest::Url;
@@ -126,6 +127,41 @@ pub(crate) async fn checked_address(
     Ok(address)
 }
 
+/// The TLS settings of requests to addresses users chose (push gateways, URL previews):
+/// verified against the platform's roots (the webpki roots when it has none), as the federation
+/// client's are, built on first use and shared by every request. Each request has a client of
+/// its own (pinned to the address checked for it), and a client built with reqwest's own TLS
+/// settings loads and parses the platform's whole certificate store: about 3 ms of CPU per push
+/// notification, against 1 µs with these.
+#[derive(Default)]
+pub(crate) struct OutboundTls {
+    config: OnceLock<Option<rustls::ClientConfig>>,
+}
+
+impl OutboundTls {
+    /// The shared settings (`None` if they could not be built: reqwest's own are used then).
+    fn config(&self) -> Option<&rustls::ClientConfig> {
+        self.config
+            .get_or_init(|| match crate::federation::client::transport::tls_config(true, &[]) {
+                Ok(config) => Some(config),
+                Err(error) => {
+                    tracing::warn!(%error, "no shared TLS settings for outbound requests");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// A client builder for one request, with the shared TLS settings.
+    pub(crate) fn client_builder(&self) -> reqwest::ClientBuilder {
+        let builder = reqwest::Client::builder();
+        match self.config() {
+            Some(config) => builder.use_preconfigured_tls(config.clone()),
+            None => builder,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +278,42 @@ mod tests {
         assert!(!fetchable_within("fe80::1".parse().unwrap(), &v6));
         // Public addresses need no allowance.
         assert!(fetchable_within("8.8.8.8".parse().unwrap(), &[]));
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use axum::{Router, routing::get};
+
+    use super::OutboundTls;
+    use crate::federation::testing::{TestCa, TestServer};
+
+    /// The settings are built once, and still verify certificates: a server whose certificate
+    /// comes from an authority the platform does not trust is refused, and the same request
+    /// with verification off (as the test's own control) gets through.
+    #[tokio::test]
+    async fn outbound_requests_share_one_verifying_tls_setup() {
+        let tls = OutboundTls::default();
+        let first = tls.config().expect("TLS settings") as *const rustls::ClientConfig;
+        let again = tls.config().expect("TLS settings") as *const rustls::ClientConfig;
+        assert!(std::ptr::eq(first, again), "built again");
+
+        let ca = TestCa::new();
+        let server = TestServer::start(
+            &ca,
+            &["127.0.0.1"],
+            Router::new().route("/", get(|| async { "hi" })),
+        )
+        .await;
+        let url = format!("https://127.0.0.1:{}/", server.port());
+        let client = tls.client_builder().no_proxy().build().unwrap();
+        let refused = client.get(&url).send().await;
+        assert!(refused.is_err(), "a certificate from an unknown authority was accepted");
+        let control = reqwest::Client::builder()
+            .no_proxy()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        assert_eq!(control.get(&url).send().await.unwrap().text().await.unwrap(), "hi");
     }
 }

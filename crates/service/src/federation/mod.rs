@@ -30,7 +30,7 @@ pub mod sender;
 pub mod transactions;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 pub use client::{
     ClientOptions, FederationAuthentication, FederationClient, FederationError, RequestLimits,

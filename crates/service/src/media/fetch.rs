@@ -54,8 +54,10 @@ fn content_type_essence(response: &reqwest::Response) -> Option<String> {
 }
 
 /// Fetches a URL from a public address (or one of `allowed`), following up to five redirects
-/// (each checked), reading at most `max_bytes` and finishing by `deadline`.
+/// (each checked), reading at most `max_bytes` and finishing by `deadline`, with the shared
+/// TLS settings `tls`.
 pub(crate) async fn fetch_public(
+    tls: &crate::outbound::OutboundTls,
     url: Url,
     max_bytes: u64,
     deadline: Instant,
@@ -68,7 +70,8 @@ pub(crate) async fn fetch_public(
         if remaining.is_zero() {
             return Err(unreachable());
         }
-        let mut builder = reqwest::Client::builder()
+        let mut builder = tls
+            .client_builder()
             .redirect(Policy::none())
             .no_proxy()
             .timeout(remaining)

@@ -61,7 +61,8 @@ impl Services {
     ) -> Result<Map<String, Value>> {
         let max_bytes = self.config.media.url_preview.max_page_bytes;
         let allowed = &self.config.media.url_preview.allowed_addresses;
-        let page = fetch::fetch_public(url, max_bytes, deadline, allowed).await?;
+        let page =
+            fetch::fetch_public(&self.outbound_tls, url, max_bytes, deadline, allowed).await?;
         let mut preview = Map::new();
         match page.content_type.as_deref() {
             Some(kind) if kind.starts_with("image/") => {
@@ -78,7 +79,8 @@ impl Services {
                 let image = properties.get("og:image").and_then(|image| page.url.join(image).ok());
                 if let Some(image) = image
                     && let Ok(fetched) =
-                        fetch::fetch_public(image, max_bytes, deadline, allowed).await
+                        fetch::fetch_public(&self.outbound_tls, image, max_bytes, deadline, allowed)
+                            .await
                 {
                     let kind = fetched.content_type.unwrap_or_default();
                     self.add_preview_image(requester, &mut preview, fetched.body, &kind).await;

@@ -266,7 +266,9 @@ impl Services {
             Err(Refusal::Unresolvable) => return Outcome::Retry,
             Err(Refusal::NotPublic | Refusal::Invalid(_)) => return Outcome::GiveUp,
         };
-        let mut builder = reqwest::Client::builder()
+        let mut builder = self
+            .outbound_tls
+            .client_builder()
             .redirect(Policy::none())
             .no_proxy()
             .timeout(REQUEST_TIMEOUT)
