@@ -370,10 +370,21 @@ impl UserDataStore for SqlStore {
     }
 
     async fn rooms_with_unread_notifications(&self, user_id: &UserId) -> Result<u64> {
+        // Per room the user is in or invited to, whether one notifying action is unread:
+        // an index seek each, from the room's unthreaded read receipt (every action before it
+        // is read, whatever its thread). Counting over the user's actions instead made every
+        // push cost as much as the user's whole backlog. Rooms left no longer count.
         let count: i64 = sqlx::query_scalar(concat!(
-            "SELECT CAST(COUNT(DISTINCT a.room_id) AS BIGINT) FROM push_actions a \
-             WHERE a.user_id = $1 AND a.notify = 1 AND a.stream_pos > ",
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM room_memberships m \
+             WHERE m.user_id = $1 AND m.membership IN ('join', 'invite') AND EXISTS \
+             (SELECT 1 FROM push_actions a WHERE a.user_id = m.user_id \
+              AND a.room_id = m.room_id AND a.notify = 1 \
+              AND a.stream_pos > COALESCE((SELECT MAX(r.event_stream_pos) FROM receipts r \
+                WHERE r.room_id = m.room_id AND r.user_id = m.user_id \
+                  AND r.receipt_type IN ('m.read', 'm.read.private') AND r.thread_id = ''), 0) \
+              AND a.stream_pos > ",
             last_read!(),
+            ")",
         ))
         .bind(user_id.as_str())
         .fetch_one(&self.read)

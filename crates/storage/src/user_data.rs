@@ -97,7 +97,8 @@ pub trait UserDataStore {
     /// and pushkey are removed (a pushkey names one app on one device).
     async fn set_pusher(&self, pusher: &PusherRecord, append: bool) -> Result<()>;
 
-    /// How many rooms have notifications the user has not read (the badge on their phone).
+    /// How many of the rooms the user is joined to or invited to have notifications the user
+    /// has not read (the badge on their phone); rooms left do not count.
     async fn rooms_with_unread_notifications(&self, user_id: &UserId) -> Result<u64>;
 
     /// Removes a pusher.

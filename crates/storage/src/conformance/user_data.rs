@@ -41,6 +41,7 @@ pub async fn account_data_and_filters(store: Arc<dyn DataStore>) {
 pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
     let mut room = RoomBuilder::new(store.clone(), "rr").await;
     let bob = user_id!("@bob:example.org");
+    room.join(bob.as_str()).await;
     let mut ids = Vec::new();
     for index in 0..4 {
         let mut event =
@@ -106,6 +107,7 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
     assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap().notifications, 2);
     let batched = store.unread_counts_in_rooms(bob, &[&room.room_id]).await.unwrap();
     assert_eq!(batched[&room.room_id].notifications, 2);
+    assert_eq!(store.rooms_with_unread_notifications(bob).await.unwrap(), 1, "one room");
     let one = UnreadCounts { notifications: 1, highlights: 0 };
     assert_eq!(
         store.unread_counts_by_thread(bob, &room.room_id).await.unwrap(),
@@ -119,8 +121,44 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
     assert_eq!(store.unread_counts_by_thread(bob, &room.room_id).await.unwrap(), vec![(None, one)]);
     let batched = store.unread_counts_in_rooms(bob, &[&room.room_id]).await.unwrap();
     assert_eq!(batched[&room.room_id], one);
+    // The room stays unread for the badge while its main timeline is.
+    assert_eq!(store.rooms_with_unread_notifications(bob).await.unwrap(), 1);
     store.set_receipt(&room.room_id, "m.read", bob, Some("main"), &main_id, 8).await.unwrap();
     assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap().notifications, 0);
+    assert_eq!(store.rooms_with_unread_notifications(bob).await.unwrap(), 0);
+    // A room left no longer counts, unread or not; one invited to does.
+    let mut unread = room.template("@alice:example.org", "m.room.message", None, json!({}));
+    unread.push_actions = vec![PushAction {
+        user_id: bob.to_owned(),
+        notify: true,
+        highlight: false,
+        thread_id: None,
+        actions: "[\"notify\"]".into(),
+    }];
+    room.persist(unread).await;
+    assert_eq!(store.rooms_with_unread_notifications(bob).await.unwrap(), 1);
+    room.send(bob.as_str(), "m.room.member", Some(bob.as_str()), json!({"membership": "leave"}))
+        .await;
+    assert_eq!(store.rooms_with_unread_notifications(bob).await.unwrap(), 0, "left");
+    let mut invite = RoomBuilder::new(store.clone(), "rr_invite").await;
+    invite
+        .send(
+            "@alice:example.org",
+            "m.room.member",
+            Some(bob.as_str()),
+            json!({"membership": "invite"}),
+        )
+        .await;
+    let mut invited = invite.template("@alice:example.org", "m.room.message", None, json!({}));
+    invited.push_actions = vec![PushAction {
+        user_id: bob.to_owned(),
+        notify: true,
+        highlight: false,
+        thread_id: None,
+        actions: "[\"notify\"]".into(),
+    }];
+    invite.persist(invited).await;
+    assert_eq!(store.rooms_with_unread_notifications(bob).await.unwrap(), 1, "invited");
 
     let receipts = store.receipts_since(&[&room.room_id], Some(before)).await.unwrap();
     assert_eq!(receipts.len(), 4);
@@ -289,6 +327,7 @@ where
 {
     let mut room = RoomBuilder::new(store.clone(), "settled").await;
     let bob = user_id!("@bob:example.org");
+    room.join(bob.as_str()).await;
     let mut ids = Vec::new();
     for index in 0..6 {
         if index == 3 {
