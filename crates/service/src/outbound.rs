@@ -127,6 +127,62 @@ pub(crate) async fn checked_address(
     Ok(address)
 }
 
+/// Why a name was not resolved for a kept client ([`CheckedResolver`]): it leads to an
+/// address that is neither public nor allowed.
+#[derive(Debug)]
+pub(crate) struct AddressRefused;
+
+impl std::fmt::Display for AddressRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the name leads to an address that may not be reached")
+    }
+}
+
+impl std::error::Error for AddressRefused {}
+
+/// Whether a request's error came from [`CheckedResolver`] refusing the name.
+pub(crate) fn refused_by_resolver(error: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(error) = source {
+        if error.is::<AddressRefused>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// Name resolution for a client kept across requests (push gateways): a name resolves only if
+/// every address it has may be reached, as [`checked_address`] asks, and the client connects to
+/// the addresses checked, so a connection kept open is one to a checked address. (An IP address
+/// in a URL is not resolved: [`fetchable`] is asked before the request.)
+pub(crate) struct CheckedResolver {
+    allowed: Vec<IpAddr>,
+}
+
+impl CheckedResolver {
+    pub(crate) fn new(allowed: &[IpAddr]) -> Self {
+        Self { allowed: allowed.to_vec() }
+    }
+}
+
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allowed = self.allowed.clone();
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            if addresses.is_empty() {
+                return Err("the name has no address".into());
+            }
+            if addresses.iter().any(|address| !fetchable(address.ip(), &allowed)) {
+                return Err(Box::new(AddressRefused) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 /// The TLS settings of requests to addresses users chose (push gateways, URL previews):
 /// verified against the platform's roots (the webpki roots when it has none), as the federation
 /// client's are, built on first use and shared by every request. Each request has a client of

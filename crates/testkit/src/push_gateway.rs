@@ -1,6 +1,6 @@
 //! A push gateway for tests, served on loopback: it records every notification a server sends
 //! it (`POST /_matrix/push/v1/notify`), rejects the pushkeys a test tells it to, and may take
-//! its time answering.
+//! its time answering. Connections are kept open between requests, and counted.
 
 use std::{
     sync::{Arc, Mutex, MutexGuard},
@@ -18,6 +18,7 @@ use tokio::{
 struct Record {
     received: Vec<Value>,
     rejecting: Vec<String>,
+    connections: usize,
 }
 
 /// A push gateway on `127.0.0.1`: every notification it is sent, in order of arrival, and the
@@ -43,6 +44,7 @@ impl RecordingPushGateway {
         let shared = record.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                lock(&shared).connections += 1;
                 tokio::spawn(answer(stream, shared.clone(), delay));
             }
         });
@@ -55,7 +57,12 @@ impl RecordingPushGateway {
     }
 
     fn record(&self) -> MutexGuard<'_, Record> {
-        self.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.record)
+    }
+
+    /// How many connections the server opened to the gateway so far.
+    pub fn connections(&self) -> usize {
+        self.record().connections
     }
 
     /// Every notification received so far (the request bodies), oldest first.
@@ -92,31 +99,52 @@ impl RecordingPushGateway {
     }
 }
 
-/// Reads one request (the head, then as much body as `Content-Length` says), waits `delay`,
-/// records it and answers with the rejected pushkeys among its devices'.
+fn lock(record: &Mutex<Record>) -> MutexGuard<'_, Record> {
+    record.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Answers the requests of one connection, one after the other, until the server closes it.
 async fn answer(mut stream: TcpStream, record: Arc<Mutex<Record>>, delay: Duration) {
     let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let body = loop {
-        let read = stream.read(&mut chunk).await.unwrap_or(0);
-        if read == 0 {
+    while let Some(body) = read_request(&mut stream, &mut buffer).await {
+        let response = notify(&body, &record, delay).await;
+        if stream.write_all(response.as_bytes()).await.is_err() {
+            // The server may have given up waiting; nothing to do then.
             return;
         }
-        buffer.extend_from_slice(&chunk[..read]);
-        let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|line| line.strip_prefix("content-length:"))
-            .and_then(|value| value.trim().parse().ok())
-            .unwrap_or(0);
-        if buffer.len() >= end + 4 + length {
-            break buffer[end + 4..end + 4 + length].to_vec();
+    }
+}
+
+/// Reads one request (the head, then as much body as `Content-Length` says) and returns its
+/// body; what follows it stays in `buffer`. `None` when the connection ends first.
+async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(0);
+            if buffer.len() >= end + 4 + length {
+                let body = buffer[end + 4..end + 4 + length].to_vec();
+                buffer.drain(..end + 4 + length);
+                return Some(body);
+            }
         }
-    };
-    let notification: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let read = stream.read(&mut chunk).await.unwrap_or(0);
+        if read == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// Waits `delay`, records a notification and returns the response: the rejected pushkeys
+/// among its devices'.
+async fn notify(body: &[u8], record: &Mutex<Record>, delay: Duration) -> String {
+    let notification: Value = serde_json::from_slice(body).unwrap_or_default();
     let pushkeys: Vec<String> = notification["notification"]["devices"]
         .as_array()
         .into_iter()
@@ -126,16 +154,13 @@ async fn answer(mut stream: TcpStream, record: Arc<Mutex<Record>>, delay: Durati
         .collect();
     tokio::time::sleep(delay).await;
     let rejected: Vec<String> = {
-        let mut record = record.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut record = lock(record);
         record.received.push(notification);
         pushkeys.into_iter().filter(|pushkey| record.rejecting.contains(pushkey)).collect()
     };
     let answer = json!({ "rejected": rejected }).to_string();
-    let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
         answer.len()
-    );
-    // The server may have given up waiting; nothing to do then.
-    let _ = stream.write_all(response.as_bytes()).await;
+    )
 }

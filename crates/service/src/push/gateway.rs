@@ -19,13 +19,9 @@ use rhizome_core::{Error, Result, config::PushConfig};
 use rhizome_storage::{PusherRecord, QueuedPush};
 use ruma::{UserId, events::StateEventType};
 use serde_json::{Map, Value, json};
-use tokio::{sync::Semaphore, task::JoinHandle, time::Instant};
+use tokio::{sync::Semaphore, task::JoinHandle};
 
-use crate::{
-    Services,
-    outbound::{self, Refusal},
-    rooms::cache::LoadedEvent,
-};
+use crate::{Services, outbound, rooms::cache::LoadedEvent};
 
 /// The path every push gateway serves.
 const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
@@ -47,6 +43,9 @@ pub(crate) struct PushQueue {
     /// The worker's name in the lease.
     pub(super) holder: parking_lot::Mutex<Option<String>>,
     permits: Arc<Semaphore>,
+    /// One client for every gateway, built on first use, so connections to a gateway are kept
+    /// between notifications (`None`: it could not be built).
+    client: std::sync::OnceLock<Option<reqwest::Client>>,
 }
 
 impl PushQueue {
@@ -58,6 +57,7 @@ impl PushQueue {
             deliveries: parking_lot::Mutex::new(Vec::new()),
             holder: parking_lot::Mutex::new(None),
             permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            client: std::sync::OnceLock::new(),
         }
     }
 }
@@ -258,29 +258,51 @@ impl Services {
         tracing::warn!(app_id = %pusher.app_id, "a push notification could not be delivered");
     }
 
+    /// The client that sends to gateways: it connects only to addresses it checked (public, or
+    /// allowed by the organiser: `outbound::CheckedResolver`), follows no redirect, and keeps
+    /// connections, so a notification need not open one (and, over TLS, shake hands again).
+    fn push_client(&self) -> Option<&reqwest::Client> {
+        self.push_queue
+            .client
+            .get_or_init(|| {
+                let resolver = outbound::CheckedResolver::new(&self.config.push.allowed_addresses);
+                self.outbound_tls
+                    .client_builder()
+                    .redirect(Policy::none())
+                    .no_proxy()
+                    .dns_resolver(resolver)
+                    .user_agent(concat!("Rhizome/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|error| tracing::warn!(%error, "no client for push gateways"))
+                    .ok()
+            })
+            .as_ref()
+    }
+
     async fn post_notification(&self, url: &Url, body: &Value) -> Outcome {
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        // An address in the URL is checked here; a name, by the client's resolver.
         let allowed = &self.config.push.allowed_addresses;
-        let address = match outbound::checked_address(url, deadline, allowed).await {
-            Ok(address) => address,
-            Err(Refusal::Unresolvable) => return Outcome::Retry,
-            Err(Refusal::NotPublic | Refusal::Invalid(_)) => return Outcome::GiveUp,
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            Some(url::Host::Domain(_)) => None,
+            None => return Outcome::GiveUp,
         };
-        let mut builder = self
-            .outbound_tls
-            .client_builder()
-            .redirect(Policy::none())
-            .no_proxy()
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("Rhizome/", env!("CARGO_PKG_VERSION")));
-        if let Some(url::Host::Domain(domain)) = url.host() {
-            builder = builder.resolve(domain, address);
+        if ip.is_some_and(|ip| !outbound::fetchable(ip, allowed)) {
+            return Outcome::GiveUp;
         }
-        let Ok(client) = builder.build() else { return Outcome::GiveUp };
-        let response = match client.post(url.clone()).json(body).send().await {
+        let Some(client) = self.push_client() else { return Outcome::GiveUp };
+        let request = client.post(url.clone()).timeout(REQUEST_TIMEOUT).json(body);
+        let response = match request.send().await {
             Ok(response) => response,
+            Err(error) if outbound::refused_by_resolver(&error) => return Outcome::GiveUp,
             Err(_) => return Outcome::Retry,
         };
+        // The connection went to a checked address (no proxy, checked resolution); refuse
+        // anything else all the same.
+        if response.remote_addr().is_some_and(|remote| !outbound::fetchable(remote.ip(), allowed)) {
+            return Outcome::GiveUp;
+        }
         let status = response.status();
         if status.is_success() {
             let answer: Value = response.json().await.unwrap_or(Value::Null);

@@ -185,3 +185,41 @@ async fn notifications_beyond_one_batch_are_sent_as_earlier_ones_finish() {
     sent.sort();
     assert_eq!(received, sent);
 }
+
+/// Notifications to one gateway go over one kept connection, and a gateway named by a host
+/// name is reached only if every address the name has may be: `localhost` is refused until the
+/// organiser allows the loopback addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_keep_one_connection_and_names_are_checked_like_addresses() {
+    let by_address = RecordingPushGateway::start().await;
+    let by_name = RecordingPushGateway::start().await;
+    let named_url = by_name.url().replace("127.0.0.1", "localhost");
+    for allowed in [vec![], vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]] {
+        let server = TestServer::start_with(Backend::Sqlite, |config| {
+            config.push.allowed_addresses = allowed.clone();
+        })
+        .await;
+        let alice = Api::new_user(&server.base_url, "alice").await;
+        let bob = Api::new_user(&server.base_url, "bob").await;
+        let set = "/_matrix/client/v3/pushers/set";
+        alice.post(set, pusher("phone", by_address.url(), Some("event_id_only"))).await.ok();
+        alice.post(set, pusher("tablet", &named_url, Some("event_id_only"))).await.ok();
+        let room_id = bob.create_room(json!({ "preset": "public_chat" })).await;
+        alice.join(&room_id).await;
+
+        if allowed.is_empty() {
+            bob.send_text(&room_id, "hello").await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(by_name.received().is_empty(), "a loopback name was reached");
+            assert!(by_address.received().is_empty(), "a loopback address was reached");
+            continue;
+        }
+        for n in 1..=5 {
+            bob.send_text(&room_id, &format!("message {n}")).await;
+            by_address.wait_for(n).await;
+            by_name.wait_for(n).await;
+        }
+        assert_eq!(by_address.connections(), 1, "one kept connection");
+        assert_eq!(by_name.connections(), 1, "one kept connection");
+    }
+}
