@@ -2,7 +2,9 @@
 //! federation) without reaching into private networks: only http(s), names resolved here and
 //! every address checked to be public (or one the organiser allowed, by address or CIDR range)
 //! before connecting; the caller pins the connection to the checked address, so a second DNS
-//! answer cannot differ. Their TLS settings are built once and shared ([`OutboundTls`]).
+//! answer cannot differ, or (a client kept across requests, for push gateways) resolves names
+//! through [`CheckedResolver`], which refuses any answer with an address that may not be
+//! reached. Their TLS settings are built once and shared ([`OutboundTls`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
