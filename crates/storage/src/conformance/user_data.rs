@@ -127,14 +127,17 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
     assert_eq!(store.unread_counts(bob, &room.room_id).await.unwrap().notifications, 0);
     assert_eq!(store.rooms_with_unread_notifications(bob).await.unwrap(), 0);
     // A room left no longer counts, unread or not; one invited to does.
+    let notifies_bob = || {
+        vec![PushAction {
+            user_id: bob.to_owned(),
+            notify: true,
+            highlight: false,
+            thread_id: None,
+            actions: "[\"notify\"]".into(),
+        }]
+    };
     let mut unread = room.template("@alice:example.org", "m.room.message", None, json!({}));
-    unread.push_actions = vec![PushAction {
-        user_id: bob.to_owned(),
-        notify: true,
-        highlight: false,
-        thread_id: None,
-        actions: "[\"notify\"]".into(),
-    }];
+    unread.push_actions = notifies_bob();
     room.persist(unread).await;
     assert_eq!(store.rooms_with_unread_notifications(bob).await.unwrap(), 1);
     room.send(bob.as_str(), "m.room.member", Some(bob.as_str()), json!({"membership": "leave"}))
@@ -150,13 +153,7 @@ pub async fn receipts_and_unread_counts(store: Arc<dyn DataStore>) {
         )
         .await;
     let mut invited = invite.template("@alice:example.org", "m.room.message", None, json!({}));
-    invited.push_actions = vec![PushAction {
-        user_id: bob.to_owned(),
-        notify: true,
-        highlight: false,
-        thread_id: None,
-        actions: "[\"notify\"]".into(),
-    }];
+    invited.push_actions = notifies_bob();
     invite.persist(invited).await;
     assert_eq!(store.rooms_with_unread_notifications(bob).await.unwrap(), 1, "invited");
 
