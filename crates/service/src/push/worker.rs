@@ -13,7 +13,6 @@ use std::{
     time::Duration,
 };
 
-use parking_lot::Mutex;
 use rhizome_core::clock::now_millis;
 
 use crate::Services;
@@ -34,6 +33,11 @@ const RENEW_AFTER_MS: i64 = LEASE_MS / 4;
 /// Jobs taken from the queue at once.
 const BATCH: i64 = 50;
 
+/// The jobs being sent here. Held while the queue is read and its jobs marked, and by a
+/// delivery while it deletes its job and unmarks it: a read of the queue from before that
+/// delete then never meets the job unmarked, so no job is sent twice.
+type InFlight = Arc<tokio::sync::Mutex<HashSet<i64>>>;
+
 impl Services {
     /// Starts the worker that sends notifications to push gateways (once; the server calls it
     /// at start-up). Jobs are queued whether or not it runs here.
@@ -49,7 +53,7 @@ impl Services {
         let shared = self.store.shared_by_processes();
         let tick = if shared { TICK } else { TICK_ALONE };
         tokio::spawn(async move {
-            let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
+            let in_flight: InFlight = Arc::default();
             // When the lease was last taken or renewed (`None`: not held).
             let mut renewed_at = None;
             loop {
@@ -104,7 +108,7 @@ impl Services {
     async fn push_worker_step(
         self: &Arc<Self>,
         holder: &str,
-        in_flight: &Arc<Mutex<HashSet<i64>>>,
+        in_flight: &InFlight,
         renewed_at: Option<i64>,
     ) -> Option<i64> {
         let now = now_millis();
@@ -125,7 +129,8 @@ impl Services {
 
     /// Starts sending the queued jobs not already being sent (up to [`BATCH`] of them); each
     /// delivery wakes the worker when it is done, to look at the queue again.
-    async fn send_queued_pushes(self: &Arc<Self>, in_flight: &Arc<Mutex<HashSet<i64>>>) {
+    async fn send_queued_pushes(self: &Arc<Self>, in_flight: &InFlight) {
+        let mut marked = in_flight.lock().await;
         let jobs = match self.store.queued_pushes(BATCH).await {
             Ok(jobs) => jobs,
             Err(error) => {
@@ -136,17 +141,19 @@ impl Services {
         let mut deliveries = self.push_queue.deliveries.lock();
         deliveries.retain(|task| !task.is_finished());
         for job in jobs {
-            if self.push_queue.stopping.load(Ordering::SeqCst) || !in_flight.lock().insert(job.id) {
+            if self.push_queue.stopping.load(Ordering::SeqCst) || !marked.insert(job.id) {
                 continue;
             }
             let services = self.clone();
             let in_flight = in_flight.clone();
             deliveries.push(tokio::spawn(async move {
                 services.deliver_pushes(&job).await;
+                let mut marked = in_flight.lock().await;
                 if let Err(error) = services.store.delete_queued_push(job.id).await {
                     tracing::warn!(%error, "could not remove a sent push job");
                 }
-                in_flight.lock().remove(&job.id);
+                marked.remove(&job.id);
+                drop(marked);
                 // Jobs beyond the batch, or queued meanwhile, are looked at now.
                 services.wake_push_worker();
             }));
@@ -156,9 +163,8 @@ impl Services {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::HashSet, sync::Arc};
+    use std::sync::Arc;
 
-    use parking_lot::Mutex;
     use rhizome_core::clock::now_millis;
     use rhizome_storage::JobStore;
 
@@ -173,7 +179,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = test_support::sqlite_store(dir.path()).await;
         let services = test_support::services(store.clone());
-        let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
+        let in_flight: super::InFlight = Arc::default();
         let other_takes = |now: i64| {
             let store = store.clone();
             async move { store.acquire_job_lease(LEASE, "other", now, now + LEASE_MS).await.unwrap() }
