@@ -91,6 +91,24 @@ pub(crate) fn fetchable_within(ip: IpAddr, allowed: &[IpNet]) -> bool {
     is_public_ip(ip) || allowed.iter().any(|net| net.contains(&ip) || net.contains(&reached))
 }
 
+/// The addresses of a name, if it has any and every one may be reached: a name that also
+/// points inside could be answered differently on the next lookup.
+async fn resolve_fetchable(
+    name: &str,
+    port: u16,
+    allowed: &[IpAddr],
+) -> Result<Vec<SocketAddr>, Refusal> {
+    let addresses: Vec<SocketAddr> =
+        tokio::net::lookup_host((name, port)).await.map_err(|_| Refusal::Unresolvable)?.collect();
+    if addresses.is_empty() {
+        return Err(Refusal::Unresolvable);
+    }
+    if addresses.iter().any(|address| !fetchable(address.ip(), allowed)) {
+        return Err(Refusal::NotPublic);
+    }
+    Ok(addresses)
+}
+
 /// Checks a URL's form and finds the public (or allowed) address to connect to.
 pub(crate) async fn checked_address(
     url: &Url,
@@ -108,17 +126,10 @@ pub(crate) async fn checked_address(
         Some(url::Host::Ipv4(ip)) => SocketAddr::new(IpAddr::V4(ip), port),
         Some(url::Host::Ipv6(ip)) => SocketAddr::new(IpAddr::V6(ip), port),
         Some(url::Host::Domain(domain)) => {
-            let lookup = tokio::net::lookup_host((domain, port));
-            let addresses: Vec<SocketAddr> = tokio::time::timeout_at(deadline, lookup)
+            let lookup = resolve_fetchable(domain, port, allowed);
+            let addresses = tokio::time::timeout_at(deadline, lookup)
                 .await
-                .map_err(|_| Refusal::Unresolvable)?
-                .map_err(|_| Refusal::Unresolvable)?
-                .collect();
-            // Every address the name has must be fetchable: a name that also points inside
-            // could be answered differently on the next lookup.
-            if addresses.iter().any(|address| !fetchable(address.ip(), allowed)) {
-                return Err(Refusal::NotPublic);
-            }
+                .map_err(|_| Refusal::Unresolvable)??;
             *addresses.first().ok_or(Refusal::Unresolvable)?
         }
         None => return Err(Refusal::Invalid("The URL has no host")),
@@ -172,15 +183,11 @@ impl reqwest::dns::Resolve for CheckedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let allowed = self.allowed.clone();
         Box::pin(async move {
-            let addresses: Vec<SocketAddr> =
-                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
-            if addresses.is_empty() {
-                return Err("the name has no address".into());
+            match resolve_fetchable(name.as_str(), 0, &allowed).await {
+                Ok(addresses) => Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs),
+                Err(Refusal::NotPublic) => Err(Box::new(AddressRefused) as _),
+                Err(_) => Err("the name has no address".into()),
             }
-            if addresses.iter().any(|address| !fetchable(address.ip(), &allowed)) {
-                return Err(Box::new(AddressRefused) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }
