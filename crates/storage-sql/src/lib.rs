@@ -66,7 +66,7 @@ pub struct SqlStore {
     recent: Arc<recent::Recent>,
     /// SQLite: the push actions staged, to be moved in bulk.
     staged: Arc<staged::StagedPushActions>,
-    /// SQLite: the write-ahead log copied back in the background.
+    /// SQLite: the write-ahead log copied back in the background (stops with the store).
     checkpoints: Option<checkpoint::Checkpointer>,
 }
 
@@ -176,7 +176,10 @@ impl SqlStore {
                 store.staged = Arc::new(staged::StagedPushActions::new(
                     usize::try_from(staged).unwrap_or_default(),
                 ));
-                store.checkpoints = Some(checkpoint::Checkpointer::start(&sqlite_url(url))?);
+                store.checkpoints = Some(checkpoint::Checkpointer::start(
+                    store.read.clone(),
+                    store.stream.subscribe(),
+                ));
             }
             Backend::Postgres => {
                 store.stream.refresh(&store.write).await?;
@@ -245,9 +248,6 @@ impl SqlStore {
         }
         self.write.close().await;
         self.read.close().await;
-        if let Some(checkpoints) = &self.checkpoints {
-            checkpoints.close().await;
-        }
         if let Some(locks) = &self.locks {
             locks.close().await;
         }
