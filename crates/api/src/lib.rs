@@ -10,10 +10,14 @@ pub mod ruma_wrapper;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{Router, extract::MatchedPath, http::Request};
+use axum::{
+    Router,
+    extract::MatchedPath,
+    http::{HeaderName, Method, Request, header},
+};
 use rhizome_service::Services;
 use tower_http::{
-    cors::{Any, CorsLayer},
+    cors::{AllowHeaders, AllowMethods, Any, CorsLayer},
     trace::TraceLayer,
 };
 
@@ -26,10 +30,22 @@ pub fn app(services: Arc<Services>) -> Router {
     let router = routes::all(Router::new())
         .fallback(error::unrecognized)
         .method_not_allowed_fallback(error::method_not_allowed);
+    // The headers the spec recommends. Headers are listed, not `*`: browsers are ceasing to
+    // let the wildcard cover `Authorization`, which every authenticated request carries.
     let cors = CorsLayer::new()
         .allow_origin(Any)
-        .allow_methods(Any)
-        .allow_headers(Any)
+        .allow_methods(AllowMethods::list([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ]))
+        .allow_headers(AllowHeaders::list([
+            HeaderName::from_static("x-requested-with"),
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+        ]))
         .max_age(Duration::from_secs(86_400));
     let trace = TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
         let route = request
@@ -39,5 +55,11 @@ pub fn app(services: Arc<Services>) -> Router {
             .unwrap_or_else(|| "unmatched".to_owned());
         tracing::debug_span!("request", method = %request.method(), route)
     });
-    router.layer(cors).layer(trace).with_state(services)
+    // The request log needs the matched route, known only inside the router, so it wraps each
+    // route; CORS needs none, so it wraps the router once (a layer given to a router is copied
+    // onto every route: hundreds of copies, for every path of every spec version).
+    let routes = router.layer(trace).with_state(services);
+    // Every `OPTIONS` request, on any path, is answered by the CORS layer with none of an
+    // endpoint's work (the spec's "Web Browser Clients").
+    Router::new().fallback_service(routes).layer(cors)
 }

@@ -174,3 +174,58 @@ async fn element_start_up_requests_are_answered() {
         alice.get(path).await.expect_error(404, "M_UNRECOGNIZED");
     }
 }
+
+/// Browser clients (Element Web) on another origin: a preflight is answered with the spec's
+/// CORS headers, `Authorization` named (a `*` no longer covers it), any path answers `OPTIONS`
+/// without doing its work, and every response, errors included, allows any origin.
+#[tokio::test]
+async fn browsers_on_other_origins_are_answered_with_cors_headers() {
+    let server = TestServer::start().await;
+    let alice = Api::new_user(&server.base_url, "alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", server.base_url);
+    let allowed = |response: &reqwest::Response, name: &str| {
+        response.headers().get(name).map(|value| value.to_str().unwrap().to_ascii_lowercase())
+    };
+    let send = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t1", encode(&room_id));
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, url(&send))
+        .header("origin", "https://app.example.org")
+        .header("access-control-request-method", "PUT")
+        .header("access-control-request-headers", "authorization, content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(allowed(&preflight, "access-control-allow-origin").as_deref(), Some("*"));
+    let methods = allowed(&preflight, "access-control-allow-methods").unwrap();
+    for method in ["get", "post", "put", "delete", "options"] {
+        assert!(methods.contains(method), "{methods}");
+    }
+    let headers = allowed(&preflight, "access-control-allow-headers").unwrap();
+    for header in ["authorization", "content-type", "x-requested-with"] {
+        assert!(headers.contains(header), "{headers}");
+    }
+    // A bare OPTIONS, on a route of another method and on no route at all: answered, and the
+    // message is not sent.
+    for path in [send.as_str(), "/_matrix/client/v3/no/such/thing"] {
+        let bare = http.request(reqwest::Method::OPTIONS, url(path)).send().await.unwrap();
+        assert_eq!(bare.status().as_u16(), 200, "{path}");
+        assert_eq!(allowed(&bare, "access-control-allow-origin").as_deref(), Some("*"));
+    }
+    let messages = format!("/_matrix/client/v3/rooms/{}/messages?dir=b", encode(&room_id));
+    let page = alice.get(&messages).await.ok();
+    assert!(!page["chunk"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.message"));
+    // Answers and errors alike carry the origin header.
+    for (path, status) in [
+        ("/_matrix/client/versions", 200),
+        ("/_matrix/client/v3/account/whoami", 401),
+        ("/_matrix/client/v3/no/such/thing", 404),
+    ] {
+        let response =
+            http.get(url(path)).header("origin", "https://app.example.org").send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        assert_eq!(allowed(&response, "access-control-allow-origin").as_deref(), Some("*"));
+    }
+}
