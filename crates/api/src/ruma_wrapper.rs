@@ -142,6 +142,9 @@ where
 
     async fn from_request(request: Request, services: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = request.into_parts();
+        if let Some(route) = parts.extensions.get::<axum::extract::MatchedPath>() {
+            tracing::Span::current().record("route", route.as_str());
+        }
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
         let client_key =
             client_address(peer, &parts.headers, &services.config.rate_limits.trusted_proxies)
