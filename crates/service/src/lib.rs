@@ -86,7 +86,7 @@ impl Services {
             push_queue: push::gateway::PushQueue::new(&config.push),
             delayed: rooms::delayed::DelayedRuntime::default(),
             push_prune: push::prune::PruneRuntime::default(),
-            outbound_tls: outbound::OutboundTls::default(),
+            outbound_tls: outbound::OutboundTls,
             config,
             store,
             signing_key,

@@ -7,7 +7,6 @@
 //! reached. Their TLS settings are built once and shared ([`OutboundTls`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::OnceLock;
 
 use ipnet::IpNet;
 use reqwest::Url;
@@ -192,36 +191,31 @@ impl reqwest::dns::Resolve for CheckedResolver {
     }
 }
 
-/// The TLS settings of requests to addresses users chose (push gateways, URL previews):
-/// verified against the platform's roots (the webpki roots when it has none), as the federation
-/// client's are, built on first use and shared by every request. Each request has a client of
-/// its own (pinned to the address checked for it), and a client built with reqwest's own TLS
-/// settings loads and parses the platform's whole certificate store: about 3 ms of CPU per push
+/// The TLS settings of requests to addresses users chose (push gateways, URL previews): the
+/// federation client's, verified against the platform's roots (the webpki roots when it has
+/// none), built on first use and shared by every request. Each request has a client of its own
+/// (pinned to the address checked for it), and a client built with reqwest's own TLS settings
+/// loads and parses the platform's whole certificate store: about 3 ms of CPU per push
 /// notification, against 1 µs with these.
-#[derive(Default)]
-pub(crate) struct OutboundTls {
-    config: OnceLock<Option<rustls::ClientConfig>>,
-}
+pub(crate) struct OutboundTls;
 
 impl OutboundTls {
     /// The shared settings (`None` if they could not be built: reqwest's own are used then).
-    fn config(&self) -> Option<&rustls::ClientConfig> {
-        self.config
-            .get_or_init(|| match crate::federation::client::transport::tls_config(true, &[]) {
-                Ok(config) => Some(config),
-                Err(error) => {
-                    tracing::warn!(%error, "no shared TLS settings for outbound requests");
-                    None
-                }
-            })
-            .as_ref()
+    fn config(&self) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        match crate::federation::client::transport::platform_verifying() {
+            Ok(config) => Some(config),
+            Err(error) => {
+                tracing::warn!(%error, "no shared TLS settings for outbound requests");
+                None
+            }
+        }
     }
 
     /// A client builder for one request, with the shared TLS settings.
     pub(crate) fn client_builder(&self) -> reqwest::ClientBuilder {
         let builder = reqwest::Client::builder();
         match self.config() {
-            Some(config) => builder.use_preconfigured_tls(config.clone()),
+            Some(config) => builder.use_preconfigured_tls(config.as_ref().clone()),
             None => builder,
         }
     }
@@ -358,10 +352,10 @@ mod tls_tests {
     /// with verification off (as the test's own control) gets through.
     #[tokio::test]
     async fn outbound_requests_share_one_verifying_tls_setup() {
-        let tls = OutboundTls::default();
-        let first = tls.config().expect("TLS settings") as *const rustls::ClientConfig;
-        let again = tls.config().expect("TLS settings") as *const rustls::ClientConfig;
-        assert!(std::ptr::eq(first, again), "built again");
+        let tls = OutboundTls;
+        let first = tls.config().expect("TLS settings");
+        let again = OutboundTls.config().expect("TLS settings");
+        assert!(std::sync::Arc::ptr_eq(&first, &again), "built again");
 
         let ca = TestCa::new();
         let server = TestServer::start(

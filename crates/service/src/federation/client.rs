@@ -173,9 +173,8 @@ impl FederationClient {
         signing_key: Arc<SigningKey>,
         options: ClientOptions,
     ) -> Result<Self, FederationError> {
-        let tls =
-            transport::tls_config(config.verify_certificates, &options.extra_root_certificates)?;
-        let transport = Transport::new(tls);
+        let transport =
+            Transport::new(config.verify_certificates, options.extra_root_certificates.clone());
         let dns = options.dns.unwrap_or_else(|| Arc::new(SystemDns::new()));
         let discovery = Arc::new(Discovery::new(
             Arc::new(config.clone()),

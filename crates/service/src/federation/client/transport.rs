@@ -6,7 +6,7 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Duration,
 };
@@ -135,15 +135,49 @@ impl ServerCertVerifier for NoVerification {
     }
 }
 
+/// The verifying settings with the platform's roots and no others: built on first use (the
+/// platform's certificate store, parsed, is about a third of a megabyte, which a server that
+/// never reaches another one need not hold) and shared by every client of the process that
+/// wants them: federation, push gateways, URL previews.
+pub(crate) fn platform_verifying() -> Result<Arc<ClientConfig>, FederationError> {
+    static SHARED: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+    if let Some(config) = SHARED.get() {
+        return Ok(config.clone());
+    }
+    let config = Arc::new(tls_config(true, &[])?);
+    Ok(SHARED.get_or_init(|| config).clone())
+}
+
 /// Opens TLS connections to checked addresses.
 #[derive(Clone)]
 pub(crate) struct Transport {
-    tls: TlsConnector,
+    tls: Arc<LazyConnector>,
+}
+
+/// A TLS connector built on the first connection.
+struct LazyConnector {
+    verify: bool,
+    extra_roots: Vec<CertificateDer<'static>>,
+    connector: OnceLock<TlsConnector>,
+}
+
+impl LazyConnector {
+    fn get(&self) -> Result<&TlsConnector, FederationError> {
+        if let Some(connector) = self.connector.get() {
+            return Ok(connector);
+        }
+        let config = match self.verify && self.extra_roots.is_empty() {
+            true => platform_verifying()?,
+            false => Arc::new(tls_config(self.verify, &self.extra_roots)?),
+        };
+        Ok(self.connector.get_or_init(|| TlsConnector::from(config)))
+    }
 }
 
 impl Transport {
-    pub(crate) fn new(config: ClientConfig) -> Self {
-        Self { tls: TlsConnector::from(Arc::new(config)) }
+    /// Connections verified as `tls_config` says, set up on the first one.
+    pub(crate) fn new(verify: bool, extra_roots: Vec<CertificateDer<'static>>) -> Self {
+        Self { tls: Arc::new(LazyConnector { verify, extra_roots, connector: OnceLock::new() }) }
     }
 
     /// Connects to the first of `addresses` that answers, then shakes hands for `tls_name` (a
@@ -164,6 +198,7 @@ impl Transport {
                     let _ = tcp.set_nodelay(true);
                     return self
                         .tls
+                        .get()?
                         .connect(name, tcp)
                         .await
                         .map_err(|error| FederationError::Tls(FederationError::cause(error)));
