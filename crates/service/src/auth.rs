@@ -51,7 +51,7 @@ pub(crate) struct TokenCache {
 impl Default for TokenCache {
     fn default() -> Self {
         Self {
-            entries: Mutex::new(LruCache::new(
+            entries: Mutex::new(crate::bounded::lru(
                 NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
             )),
         }

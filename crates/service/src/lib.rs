@@ -6,6 +6,7 @@
 
 pub mod account_data;
 pub mod auth;
+pub(crate) mod bounded;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod federation;

@@ -60,8 +60,8 @@ impl Default for QueryCaches {
     fn default() -> Self {
         let size = |size: usize| NonZeroUsize::new(size).unwrap_or(NonZeroUsize::MIN);
         Self {
-            profiles: Mutex::new(LruCache::new(size(PROFILE_CACHE_SIZE))),
-            hierarchies: Mutex::new(LruCache::new(size(HIERARCHY_CACHE_SIZE))),
+            profiles: Mutex::new(crate::bounded::lru(size(PROFILE_CACHE_SIZE))),
+            hierarchies: Mutex::new(crate::bounded::lru(size(HIERARCHY_CACHE_SIZE))),
         }
     }
 }
@@ -200,7 +200,7 @@ mod tests {
 
     #[test]
     fn stale_cache_entries_are_dropped() {
-        let cache = Mutex::new(LruCache::new(NonZeroUsize::MIN));
+        let cache = Mutex::new(crate::bounded::lru(NonZeroUsize::MIN));
         cache.lock().put(1, (Instant::now(), "fresh"));
         assert_eq!(fresh(&cache, &1, Duration::from_secs(60)), Some("fresh"));
         assert_eq!(fresh(&cache, &1, Duration::ZERO), None);

@@ -132,7 +132,7 @@ impl MediaRuntime {
             remote_locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             thumbnail_permits: Semaphore::new(config.media.thumbnail_concurrency.max(1)),
             uploads: watch::channel(0).0,
-            unthumbnailable: SyncMutex::new(LruCache::new(
+            unthumbnailable: SyncMutex::new(crate::bounded::lru(
                 NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN),
             )),
         }

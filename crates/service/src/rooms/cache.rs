@@ -30,7 +30,7 @@ pub struct LoadedEvent {
 }
 
 fn lru<K: std::hash::Hash + Eq, V>(size: usize) -> Mutex<LruCache<K, V>> {
-    Mutex::new(LruCache::new(NonZeroUsize::new(size).unwrap_or(NonZeroUsize::MIN)))
+    Mutex::new(crate::bounded::lru(NonZeroUsize::new(size).unwrap_or(NonZeroUsize::MIN)))
 }
 
 /// The caches.

@@ -38,7 +38,7 @@ fn capacity(size: usize) -> NonZeroUsize {
 
 impl LazyMembersSent {
     pub(crate) fn new() -> Self {
-        Self { devices: Mutex::new(LruCache::new(capacity(DEVICES))) }
+        Self { devices: Mutex::new(crate::bounded::lru(capacity(DEVICES))) }
     }
 
     fn key(requester: &Requester) -> (OwnedUserId, OwnedDeviceId) {
@@ -79,7 +79,7 @@ impl LazyMembersSent {
     ) {
         let mut devices = self.devices.lock();
         let device = devices.get_or_insert_mut(Self::key(requester), || {
-            LruCache::new(capacity(MEMBERS_PER_DEVICE))
+            crate::bounded::lru(capacity(MEMBERS_PER_DEVICE))
         });
         for (member, event_id) in members {
             let key = (room_id.to_owned(), member);

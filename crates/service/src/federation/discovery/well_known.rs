@@ -43,7 +43,7 @@ pub(super) struct WellKnownCache {
 
 impl WellKnownCache {
     pub(super) fn new(capacity: NonZeroUsize) -> Self {
-        Self { slots: Mutex::new(LruCache::new(capacity)) }
+        Self { slots: Mutex::new(crate::bounded::lru(capacity)) }
     }
 
     fn slot(&self, hostname: &str) -> Slot {

@@ -49,7 +49,7 @@ pub(crate) struct RoomActivity {
 impl RoomActivity {
     pub(crate) fn new() -> Self {
         Self {
-            rooms: Mutex::new(LruCache::new(
+            rooms: Mutex::new(crate::bounded::lru(
                 NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN),
             )),
         }

@@ -85,7 +85,7 @@ impl Connections {
     pub(crate) fn new() -> Self {
         let seed = u64::try_from(rhizome_core::clock::now_millis()).unwrap_or(1).max(1);
         Self {
-            devices: Mutex::new(LruCache::new(
+            devices: Mutex::new(crate::bounded::lru(
                 NonZeroUsize::new(MAX_DEVICES).unwrap_or(NonZeroUsize::MIN),
             )),
             next_version: AtomicU64::new(seed),
