@@ -66,7 +66,7 @@ pub struct SqlStore {
     recent: Arc<recent::Recent>,
     /// SQLite: the push actions staged, to be moved in bulk.
     staged: Arc<staged::StagedPushActions>,
-    /// SQLite: the write-ahead log copied back in the background (stops with the store).
+    /// SQLite: the write-ahead log copied back in the background.
     checkpoints: Option<checkpoint::Checkpointer>,
 }
 
@@ -177,7 +177,7 @@ impl SqlStore {
                     usize::try_from(staged).unwrap_or_default(),
                 ));
                 store.checkpoints = Some(checkpoint::Checkpointer::start(
-                    store.read.clone(),
+                    sqlite_url(url),
                     store.stream.subscribe(),
                 ));
             }
@@ -245,6 +245,9 @@ impl SqlStore {
         if let Some(cluster) = &self.cluster {
             cluster.flush().await;
             cluster.stop();
+        }
+        if let Some(checkpoints) = &self.checkpoints {
+            checkpoints.close().await;
         }
         self.write.close().await;
         self.read.close().await;
